@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` and `make test`. Both create or reuse .venv;
+# setup is skipped when pyproject.toml has not changed since the last install.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := .demo
+
+.PHONY: setup demo test clean-demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "recap needs Python >= 3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# scenedetect and rapidocr depend on opencv-python; another OpenCV build would shadow it
+	@$(BIN)/python -m pip uninstall --quiet -y opencv-python-headless opencv-contrib-python opencv-contrib-python-headless 2>/dev/null || true
+	@$(BIN)/python -c 'import cv2, av, decord, ray, torch, pyarrow; print("environment ok: torch", torch.__version__, "| opencv", cv2.__version__)'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/recap samples $(DEMO)/samples --seed 0
+	$(BIN)/recap ingest $(DEMO)/samples --out $(DEMO)/lib
+	$(BIN)/recap info $(DEMO)/lib
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,54 @@
+"""Print a summary of a clip library: videos, shots, clips, durations and failures."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.library import Library
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lib", metavar="LIB", help="library folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from pipeline.library import Library, LibraryError
+
+    try:
+        lib = Library(args.lib)
+    except LibraryError as e:
+        print(f"recap info: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(lib)))
+    return 0
+
+
+def summary_lines(lib: "Library") -> list[str]:
+    """Human summary of a library (also used by the demo)."""
+    from collections import Counter
+
+    videos = lib.read("videos").to_pylist()
+    shots = lib.read("shots", ["start_transition"]).column("start_transition").to_pylist()
+    clips = lib.read("clips", ["duration_s", "clip_mode", "file_bytes"]).to_pylist()
+    errors = lib.read("errors", ["error_type", "source"]).to_pylist()
+    video_s = sum(v["duration_s"] or 0 for v in videos)
+    clip_s = sum(c["duration_s"] for c in clips)
+    lines = [
+        f"library {lib.root}",
+        f"  videos  {len(videos):>6}  {video_s:8.1f} s   codecs: "
+        + ", ".join(f"{k}={v}" for k, v in Counter(v["video_codec"] for v in videos).most_common()),
+        f"  shots   {len(shots):>6}              starts: "
+        + ", ".join(f"{k}={v}" for k, v in Counter(shots).most_common()),
+        f"  clips   {len(clips):>6}  {clip_s:8.1f} s   ({100 * clip_s / video_s if video_s else 0:.0f}% of video kept)",
+    ]
+    if clips:
+        durations = sorted(c["duration_s"] for c in clips)
+        lines.append(f"          length min/median/max {durations[0]:.2f}/{durations[len(durations) // 2]:.2f}/"
+                     f"{durations[-1]:.2f} s; files {sum(c['file_bytes'] or 0 for c in clips) / 1e6:.1f} MB")
+    lines.append(f"  errors  {len(errors):>6}" + ("   " + ", ".join(
+        f"{k}={v}" for k, v in Counter(e["error_type"] for e in errors).most_common()) if errors else ""))
+    return lines

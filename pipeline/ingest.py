@@ -1,0 +1,177 @@
+"""Ingest on Ray Data: sources stream through per-video tasks; the driver commits their rows.
+
+Ray Data runs `worker.ingest_source` as one task per source (bounded in flight, so memory stays
+bounded however many sources there are); the driver consumes results as they finish and commits
+them to the library in batches. Within a run, a named claims actor makes sure the same content
+under two names is processed once; across runs, the library's `sources/` and `videos/` tables do.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import IngestConfig
+from pipeline.library import Library, utcnow
+from pipeline.worker import SourceResult, ingest_source
+from trainer.typedconfig import to_dict
+
+
+@dataclass
+class IngestSummary:
+    sources: int = 0
+    skipped: int = 0              # handled by an earlier run
+    ingested: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    clips: int = 0
+    video_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    errors_by_type: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        speed = self.video_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        out = [
+            f"sources: {self.sources} ({self.skipped} already done, {self.ingested} ingested, "
+            f"{self.duplicates} duplicate content, {self.failed} failed)",
+            f"clips: {self.clips}   video: {self.video_seconds:.1f} s in {self.wall_seconds:.1f} s "
+            f"({speed:.1f} video-s/s)",
+        ]
+        if self.errors_by_type:
+            out.append("failures: " + ", ".join(f"{k}={v}" for k, v in sorted(self.errors_by_type.items())))
+        return out
+
+
+class Claims:
+    """Ray actor: the first worker to claim a content hash owns it for this run."""
+
+    def __init__(self, known: set[str]):
+        self.owner: dict[str, str] = {vid: "<library>" for vid in known}
+
+    def claim(self, video_id: str, uri: str) -> bool:
+        return self.owner.setdefault(video_id, uri) == uri
+
+
+def _run_one(row: dict[str, Any], cfg: IngestConfig, lib_root: str, claims_name: str) -> dict[str, Any]:
+    import ray
+
+    claims = ray.get_actor(claims_name)
+    result = ingest_source(row["uri"], cfg, lib_root,
+                           claim=lambda vid, uri: ray.get(claims.claim.remote(vid, uri)))
+    return {"uri": row["uri"], "payload": pickle.dumps(result)}
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def plan_resources(cfg: IngestConfig, n_sources: int, cluster_cpus: float) -> tuple[float, int]:
+    """CPUs per task and decoder threads: with few videos each gets several cores (so one long
+    video still uses the machine), with many each gets one (parallel videos scale better)."""
+    cpus = cfg.execution.cpus_per_video
+    if cpus <= 0:
+        cpus = max(1.0, float(int(cluster_cpus // max(1, min(n_sources, int(cluster_cpus))))))
+    threads = cfg.decode.threads or max(1, int(cpus))
+    return cpus, threads
+
+
+def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_address: str | None = None,
+               progress: bool = True, command: str | None = None) -> IngestSummary:
+    """Ingest `sources` (expanded source args) into the library at `lib_root`."""
+    import dataclasses
+
+    import ray
+    import ray.data
+    from tqdm import tqdm
+
+    from pipeline.sources import expand_sources
+
+    t0 = time.perf_counter()
+    lib = Library(lib_root, create=True)
+    items = expand_sources(sources, cfg.sources)
+    handled = lib.handled_sources()
+    todo = [s.uri for s in items if s.uri not in handled]
+    summary = IngestSummary(sources=len(items), skipped=len(items) - len(todo))
+
+    if todo:
+        init_ray(ray_address)
+        cpus, threads = plan_resources(cfg, len(todo), ray.cluster_resources().get("CPU", 1.0))
+        cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, threads=threads))
+        claims_name = f"recap-claims-{os.getpid()}-{int(time.time() * 1000)}"
+        claims = ray.remote(Claims).options(name=claims_name, num_cpus=0).remote(lib.video_ids())
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.execution_options.preserve_order = False
+        ctx.max_errored_blocks = -1  # a worker that dies on one video must not end the job
+        ctx.print_on_execution_start = False if hasattr(ctx, "print_on_execution_start") else None
+
+        in_flight = cfg.execution.max_videos_in_flight or None
+        ds = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=len(todo)).map(
+            _run_one, fn_kwargs={"cfg": cfg, "lib_root": str(Path(lib_root).resolve()), "claims_name": claims_name},
+            num_cpus=cpus, concurrency=in_flight, max_retries=1)
+
+        bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+        pending: dict[str, list[dict[str, Any]]] = {}
+        pending_videos, last_commit = 0, time.monotonic()
+        seen: set[str] = set()
+        for row in ds.iter_rows():
+            result: SourceResult = pickle.loads(row["payload"])
+            seen.add(result.uri)
+            _count(summary, result)
+            for table, rows in result.rows.items():
+                pending.setdefault(table, []).extend(rows)
+            pending_videos += 1
+            if (pending_videos >= cfg.execution.commit_every_videos
+                    or time.monotonic() - last_commit >= cfg.execution.commit_every_seconds):
+                lib.commit(pending)
+                pending, pending_videos, last_commit = {}, 0, time.monotonic()
+            bar.update(1)
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(clips=summary.clips, failed=summary.failed,
+                            video_s_per_s=f"{summary.video_seconds / max(elapsed, 1e-6):.1f}")
+        # a source whose worker died (e.g. the decoder crashed the process) produced no result
+        for uri in todo:
+            if uri not in seen:
+                crashed = SourceResult(uri, "error", None, {
+                    "errors": [{"source": uri, "video_id": None, "stage": "worker", "error_type": "worker_crashed",
+                                "message": "the worker process died while ingesting this source", "at": utcnow()}],
+                    "sources": [{"uri": uri, "video_id": None, "outcome": "error", "at": utcnow()}]})
+                _count(summary, crashed)
+                for table, rows in crashed.rows.items():
+                    pending.setdefault(table, []).extend(rows)
+        lib.commit(pending)
+        bar.close()
+        ray.kill(claims)
+
+    summary.wall_seconds = time.perf_counter() - t0
+    lib.record_run({"at": utcnow().isoformat(), "command": command, "config": to_dict(cfg),
+                    "summary": dataclasses.asdict(summary)})
+    return summary
+
+
+def _count(summary: IngestSummary, result: SourceResult) -> None:
+    if result.outcome == "ingested":
+        summary.ingested += 1
+        summary.clips += result.n_clips
+        summary.video_seconds += result.video_seconds
+    elif result.outcome == "duplicate":
+        summary.duplicates += 1
+    else:
+        summary.failed += 1
+        for err in result.rows.get("errors", []):
+            summary.errors_by_type[err["error_type"]] = summary.errors_by_type.get(err["error_type"], 0) + 1

@@ -1,0 +1,156 @@
+"""The clip library on disk: Parquet tables written in atomic, committed batches.
+
+Writes and resume:
+- Every table is a folder of `part-<batch_id>.parquet` files. A batch (a few videos' rows) is
+  written table by table, each file under a temporary name and renamed into place, so a reader
+  never sees a half-written file.
+- The batch becomes real when its commit marker `_commits/<batch_id>.json` is renamed into place,
+  after all its parts. On opening, parts whose batch has no marker (a crash between the two) and
+  stray temporary files are removed, so a rerun never duplicates rows.
+- The `sources/` table records every source uri handled (ingested, duplicate or failed), which is
+  what a rerun skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.schema import SCHEMA_VERSION, TABLES, table_schema
+
+COMMITS = "_commits"
+TMP_SUFFIX = ".tmp"
+
+
+class LibraryError(RuntimeError):
+    """The folder is not a recap library, or was written by an incompatible version."""
+
+
+def new_batch_id() -> str:
+    # time-sortable, so part files list in write order
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:8]}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}{TMP_SUFFIX}")
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts) to an Arrow table with the declared schema; missing nullable columns are null."""
+    schema = table_schema(table)
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+class Library:
+    """A clip library folder: open (creating it if needed), recover from a crash, read tables."""
+
+    def __init__(self, root: str | Path, create: bool = False, config: dict[str, Any] | None = None):
+        self.root = Path(root)
+        meta_path = self.root / "library.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("schema_version") != SCHEMA_VERSION:
+                raise LibraryError(f"{self.root}: schema version {meta.get('schema_version')}, "
+                                   f"this recap reads version {SCHEMA_VERSION}")
+        elif create:
+            if self.root.exists() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
+                raise LibraryError(f"{self.root} exists, is not empty and is not a recap library")
+            self.root.mkdir(parents=True, exist_ok=True)
+            meta = {"schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat(), "runs": []}
+            atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+        else:
+            raise LibraryError(f"{self.root} is not a recap library (no library.json); run `recap ingest` first")
+        self.meta = meta
+        for name in [*TABLES, COMMITS]:
+            (self.root / name).mkdir(exist_ok=True)
+        (self.root / "media").mkdir(exist_ok=True)
+        self.recover()
+
+    # ---- crash recovery -------------------------------------------------------------------
+    def committed_batches(self) -> set[str]:
+        return {p.stem for p in (self.root / COMMITS).glob("*.json")}
+
+    def recover(self) -> int:
+        """Remove uncommitted parts and temporary files left by a crash; return how many."""
+        committed = self.committed_batches()
+        removed = 0
+        for folder in [*TABLES, COMMITS, "media"]:
+            base = self.root / folder
+            tmp_files = base.rglob(f"*{TMP_SUFFIX}") if folder == "media" else base.glob(f"*{TMP_SUFFIX}")
+            for p in tmp_files:
+                p.unlink(missing_ok=True)
+                removed += 1
+            if folder in (COMMITS, "media"):
+                continue
+            for p in base.glob("part-*.parquet"):
+                if p.stem.removeprefix("part-") not in committed:
+                    p.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
+    # ---- writing --------------------------------------------------------------------------
+    def commit(self, rows: dict[str, list[dict[str, Any]]]) -> str | None:
+        """Write one batch of rows (table name -> rows) atomically; return its batch id."""
+        if not any(rows.values()):
+            return None
+        batch_id = new_batch_id()
+        for table, table_rows in rows.items():
+            if not table_rows:
+                continue
+            for row in table_rows:
+                row["batch_id"] = batch_id
+            arrow = rows_to_table(table, table_rows)
+            atomic_write_table(self.root / table / f"part-{batch_id}.parquet", arrow)
+        counts = {t: len(r) for t, r in rows.items()}
+        atomic_write_bytes(self.root / COMMITS / f"{batch_id}.json", json.dumps(counts).encode())
+        return batch_id
+
+    def record_run(self, run: dict[str, Any]) -> None:
+        """Append a run record (command, config, counts) to library.json."""
+        self.meta.setdefault("runs", []).append(run)
+        atomic_write_bytes(self.root / "library.json", json.dumps(self.meta, indent=2, default=str).encode())
+
+    # ---- reading --------------------------------------------------------------------------
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """All committed rows of a table (empty table with the schema when there are none)."""
+        schema = table_schema(table)
+        paths = sorted((self.root / table).glob("part-*.parquet"))
+        if not paths:
+            return schema.empty_table().select(columns) if columns else schema.empty_table()
+        tables = [pq.read_table(p, columns=columns, schema=schema) for p in paths]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def handled_sources(self) -> dict[str, str]:
+        """uri -> outcome for every source a previous run finished (any outcome)."""
+        t = self.read("sources", ["uri", "outcome"])
+        return dict(zip(t.column("uri").to_pylist(), t.column("outcome").to_pylist()))
+
+    def video_ids(self) -> set[str]:
+        t = self.read("videos", ["video_id"])
+        return set(t.column("video_id").to_pylist())

@@ -1,0 +1,49 @@
+"""Typed config: defaults, YAML layering, --set overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import IngestConfig, load_ingest_config
+from trainer.typedconfig import ConfigError, parse_override
+
+
+def test_defaults_come_from_configs_yaml() -> None:
+    cfg = load_ingest_config()
+    assert isinstance(cfg, IngestConfig)
+    assert cfg.clips.mode == "remux"
+    assert cfg.clips.min_seconds == 1.0
+
+
+def test_file_then_overrides(tmp_path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("clips:\n  max_seconds: 6\n  mode: encode\n")
+    cfg = load_ingest_config(f, ["clips.max_seconds=4.5", "clips.encode_width=320"])
+    assert cfg.clips.mode == "encode"
+    assert cfg.clips.max_seconds == 4.5
+    assert cfg.clips.encode_width == 320
+
+
+@pytest.mark.parametrize("override, words", [
+    ("clips.max_secs=3", "clips.max_secs"),
+    ("clipz.max_seconds=3", "clipz"),
+    ("clips.max_seconds=abc", "clips.max_seconds"),
+    ("clips.mode=copy", "clips.mode"),
+    ("clips.margin_frames=1.5", "clips.margin_frames"),
+    ("clips.min_seconds=20", "min_seconds"),
+])
+def test_bad_keys_and_values_name_the_key(override: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        load_ingest_config(None, [override])
+
+
+def test_override_syntax() -> None:
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    assert parse_override("a=hello world") == ("a", "hello world")
+    with pytest.raises(ConfigError):
+        parse_override("novalue")
+
+
+def test_missing_config_file(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_ingest_config(tmp_path / "nope.yaml")

@@ -1,0 +1,460 @@
+"""The training-shard format, defined once: the exporter writes with it and the trainer reads with it.
+
+A shard is a WebDataset tar: per sample `{key}.mp4` (H.264, every frame of the bucket's size) and
+`{key}.json` (`SampleMeta`). Shards are named `{split}-{index:06d}.tar`. Any WebDataset reader can
+read them; this module's reader streams them from local paths or fsspec URLs, decodes the video
+with PyAV and draws batches per bucket (every sample in a batch has the same size and length, so
+nothing is padded). Corrupt samples are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import queue
+import random
+import tarfile
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True, order=True)
+class Bucket:
+    """A training shape: every sample in the bucket is re-encoded to exactly this size and length."""
+
+    width: int
+    height: int
+    frames: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.width}x{self.height}x{self.frames}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Bucket":
+        """`"320x192x33"` -> Bucket(320, 192, 33)."""
+        try:
+            w, h, f = (int(part) for part in name.split("x"))
+        except ValueError:
+            raise ValueError(f"bucket name must look like WIDTHxHEIGHTxFRAMES, got {name!r}") from None
+        if w <= 0 or h <= 0 or f <= 0 or w % 2 or h % 2:
+            raise ValueError(f"bucket {name!r}: sizes must be positive and width/height even")
+        return cls(w, h, f)
+
+
+@dataclass
+class SampleMeta:
+    """The `.json` of one sample. Unknown keys are rejected so a schema drift fails loudly."""
+
+    key: str                                  # WebDataset key: no dots, unique in the dataset
+    caption: str                              # the caption to train on (the chosen version)
+    bucket: str                               # Bucket.name
+    fps: float
+    clip_id: str = ""
+    split: str = "train"
+    captions: dict[str, str] = field(default_factory=dict)   # every caption version -> text
+    caption_version: str = ""                 # the version `caption` came from
+    signals: dict[str, Any] = field(default_factory=dict)    # quality signals (motion, aesthetics...)
+    lineage: dict[str, Any] = field(default_factory=dict)    # source_uri, video_id, frame_start/end...
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.key or "." in self.key or "/" in self.key:
+            raise ValueError(f"sample key must be non-empty without '.' or '/': {self.key!r}")
+        Bucket.parse(self.bucket)
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "SampleMeta":
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("sample json must be an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown sample json keys {unknown}")
+        if raw.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise ValueError(f"sample schema {raw['schema_version']} is newer than {SCHEMA_VERSION}")
+        return cls(**raw)
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+# ---------------------------------------------------------------------------------------------
+# Video bytes
+# ---------------------------------------------------------------------------------------------
+
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
+    """(T, H, W, 3) uint8 RGB -> H.264 MP4 bytes (yuv420p, so H and W must be even)."""
+    import av
+    from fractions import Fraction
+
+    t, h, w, _ = frames.shape
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def decode_mp4(data: bytes, max_frames: int | None = None) -> np.ndarray:
+    """MP4 bytes -> (T, H, W, 3) uint8 RGB, every frame in decode order."""
+    import av
+
+    frames = []
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    if not frames:
+        raise ValueError("no video frames decoded")
+    return np.stack(frames)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+class ShardWriter:
+    """Writes samples into `{split}-NNNNNN.tar` shards, each renamed into place only when complete.
+
+    Starts a new shard past `max_bytes` or `max_samples`. Use as a context manager.
+    """
+
+    def __init__(self, out_dir: str | Path, split: str = "train", max_bytes: int = 512 << 20,
+                 max_samples: int = 10_000, start_index: int = 0):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.split, self.max_bytes, self.max_samples = split, max_bytes, max_samples
+        self.index = start_index
+        self.written: list[Path] = []          # completed shard paths
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
+        self._bytes = self._count = 0
+
+    def write(self, meta: SampleMeta, mp4: bytes) -> None:
+        if meta.split != self.split:
+            raise ValueError(f"sample {meta.key} has split {meta.split!r}, writer is {self.split!r}")
+        if self._tar is not None and (self._bytes >= self.max_bytes or self._count >= self.max_samples):
+            self._finish()
+        if self._tar is None:
+            self._tmp = self.out_dir / f".{shard_name(self.split, self.index)}.tmp"
+            self._tar = tarfile.open(self._tmp, "w")
+        for suffix, payload in (("mp4", mp4), ("json", meta.to_json())):
+            info = tarfile.TarInfo(f"{meta.key}.{suffix}")
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644   # fixed mtime: reproducible bytes
+            self._tar.addfile(info, io.BytesIO(payload))
+            self._bytes += len(payload) + 1024
+        self._count += 1
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._tmp is not None
+        self._tar.close()
+        with open(self._tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        final = self.out_dir / shard_name(self.split, self.index)
+        os.replace(self._tmp, final)
+        self.written.append(final)
+        self.index += 1
+        self._tar, self._tmp, self._bytes, self._count = None, None, 0, 0
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._finish()
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._tar is not None:           # leave no half shard behind
+            self._tar.close()
+            self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def list_shards(data: str | Path | Iterable[str], split: str = "train") -> list[str]:
+    """Shard URLs from a directory (its `{split}-*.tar`, else every `*.tar`), a glob, an fsspec URL,
+    a comma-separated list or a list. Sorted, so every rank sees the same order."""
+    if not isinstance(data, (str, Path)):
+        return sorted(str(u) for u in data)
+    text = str(data)
+    if "," in text:
+        return sorted(part.strip() for part in text.split(",") if part.strip())
+    if "://" not in text and Path(text).is_dir():
+        found = sorted(Path(text).glob(f"{split}-*.tar")) or sorted(Path(text).glob("*.tar"))
+        if not found:
+            raise FileNotFoundError(f"no .tar shards in {text}")
+        return [str(p) for p in found]
+    if any(ch in text for ch in "*?["):
+        import fsspec
+        files = fsspec.open_files(text)
+        if not files:
+            raise FileNotFoundError(f"no shards match {text}")
+        return sorted(f.full_name if "://" in text else f.path for f in files)
+    return [text]
+
+
+def _open(url: str):
+    if "://" in url and not url.startswith("file://"):
+        import fsspec
+        return fsspec.open(url, "rb").open()
+    return open(url.removeprefix("file://"), "rb")
+
+
+@dataclass
+class RawSample:
+    """A sample whose json is parsed but whose video is still bytes (cheap to shuffle and skip)."""
+
+    meta: SampleMeta
+    mp4: bytes
+    url: str
+
+
+class SkipCounter(Counter):
+    """Why samples were skipped: reason -> count. Shared by reader and batcher, logged by the trainer."""
+
+
+def iter_raw_samples(url: str, skipped: SkipCounter) -> Iterator[RawSample]:
+    """Stream one shard; members are grouped by key (the name up to the first dot)."""
+    def flush(key: str | None, parts: dict[str, bytes]) -> Iterator[RawSample]:
+        if key is None:
+            return
+        if "json" not in parts or "mp4" not in parts:
+            skipped["missing_member"] += 1
+            return
+        try:
+            meta = SampleMeta.from_json(parts["json"])
+            if meta.key != key:
+                raise ValueError(f"json key {meta.key!r} != member key {key!r}")
+        except (ValueError, TypeError) as e:
+            skipped["bad_json"] += 1
+            _warn(f"skipping {url}:{key}: {e}")
+            return
+        yield RawSample(meta, parts["mp4"], url)
+
+    key: str | None = None
+    parts: dict[str, bytes] = {}
+    try:
+        with _open(url) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    continue
+                member_key, suffix = base.split(".", 1)
+                if member_key != key:
+                    yield from flush(key, parts)
+                    key, parts = member_key, {}
+                parts[suffix] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError) as e:
+        skipped["bad_shard"] += 1
+        _warn(f"shard {url} is truncated or unreadable after key {key!r}: {e}")
+        return
+    yield from flush(key, parts)
+
+
+def _warn(message: str) -> None:
+    import sys
+    print(f"[recap.shards] {message}", file=sys.stderr)
+
+
+@dataclass
+class Batch:
+    """One bucket's worth of samples: `video` is (B, T, H, W, 3) uint8."""
+
+    bucket: Bucket
+    video: np.ndarray
+    captions: list[str]
+    metas: list[SampleMeta]
+
+
+@dataclass
+class LoaderState:
+    """Where a rank's stream stands: resuming replays `batches` raw batches of `epoch` without decoding."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+class BucketLoader:
+    """Endless, deterministic stream of per-bucket batches for one rank.
+
+    Each epoch: shards are shuffled with (seed, epoch) and split between ranks (by shard when there
+    are at least as many shards as ranks, else by sample); samples pass through a seeded shuffle
+    buffer and collect per bucket; a bucket that reaches its batch size becomes a batch. Leftovers
+    are dropped at the epoch's end, so an epoch's batches depend only on (seed, epoch, rank) and
+    `LoaderState` is enough to resume exactly. Videos are decoded only for batches that are used,
+    in a background thread; a sample that fails to decode or has the wrong shape is dropped from
+    its batch and counted in `skipped`.
+    """
+
+    def __init__(self, shards: list[str], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 256,
+                 bucket_batch_sizes: dict[str, int] | None = None, buckets: list[str] | None = None,
+                 prefetch: int = 2):
+        if not shards:
+            raise ValueError("no shards given")
+        self.shards, self.batch_size, self.seed = list(shards), batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.shuffle_buffer = shuffle_buffer
+        self.bucket_batch_sizes = dict(bucket_batch_sizes or {})
+        self.buckets = set(buckets) if buckets else None
+        self.prefetch = prefetch
+        self.state = LoaderState()
+        self.skipped = SkipCounter()
+
+    def _epoch_raw_batches(self, epoch: int) -> Iterator[tuple[Bucket, list[RawSample]]]:
+        rng = random.Random(f"{self.seed}-{epoch}")
+        shards = list(self.shards)
+        rng.shuffle(shards)
+        by_shard = len(shards) >= self.world_size
+        mine = shards[self.rank::self.world_size] if by_shard else shards
+
+        def samples() -> Iterator[RawSample]:
+            index = 0
+            for url in mine:
+                for sample in iter_raw_samples(url, self.skipped):
+                    if by_shard or index % self.world_size == self.rank:
+                        yield sample
+                    index += 1
+
+        pending: dict[str, list[RawSample]] = {}
+        buffer: list[RawSample] = []
+
+        def add(sample: RawSample) -> Iterator[tuple[Bucket, list[RawSample]]]:
+            name = sample.meta.bucket
+            if self.buckets is not None and name not in self.buckets:
+                return
+            group = pending.setdefault(name, [])
+            group.append(sample)
+            if len(group) >= self.bucket_batch_sizes.get(name, self.batch_size):
+                del pending[name]
+                yield Bucket.parse(name), group
+
+        for sample in samples():
+            if len(buffer) < self.shuffle_buffer:
+                buffer.append(sample)
+                continue
+            i = rng.randrange(len(buffer))
+            buffer[i], sample = sample, buffer[i]
+            yield from add(sample)
+        rng.shuffle(buffer)
+        for sample in buffer:
+            yield from add(sample)
+
+    def _raw_batches(self) -> Iterator[tuple[LoaderState, Bucket, list[RawSample]]]:
+        """Raw batches from the saved state on; each comes with the state *after* it."""
+        epoch, skip = self.state.epoch, self.state.batches
+        while True:
+            count, produced = 0, False
+            for bucket, group in self._epoch_raw_batches(epoch):
+                count += 1
+                produced = True
+                if count <= skip:
+                    continue
+                yield LoaderState(epoch, count), bucket, group
+            if not produced:
+                raise RuntimeError(f"epoch {epoch} gave no full batch on rank {self.rank}: "
+                                   f"too few samples for batch size {self.batch_size} "
+                                   f"(skipped so far: {dict(self.skipped)})")
+            epoch, skip = epoch + 1, 0
+
+    def _decode(self, bucket: Bucket, group: list[RawSample]) -> Batch | None:
+        videos, captions, metas = [], [], []
+        for sample in group:
+            try:
+                video = decode_mp4(sample.mp4, max_frames=bucket.frames)
+                if video.shape != (bucket.frames, bucket.height, bucket.width, 3):
+                    raise ValueError(f"decoded {video.shape[:3]}, bucket wants "
+                                     f"{(bucket.frames, bucket.height, bucket.width)}")
+            except Exception as e:   # any decoder failure: this sample only, never the run
+                self.skipped["bad_video"] += 1
+                _warn(f"skipping {sample.url}:{sample.meta.key}: {type(e).__name__}: {e}")
+                continue
+            videos.append(video)
+            captions.append(sample.meta.caption)
+            metas.append(sample.meta)
+        if not videos:
+            return None
+        return Batch(bucket, np.stack(videos), captions, metas)
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Yields decoded batches; `self.state` always describes the batches consumed so far."""
+        q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for state, bucket, group in self._raw_batches():
+                    item = (state, self._decode(bucket, group))
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as e:  # hand the error to the consumer
+                q.put(("error", e))
+
+        thread = threading.Thread(target=produce, daemon=True, name="shard-loader")
+        thread.start()
+        try:
+            while True:
+                state, batch = q.get()
+                if state == "error":
+                    raise batch
+                self.state = state
+                if batch is not None:   # every sample corrupt: the batch still counts as consumed
+                    yield batch
+        finally:
+            stop.set()
+            while thread.is_alive():
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+                thread.join(timeout=0.05)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.state.epoch, "batches": self.state.batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.state = LoaderState(int(state["epoch"]), int(state["batches"]))
+
+
+__all__ = ["SCHEMA_VERSION", "Bucket", "SampleMeta", "ShardWriter", "BucketLoader", "Batch",
+           "LoaderState", "SkipCounter", "encode_mp4", "decode_mp4", "list_shards", "shard_name",
+           "iter_raw_samples"]
