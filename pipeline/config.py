@@ -26,14 +26,33 @@ class DecodeConfig:
 
 @dataclass
 class ShotsConfig:
-    cut_threshold: float = 27.0      # ContentDetector-style score that marks a hard cut
-    adaptive_ratio: float = 3.0      # AdaptiveDetector ratio to the local average
-    min_shot_frames: int = 8         # two cuts closer than this are one transition
-    black_luma: float = 18.0         # mean luma (0-255) below which a frame is black
-    fade_min_frames: int = 4         # shortest luma ramp to/from black counted as a fade
-    dissolve_min_frames: int = 6     # shortest gradual transition counted as a dissolve
-    dissolve_max_frames: int = 60
-    flash_max_frames: int = 4        # a bright flash this short inside a shot is not a cut
+    """Shot detection (pipeline/shots.py). Scores: ContentDetector's HSV score (0-255) and the
+    structure distance S = 1 - correlation of 32x18 luma thumbnails (0 same picture, ~1 new one)."""
+
+    cut_threshold: float = 20.0      # a hard cut needs ContentDetector's score at least this ...
+    cut_structure: float = 0.3       # ... and a structure jump S(t-1, t) at least this ...
+    cut_contrast: float = 0.2        # ... that exceeds the jumps on either side by this (not motion)
+    flash_max_frames: int = 3        # a change undone within this many frames is a flash, not a cut
+    black_luma: int = 32             # luma (0-255, video range black = 16) at or below which a pixel is dark
+    black_fraction: float = 0.9      # a frame with at least this share of dark pixels is black
+    flat_std: float = 3.0            # a frame with less luma contrast than this is a solid colour
+    fade_min_frames: int = 3         # shortest ramp into/out of black (or a solid colour) that is a fade
+    fade_min_step: float = 0.01      # each fade frame moves at least this (relative) towards black
+    dissolve_min_frames: int = 3     # shortest blend (frames strictly between two shots) that is a dissolve
+    dissolve_max_frames: int = 60    # longest one looked for (at most 63)
+    dissolve_structure: float = 0.4  # structure change across a dissolve window, at least
+    dissolve_structure_contrast: float = 0.4  # ... exceeding the change over the windows around it by this,
+    dissolve_color_contrast: float = 0.3      # ... or colour-histogram change exceeding theirs by this
+    min_shot_frames: int = 4         # content shorter than this between two gradual transitions is
+                                     # part of them
+
+    def __post_init__(self) -> None:
+        if not 0 < self.dissolve_min_frames <= self.dissolve_max_frames <= 63:
+            raise ConfigError("shots: need 0 < dissolve_min_frames <= dissolve_max_frames <= 63")
+        if self.flash_max_frames < 0 or self.flash_max_frames > 4:
+            raise ConfigError("shots.flash_max_frames must be in 0..4")
+        if not 0 < self.black_fraction <= 1:
+            raise ConfigError("shots.black_fraction must be in (0, 1]")
 
 
 @dataclass
@@ -45,6 +64,7 @@ class ClipsConfig:
     encode_width: int | None = None  # encode mode: target width (height keeps aspect, even)
     encode_fps: float | None = None  # encode mode: target frame rate (None keeps the source rate)
     encode_crf: int = 20
+    encode_preset: str = "veryfast"  # libx264 speed/size trade-off (ultrafast ... veryslow)
 
     def __post_init__(self) -> None:
         if self.min_seconds <= 0 or self.max_seconds < self.min_seconds:

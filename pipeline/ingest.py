@@ -8,6 +8,7 @@ under two names is processed once; across runs, the library's `sources/` and `vi
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sys
@@ -63,6 +64,8 @@ def _run_one(row: dict[str, Any], cfg: IngestConfig, lib_root: str, claims_name:
     claims = ray.get_actor(claims_name)
     result = ingest_source(row["uri"], cfg, lib_root,
                            claim=lambda vid, uri: ray.get(claims.claim.remote(vid, uri)))
+    for video in result.rows.get("videos", []):
+        video["worker_node"] = ray.get_runtime_context().get_node_id()
     return {"uri": row["uri"], "payload": pickle.dumps(result)}
 
 
@@ -76,7 +79,7 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(address="local", include_dashboard=False, **kwargs)  # never join a stray cluster silently
 
 
 def plan_resources(cfg: IngestConfig, n_sources: int, cluster_cpus: float) -> tuple[float, int]:
@@ -118,7 +121,8 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
         ctx.enable_progress_bars = False
         ctx.execution_options.preserve_order = False
         ctx.max_errored_blocks = -1  # a worker that dies on one video must not end the job
-        ctx.print_on_execution_start = False if hasattr(ctx, "print_on_execution_start") else None
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
         in_flight = cfg.execution.max_videos_in_flight or None
         ds = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=len(todo)).map(

@@ -1,7 +1,7 @@
 """Arrow schemas of the clip library: the one place that says what every table and column is.
 
 Each column is declared once with its type and a one-line description; the README's column
-reference is generated from these declarations (`python -m pipeline.schema`), and a test keeps
+reference is generated from these declarations (`python -m pipeline.schema --update-readme`), and a test keeps
 the two in step. Bump SCHEMA_VERSION on any incompatible change.
 """
 
@@ -49,6 +49,7 @@ VIDEO_COLUMNS = [
     Column("n_shots", pa.int32(), "Shots detected.", True),
     Column("n_clips", pa.int32(), "Clips planned from those shots.", True),
     Column("ingest_s", pa.float64(), "Wall time spent on this video by its worker.", True),
+    Column("worker_node", pa.string(), "Ray node id of the worker that ingested it (null outside Ray).", True),
     Column("ingested_at", pa.timestamp("ms", tz="UTC"), "When the row was written."),
     COMMIT,
 ]
@@ -129,5 +130,21 @@ def markdown_reference() -> str:
     return "\n".join(lines)
 
 
+def update_readme(path: str = "README.md") -> None:
+    """Rewrite the README's generated column reference in place."""
+    import re
+    from pathlib import Path
+
+    readme = Path(path)
+    text = re.sub(r"(<!-- schema:begin[^\n]*-->\n).*?(<!-- schema:end -->)",
+                  lambda m: m.group(1) + markdown_reference() + "\n" + m.group(2), readme.read_text(), flags=re.S)
+    readme.write_text(text)
+
+
 if __name__ == "__main__":
-    print(markdown_reference())
+    import sys
+
+    if "--update-readme" in sys.argv:
+        update_readme()
+    else:
+        print(markdown_reference())

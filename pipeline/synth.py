@@ -55,8 +55,9 @@ class Dissolve:
 
 @dataclass(frozen=True)
 class FadeThroughBlack:
-    """Fade the shot out, hold black, fade the next one in. At a video's start use
-    `fade_out=0`; at its end `fade_in=0`."""
+    """Fade the shot out, hold black, fade the next one in. A zero length leaves that part out:
+    `fade_out=0` cuts to black (or starts the video black), `fade_in=0` cuts in from black (or
+    ends the video)."""
 
     fade_out: int
     black: int
@@ -84,7 +85,7 @@ class FrameRecipe:
 
 def _check(edits: Sequence[Edit]) -> None:
     for k, e in enumerate(edits):
-        first, last = k == 0, k == len(edits) - 1
+        last = k == len(edits) - 1
         prev_shot = k > 0 and isinstance(edits[k - 1], Shot)
         next_shot = not last and isinstance(edits[k + 1], Shot)
         if isinstance(e, Shot):
@@ -97,8 +98,10 @@ def _check(edits: Sequence[Edit]) -> None:
         elif isinstance(e, FadeThroughBlack):
             if min(e.fade_out, e.black, e.fade_in) < 0:
                 raise ValueError(f"negative length: {e}")
-            if (e.fade_out > 0) != prev_shot or (e.fade_in > 0) != next_shot or (first and last):
-                raise ValueError(f"a fade needs a shot on each side it fades: {e}")
+            if (e.fade_out and not prev_shot) or (e.fade_in and not next_shot):
+                raise ValueError(f"a fade needs a shot on the side it fades: {e}")
+            if e.fade_out + e.black + e.fade_in == 0:
+                raise ValueError("an empty fade")
         elif isinstance(e, (Cut, Dissolve)):
             if not (prev_shot and next_shot):
                 raise ValueError(f"{type(e).__name__} must sit between two shots")
@@ -120,16 +123,14 @@ def plan_frames(edits: Sequence[Edit]) -> tuple[list[FrameRecipe], dict]:
     first_visible: dict[int, int] = {}   # shot -> global frame where its clock starts
     current = -1                         # the last shot started
 
-    def layer(shot: int, weight: float = 1.0) -> Layer:
-        return Layer(shot, len(recipes) - first_visible[shot], weight)
+    def layer(shot: int, ahead: int = 0, weight: float = 1.0) -> Layer:
+        """`shot` as seen `ahead` frames after the current end of the video."""
+        return Layer(shot, len(recipes) + ahead - first_visible[shot], weight)
 
-    def transition(kind: str, n: int, make) -> None:
-        if n <= 0:
-            return
-        start = len(recipes)
-        for i in range(n):
-            recipes.append(make(i))
-        transitions.append({"kind": kind, "start_frame": start, "end_frame": len(recipes)})
+    def transition(kind: str, frames: list[FrameRecipe]) -> None:
+        if frames:
+            transitions.append({"kind": kind, "start_frame": len(recipes), "end_frame": len(recipes) + len(frames)})
+            recipes.extend(frames)
 
     for e in edits:
         if isinstance(e, Shot):
@@ -147,17 +148,18 @@ def plan_frames(edits: Sequence[Edit]) -> tuple[list[FrameRecipe], dict]:
             transitions.append({"kind": "cut", "start_frame": len(recipes), "end_frame": len(recipes)})
         elif isinstance(e, Dissolve):
             first_visible[current + 1] = len(recipes)
-            n = e.frames
-            transition("dissolve", n, lambda i: FrameRecipe(
-                (layer(current, 1 - (i + 1) / (n + 1)), layer(current + 1, (i + 1) / (n + 1)))))
+            w = [(i + 1) / (e.frames + 1) for i in range(e.frames)]   # never 0 or 1
+            transition("dissolve", [FrameRecipe((layer(current, i, 1 - w[i]), layer(current + 1, i, w[i])))
+                                    for i in range(e.frames)])
         else:
-            out, into = e.fade_out, e.fade_in
             # ramps never reach 0 or 1: every fade frame differs from black and from the clean shot
-            transition("fade_out", out, lambda i: FrameRecipe((layer(current),), gain=(out - i) / (out + 1)))
-            transition("black", e.black, lambda i: FrameRecipe((), gain=0.0))
+            out, into = e.fade_out, e.fade_in
+            transition("fade_out", [FrameRecipe((layer(current, i),), gain=(out - i) / (out + 1)) for i in range(out)])
+            transition("black", [FrameRecipe((), gain=0.0)] * e.black)
             if into:
                 first_visible[current + 1] = len(recipes)
-            transition("fade_in", into, lambda i: FrameRecipe((layer(current + 1),), gain=(i + 1) / (into + 1)))
+            transition("fade_in", [FrameRecipe((layer(current + 1, i),), gain=(i + 1) / (into + 1))
+                                   for i in range(into)])
     truth = {"frames": len(recipes), "transitions": transitions, "shots": shots, "flashes": flashes}
     return recipes, truth
 
@@ -310,11 +312,13 @@ def write_video(
     """Encode RGB uint8 frames (all the same even size) into `path` with PyAV; returns the count.
 
     The container follows the file suffix. `options` go to the encoder (e.g. {"crf": "20"}).
-    `threads=1` makes x264 and libvpx output reproducible byte for byte.
+    For output that is reproducible byte for byte keep `threads=1`, and for libx264 also pass
+    {"x264-params": "asm=0"}: its AVX-512 code gave run-to-run differences.
     """
     rate = Fraction(fps)
     count = 0
-    with av.open(str(path), mode="w") as container:
+    # bitexact: no creation time or random segment id in the header, so equal input gives equal bytes
+    with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = None
         for rgb in frames:
             if stream is None:
@@ -338,4 +342,5 @@ def write_video(
             raise ValueError("no frames to write")
         container.mux(stream.encode(None))
     return count
+
 

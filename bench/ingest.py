@@ -1,0 +1,151 @@
+"""Ingest speed and memory against ffmpeg decode-only and PySceneDetect's CLI, on the same file.
+
+    .venv/bin/python bench/ingest.py --seconds 60 120 --threads 2
+
+For each length it generates (once, cached in bench/out/) a 1080p H.264 file, then times:
+  ffmpeg      `ffmpeg -threads N -i FILE -f null -`            (decode only: the floor)
+  worker      recap's per-video work in one process: hash, probe, decode + shot detection,
+              clip planning and remux (what each Ray task does)
+  cli-warm    `recap ingest FILE --out LIB --ray-address ADDR` against an already running Ray
+  cli-cold    `recap ingest FILE --out LIB`, starting a local Ray itself
+  scenedetect `scenedetect -i FILE detect-adaptive` (PySceneDetect's CLI, OpenCV decode)
+and prints wall-time ratios to ffmpeg and peak RSS (largest single process, and the sum over
+the whole process tree for the CLI runs, Ray's daemons included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+BIN = Path(sys.executable).parent
+
+
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Wall time, peak RSS of the largest process and of the whole process tree (sampled)."""
+    t0 = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    peak_one = peak_tree = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_one, peak_tree
+        while not done.is_set():
+            try:
+                procs = [proc, *proc.children(recursive=True)]
+                rss = []
+                for p in procs:
+                    try:
+                        rss.append(p.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                peak_one, peak_tree = max(peak_one, max(rss, default=0)), max(peak_tree, sum(rss))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    done.set()
+    t.join()
+    if proc.returncode not in (0,):
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
+    return {"wall_s": wall, "peak_rss_mb": peak_one / 2**20, "peak_tree_rss_mb": peak_tree / 2**20}
+
+
+def bench_file(seconds: int) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"bench_1080p_{seconds}s.mp4"
+    if not path.exists():
+        from pipeline.samples import write_benchmark_video
+
+        print(f"generating {path} ...", file=sys.stderr)
+        write_benchmark_video(path, seconds=seconds)
+    return path
+
+
+WORKER_SNIPPET = """
+import sys, time, tempfile
+from pipeline.config import load_ingest_config
+from pipeline.worker import ingest_source
+cfg = load_ingest_config(None, sys.argv[2:])
+with tempfile.TemporaryDirectory() as lib:
+    r = ingest_source(sys.argv[1], cfg, lib)
+    assert r.outcome == "ingested", r.rows
+"""
+
+
+def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
+    results = []
+    overrides = [f"decode.threads={threads}", f"execution.cpus_per_video={threads}", "clips.mode=remux"]
+    set_args = [a for o in overrides for a in ("--set", o)]
+    ray_tmp = tempfile.mkdtemp(prefix="recap-bench-ray-")
+    env = dict(os.environ)
+    subprocess.run([str(BIN / "ray"), "start", "--head", f"--num-cpus={threads}", "--include-dashboard=false",
+                    "--port=6391", f"--temp-dir={ray_tmp}", "--disable-usage-stats"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for seconds in seconds_list:
+            f = bench_file(seconds)
+            cases = {
+                "ffmpeg": lambda: ["ffmpeg", "-v", "error", "-threads", str(threads), "-i", str(f), "-f", "null", "-"],
+                "worker": lambda: [sys.executable, "-c", WORKER_SNIPPET, str(f), *overrides],
+                "cli-warm": lambda: [str(BIN / "recap"), "ingest", str(f), "--out", tempfile.mkdtemp(dir=OUT),
+                                     "--no-progress", "--ray-address", "127.0.0.1:6391", *set_args],
+                "cli-cold": lambda: [str(BIN / "recap"), "ingest", str(f), "--out", tempfile.mkdtemp(dir=OUT),
+                                     "--no-progress", *set_args],
+                "scenedetect": lambda: [str(BIN / "scenedetect"), "-q", "-i", str(f), "detect-adaptive"],
+            }
+            row: dict = {"seconds": seconds, "file": f.name, "threads": threads}
+            for name, make in cases.items():
+                runs = [measure(make(), env) for _ in range(repeats)]
+                best = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]  # median by wall time
+                row[name] = best
+            for name in cases:
+                row[name]["ratio_to_ffmpeg"] = row[name]["wall_s"] / row["ffmpeg"]["wall_s"]
+            results.append(row)
+            _print_row(row)
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        for d in OUT.glob("tmp*"):
+            shutil.rmtree(d, ignore_errors=True)
+    return results
+
+
+def _print_row(row: dict) -> None:
+    print(f"\n1080p H.264, {row['seconds']} s, {row['threads']} threads ({row['file']})")
+    print(f"  {'case':<12} {'wall s':>8} {'x ffmpeg':>9} {'peak RSS MB':>12} {'tree RSS MB':>12}")
+    for name in ("ffmpeg", "worker", "cli-warm", "cli-cold", "scenedetect"):
+        r = row[name]
+        print(f"  {name:<12} {r['wall_s']:8.2f} {r['ratio_to_ffmpeg']:9.2f} {r['peak_rss_mb']:12.0f} "
+              f"{r['peak_tree_rss_mb']:12.0f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=int, nargs="+", default=[60, 120])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    results = run(args.seconds, args.threads, args.repeats)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "ingest.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""What the clip signals add to the single decode pass, on the ingest benchmark file.
+
+    .venv/bin/python bench/signals.py [FILE] [--seconds 60] [--threads 2] [--rounds 2] [--mv]
+
+Without FILE it writes the ingest benchmark video (`pipeline.samples.write_benchmark_video`,
+1080p30 H.264) to bench/out/. Each round times, in this process:
+  decode    `pipeline.decode.decode_pass` with no analyzer: demux, decode, shrink to 160 px
+  signals   the same pass with every signal analyzer (default `SignalsConfig`: motion, exposure,
+            pHash, bars, sharpness, OCR) and one 480 px detail frame per second
+and prints wall and CPU seconds (min over rounds), the overhead of signals over decode, and
+each analyzer's own cost per frame. On a shared machine trust CPU seconds more than wall time.
+
+--mv compares the motion score with the codec's own motion vectors (decoder flag
+`flags2=+export_mvs`): extra CPU of each over its decode, and the Spearman rank correlation of
+their per-second motion over the file (do both rank the same seconds as moving?).
+
+`decode_pass` does not attach detail frames yet; the bench stands in for it (see DetailTap):
+the shrinker also makes the 480 px frame when `DetailSchedule` says one is due, and the first
+analyzer attaches it, which is the work the proposed decode change does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import av  # noqa: E402
+
+from pipeline import decode as decode_mod  # noqa: E402
+from pipeline.config import load_ingest_config  # noqa: E402
+from pipeline.signals import DetailSchedule, SignalsConfig, clip_signals, make_analyzers  # noqa: E402
+
+
+class DetailTap:
+    """Stand-in for the decoder attaching `AnalysisFrame.detail` (one 480 px frame per second)."""
+
+    name = "detail"
+
+    def __init__(self, every_s: float, width: int):
+        self.schedule = DetailSchedule(every_s)
+        self.width = width
+        self.pending = None
+        self.seconds = 0.0
+        original = decode_mod._FrameShrinker.__call__
+        tap = self
+
+        def shrink_and_detail(shrinker, frame):
+            bgr, luma = original(shrinker, frame)
+            t = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
+            if tap.schedule.due(t):
+                t0 = time.perf_counter()
+                h = round(frame.height * tap.width / frame.width / 2) * 2
+                tap.pending = frame.reformat(width=tap.width, height=h, format="bgr24",
+                                             interpolation="AREA").to_ndarray()
+                tap.seconds += time.perf_counter() - t0
+            return bgr, luma
+
+        decode_mod._FrameShrinker.__call__ = shrink_and_detail
+        self._restore = lambda: setattr(decode_mod._FrameShrinker, "__call__", original)
+
+    def update(self, frame) -> None:
+        object.__setattr__(frame, "detail", self.pending)
+        self.pending = None
+
+    def close(self) -> None:
+        self._restore()
+
+
+class Timed:
+    """Wraps an analyzer and adds up the time spent in its `update`."""
+
+    def __init__(self, inner, totals: dict[str, float]):
+        self.inner, self.totals, self.name = inner, totals, inner.name
+
+    def update(self, frame) -> None:
+        t0 = time.perf_counter()
+        self.inner.update(frame)
+        self.totals[self.name] += time.perf_counter() - t0
+
+
+def run_once(path: Path, threads: int, signals: bool) -> tuple[float, float, int, dict[str, float]]:
+    cfg = load_ingest_config(overrides=[f"decode.threads={threads}"])
+    totals: dict[str, float] = defaultdict(float)
+    analyzers, tap = [], None
+    if signals:
+        scfg = SignalsConfig()
+        with av.open(str(path)) as c:
+            size = (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height)
+        tap = DetailTap(scfg.detail_every_s, scfg.detail_width)
+        analyzers = [tap] + [Timed(a, totals) for a in make_analyzers(scfg, size)]
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    try:
+        result = decode_mod.decode_pass(path, cfg.decode, analyzers)
+        if signals:  # the per-clip summaries: one clip per 5 s here
+            t0 = time.perf_counter()
+            inner = [a.inner for a in analyzers[1:]]
+            for start in range(0, result.n_frames, 150):
+                clip_signals(inner, start, min(start + 150, result.n_frames))
+            totals["clip_signals (all clips)"] = time.perf_counter() - t0
+            totals["detail frame (480 px reformat)"] = tap.seconds
+    finally:
+        if tap is not None:
+            tap.close()
+    return time.perf_counter() - wall0, time.process_time() - cpu0, result.n_frames, totals
+
+
+def _ranks(x):
+    import numpy as np
+
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    return r
+
+
+def motion_vector_pass(path: Path, threads: int, export: bool) -> tuple[float, list[float], float]:
+    """Plain PyAV decode (no shrink); with `export`, mean |motion vector| per frame in % width/s."""
+    import numpy as np
+
+    cpu0 = time.process_time()
+    per_frame, times = [], []
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        if export:
+            stream.codec_context.options = {"flags2": "+export_mvs"}
+        fps = float(stream.average_rate or 30)
+        for frame in c.decode(stream):
+            times.append(float(frame.pts * frame.time_base) if frame.pts is not None else len(times) / fps)
+            if not export:
+                continue
+            mvs = frame.side_data.get("MOTION_VECTORS")
+            if mvs is None:  # intra frame: no vectors, no estimate
+                per_frame.append(np.nan)
+                continue
+            a = mvs.to_ndarray()
+            a = a[a["source"] < 0]  # vectors from a past reference
+            if a.size == 0:
+                per_frame.append(np.nan)
+                continue
+            scale = a["motion_scale"].astype(np.float32)
+            mag = np.hypot(a["motion_x"] / scale, a["motion_y"] / scale)
+            area = a["w"].astype(np.float32) * a["h"]
+            per_frame.append(float((mag * area).sum() / area.sum()) / frame.width * fps * 100)
+    return time.process_time() - cpu0, per_frame, float(fps)
+
+
+def compare_motion_vectors(path: Path, threads: int) -> None:
+    import numpy as np
+
+    from pipeline.signals.config import MotionConfig
+    from pipeline.signals.motion import MotionAnalyzer
+
+    cfg = load_ingest_config(overrides=[f"decode.threads={threads}"])
+    cpu0 = time.process_time()
+    base = decode_mod.decode_pass(path, cfg.decode, [])
+    cpu_decode = time.process_time() - cpu0
+    motion = MotionAnalyzer(MotionConfig())
+    cpu0 = time.process_time()
+    decode_mod.decode_pass(path, cfg.decode, [motion])
+    cpu_flow = time.process_time() - cpu0
+    cpu_plain, _, fps = motion_vector_pass(path, threads, export=False)
+    cpu_mv, mv_frames, _ = motion_vector_pass(path, threads, export=True)
+
+    window = int(round(fps))
+    flow_s, mv_s = [], []
+    for start in range(0, base.n_frames - window + 1, window):
+        flow = motion.clip_signals(start, start + window)["motion_score"]
+        mv = np.nanmean(mv_frames[start:start + window]) if np.isfinite(mv_frames[start:start + window]).any() else np.nan
+        if flow is not None and np.isfinite(mv):
+            flow_s.append(flow)
+            mv_s.append(mv)
+    rho = float(np.corrcoef(_ranks(np.array(flow_s)), _ranks(np.array(mv_s)))[0, 1])
+    print(f"\nmotion score vs codec motion vectors on {path.name} ({base.n_frames} frames, {len(flow_s)} one-second windows)")
+    print(f"  Farneback (80 px, every 2nd frame): +{cpu_flow - cpu_decode:6.2f} s CPU over decode_pass ({cpu_decode:.2f} s)")
+    print(f"  codec motion vectors (export_mvs):  +{cpu_mv - cpu_plain:6.2f} s CPU over plain decode ({cpu_plain:.2f} s)")
+    print(f"  Spearman rank correlation of per-second motion: {rho:.3f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", nargs="?", type=Path)
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--mv", action="store_true", help="only compare Farneback with codec motion vectors")
+    args = p.parse_args()
+    path = args.file
+    if path is None:
+        from pipeline.samples import write_benchmark_video
+
+        path = ROOT / "bench" / "out" / f"bench_1080p_{int(args.seconds)}s.mp4"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            print(f"writing {path} ...", flush=True)
+            write_benchmark_video(path, args.seconds)
+    if args.mv:
+        compare_motion_vectors(path, args.threads)
+        return
+    best: dict[str, tuple[float, float]] = {}
+    breakdown: dict[str, float] = {}
+    n = 0
+    for r in range(args.rounds):
+        for mode in ("decode", "signals"):
+            wall, cpu, n, totals = run_once(path, args.threads, mode == "signals")
+            print(f"round {r + 1} {mode:<8} wall {wall:6.2f} s  cpu {cpu:6.2f} s", flush=True)
+            old = best.get(mode)
+            best[mode] = (min(wall, old[0]), min(cpu, old[1])) if old else (wall, cpu)
+            if totals:
+                breakdown = totals if not breakdown else {k: min(v, breakdown.get(k, v)) for k, v in totals.items()}
+    (dw, dc), (sw, sc) = best["decode"], best["signals"]
+    print(f"\n{path.name}: {n} frames, {args.threads} decoder threads, min over {args.rounds} rounds")
+    print(f"  decode pass        wall {dw:6.2f} s  cpu {dc:6.2f} s  ({1000 * dw / n:.2f} ms/frame wall)")
+    print(f"  + all signals      wall {sw:6.2f} s  cpu {sc:6.2f} s  ({1000 * sw / n:.2f} ms/frame wall)")
+    print(f"  overhead           wall {100 * (sw / dw - 1):+.1f}%   cpu {100 * (sc / dc - 1):+.1f}%")
+    print("  per analyzer (ms per video frame, summed update time / frames):")
+    for name, s in sorted(breakdown.items(), key=lambda kv: -kv[1]):
+        print(f"    {name:<32} {1000 * s / n:6.3f}   ({s:.2f} s total)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,379 @@
+"""Shot detection: clean shot ranges and the transitions between them, from one decode pass.
+
+`ShotFeatures` is a `FrameAnalyzer`: during the decode pass it feeds each small frame to
+PySceneDetect's `ContentDetector` (its HSV frame score) and records a few more numbers per frame:
+brightness, contrast, how much of the frame is dark, and, against a ring buffer of the last
+`max(LAGS)` frames, two distances at every lag in `LAGS`:
+
+- structure `S(a, b)` = 1 - normalised cross-correlation of 32x18 luma thumbnails. Motion-blur,
+  exposure and colour changes barely move it; a new shot moves it to ~1.
+- colour `H(a, b)` = half the L1 distance of coarse 3-D colour histograms (0..1). Objects moving
+  inside a shot barely move it; a dissolve between shots moves it steadily.
+
+`detect_shots` then works on those arrays alone (about 250 bytes per frame):
+
+1. black / flat frames (mostly dark, or no contrast at all) are transitions;
+2. fades: the contrast ramps monotonically into or out of a black / flat run;
+3. hard cuts: ContentDetector's score and a structure jump together, larger than the frames
+   on either side (fast motion changes every frame, a cut only one), and not undone within
+   `flash_max_frames` (a flash, an explosion, a camera strobe returns to the same picture);
+4. dissolves: over a window of k frames structure and colour change like a cut spread out,
+   while the k frames before and after the window stay comparatively still.
+
+Whatever is not a transition is shot content. Frame indices are 0-based decode order, ends
+exclusive; a cut is a zero-length transition at the first frame of the new shot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import cv2
+import numpy as np
+from scenedetect import ContentDetector, FrameTimecode
+
+from pipeline.config import ShotsConfig
+from pipeline.frames import AnalysisFrame
+
+# Lags (in frames) at which each frame is compared with an earlier one: dense for cuts, flashes
+# and short dissolves, sparser for long dissolves (dissolve_max_frames must stay below the max).
+LAGS = tuple(range(1, 25)) + (28, 32, 40, 48, 56, 64)
+LAG_INDEX = {k: i for i, k in enumerate(LAGS)}
+THUMB = (32, 18)         # structure thumbnail (w, h); transposed for portrait frames
+COLOR_THUMB = (40, 22)   # the colour histogram is taken on this small copy (cheaper, same result)
+HIST_BINS = 4            # per channel: 4x4x4 joint BGR histogram
+MIN_THUMB_STD = 2.0      # a thumbnail flatter than this has no structure to correlate
+
+KINDS = ("start", "end", "cut", "fade", "dissolve", "black")
+
+
+@dataclass(frozen=True)
+class Transition:
+    kind: str          # cut | fade | dissolve | black
+    start_frame: int   # first frame of the transition (for a cut: first frame of the new shot)
+    end_frame: int     # exclusive; == start_frame for a cut
+
+
+@dataclass(frozen=True)
+class Shot:
+    start_frame: int
+    end_frame: int     # exclusive
+    start_kind: str    # what the shot begins with: start | cut | fade | dissolve | black
+    end_kind: str      # what ends it: end | cut | fade | dissolve | black
+
+
+@dataclass
+class ShotResult:
+    n_frames: int
+    shots: list[Shot]
+    transitions: list[Transition]
+
+    @property
+    def hard_cuts(self) -> list[int]:
+        return [t.start_frame for t in self.transitions if t.kind == "cut"]
+
+
+class _ScoredContentDetector(ContentDetector):
+    """PySceneDetect's ContentDetector, keeping its per-frame score (as AdaptiveDetector does)
+    instead of its own cut decisions."""
+
+    def __init__(self) -> None:
+        super().__init__(min_scene_len=0)   # its own cut filter is unused: skip that bookkeeping
+        self._fps = Fraction(30)            # timecodes only label frames here; the rate is moot
+
+    def score(self, index: int, bgr: np.ndarray) -> float:
+        self.process_frame(FrameTimecode(index, self._fps), bgr)
+        return float(self._frame_score or 0.0)
+
+
+@dataclass
+class FeatureArrays:
+    """Per-frame numbers for `detect_shots` (row t compares frame t with frame t - LAGS[j])."""
+
+    content: np.ndarray     # (n,) ContentDetector score, frame t-1 -> t (0 for t = 0)
+    luma_mean: np.ndarray   # (n,)
+    luma_std: np.ndarray    # (n,)
+    dark_frac: np.ndarray   # (n,) fraction of pixels at or below the black level
+    structure: np.ndarray   # (n, len(LAGS)) S(t - k, t); NaN where t - k < 0
+    color: np.ndarray       # (n, len(LAGS)) H(t - k, t); NaN where t - k < 0
+
+    @property
+    def n(self) -> int:
+        return len(self.content)
+
+    def s(self, t: int, k: int) -> float:
+        return float(self.structure[t, LAG_INDEX[k]])
+
+    def h(self, t: int, k: int) -> float:
+        return float(self.color[t, LAG_INDEX[k]])
+
+
+class ShotFeatures:
+    """FrameAnalyzer collecting what `detect_shots` needs; memory: a 64-frame ring of thumbnails
+    plus ~250 bytes per frame."""
+
+    name = "shots"
+
+    def __init__(self, cfg: ShotsConfig):
+        self.cfg = cfg
+        self._content = _ScoredContentDetector()
+        ring = max(LAGS) + 1
+        self._ring = ring
+        self._z = np.zeros((ring, THUMB[0] * THUMB[1]), np.float32)   # normalised thumbnails
+        self._flat = np.ones(ring, bool)
+        self._hist = np.zeros((ring, HIST_BINS ** 3), np.float32)
+        self._lags = np.asarray(LAGS)
+        self._rows: dict[str, list] = {k: [] for k in ("content", "luma_mean", "luma_std", "dark_frac",
+                                                       "structure", "color")}
+
+    def update(self, frame: AnalysisFrame) -> None:
+        i = frame.index
+        if i != len(self._rows["content"]):
+            raise ValueError(f"frames must arrive in order: got {i}, expected {len(self._rows['content'])}")
+        luma, bgr = frame.luma, frame.bgr
+        rows = self._rows
+        rows["content"].append(self._content.score(i, bgr))
+        mean, std = cv2.meanStdDev(luma)
+        rows["luma_mean"].append(float(mean[0, 0]))
+        rows["luma_std"].append(float(std[0, 0]))
+        bright = cv2.countNonZero(cv2.compare(luma, self.cfg.black_luma, cv2.CMP_GT))
+        rows["dark_frac"].append(1.0 - bright / luma.size)
+
+        size = THUMB if luma.shape[1] >= luma.shape[0] else THUMB[::-1]
+        thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+        tstd = float(thumb.std())
+        z = (thumb - thumb.mean()) / max(tstd, MIN_THUMB_STD)
+        small = cv2.resize(bgr, COLOR_THUMB, interpolation=cv2.INTER_AREA)
+        hist = cv2.calcHist([small], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
+        hist /= hist.sum()
+
+        slot = i % self._ring
+        n_prev = min(i, self._ring - 1)
+        s_row = np.full(len(LAGS), np.nan, np.float32)
+        h_row = np.full(len(LAGS), np.nan, np.float32)
+        m = int(np.searchsorted(self._lags, n_prev, side="right"))   # lags with a frame to compare
+        if m:
+            prev = (i - self._lags[:m]) % self._ring
+            s_row[:m] = 1.0 - (self._z[prev] @ z) / z.size
+            both_flat = self._flat[prev] & (tstd < MIN_THUMB_STD)
+            s_row[:m][both_flat] = 0.0   # two featureless frames: nothing changed structurally
+            h_row[:m] = 0.5 * np.abs(self._hist[prev] - hist).sum(axis=1)
+        self._z[slot], self._flat[slot], self._hist[slot] = z, tstd < MIN_THUMB_STD, hist
+        rows["structure"].append(s_row)
+        rows["color"].append(h_row)
+
+    def arrays(self) -> FeatureArrays:
+        r = self._rows
+        nl = len(LAGS)
+        return FeatureArrays(
+            content=np.asarray(r["content"], np.float64),
+            luma_mean=np.asarray(r["luma_mean"], np.float64),
+            luma_std=np.asarray(r["luma_std"], np.float64),
+            dark_frac=np.asarray(r["dark_frac"], np.float64),
+            structure=np.asarray(r["structure"], np.float32).reshape(-1, nl),
+            color=np.asarray(r["color"], np.float32).reshape(-1, nl),
+        )
+
+
+# --- detection on the feature arrays -----------------------------------------------------------
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True."""
+    padded = np.concatenate([[False], mask, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _fade_ramp(f: FeatureArrays, anchor: int, step: int, level: float, cfg: ShotsConfig,
+               stop: int) -> int:
+    """Frames next to a black/flat run (at `anchor`, walking by `step` = -1 or +1, never to
+    `stop`) whose look moves steadily towards the run's: the fade ramp. Returns its length."""
+    def away(j: int) -> float:   # how far frame j's look is from the flat run's
+        return abs(f.luma_mean[j] - level) + f.luma_std[j]
+
+    length, j = 0, anchor + step
+    prev = away(anchor)
+    while j != stop:
+        cur = away(j)
+        if cur <= prev * (1 + cfg.fade_min_step) + 0.5:
+            break
+        length += 1
+        prev = cur
+        j += step
+    return length
+
+
+def _cut_candidates(f: FeatureArrays, cfg: ShotsConfig) -> list[int]:
+    s1 = f.structure[:, 0].astype(np.float64)
+    s1 = np.nan_to_num(s1, nan=0.0)
+    n = f.n
+    cuts = []
+    for t in np.flatnonzero((s1 >= cfg.cut_structure) & (f.content >= cfg.cut_threshold)):
+        t = int(t)
+        if t == 0:
+            continue
+        neighbours = max(s1[t - 1], s1[t + 1] if t + 1 < n else 0.0)
+        if s1[t] - neighbours < cfg.cut_contrast:
+            continue   # the frames around change as much: motion, not a cut
+        if _is_flash(f, t, cfg):
+            continue
+        cuts.append(t)
+    return cuts
+
+
+def _is_flash(f: FeatureArrays, t: int, cfg: ShotsConfig) -> bool:
+    """The picture before t comes back within flash_max_frames after t."""
+    for j in range(1, cfg.flash_max_frames + 1):
+        if t + j >= f.n:
+            break
+        for i in (1, 2):
+            if t - i < 0 or i + j not in LAG_INDEX:
+                continue
+            if f.s(t + j, i + j) < cfg.cut_structure * 0.5:
+                return True
+    return False
+
+
+def _dissolve_candidates(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -> list[tuple[int, int]]:
+    """[first, end) spans of windows (last frame of one shot .. first frame of the next) across
+    which the picture changes like at a cut, while the equally long windows before and after
+    change clearly less."""
+    n = f.n
+    out = []
+    for k in LAGS:
+        if k - 1 < cfg.dissolve_min_frames or k - 1 > cfg.dissolve_max_frames or 3 * k > n:
+            continue
+        j = LAG_INDEX[k]
+        s = f.structure[:, j].astype(np.float64)
+        h = f.color[:, j].astype(np.float64)
+        t = np.arange(2 * k, n - k)                     # window (t - k, t], both neighbours exist
+        s_ref = np.maximum(s[t - k], s[t + k])
+        h_ref = np.maximum(h[t - k], h[t + k])
+        hit = (s[t] >= cfg.dissolve_structure) & (
+            (s[t] - s_ref >= cfg.dissolve_structure_contrast) | (h[t] - h_ref >= cfg.dissolve_color_contrast))
+        for t_end in t[hit]:
+            a = int(t_end) - k   # last frame of the outgoing shot
+            if not busy[a + 1:t_end].any():
+                out.append((a + 1, int(t_end)))
+    return out
+
+
+def _dissolves(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -> list[tuple[int, int]]:
+    """Dissolve frame ranges: where candidate windows pile up, the frames whose frame-to-frame
+    change stands out from the still parts around them (a blend changes every frame alike)."""
+    n = f.n
+    cover = np.zeros(n, bool)
+    for a, b in _dissolve_candidates(f, cfg, busy):
+        cover[a:b] = True
+    # frame-to-frame change: colour first (a blend moves the histogram every frame, motion
+    # hardly does), structure when colour shows no clear core (two shots of similar colours)
+    profiles = [np.nan_to_num(f.color[:, 0].astype(np.float64)),
+                np.nan_to_num(f.structure[:, 0].astype(np.float64))]
+    found = []
+    for a, b in _runs(cover):
+        for change in profiles:
+            core = _core(change, a, b, cfg)
+            if core is not None:
+                found += core
+                break
+        else:
+            found.append((a, b))                          # no clear core: keep the whole span
+    return found
+
+
+def _core(change: np.ndarray, a: int, b: int, cfg: ShotsConfig) -> list[tuple[int, int]] | None:
+    """Runs inside [a, b) where `change` stands well above its level just outside."""
+    n, k = len(change), b - a
+    outside = np.concatenate([change[max(1, a - k):a], change[b + 1:b + 1 + k]])
+    base = float(np.median(outside)) if len(outside) else 0.0
+    inside = change[a:b + 1]                              # change j-1 -> j for j in [a, b]
+    peak = float(np.percentile(inside, 90))
+    if peak <= 2 * base + 1e-3:
+        return None
+    elevated = np.zeros(n, bool)
+    elevated[a:b + 1] = inside > base + 0.35 * (peak - base)
+    runs = [(p, q - 1) for p, q in _runs(_close_gaps(elevated, 2)) if q - 1 - p >= cfg.dissolve_min_frames]
+    return runs or None
+
+
+def _close_gaps(mask: np.ndarray, gap: int) -> np.ndarray:
+    out = mask.copy()
+    runs = _runs(mask)
+    for (a, b), (c, _) in zip(runs, runs[1:]):
+        if c - b <= gap:
+            out[b:c] = True
+    return out
+
+
+def detect_shots(features: ShotFeatures | FeatureArrays, cfg: ShotsConfig) -> ShotResult:
+    """Shots and transitions from the decode pass's features."""
+    f = features.arrays() if isinstance(features, ShotFeatures) else features
+    n = f.n
+    if n == 0:
+        return ShotResult(0, [], [])
+    kind = np.full(n, "", dtype=object)     # per-frame transition kind ("" = shot content)
+
+    # 1-2. black and flat runs, and the fades into / out of them
+    black = f.dark_frac >= cfg.black_fraction
+    flat = f.luma_std < cfg.flat_std
+    ramps: list[tuple[int, int]] = []
+    for a, b in _runs(black | flat):
+        run_kind = "black" if black[a:b].mean() >= 0.5 else "fade"   # a solid colour: a fade through it
+        kind[a:b] = run_kind
+        level = float(np.median(f.luma_mean[a:b]))
+        if a > 0:
+            r = _fade_ramp(f, a, -1, level, cfg, stop=-1)
+            if r >= cfg.fade_min_frames:
+                ramps.append((a - r, a))
+        if b < n:
+            r = _fade_ramp(f, b - 1, +1, level, cfg, stop=n)
+            if r >= cfg.fade_min_frames:
+                ramps.append((b, b + r))
+    for a, b in ramps:
+        kind[a:b] = np.where(kind[a:b] == "", "fade", kind[a:b])
+
+    # 3. hard cuts: not inside a fade ramp (a fade from black starts with a big relative
+    # change) nor between two transition frames (noise in the black)
+    cuts = [t for t in _cut_candidates(f, cfg)
+            if kind[t] != "fade" and kind[t - 1] != "fade" and not (kind[t] and kind[t - 1])]
+
+    # 4. dissolves, strongest first, away from everything already found
+    busy = kind != ""
+    for t in cuts:
+        busy[t - 1:t + 1] = True
+    for start, end in _dissolves(f, cfg, busy):
+        kind[start:end] = np.where(kind[start:end] == "", "dissolve", kind[start:end])
+
+    return _assemble(n, kind, cuts, cfg)
+
+
+def _assemble(n: int, kind: np.ndarray, cuts: list[int], cfg: ShotsConfig) -> ShotResult:
+    # a sliver of "content" squeezed between two gradual transitions is transition residue
+    for a, b in _runs(kind == ""):
+        if 0 < a and b < n and b - a < cfg.min_shot_frames and not any(a <= c <= b for c in cuts):
+            kind[a:b] = kind[a - 1]
+    transitions = [Transition("cut", t, t) for t in cuts]
+    for k in ("black", "fade", "dissolve"):
+        transitions += [Transition(k, a, b) for a, b in _runs(kind == k)]
+    transitions.sort(key=lambda t: (t.start_frame, t.end_frame))
+
+    boundaries = sorted(set(cuts))
+    shots = []
+    for a, b in _runs(kind == ""):
+        edges = [a] + [c for c in boundaries if a < c < b] + [b]
+        for s, e in zip(edges[:-1], edges[1:]):
+            shots.append(Shot(s, e, _kind_before(s, kind, cuts), _kind_after(e, kind, cuts, n)))
+    return ShotResult(n, shots, transitions)
+
+
+def _kind_before(s: int, kind: np.ndarray, cuts: list[int]) -> str:
+    if s in cuts:
+        return "cut"
+    return "start" if s == 0 else str(kind[s - 1])
+
+
+def _kind_after(e: int, kind: np.ndarray, cuts: list[int], n: int) -> str:
+    if e in cuts:
+        return "cut"
+    return "end" if e == n else str(kind[e])

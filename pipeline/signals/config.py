@@ -1,0 +1,74 @@
+"""Typed configuration of the clip signals (the `signals:` section of the ingest config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainer.typedconfig import ConfigError
+
+
+@dataclass
+class MotionConfig:
+    flow_width: int = 80          # Farneback runs on the analysis luma downscaled to this width
+    flow_step: int = 2            # flow between frame i-step and i, on every step-th frame
+    static_max: float = 1.0       # camera speed (% of frame width / s) below which it is static
+    zoom_min: float = 3.0         # scale change (% / s) that counts as a zoom
+    shaky_min: float = 6.0        # jitter around the smoothed camera path (% width / s) ...
+    shaky_ratio: float = 1.5      # ... that is also this many times the steady motion: shaky
+
+    def __post_init__(self) -> None:
+        if self.flow_width < 16 or self.flow_step < 1:
+            raise ConfigError("signals.motion: flow_width >= 16 and flow_step >= 1")
+
+
+@dataclass
+class ExposureConfig:
+    black_luma: float = 18.0      # mean luma (0-255) below which a frame is black
+    blank_std: float = 4.0        # luma std below which a frame is blank (one flat colour)
+    frozen_diff: float = 0.5      # mean |luma difference| to the previous frame below which it is frozen
+
+
+@dataclass
+class BarsConfig:
+    max_luma: float = 24.0        # a bar row/column is darker than this on average ...
+    max_std: float = 8.0          # ... and this flat
+    min_share: float = 0.01       # bars thinner than this share of the side are ignored
+
+
+@dataclass
+class TextConfig:
+    enabled: bool = True
+    min_score: float = 0.5        # RapidOCR recognition confidence below which a box is dropped
+    max_chars: int = 500          # stored text is cut to this length
+
+
+@dataclass
+class AestheticConfig:
+    model: str = ""               # HF id or local path of a CLIP/SigLIP model; "" = no aesthetic score
+    head: str = ""                # .safetensors/.pth of the linear/MLP head (LAION predictor layout)
+    head_activation: str = "none"  # between head layers: "none" (LAION v2 MLP) or "relu"
+    device: str = "cpu"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if bool(self.model) != bool(self.head):
+            raise ConfigError("signals.aesthetic: set both model and head, or neither")
+        if self.head_activation not in ("none", "relu"):
+            raise ConfigError("signals.aesthetic.head_activation: none or relu")
+
+
+@dataclass
+class SignalsConfig:
+    enabled: bool = True
+    detail_every_s: float = 1.0   # one larger 'detail' frame this often (OCR, sharpness, bars, aesthetic)
+    detail_width: int = 480       # width of those detail frames
+    phash_frames: int = 3         # perceptual hashes kept per clip (evenly spread inside it)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    exposure: ExposureConfig = field(default_factory=ExposureConfig)
+    bars: BarsConfig = field(default_factory=BarsConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
+
+    def __post_init__(self) -> None:
+        if self.detail_every_s <= 0 or self.detail_width < 64 or self.phash_frames < 1:
+            raise ConfigError("signals: detail_every_s > 0, detail_width >= 64, phash_frames >= 1")

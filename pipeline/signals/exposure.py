@@ -1,0 +1,69 @@
+"""Exposure and stillness from every analysis frame: brightness, contrast, colourfulness,
+black / blank / frozen frame shares.
+
+Colourfulness is Hasler and Suesstrunk's M (2003): sqrt(std_rg^2 + std_yb^2) + 0.3 *
+sqrt(mean_rg^2 + mean_yb^2) with rg = R - G and yb = (R + G) / 2 - B; about 0 for grey, ~15 "slightly",
+~60 "quite", > 100 "extremely" colourful.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from pipeline.signals.config import ExposureConfig
+from pipeline.signals.series import FrameSeries
+
+COLUMNS = [
+    ("brightness", pa.float32(), "Mean luma (0-255) over the clip's frames."),
+    ("contrast", pa.float32(), "Mean over frames of the luma standard deviation (0-255 scale)."),
+    ("colorfulness", pa.float32(), "Mean Hasler-Suesstrunk colourfulness M (0 = grey, > 100 extremely colourful)."),
+    ("black_share", pa.float32(), "Share of frames whose mean luma is below `exposure.black_luma`."),
+    ("blank_share", pa.float32(), "Share of frames of one flat colour (luma std below `exposure.blank_std`), black included."),
+    ("frozen_share", pa.float32(), "Share of frames (after the first) nearly identical to the previous one (frozen / still image)."),
+]
+
+
+def colorfulness(bgr: np.ndarray) -> float:
+    """Hasler-Suesstrunk colourfulness of a BGR uint8 image."""
+    b, g, r = cv2.split(bgr.astype(np.float32))
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    (rg_mean, rg_std), (yb_mean, yb_std) = cv2.meanStdDev(rg), cv2.meanStdDev(yb)
+    return float(np.hypot(rg_std.item(), yb_std.item()) + 0.3 * np.hypot(rg_mean.item(), yb_mean.item()))
+
+
+class ExposureAnalyzer:
+    """Per frame: mean luma, luma std, colourfulness, and |difference| to the previous frame."""
+
+    name = "exposure"
+
+    def __init__(self, cfg: ExposureConfig):
+        self.cfg = cfg
+        self.stats = FrameSeries(width=3)
+        self.diffs = FrameSeries(width=1)
+        self._prev: tuple[int, np.ndarray] | None = None
+
+    def update(self, frame) -> None:
+        mean, std = cv2.meanStdDev(frame.luma)
+        self.stats.set(frame.index, (mean.item(), std.item(), colorfulness(frame.bgr)))
+        if self._prev is not None and self._prev[0] == frame.index - 1 and self._prev[1].shape == frame.luma.shape:
+            self.diffs.set(frame.index, cv2.norm(frame.luma, self._prev[1], cv2.NORM_L1) / frame.luma.size)
+        self._prev = (frame.index, frame.luma)
+
+    def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]:
+        stats = self.stats.window(start_frame, end_frame)
+        if len(stats) == 0:
+            return {name: None for name, _, _ in COLUMNS}
+        diffs = self.diffs.window(start_frame + 1, end_frame)[:, 0]  # the first frame's predecessor is outside
+        return {
+            "brightness": float(stats[:, 0].mean()),
+            "contrast": float(stats[:, 1].mean()),
+            "colorfulness": float(stats[:, 2].mean()),
+            "black_share": float((stats[:, 0] < self.cfg.black_luma).mean()),
+            "blank_share": float((stats[:, 1] < self.cfg.blank_std).mean()),
+            "frozen_share": float((diffs < self.cfg.frozen_diff).mean()) if len(diffs) else None,
+        }

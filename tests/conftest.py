@@ -1,0 +1,42 @@
+"""Shared fixtures: the synthetic sample corpus, the real shared videos, CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_SHOTS = ROOT.parent / "shared" / "data" / "shots"
+RECAP = [sys.executable, "-m", "pipeline.cli"]
+
+
+@pytest.fixture(scope="session")
+def shared_shots() -> Path:
+    """The real test videos with ground truth; tests skip where a clone does not have them."""
+    if not (SHARED_SHOTS / "ground_truth.json").is_file():
+        pytest.skip(f"real test videos not found at {SHARED_SHOTS} (they live beside the repo in ../shared)")
+    return SHARED_SHOTS
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`recap samples` output (videos + truth.json), generated once per test session."""
+    from pipeline.samples import write_samples
+
+    out = tmp_path_factory.mktemp("samples")
+    write_samples(out, seed=0)
+    return out
+
+
+def recap(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `recap` CLI in a subprocess (fresh interpreter, fresh local Ray)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([*RECAP, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=ROOT, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"recap {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc

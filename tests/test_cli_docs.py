@@ -1,0 +1,37 @@
+"""The CLI documents itself and the README stays in step with the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import COMMANDS, build_parser
+from pipeline.schema import markdown_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_column_reference_is_current() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- schema:begin[^\n]*-->\n(.*?)<!-- schema:end -->", readme, flags=re.S)
+    assert block, "README lost its schema markers"
+    assert block.group(1).strip() == markdown_reference().strip(), \
+        "README column reference is stale: run `python -m pipeline.schema --update-readme`"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_has_help(command: str) -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    assert sub.description, f"recap {command} has no description"
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"recap {command}: option {action.option_strings or action.dest} has no help"
+
+
+def test_every_command_is_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for command in COMMANDS:
+        assert f"recap {command}" in readme, f"README does not mention `recap {command}`"

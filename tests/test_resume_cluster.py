@@ -1,0 +1,81 @@
+"""Crash safety and distribution: kill -9 mid-run then resume; a two-node local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.library import Library
+from tests.conftest import RECAP, ROOT, recap
+
+BIN = Path(sys.executable).parent
+
+
+def _clip_ids(lib: Path) -> list[str]:
+    return Library(lib).read("clips", ["clip_id"]).column("clip_id").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def reference_clips(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    lib = tmp_path_factory.mktemp("ref") / "lib"
+    recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--set", "clips.mode=reference")
+    ids = _clip_ids(lib)
+    assert len(ids) == len(set(ids)) > 0
+    return set(ids)
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(sample_corpus: Path, reference_clips: set[str],
+                                                         tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    args = ["ingest", str(sample_corpus), "--out", str(lib), "--no-progress",
+            "--set", "execution.commit_every_videos=1", "--set", "clips.mode=encode"]
+    proc = subprocess.Popen([*RECAP, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((lib / "_commits").glob("*.json"))) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest finished before it could be killed; make the corpus bigger"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    committed = len(Library(lib).handled_sources())
+    assert 0 < committed < 6
+
+    recap(*args)
+    ids = _clip_ids(lib)
+    assert len(ids) == len(set(ids)), "duplicate clip rows after resume"
+    assert set(ids) == reference_clips, "clips missing or extra after resume"
+    reopened = Library(lib)
+    videos = reopened.read("videos", ["video_id"]).column("video_id").to_pylist()
+    assert len(videos) == len(set(videos)) == 6
+    assert not list(lib.rglob("*.tmp")), "temporary files left behind"
+    for c in reopened.read("clips").to_pylist():
+        assert (lib / c["path"]).is_file()
+
+
+def test_two_node_local_cluster(sample_corpus: Path, reference_clips: set[str], tmp_path: Path) -> None:
+    port = 6000 + os.getpid() % 1000
+    temp = tempfile.mkdtemp(prefix="rt-")  # Ray's socket paths must stay short
+    ray = str(BIN / "ray")
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    try:
+        subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
+                        f"--temp-dir={temp}", *common], check=True, capture_output=True, timeout=120)
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True,
+                       timeout=120)
+        lib = tmp_path / "lib"
+        recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
+              f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_video=1")
+        assert set(_clip_ids(lib)) == reference_clips
+        nodes = set(Library(lib).read("videos", ["worker_node"]).column("worker_node").to_pylist())
+        assert len(nodes) == 2, f"work did not spread over both nodes: {nodes}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)

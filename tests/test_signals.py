@@ -1,0 +1,192 @@
+"""Each clip signal on synthetic clips with known properties, fed to the analyzers frame by frame."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.frames import AnalysisFrame
+from pipeline.signals import DetailSchedule, SignalsConfig, clip_signals, make_analyzers
+
+FPS = 30.0
+SOURCE = (640, 360)          # the "coded" size of the synthetic source video
+ANALYSIS_W, DETAIL_W = 160, 480
+
+
+def texture(h: int = 900, w: int = 1600, seed: int = 0) -> np.ndarray:
+    """A colourful random canvas with structure at several scales (flow needs texture)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.float32)
+    for sigma, weight in ((24, 1.0), (6, 0.6), (1.5, 0.3)):
+        noise = rng.standard_normal((h, w, 3)).astype(np.float32)
+        img += weight * cv2.GaussianBlur(noise, (0, 0), sigma) * sigma
+    img = (img - img.min()) / (img.max() - img.min()) * 255
+    return img.astype(np.uint8)
+
+
+def make_frame(index: int, source_bgr: np.ndarray, schedule: DetailSchedule | None = None) -> AnalysisFrame:
+    """What the decoder hands over: a 160 px frame, plus a 480 px detail frame when one is due."""
+    h, w = source_bgr.shape[:2]
+    small = cv2.resize(source_bgr, (ANALYSIS_W, round(h * ANALYSIS_W / w)), interpolation=cv2.INTER_AREA)
+    pts = index / FPS
+    detail = None
+    if schedule is not None and schedule.due(pts):
+        detail = cv2.resize(source_bgr, (DETAIL_W, round(h * DETAIL_W / w)), interpolation=cv2.INTER_AREA)
+    kwargs = dict(index=index, pts_s=pts, bgr=small, luma=cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+    if "detail" in AnalysisFrame.__dataclass_fields__:
+        return AnalysisFrame(**kwargs, detail=detail)
+    frame = AnalysisFrame(**kwargs)
+    object.__setattr__(frame, "detail", detail)  # until AnalysisFrame declares the detail field
+    return frame
+
+
+def crop(canvas: np.ndarray, cx: float, cy: float, scale: float = 1.0) -> np.ndarray:
+    """The SOURCE-sized view of `canvas` centred at (cx, cy), showing SOURCE * scale canvas pixels."""
+    w, h = SOURCE
+    m = np.float32([[scale, 0, cx - scale * w / 2], [0, scale, cy - scale * h / 2]])
+    return cv2.warpAffine(canvas, m, (w, h), flags=cv2.WARP_INVERSE_MAP | cv2.INTER_LINEAR)
+
+
+def analyse(frames: list[np.ndarray], cfg: SignalsConfig | None = None, ranges=None) -> list[dict]:
+    cfg = cfg or SignalsConfig()
+    analyzers = make_analyzers(cfg, SOURCE)
+    schedule = DetailSchedule(cfg.detail_every_s)
+    for i, f in enumerate(frames):
+        frame = make_frame(i, f, schedule)
+        for a in analyzers:
+            a.update(frame)
+    ranges = ranges or [(0, len(frames))]
+    return [clip_signals(analyzers, s, e) for s, e in ranges]
+
+
+NO_TEXT = SignalsConfig()
+NO_TEXT.text.enabled = False  # OCR is tested on its own; the motion tests need not pay for it
+
+
+def camera_clip(kind: str, n: int = 45) -> list[np.ndarray]:
+    canvas = texture()
+    cx, cy = 800.0, 450.0
+    frames = []
+    for t in range(n):
+        if kind == "pan_left":      # the camera turns left: the window slides left over the scene
+            frames.append(crop(canvas, cx - 4 * t, cy))
+        elif kind == "pan_right":
+            frames.append(crop(canvas, cx + 4 * t, cy))
+        elif kind == "tilt_up":
+            frames.append(crop(canvas, cx, cy - 3 * t))
+        elif kind == "tilt_down":
+            frames.append(crop(canvas, cx, cy + 3 * t))
+        elif kind == "zoom_in":     # the window shrinks: the scene grows
+            frames.append(crop(canvas, cx, cy, 0.99**t))
+        elif kind == "zoom_out":
+            frames.append(crop(canvas, cx, cy, 0.99 ** (n - t)))
+        elif kind == "static":
+            frames.append(crop(canvas, cx, cy))
+        elif kind == "shaky":
+            rng = np.random.default_rng(t)
+            frames.append(crop(canvas, cx + rng.normal(0, 6), cy + rng.normal(0, 6)))
+    return frames
+
+
+@pytest.mark.parametrize("kind", ["pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shaky"])
+def test_camera_motion_class(kind):
+    (row,) = analyse(camera_clip(kind), NO_TEXT)
+    assert row["camera_motion"] == kind, row
+    assert row["motion_score"] > 2.0
+
+
+def test_frozen_clip_is_static_and_frozen():
+    (row,) = analyse(camera_clip("static"), NO_TEXT)
+    assert row["camera_motion"] == "static"
+    assert row["motion_score"] < 0.5
+    assert row["frozen_share"] == 1.0
+    (moving,) = analyse(camera_clip("pan_left"), NO_TEXT)
+    assert moving["frozen_share"] == 0.0
+
+
+def test_moving_object_on_still_camera_is_static_with_motion():
+    canvas = texture(seed=1)
+    background = crop(canvas, 800, 450)
+    frames = []
+    for t in range(45):
+        f = background.copy()
+        cv2.circle(f, (100 + 8 * t, 180), 40, (255, 255, 255), -1)
+        frames.append(f)
+    (row,) = analyse(frames, NO_TEXT)
+    assert row["camera_motion"] == "static"
+    assert row["motion_score"] > 0.3  # the ball moves, so there is some motion
+    assert row["frozen_share"] == 0.0
+
+
+def test_ranges_are_measured_separately():
+    frames = camera_clip("pan_left") + camera_clip("static")
+    pan, still = analyse(frames, NO_TEXT, ranges=[(0, 45), (45, 90)])
+    assert (pan["camera_motion"], still["camera_motion"]) == ("pan_left", "static")
+
+
+def test_blurred_copy_is_less_sharp():
+    frames = camera_clip("static", n=31)
+    blurred = [cv2.GaussianBlur(f, (0, 0), 2.0) for f in frames]
+    (sharp,), (soft,) = analyse(frames, NO_TEXT), analyse(blurred, NO_TEXT)
+    assert soft["sharpness"] < 0.5 * sharp["sharpness"]
+
+
+def test_exposure_black_and_colour():
+    black = [np.full((360, 640, 3), 5, np.uint8)] * 20
+    grey = [np.full((360, 640, 3), 128, np.uint8)] * 20
+    frames = camera_clip("static", n=20)
+    b, g, c = (analyse(x, NO_TEXT)[0] for x in (black, grey, frames))
+    assert b["black_share"] == 1.0 and b["blank_share"] == 1.0 and b["brightness"] < 10
+    assert g["black_share"] == 0.0 and g["blank_share"] == 1.0 and g["colorfulness"] < 1
+    assert c["blank_share"] == 0.0 and c["colorfulness"] > 10 and c["contrast"] > 10
+    assert b["phash"] == [] and len(c["phash"]) == 3
+
+
+@pytest.mark.parametrize("bars, expected", [
+    ((45, 45, 0, 0), ("letterbox", 0, 45, 640, 270)),
+    ((0, 0, 80, 80), ("pillarbox", 80, 0, 480, 360)),
+    ((0, 0, 0, 0), ("none", 0, 0, 640, 360)),
+])
+def test_bars_and_crop(bars, expected):
+    top, bottom, left, right = bars
+    frames = []
+    for f in camera_clip("pan_left", n=40):
+        f = f.copy()
+        f[:top], f[360 - bottom:], f[:, :left], f[:, 640 - right:] = 0, 0, 0, 0
+        frames.append(f)
+    (row,) = analyse(frames, NO_TEXT)
+    kind, x, y, w, h = expected
+    assert row["bars"] == kind
+    # one detail pixel is 640 / 480 = 1.33 source px; the crop goes up to 2 of them + even rounding inward
+    assert abs(row["crop_x"] - x) <= 5 and abs(row["crop_y"] - y) <= 5
+    assert abs(row["crop_w"] - w) <= 10 and abs(row["crop_h"] - h) <= 10
+    assert row["crop_x"] >= x and row["crop_y"] >= y  # never keeps a bar row
+    assert row["crop_x"] + row["crop_w"] <= x + w and row["crop_y"] + row["crop_h"] <= y + h
+
+
+def test_text_overlay_is_found_and_read():
+    frames = []
+    for f in camera_clip("static", n=31):
+        f = cv2.GaussianBlur(f, (0, 0), 3)  # a calm background, like a real title card
+        cv2.putText(f, "RECAP 2024", (60, 300), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 5)
+        frames.append(f)
+    (row,) = analyse(frames)
+    assert "RECAP" in row["ocr_text"].replace(" ", "").upper()
+    assert 0.02 < row["text_area"] < 0.3
+    (plain,) = analyse([cv2.GaussianBlur(f, (0, 0), 3) for f in camera_clip("static", n=31)])
+    assert plain["ocr_text"] == "" and plain["text_area"] == 0.0
+
+
+def test_every_column_present_and_aesthetic_null_without_weights():
+    from pipeline.signals import SIGNAL_COLUMNS
+
+    (row,) = analyse(camera_clip("static", n=20), NO_TEXT)
+    assert set(row) == {name for name, _, _ in SIGNAL_COLUMNS}
+    assert row["aesthetic_score"] is None
+
+
+def test_detail_schedule_one_per_interval():
+    s = DetailSchedule(1.0)
+    due = [i for i in range(95) if s.due(i / FPS)]
+    assert due == [0, 30, 60, 90]

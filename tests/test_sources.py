@@ -1,0 +1,259 @@
+"""SOURCE expansion, the staging cache for remote videos, and content hashes."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import SourcesConfig
+from pipeline.sources import Source, SourceError, StagingCache, content_hash, expand_sources
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = SourcesConfig()
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    for name in ["b.mp4", "a.MKV", "sub/c.webm", "sub/deeper/d.mov", "notes.txt", "sub/cover.jpg",
+                 "sub/._c.webm", ".hidden/e.mp4"]:
+        _touch(tmp_path / "videos" / name)
+    return tmp_path / "videos"
+
+
+def _uris(sources: list[Source]) -> list[str]:
+    return [s.uri for s in sources]
+
+
+# --- expansion -------------------------------------------------------------------------------
+
+
+def test_directory_is_recursive_filtered_and_sorted(tree: Path):
+    sources = expand_sources([str(tree)], CFG)
+    assert _uris(sources) == [str(tree / p) for p in ["a.MKV", "b.mp4", "sub/c.webm", "sub/deeper/d.mov"]]
+    assert not any(s.remote for s in sources)
+
+
+def test_file_arguments_become_absolute(tree: Path, monkeypatch):
+    monkeypatch.chdir(tree)
+    assert expand_sources(["b.mp4", "./sub/c.webm"], CFG) == [
+        Source(str(tree / "b.mp4"), False), Source(str(tree / "sub/c.webm"), False)]
+
+
+def test_globs_with_double_star(tree: Path):
+    assert _uris(expand_sources([str(tree / "**" / "*.webm")], CFG)) == [str(tree / "sub/c.webm")]
+    assert _uris(expand_sources([str(tree / "*")], CFG)) == [str(tree / "a.MKV"), str(tree / "b.mp4")]
+
+
+def test_user_errors_name_the_argument(tree: Path, tmp_path: Path):
+    for arg, words in [(str(tree / "nope.mp4"), "no such file"), (str(tree / "*.avi"), "matches no video"),
+                       (str(tmp_path / "empty_dir"), "no video files")]:
+        (tmp_path / "empty_dir").mkdir(exist_ok=True)
+        with pytest.raises(SourceError) as err:
+            expand_sources([str(tree / "b.mp4"), arg], CFG)
+        assert arg in str(err.value) and words in str(err.value)
+        assert err.value.kind == "bad_argument"
+
+
+def test_extensions_come_from_config(tree: Path):
+    only_mp4 = SourcesConfig(extensions=[".mp4"])
+    assert _uris(expand_sources([str(tree)], only_mp4)) == [str(tree / "b.mp4")]
+
+
+def test_duplicates_are_dropped_keeping_order(tree: Path):
+    sources = expand_sources([str(tree / "sub/c.webm"), str(tree), str(tree / "b.mp4")], CFG)
+    assert _uris(sources) == [str(tree / p) for p in ["sub/c.webm", "a.MKV", "b.mp4", "sub/deeper/d.mov"]]
+
+
+def test_urls_pass_through_as_remote(tree: Path):
+    sources = expand_sources(["s3://bucket/raw/v1.mp4", "https://example.com/v.webm?sig=1",
+                              f"file://{tree}/b.mp4"], CFG)
+    assert sources == [Source("s3://bucket/raw/v1.mp4", True), Source("https://example.com/v.webm?sig=1", True),
+                       Source(str(tree / "b.mp4"), False)]
+
+
+def test_remote_glob_is_listed(tmp_path: Path):
+    fs = fsspec.filesystem("memory")
+    for name in ["in/x.mp4", "in/y.webm", "in/z.json"]:
+        fs.pipe(f"/recap-test-glob/{name}", b"data")
+    try:
+        assert _uris(expand_sources(["memory://recap-test-glob/in/*"], CFG)) == [
+            "memory:///recap-test-glob/in/x.mp4", "memory:///recap-test-glob/in/y.webm"]
+        with pytest.raises(SourceError, match="matches no video"):
+            expand_sources(["memory://recap-test-glob/in/*.avi"], CFG)
+    finally:
+        fs.rm("/recap-test-glob", recursive=True)
+
+
+# --- manifests -------------------------------------------------------------------------------
+
+
+def test_txt_manifest(tree: Path, tmp_path: Path):
+    manifest = tmp_path / "lists" / "m.txt"
+    manifest.parent.mkdir()
+    manifest.write_text(f"# my videos\n\n../videos/b.mp4\n  {tree}/sub/c.webm  \n# s3://skipped.mp4\n"
+                        "gs://bucket/v.mp4\n")
+    assert expand_sources([str(manifest)], CFG) == [
+        Source(str(tree / "b.mp4"), False), Source(str(tree / "sub/c.webm"), False),
+        Source("gs://bucket/v.mp4", True)]
+
+
+def test_csv_jsonl_parquet_manifests(tree: Path):
+    rows = [{"uri": "b.mp4", "lang": "en"}, {"uri": "s3://b/k.mp4", "lang": "fr"}]
+    (tree / "m.csv").write_text("lang,uri\nen,b.mp4\nfr,s3://b/k.mp4\n")
+    (tree / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pq.write_table(pa.Table.from_pylist(rows), tree / "m.parquet")
+    expected = [Source(str(tree / "b.mp4"), False), Source("s3://b/k.mp4", True)]
+    for name in ["m.csv", "m.jsonl", "m.parquet"]:
+        assert expand_sources([str(tree / name)], CFG) == expected, name
+
+
+def test_manifest_without_uri_column(tree: Path):
+    (tree / "m.csv").write_text("path,lang\nb.mp4,en\n")
+    (tree / "m.jsonl").write_text('{"path": "b.mp4"}\n')
+    pq.write_table(pa.table({"path": ["b.mp4"]}), tree / "m.parquet")
+    for name in ["m.csv", "m.jsonl", "m.parquet"]:
+        with pytest.raises(SourceError) as err:
+            expand_sources([str(tree / name)], CFG)
+        assert str(tree / name) in str(err.value) and "'uri'" in str(err.value), name
+
+
+def test_empty_manifest(tree: Path):
+    (tree / "m.txt").write_text("# nothing yet\n")
+    with pytest.raises(SourceError, match="lists no uris"):
+        expand_sources([str(tree / "m.txt")], CFG)
+
+
+# --- content hash ----------------------------------------------------------------------------
+
+
+def test_content_hash_follows_bytes_not_names(tmp_path: Path):
+    data = os.urandom(3 * (1 << 20) + 123)          # several read chunks
+    a = _touch(tmp_path / "a.mp4", data)
+    b = _touch(tmp_path / "copy" / "renamed.mkv", data)
+    c = _touch(tmp_path / "c.mp4", data[:-1] + bytes([data[-1] ^ 1]))
+    assert content_hash(a) == content_hash(b)
+    assert content_hash(a) != content_hash(c)
+    assert len(content_hash(a)) == 32 and int(content_hash(a), 16) >= 0
+
+
+# --- staging cache ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def memfs():
+    fs = fsspec.filesystem("memory")
+    root = f"/recap-test-{os.getpid()}-{id(fs)}"
+    yield fs, root
+    fs.rm(root, recursive=True)
+
+
+def test_local_sources_are_not_copied(tmp_path: Path):
+    video = _touch(tmp_path / "v.mp4", b"abc")
+    cache = StagingCache(tmp_path / "cache", max_bytes=10)
+    assert cache.fetch(str(video)) == video
+    assert cache.fetch(f"file://{video}") == video
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_fetch_stages_once_and_evicts_least_recently_used(tmp_path: Path, memfs):
+    fs, root = memfs
+    for name in "abcd":
+        fs.pipe(f"{root}/{name}.mp4", name.encode() * 1000)
+    cache = StagingCache(tmp_path / "cache", max_bytes=2500)
+    uri = {n: f"memory://{root}/{n}.mp4" for n in "abcd"}
+
+    pa_ = cache.fetch(uri["a"])
+    assert pa_.read_bytes() == b"a" * 1000 and pa_.parent == tmp_path / "cache" and pa_.suffix == ".mp4"
+    inode = pa_.stat().st_ino
+    assert cache.fetch(uri["a"]) == pa_ and pa_.stat().st_ino == inode      # a hit, no new download
+    cache.release(uri["a"])
+    cache.fetch(uri["b"]); cache.release(uri["b"])
+    os.utime(pa_, (pa_.stat().st_atime + 100, pa_.stat().st_mtime))        # 'a' used more recently
+    cache.fetch(uri["c"]); cache.release(uri["c"])                          # 3000 bytes > 2500: evict 'b'
+    assert sorted(p.read_bytes()[:1] for p in (tmp_path / "cache").iterdir()) == [b"a", b"c"]
+    assert cache.size_bytes() <= 2500
+
+
+def test_files_in_use_are_never_evicted(tmp_path: Path, memfs):
+    fs, root = memfs
+    for name in "abc":
+        fs.pipe(f"{root}/{name}.mp4", name.encode() * 1000)
+    cache = StagingCache(tmp_path / "cache", max_bytes=1500)
+    held = [cache.fetch(f"memory://{root}/{n}.mp4") for n in "abc"]      # all in use, over budget
+    assert all(p.exists() for p in held)
+    cache.close()
+    cache.evict()
+    assert cache.size_bytes() <= 1500
+
+
+def test_file_in_use_by_another_process_is_kept(tmp_path: Path, memfs):
+    fs, root = memfs
+    fs.pipe(f"{root}/big.mp4", b"z" * 3000)
+    cache = StagingCache(tmp_path / "cache", max_bytes=1000)
+    held = cache.fetch(f"memory://{root}/big.mp4")
+    code = ("import sys; from pipeline.sources import StagingCache\n"
+            "c = StagingCache(sys.argv[1], 1000); c.evict(); print(c.size_bytes())\n")
+    other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, check=True)
+    assert held.exists() and other.stdout.strip() == "3000"
+    cache.release(f"memory://{root}/big.mp4")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], cwd=ROOT, check=True,
+                   capture_output=True, timeout=120)
+    assert not held.exists()
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; everything under /private/ is forbidden."""
+
+    def send_head(self):
+        if self.path.startswith("/private/"):
+            self.send_error(403, "Forbidden")
+            return None
+        return super().send_head()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path):
+    served = tmp_path / "served"
+    _touch(served / "v.mp4", b"video bytes" * 100)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=served))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_fetch_and_its_failures(tmp_path: Path, http_root: str):
+    cache = StagingCache(tmp_path / "cache", max_bytes=1 << 20)
+    assert cache.fetch(f"{http_root}/v.mp4").read_bytes() == b"video bytes" * 100
+    with socket.socket() as s:                      # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    for uri, kind in [(f"{http_root}/missing.mp4", "not_found"), (f"{http_root}/private/v.mp4", "permission_denied"),
+                      (f"http://127.0.0.1:{closed}/v.mp4", "unreachable"), ("nosuchscheme://x/v.mp4", "unsupported_url")]:
+        with pytest.raises(SourceError) as err:
+            cache.fetch(uri)
+        assert err.value.kind == kind and uri in str(err.value), str(err.value)
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.endswith(".part")] == []

@@ -1,0 +1,304 @@
+"""Diffusion transformer over spacetime patches of video latents.
+
+Latents (B, C, T, H, W) are cut into (pt, ph, pw) patches; 3D rotary embeddings give every token
+its (t, h, w) position, so any frame count and size works without retraining position tables.
+Each block: self-attention (full spacetime, or spatial-then-temporal when factorized), cross-
+attention to the text encoder's token states, and an MLP; the timestep modulates every block via
+adaLN with zero-initialised gates (shared projection plus a learned per-block table, as PixArt-α,
+which saves 6·D² parameters per block). The timestep is per latent frame, so frames given as a
+condition (image-to-video, extension, looping) carry t = 0 and a mask channel says which they are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# name -> (depth, hidden_size, num_heads); parameter counts are in BENCHMARKS.md
+DIT_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 64, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+    "H": (32, 1536, 24),
+}
+
+
+@dataclass
+class DiTConfig:
+    size: str = "B"                     # a key of DIT_SIZES
+    depth: int = 0                      # > 0 overrides the size's depth (same for the two below)
+    hidden_size: int = 0
+    num_heads: int = 0
+    mlp_ratio: float = 4.0
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])   # (t, h, w)
+    attention: Literal["full", "factorized"] = "full"
+    qk_norm: bool = True
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        from trainer.typedconfig import ConfigError
+        if self.size not in DIT_SIZES:
+            raise ConfigError(f"model.size: {self.size!r} is not one of {list(DIT_SIZES)}")
+        depth, hidden, heads = DIT_SIZES[self.size]
+        self.depth, self.hidden_size, self.num_heads = (self.depth or depth, self.hidden_size or hidden,
+                                                        self.num_heads or heads)
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError("model: hidden_size / num_heads must be an even integer")
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ConfigError("model.patch_size must be three positive integers (t, h, w)")
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding layers: timesteps, 3D rotary positions
+# ---------------------------------------------------------------------------------------------
+
+class TimestepEmbedder(nn.Module):
+    """Embeds scalar timesteps in [0, 1] into vectors (sinusoids, then an MLP)."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size))
+        self.frequency_embedding_size = frequency_embedding_size
+
+    @staticmethod
+    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = 1000.0 * t.float()[..., None] * freqs      # t in [0, 1] -> DiT's 0..1000 range
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., D)
+        emb = self.timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (T, S, head_dim / 2) for a (T, H, W) token grid (S = H * W).
+
+    The head dimension is split between the axes (time gets the remainder) and each axis rotates
+    its share by its own integer position."""
+    t, h, w = grid
+    d_hw = 2 * (head_dim // 6)
+    d_t = head_dim - 2 * d_hw
+    angles = []
+    for size, dim in ((t, d_t), (h, d_hw), (w, d_hw)):
+        freqs = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+        angles.append(torch.arange(size, device=device, dtype=torch.float64)[:, None] * freqs)
+    at, ah, aw = angles
+    full = torch.cat([at[:, None, None].expand(t, h, w, -1), ah[None, :, None].expand(t, h, w, -1),
+                      aw[None, None, :].expand(t, h, w, -1)], dim=-1).reshape(t, h * w, head_dim // 2)
+    return full.cos().float(), full.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (..., L, hd) by angles with cos/sin broadcastable to (..., L, hd/2)."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Core DiT model
+# ---------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    """Multi-head attention (self or cross) with optional QK RMS-norm, RoPE, and PyTorch SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, L, D); context: (N, Lc, D) or None (self-attention); rope: cos/sin (N or 1, L, hd/2);
+        mask: (N, Lc) bool, True = attend."""
+        n, length, dim = x.shape
+        context = x if context is None else context
+        split = lambda y: y.reshape(n, y.shape[1], self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(context)), split(self.v(context))  # (N, heads, L, hd)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            cos, sin = rope[0][:, None], rope[1][:, None]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        attn_mask = mask[:, None, None, :] if mask is not None else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(n, length, dim))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class DiTBlock(nn.Module):
+    """A DiT block with adaLN-zero modulation, spacetime self-attention and text cross-attention."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qk_norm: bool, factorized: bool):
+        super().__init__()
+        self.factorized = factorized
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qk_norm)
+        if factorized:
+            self.norm_t = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+            self.attn_t = Attention(hidden_size, num_heads, qk_norm)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=True, eps=1e-6)
+        self.cross_attn = Attention(hidden_size, num_heads, qk_norm)
+        self.norm3 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.num_mod = 9 if factorized else 6
+        self.mod_table = nn.Parameter(torch.zeros(self.num_mod, hidden_size))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x: (B, T, S, D); mod: (B, T, 1, num_mod, D) shared modulation; rope: cos/sin (T, S, hd/2)."""
+        b, t, s, d = x.shape
+        params = (mod + self.mod_table).unbind(dim=3)                     # each (B, T, 1, D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = params[:6]
+        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        if self.factorized:   # attention within each frame, then across frames at each position
+            h = self.attn(h.reshape(b * t, s, d), rope=(rope[0].repeat(b, 1, 1), rope[1].repeat(b, 1, 1)))
+            x = x + gate_msa * h.reshape(b, t, s, d)
+            shift_t, scale_t, gate_t = params[6:]
+            h = modulate(self.norm_t(x), shift_t, scale_t).transpose(1, 2).reshape(b * s, t, d)
+            rope_t = (rope[0].transpose(0, 1).repeat(b, 1, 1), rope[1].transpose(0, 1).repeat(b, 1, 1))
+            h = self.attn_t(h, rope=rope_t).reshape(b, s, t, d).transpose(1, 2)
+            x = x + gate_t * h
+        else:                 # one attention over every token of the clip
+            h = self.attn(h.reshape(b, t * s, d), rope=(rope[0].reshape(1, t * s, -1), rope[1].reshape(1, t * s, -1)))
+            x = x + gate_msa * h.reshape(b, t, s, d)
+        x = x + self.cross_attn(self.norm2(x).reshape(b, t * s, d), context, mask=context_mask).reshape(b, t, s, d)
+        x = x + gate_mlp * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """The final layer of DiT: adaLN, then a linear map from tokens to patches."""
+
+    def __init__(self, hidden_size: int, patch_volume: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # x (B,T,S,D), c (B,T,1,D)
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class DiT(nn.Module):
+    """Diffusion model with a Transformer backbone over spacetime patches."""
+
+    def __init__(self, config: DiTConfig, in_channels: int, text_dim: int):
+        super().__init__()
+        self.config = config
+        self.in_channels = self.out_channels = in_channels
+        self.patch_size = tuple(config.patch_size)
+        d, heads = config.hidden_size, config.num_heads
+        self.head_dim = d // heads
+        self.grad_checkpointing = False     # set by the trainer (train.activation_checkpointing)
+        # +1 input channel: the condition mask (1 where a latent frame is given clean)
+        self.x_embedder = nn.Conv3d(in_channels + 1, d, kernel_size=self.patch_size, stride=self.patch_size)
+        self.t_embedder = TimestepEmbedder(d)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, (9 if config.attention == "factorized" else 6) * d))
+        self.y_embedder = nn.Sequential(nn.Linear(text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.blocks = nn.ModuleList([
+            DiTBlock(d, heads, config.mlp_ratio, config.qk_norm, config.attention == "factorized")
+            for _ in range(config.depth)])
+        self.final_layer = FinalLayer(d, math.prod(self.patch_size), self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        def _basic_init(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+        self.apply(_basic_init)
+        w = self.x_embedder.weight.data      # initialise the patch embedding like nn.Linear
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.constant_(self.x_embedder.bias, 0)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        nn.init.normal_(self.y_embedder[0].weight, std=0.02)
+        nn.init.normal_(self.y_embedder[2].weight, std=0.02)
+        # zero-out adaLN modulation (all gates start at 0: every block starts as the identity)
+        nn.init.constant_(self.t_block[-1].weight, 0)
+        nn.init.constant_(self.t_block[-1].bias, 0)
+        for block in self.blocks:
+            nn.init.constant_(block.cross_attn.proj.weight, 0)
+            nn.init.constant_(block.cross_attn.proj.bias, 0)
+        # zero-out output layers
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
+        nn.init.constant_(self.final_layer.linear.weight, 0)
+        nn.init.constant_(self.final_layer.linear.bias, 0)
+
+    def token_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(T, H, W) of latents -> (T', H', W') of tokens; raises if a patch does not divide it."""
+        if any(n % p for n, p in zip(latent_shape, self.patch_size)):
+            raise ValueError(f"latent size {tuple(latent_shape)} is not divisible by patch {self.patch_size}")
+        return tuple(n // p for n, p in zip(latent_shape, self.patch_size))  # type: ignore[return-value]
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """(B, T', S, pt*ph*pw*C) -> (B, C, T, H, W)."""
+        (t, h, w), (pt, ph, pw), c = grid, self.patch_size, self.out_channels
+        x = x.reshape(x.shape[0], t, h, w, pt, ph, pw, c)
+        x = torch.einsum("nthwopqc->nctohpwq", x)
+        return x.reshape(x.shape[0], c, t * pt, h * ph, w * pw)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the flow velocity.
+
+        x: (B, C, T, H, W) noisy latents; t: (B, T) per-latent-frame timestep in [0, 1];
+        context: (B, L, text_dim) text token states; context_mask: (B, L) bool;
+        cond_mask: (B, T) 1 where the latent frame is a clean condition, or None.
+        """
+        b, _, frames, height, width = x.shape
+        pt = self.patch_size[0]
+        grid = self.token_grid((frames, height, width))
+        if cond_mask is None:
+            cond_mask = torch.zeros(b, frames, device=x.device, dtype=x.dtype)
+        mask_channel = cond_mask.to(x.dtype)[:, None, :, None, None].expand(b, 1, frames, height, width)
+        x = self.x_embedder(torch.cat([x, mask_channel], dim=1))             # (B, D, T', H', W')
+        x = x.flatten(3).permute(0, 2, 3, 1)                                 # (B, T', S, D)
+        c = self.t_embedder(t[:, ::pt])[:, :, None]                          # (B, T', 1, D)
+        mod = self.t_block(c).unflatten(-1, (-1, c.shape[-1]))               # (B, T', 1, n_mod, D)
+        context = self.y_embedder(context)                                   # (B, L, D)
+        rope = rope_3d(grid, self.head_dim, self.config.rope_theta, device=x.device)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, mod, context, context_mask, rope, use_reentrant=False)
+            else:
+                x = block(x, mod, context, context_mask, rope)
+        x = self.final_layer(x, c)                                           # (B, T', S, p*C)
+        return self.unpatchify(x, grid)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "rope_3d", "apply_rope", "modulate"]
