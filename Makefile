@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	@# scenedetect and rapidocr depend on opencv-python; another OpenCV build would shadow it
 	@$(BIN)/python -m pip uninstall --quiet -y opencv-python-headless opencv-contrib-python opencv-contrib-python-headless 2>/dev/null || true
 	@$(BIN)/python -c 'import cv2, av, decord, ray, torch, pyarrow; print("environment ok: torch", torch.__version__, "| opencv", cv2.__version__)'
+	@# ffmpeg's CLI is the tests' independent oracle (the product itself decodes with PyAV)
+	@command -v ffprobe >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null) ; } || \
+		echo "note: ffmpeg/ffprobe not found; install them to run the oracle tests"
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -26,9 +26,9 @@ import sys
 sys.path.insert(0, {root!r})
 from pipeline.config import load_ingest_config
 from pipeline.decode import decode_pass
-from pipeline.shots import ShotFeatures, detect_shots
+from pipeline.shots import ShotDetector, detect_shots
 cfg = load_ingest_config(overrides=["decode.threads={threads}"])
-features = ShotFeatures(cfg.shots)
+features = ShotDetector(cfg.shots)
 result = decode_pass({path!r}, cfg.decode, [features])
 shots = detect_shots(features, cfg.shots)
 print(result.n_frames, len(shots.shots), len(shots.hard_cuts))

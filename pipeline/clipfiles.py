@@ -5,14 +5,15 @@ group is reached with one seek, and every packet (remux) or frame (encode) read 
 clips that need it. Files appear under their final names only when complete (temp name in the
 same folder, then an atomic rename).
 
-Remux copies packets, so a clip file starts at the keyframe at or before `start_frame`. In MP4 the
-frames before `start_frame` get negative timestamps and the muxer writes an edit list that hides
-them: players and FFmpeg-based readers (PyAV, ffprobe, decord) start exactly at `start_frame`
-(decord's len() still counts the hidden frames: use the library's frame counts, not len()).
-Matroska/WebM have no such edit list, so the file shows those frames; `file_start_frame` says how
-many to skip. At the end, a clip that stops inside a run of B-frames must keep the next reference
-frame (it is decoded before them); that frame shows after the clip's last frame. The result
-records exactly what a reader gets: `n_frames` in all, `file_start_frame` before the clip.
+Remux copies packets, so a clip file starts at the keyframe at or before `start_frame`, and a clip
+that stops inside a run of B-frames must keep the next reference frame (decoded before them,
+displayed after the clip's last frame). In MP4 an edit list hides both: the frames before
+`start_frame` get negative timestamps (the muxer then writes an edit list starting at 0) and the
+edit's end is moved back before the trailing reference frame (patched after muxing). Players
+and FFmpeg-based readers (PyAV, ffprobe, decord) then see exactly [start_frame, end_frame);
+decord's len() still counts the hidden samples, so use the library's frame counts, not len().
+Matroska/WebM have no such edit list: the file shows those frames, and the result says so:
+`n_frames` in all, of which `file_start_frame` come before the clip (the rest after it).
 
 Encode decodes from the keyframe and encodes exactly [start_frame, end_frame) with libx264
 (yuv420p, `clips.encode_crf`), optionally resized (`encode_width`) and resampled (`encode_fps`,
@@ -21,10 +22,12 @@ frames dropped or repeated by PTS). Encode mode writes video only.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -34,6 +37,8 @@ import av
 import numpy as np
 
 from pipeline.config import ClipsConfig
+from pipeline.library import TMP_SUFFIX
+from pipeline.probe import main_video_stream
 
 MP4_VIDEO = {"h264", "hevc", "av1", "mpeg4"}
 MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
@@ -42,7 +47,6 @@ WEBM_AUDIO = {"opus", "vorbis"}
 _SEEK_GAP_S = 10.0     # clips further apart than this are reached by seeking, not by reading on
 _SEEK_LEAD_S = 1.0     # seek this much before a group so its first audio packets are read too
 _LOOKAHEAD_S = 5.0     # a clip starts watching packets this long before its start (A/V interleave)
-PART_SUFFIX = ".part"
 
 
 class ClipFileError(Exception):
@@ -62,8 +66,8 @@ class ClipRange(NamedTuple):
 @dataclass(frozen=True)
 class ClipFileResult:
     path: str
-    n_frames: int           # frames an FFmpeg-based reader decodes from the file
-    file_start_frame: int   # of those, how many come before the clip's start_frame
+    n_frames: int           # frames an FFmpeg-based reader decodes (MP4: exactly end - start)
+    file_start_frame: int   # of those, how many come before the clip's start_frame (MP4: 0)
     width: int
     height: int
     bytes: int
@@ -84,18 +88,20 @@ def write_clips(src: str | os.PathLike, clips: Sequence[ClipRange | tuple[int, i
         return []
     for c in clips:
         c.out_stem.parent.mkdir(parents=True, exist_ok=True)
+    if frame_times_s is None:
+        frame_times_s = _scan_frame_times(src)
     with av.open(str(src)) as container:
-        vstream = container.streams.video[0]
-        tb = vstream.time_base
-        if frame_times_s is None:
-            frame_pts = _scan_frame_pts(container, vstream)
-        else:
-            seconds = np.asarray(frame_times_s, dtype=np.float64)
-            frame_pts = np.rint(seconds / float(tb)).astype(np.int64).tolist()
+        vstream = main_video_stream(container)
+        seconds = np.asarray(frame_times_s, dtype=np.float64)
+        frame_pts = np.rint(seconds / float(vstream.time_base)).astype(np.int64).tolist()
         plans = [_plan(c, frame_pts, vstream) for c in clips]
+        # without an index (MPEG-TS, raw streams) a seek may land between keyframes: read through
+        seekable = len(vstream.index_entries) > 0
         results: dict[str, ClipFileResult] = {}
         try:
-            for group in _groups(plans, tb):
+            for group in (_groups(plans) if seekable else [plans]):
+                if seekable:
+                    _seek_before(container, vstream, min(group, key=lambda p: p.start_pts))
                 if mode == "remux":
                     _remux_group(container, group)
                 else:
@@ -106,15 +112,6 @@ def write_clips(src: str | os.PathLike, clips: Sequence[ClipRange | tuple[int, i
             for plan in plans:
                 plan.discard()
     return [results[c.out_stem] for c in clips]
-
-
-def remove_partial_files(out_dir: str | os.PathLike) -> int:
-    """Delete temp files a killed writer left behind; returns how many. Call before resuming."""
-    n = 0
-    for p in Path(out_dir).glob(f".*{PART_SUFFIX}"):
-        p.unlink(missing_ok=True)
-        n += 1
-    return n
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +138,7 @@ class _Plan:
     n_written: int = 0
     n_before: int = 0               # written frames before start_frame
     n_after: int = 0                # written frames after the clip's last frame
+    first_after_pts: int | None = None  # PTS of the earliest of those
     video_done: bool = False
     audio_done: bool = False
 
@@ -165,14 +163,15 @@ def _plan(clip: ClipRange, frame_pts: list[int], vstream) -> _Plan:
     return _Plan(clip, start_pts, end_pts, float(start_pts * tb), float(after * tb))
 
 
-def _scan_frame_pts(container, vstream) -> list[int]:
-    """Every video packet's PTS in presentation order (= decode-order frame indices)."""
-    pts = sorted(p.pts for p in container.demux(vstream) if p.pts is not None)
-    container.seek(0, stream=vstream, backward=True)
-    return pts
+def _scan_frame_times(src: str | os.PathLike) -> list[float]:
+    """Every video packet's PTS (seconds) in presentation order (= decode-order frame indices)."""
+    with av.open(str(src)) as container:
+        vstream = main_video_stream(container)
+        pts = sorted(p.pts for p in container.demux(vstream) if p.pts is not None)
+        return [float(p * vstream.time_base) for p in pts]
 
 
-def _groups(plans: list[_Plan], tb: Fraction) -> list[list[_Plan]]:
+def _groups(plans: list[_Plan]) -> list[list[_Plan]]:
     """Clips close enough to be read in one run; each run starts with a seek."""
     ordered = sorted(plans, key=lambda p: p.start_pts)
     groups: list[list[_Plan]] = []
@@ -209,15 +208,18 @@ class _Writer:
 
     def __init__(self, stem: Path, fmt: str, ext: str) -> None:
         self.final = stem.with_name(stem.name + ext)
-        self.tmp = stem.with_name(f".{stem.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
+        self.tmp = stem.with_name(f".{stem.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
         options = {"movflags": "+faststart"} if fmt == "mp4" else {}
         self.fmt = fmt
         self.container = av.open(str(self.tmp), "w", format=fmt, options=options)
         self.video = None
         self.audio = None
 
-    def commit(self) -> int:
+    def commit(self, fix: Callable[[Path], None] | None = None) -> int:
+        """Close, apply `fix` to the closed temp file, then move it into place; returns its size."""
         self.container.close()
+        if fix is not None:
+            fix(self.tmp)
         os.replace(self.tmp, self.final)
         return self.final.stat().st_size
 
@@ -246,7 +248,7 @@ def _copy_packet(packet: av.Packet, stream, shift: int) -> av.Packet:
 
 
 def _remux_group(container, group: list[_Plan]) -> None:
-    vstream = container.streams.video[0]
+    vstream = main_video_stream(container)
     astream = container.streams.audio[0] if container.streams.audio else None
     if vstream.codec_context is None:
         raise ClipFileError(f"{container.name}: video codec has no decoder here, cannot name it for muxing")
@@ -257,7 +259,6 @@ def _remux_group(container, group: list[_Plan]) -> None:
     fmt, ext = _container_for(vcodec, acodec)
     for plan in group:
         plan.audio_done = astream is None
-    _seek_before(container, vstream, group[0])
     waiting = sorted(group, key=lambda p: p.start_pts)[::-1]   # next to start at the end
     active: list[_Plan] = []                   # clips near the read position, being written
     left = len(group)
@@ -333,7 +334,9 @@ def _route_video(plan: _Plan, packet: av.Packet) -> None:
         plan.writer.container.mux(_copy_packet(p, plan.writer.video, plan.video_shift))
         plan.n_written += 1
         plan.n_before += p.pts < plan.start_pts
-        plan.n_after += p.pts > plan.end_pts
+        if p.pts > plan.end_pts:
+            plan.n_after += 1
+            plan.first_after_pts = min(p.pts, plan.first_after_pts or p.pts)
     plan.pending.clear()
 
 
@@ -378,12 +381,20 @@ def _finish_remux(plan: _Plan, vstream) -> None:
     if plan.n_written == 0:
         raise ClipFileError(f"clip {plan.clip.clip_id}: no video packets in frames "
                             f"[{plan.clip.start_frame}, {plan.clip.end_frame})")
-    hidden = plan.n_before if plan.writer.fmt == "mp4" else 0   # the edit list hides these
-    size = plan.writer.commit()
+    hidden = 0
+    trim = None
+    if plan.writer.fmt == "mp4":
+        hidden = plan.n_before                 # the muxer's edit list starts at start_frame
+        if plan.n_after:                       # ... and we end it before the trailing references
+            end_s = float((plan.first_after_pts - plan.start_pts) * vstream.time_base)
+            trim = functools.partial(_end_video_edit, end_s=end_s)
+            hidden += plan.n_after
+    size = plan.writer.commit(trim)
     cc = vstream.codec_context
     plan.result = ClipFileResult(
         path=str(plan.writer.final), n_frames=plan.n_written - hidden,
-        file_start_frame=plan.n_before - hidden, width=cc.width, height=cc.height, bytes=size)
+        file_start_frame=plan.n_before - (plan.n_before if plan.writer.fmt == "mp4" else 0),
+        width=cc.width, height=cc.height, bytes=size)
     plan.writer = None
 
 
@@ -392,11 +403,10 @@ def _finish_remux(plan: _Plan, vstream) -> None:
 
 
 def _encode_group(container, group: list[_Plan], cfg: ClipsConfig) -> None:
-    vstream = container.streams.video[0]
+    vstream = main_video_stream(container)
     vstream.codec_context.thread_type = "AUTO"
     tb = vstream.time_base
-    _seek_before(container, vstream, group[0])
-    vstream.codec_context.flush_buffers()
+    vstream.codec_context.flush_buffers()     # after a seek
     pending = sorted(group, key=lambda p: p.start_pts)
     encoders: dict[Path, _Encoder] = {}
     for frame in container.decode(vstream):
@@ -492,3 +502,89 @@ class _Encoder:
 def _even(x: float) -> int:
     return max(2, int(round(x / 2)) * 2)
 
+
+# --------------------------------------------------------------------------------------------
+# MP4 edit list
+
+
+def _end_video_edit(path: Path, end_s: float) -> None:
+    """End the video track's edit at `end_s` (presentation time from the file's start).
+
+    FFmpeg's muxer always ends the edit after the last frame; a stream copy that stops inside a
+    run of B-frames holds a reference frame that displays later, and this hides it. Patches the
+    last `elst` entry and the track/movie durations in place (no size changes)."""
+    with open(path, "r+b") as f:
+        moov_at, moov = _read_top_box(f, b"moov")
+        top = {kind: body for kind, _, body, _ in _boxes(moov, 8, len(moov))}
+        mvhd = top[b"mvhd"]
+        wide = moov[mvhd] == 1                                  # box version 1: 64-bit times
+        movie_scale = _uint(moov, mvhd + (20 if wide else 12), False)
+        track_durations, patched = [], False
+        for kind, _, body, end in _boxes(moov, 8, len(moov)):
+            if kind != b"trak":
+                continue
+            children = {k: (b, e) for k, _, b, e in _boxes(moov, body, end)}
+            tkhd = children[b"tkhd"][0]
+            tkhd_duration = tkhd + (28 if moov[tkhd] == 1 else 20)
+            if _is_video_trak(moov, children) and b"edts" in children:
+                elst = next(b for k, _, b, _ in _boxes(moov, *children[b"edts"]) if k == b"elst")
+                elst_wide = moov[elst] == 1
+                step = 20 if elst_wide else 12
+                count = _uint(moov, elst + 4, False)
+                before = sum(_uint(moov, elst + 8 + i * step, elst_wide) for i in range(count - 1))
+                duration = max(1, math.floor(end_s * movie_scale))   # last entry: the media
+                _put(moov, elst + 8 + (count - 1) * step, elst_wide, duration)
+                _put(moov, tkhd_duration, moov[tkhd] == 1, before + duration)
+                patched = True
+            track_durations.append(_uint(moov, tkhd_duration, moov[tkhd] == 1))
+        if not patched:   # FFmpeg's mp4 muxer writes one whenever B-frames delay the start
+            raise ClipFileError(f"{path}: the video track has no edit list to end early")
+        _put(moov, mvhd + (24 if wide else 16), wide, max(track_durations))
+        f.seek(moov_at)
+        f.write(moov)
+
+
+def _uint(buf: bytearray, at: int, wide: bool) -> int:
+    return struct.unpack_from(">Q" if wide else ">I", buf, at)[0]
+
+
+def _put(buf: bytearray, at: int, wide: bool, value: int) -> None:
+    struct.pack_into(">Q" if wide else ">I", buf, at, value)
+
+
+def _boxes(buf: bytearray, start: int, end: int):
+    """(type, box start, payload start, box end) of the ISO-BMFF boxes in buf[start:end]."""
+    while start + 8 <= end:
+        size, kind = struct.unpack(">I4s", buf[start:start + 8])
+        header = 8
+        if size == 1:
+            size, header = struct.unpack(">Q", buf[start + 8:start + 16])[0], 16
+        elif size == 0:
+            size = end - start
+        yield kind, start, start + header, start + size
+        start += size
+
+
+def _read_top_box(f, kind: bytes) -> tuple[int, bytearray]:
+    f.seek(0)
+    offset = 0
+    while header := f.read(16):
+        size, found = struct.unpack(">I4s", header[:8])
+        if size == 1:
+            size = struct.unpack(">Q", header[8:16])[0]
+        if found == kind:
+            f.seek(offset)
+            return offset, bytearray(f.read(size))
+        offset += size
+        f.seek(offset)
+    raise ClipFileError(f"{f.name}: no '{kind.decode()}' box")
+
+
+def _is_video_trak(moov: bytearray, children: dict) -> bool:
+    mdia = children.get(b"mdia")
+    if mdia is None:
+        return False
+    for kind, _, body, _ in _boxes(moov, *mdia):
+        if kind == b"hdlr":
+            return moov[body + 8:body + 12] == b"vide"
+    return False

@@ -40,7 +40,8 @@ class ShotsConfig:
     fade_min_step: float = 0.01      # each fade frame moves at least this (relative) towards black
     dissolve_min_frames: int = 3     # shortest blend (frames strictly between two shots) that is a dissolve
     dissolve_max_frames: int = 60    # longest one looked for (at most 63)
-    dissolve_structure: float = 0.4  # structure change across a dissolve window, at least
+    dissolve_structure: float = 0.4  # structure change across a dissolve window, at least,
+    dissolve_color: float = 0.35     # ... and colour-histogram change (0-1) across it, at least,
     dissolve_structure_contrast: float = 0.4  # ... exceeding the change over the windows around it by this,
     dissolve_color_contrast: float = 0.3      # ... or colour-histogram change exceeding theirs by this
     min_shot_frames: int = 4         # content shorter than this between two gradual transitions is

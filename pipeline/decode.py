@@ -40,8 +40,8 @@ class DecodeResult:
     n_frames: int                  # frames decoded = length of every per-frame array
     pts_s: np.ndarray              # (n_frames,) float64 presentation time of each frame, seconds
     time_base: Fraction            # the video stream's time base
-    avg_fps: float                 # frames per second averaged over the decoded PTS span
-    variable_fps: bool             # True when frame durations vary (VFR source, dropped frames)
+    fps: float                     # frames per second averaged over the decoded PTS span
+    is_vfr: bool                   # True when frame durations vary (VFR source, dropped frames)
     width: int                     # coded frame size, before rotation / aspect correction
     height: int
     analysis_size: tuple[int, int]  # (width, height) of the AnalysisFrames
@@ -57,7 +57,7 @@ class DecodeResult:
         """Span from the first frame's PTS to the end of the last frame."""
         if self.n_frames == 0:
             return 0.0
-        return float(self.pts_s[-1] - self.pts_s[0]) + 1.0 / self.avg_fps
+        return float(self.pts_s[-1] - self.pts_s[0]) + 1.0 / self.fps
 
 
 def available_cpus() -> int:
@@ -206,7 +206,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
     span = float(pts_s[-1] - pts_s[0])
     avg_fps = (n - 1) / span if n > 1 and span > 0 else (float(rate) if rate else 30.0)
     return DecodeResult(
-        n_frames=n, pts_s=pts_s, time_base=time_base, avg_fps=avg_fps,
-        variable_fps=_is_variable(pts_s), width=ctx.width, height=ctx.height,
+        n_frames=n, pts_s=pts_s, time_base=time_base, fps=avg_fps,
+        is_vfr=_is_variable(pts_s), width=ctx.width, height=ctx.height,
         analysis_size=(aw, ah), pix_fmt=pix_fmt, codec=ctx.name, threads=threads,
         decode_errors=errors, corrupt_frames=corrupt, truncated=truncated)

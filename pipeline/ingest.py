@@ -13,13 +13,14 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import IngestConfig
 from pipeline.library import Library, utcnow
-from pipeline.worker import SourceResult, ingest_source
+from pipeline.worker import SourceResult, _error_result, ingest_source
 from trainer.typedconfig import to_dict
 
 
@@ -74,12 +75,17 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray notices that are not about this job: token auth being on (its default), and Ray Data's
+    # progress bars being off (we draw our own)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
     kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
     if address:
         ray.init(address=address, **kwargs)
     else:
         ray.init(address="local", include_dashboard=False, **kwargs)  # never join a stray cluster silently
+
 
 
 def plan_resources(cfg: IngestConfig, n_sources: int, cluster_cpus: float) -> tuple[float, int]:
@@ -107,7 +113,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
     lib = Library(lib_root, create=True)
     items = expand_sources(sources, cfg.sources)
     handled = lib.handled_sources()
-    todo = [s.uri for s in items if s.uri not in handled]
+    todo = [s.uri for s in items if handled.get(s.uri, "failed") == "failed"]
     summary = IngestSummary(sources=len(items), skipped=len(items) - len(todo))
 
     if todo:
@@ -122,12 +128,16 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
         ctx.execution_options.preserve_order = False
         ctx.max_errored_blocks = -1  # a worker that dies on one video must not end the job
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
 
         in_flight = cfg.execution.max_videos_in_flight or None
-        ds = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=len(todo)).map(
-            _run_one, fn_kwargs={"cfg": cfg, "lib_root": str(Path(lib_root).resolve()), "claims_name": claims_name},
-            num_cpus=cpus, concurrency=in_flight, max_retries=1)
+        with warnings.catch_warnings():
+            # Ray Data retries a task whose worker died forever by default; a file that crashes
+            # the decoder must be tried twice at most. There is no named parameter for it in 2.60.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            ds = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=len(todo)).map(
+                _run_one, fn_kwargs={"cfg": cfg, "lib_root": str(Path(lib_root).resolve()),
+                                     "claims_name": claims_name},
+                num_cpus=cpus, concurrency=in_flight, max_retries=1)
 
         bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
         pending: dict[str, list[dict[str, Any]]] = {}
@@ -144,17 +154,15 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
                     or time.monotonic() - last_commit >= cfg.execution.commit_every_seconds):
                 lib.commit(pending)
                 pending, pending_videos, last_commit = {}, 0, time.monotonic()
-            bar.update(1)
             elapsed = time.perf_counter() - t0
-            bar.set_postfix(clips=summary.clips, failed=summary.failed,
+            bar.set_postfix(clips=summary.clips, failed=summary.failed, refresh=False,
                             video_s_per_s=f"{summary.video_seconds / max(elapsed, 1e-6):.1f}")
+            bar.update(1)
         # a source whose worker died (e.g. the decoder crashed the process) produced no result
         for uri in todo:
             if uri not in seen:
-                crashed = SourceResult(uri, "error", None, {
-                    "errors": [{"source": uri, "video_id": None, "stage": "worker", "error_type": "worker_crashed",
-                                "message": "the worker process died while ingesting this source", "at": utcnow()}],
-                    "sources": [{"uri": uri, "video_id": None, "outcome": "error", "at": utcnow()}]})
+                crashed = _error_result(uri, None, "worker", "worker_crashed",
+                                        "the worker process died while ingesting this source", outcome="failed")
                 _count(summary, crashed)
                 for table, rows in crashed.rows.items():
                     pending.setdefault(table, []).extend(rows)

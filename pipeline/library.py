@@ -147,8 +147,9 @@ class Library:
         return pa.concat_tables(tables, promote_options="permissive")
 
     def handled_sources(self) -> dict[str, str]:
-        """uri -> outcome for every source a previous run finished (any outcome)."""
-        t = self.read("sources", ["uri", "outcome"])
+        """uri -> latest outcome for every source an earlier run handled. `failed` (an unexpected
+        failure, not a bad input) is retried by the next run, so a source can have several rows."""
+        t = self.read("sources", ["uri", "outcome", "at"]).sort_by("at")
         return dict(zip(t.column("uri").to_pylist(), t.column("outcome").to_pylist()))
 
     def video_ids(self) -> set[str]:

@@ -22,7 +22,7 @@ ERROR_KINDS = ("empty_file", "truncated", "not_a_video", "no_video_stream", "uns
 _SIGNATURES: list[tuple[int, bytes, str]] = [
     (4, b"ftyp", "MP4/MOV"), (4, b"moov", "MP4/MOV"), (4, b"mdat", "MP4/MOV"), (4, b"free", "MP4/MOV"),
     (4, b"wide", "MP4/MOV"), (4, b"skip", "MP4/MOV"),
-    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"), (0, b"RIFF", "AVI"), (0, b"FLV\x01", "FLV"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"), (0, b"RIFF", "RIFF (AVI/WAV)"), (0, b"FLV\x01", "FLV"),
     (0, b"OggS", "Ogg"), (0, b"\x00\x00\x01\xba", "MPEG-PS"),
     (0, b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "ASF/WMV"),
 ]
@@ -122,6 +122,14 @@ def _container_signature(path: Path) -> str | None:
     return None
 
 
+def _audio_signature(path: Path) -> bool:
+    """Starts like an MP3 (ID3 tag or frame sync), AAC (ADTS), FLAC or WAV file."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return (head[:3] == b"ID3" or head[:4] == b"fLaC" or head[8:12] == b"WAVE"
+            or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0))
+
+
 def _ffmpeg_text(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
@@ -129,12 +137,13 @@ def _ffmpeg_text(exc: Exception) -> str:
 def _probe_open(path: Path, size: int, container: av.container.InputContainer) -> ProbeInfo:
     if not container.streams.video:
         audio = [_codec_name(s) for s in container.streams.audio if s.codec_context]
-        if audio:
+        # FFmpeg reads some random files as raw audio: believe it only for a real audio file
+        if audio and (_container_signature(path) or _audio_signature(path)):
             raise ProbeError("no_video_stream",
                              f"{path}: audio only ({', '.join(audio)}), no video stream")
         raise ProbeError("not_a_video", f"{path}: no video or audio stream "
                                         f"(FFmpeg read it as '{container.format.name}')")
-    stream = container.streams.video[0]
+    stream = main_video_stream(container)
     cc = stream.codec_context
     if cc is None:
         raise ProbeError("unsupported_codec", f"{path}: the video codec is not supported "
@@ -175,6 +184,12 @@ def _probe_open(path: Path, size: int, container: av.container.InputContainer) -
         sample_aspect_ratio=float(sar), display_width=dw, display_height=dh,
         pix_fmt=first.format.name, bit_rate=container.bit_rate or None,
     )
+
+
+def main_video_stream(container) -> av.video.stream.VideoStream:
+    """The video track: the first video stream that is not cover art (an attached picture)."""
+    videos = container.streams.video
+    return next((s for s in videos if not s.disposition & av.stream.Disposition.attached_pic), videos[0])
 
 
 def _check_index_within_file(path: Path, size: int, stream: av.video.stream.VideoStream) -> None:

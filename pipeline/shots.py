@@ -1,6 +1,6 @@
 """Shot detection: clean shot ranges and the transitions between them, from one decode pass.
 
-`ShotFeatures` is a `FrameAnalyzer`: during the decode pass it feeds each small frame to
+`ShotDetector` is a `FrameAnalyzer`: during the decode pass it feeds each small frame to
 PySceneDetect's `ContentDetector` (its HSV frame score) and records a few more numbers per frame:
 brightness, contrast, how much of the frame is dark, and, against a ring buffer of the last
 `max(LAGS)` frames, two distances at every lag in `LAGS`:
@@ -17,8 +17,11 @@ brightness, contrast, how much of the frame is dark, and, against a ring buffer 
 3. hard cuts: ContentDetector's score and a structure jump together, larger than the frames
    on either side (fast motion changes every frame, a cut only one), and not undone within
    `flash_max_frames` (a flash, an explosion, a camera strobe returns to the same picture);
-4. dissolves: over a window of k frames structure and colour change like a cut spread out,
-   while the k frames before and after the window stay comparatively still.
+4. dissolves: over a window of k frames structure and colour both change like at a cut, spread
+   out, while the k frames before and after the window change clearly less. Requiring the
+   colour change keeps fast or bouncing motion (structure changes at a varying pace, colours
+   stay) from looking like a dissolve; a dissolve between two shots of the same palette is
+   the price.
 
 Whatever is not a transition is shot content. Frame indices are 0-based decode order, ends
 exclusive; a cut is a zero-length transition at the first frame of the new shot.
@@ -44,6 +47,8 @@ THUMB = (32, 18)         # structure thumbnail (w, h); transposed for portrait f
 COLOR_THUMB = (40, 22)   # the colour histogram is taken on this small copy (cheaper, same result)
 HIST_BINS = 4            # per channel: 4x4x4 joint BGR histogram
 MIN_THUMB_STD = 2.0      # a thumbnail flatter than this has no structure to correlate
+BLEND_EDGE = 0.15        # a dissolve frame differs in colour from both shots by this share of
+                         # the shots' own difference (the rest is added back as a margin)
 
 KINDS = ("start", "end", "cut", "fade", "dissolve", "black")
 
@@ -59,8 +64,8 @@ class Transition:
 class Shot:
     start_frame: int
     end_frame: int     # exclusive
-    start_kind: str    # what the shot begins with: start | cut | fade | dissolve | black
-    end_kind: str      # what ends it: end | cut | fade | dissolve | black
+    start_transition: str  # what the shot begins with: start | cut | fade | dissolve | black
+    end_transition: str    # what ends it: end | cut | fade | dissolve | black
 
 
 @dataclass
@@ -97,6 +102,7 @@ class FeatureArrays:
     dark_frac: np.ndarray   # (n,) fraction of pixels at or below the black level
     structure: np.ndarray   # (n, len(LAGS)) S(t - k, t); NaN where t - k < 0
     color: np.ndarray       # (n, len(LAGS)) H(t - k, t); NaN where t - k < 0
+    hist: np.ndarray        # (n, HIST_BINS**3) float16 colour histogram, for H between any two frames
 
     @property
     def n(self) -> int:
@@ -108,8 +114,11 @@ class FeatureArrays:
     def h(self, t: int, k: int) -> float:
         return float(self.color[t, LAG_INDEX[k]])
 
+    def h_pair(self, a: int, b: int) -> float:
+        return 0.5 * float(np.abs(self.hist[a].astype(np.float32) - self.hist[b].astype(np.float32)).sum())
 
-class ShotFeatures:
+
+class ShotDetector:
     """FrameAnalyzer collecting what `detect_shots` needs; memory: a 64-frame ring of thumbnails
     plus ~250 bytes per frame."""
 
@@ -125,7 +134,7 @@ class ShotFeatures:
         self._hist = np.zeros((ring, HIST_BINS ** 3), np.float32)
         self._lags = np.asarray(LAGS)
         self._rows: dict[str, list] = {k: [] for k in ("content", "luma_mean", "luma_std", "dark_frac",
-                                                       "structure", "color")}
+                                                       "structure", "color", "hist")}
 
     def update(self, frame: AnalysisFrame) -> None:
         i = frame.index
@@ -162,6 +171,12 @@ class ShotFeatures:
         self._z[slot], self._flat[slot], self._hist[slot] = z, tstd < MIN_THUMB_STD, hist
         rows["structure"].append(s_row)
         rows["color"].append(h_row)
+        rows["hist"].append(hist.astype(np.float16))
+
+    def finish(self, decoded: object = None) -> ShotResult:
+        """Shots and transitions of everything seen so far (`decoded` is accepted for symmetry
+        with other analyzers; the arrays already hold all that is needed)."""
+        return detect_shots(self, self.cfg)
 
     def arrays(self) -> FeatureArrays:
         r = self._rows
@@ -173,6 +188,7 @@ class ShotFeatures:
             dark_frac=np.asarray(r["dark_frac"], np.float64),
             structure=np.asarray(r["structure"], np.float32).reshape(-1, nl),
             color=np.asarray(r["color"], np.float32).reshape(-1, nl),
+            hist=np.asarray(r["hist"], np.float16).reshape(-1, HIST_BINS ** 3),
         )
 
 
@@ -235,10 +251,34 @@ def _is_flash(f: FeatureArrays, t: int, cfg: ShotsConfig) -> bool:
     return False
 
 
-def _dissolve_candidates(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -> list[tuple[int, int]]:
-    """[first, end) spans of windows (last frame of one shot .. first frame of the next) across
-    which the picture changes like at a cut, while the equally long windows before and after
-    change clearly less."""
+def _flash_frames(f: FeatureArrays, cfg: ShotsConfig) -> np.ndarray:
+    """Frames [t, t+j) (j <= flash_max_frames) that depart sharply from frame t-1 in colour or
+    structure while frame t+j is back close to it: flashes, strobes, a bird across the lens."""
+    n = f.n
+    mask = np.zeros(n, bool)
+    h1 = np.nan_to_num(f.color[:, 0].astype(np.float64))
+    s1 = np.nan_to_num(f.structure[:, 0].astype(np.float64))
+    for t in np.flatnonzero((h1 >= 0.1) | (s1 >= cfg.cut_structure)):
+        for j in range(1, cfg.flash_max_frames + 1):
+            if t + j >= n:
+                break
+            back_h, back_s = f.h(t + j, j + 1), f.s(t + j, j + 1)
+            # structure may move on meanwhile as much as it did over as long a span before
+            moved = f.s(t - 1, j + 1) if t - 2 - j >= 0 else 0.0
+            # back in colour (with no more structural change than motion explains) or in structure
+            if (h1[t] >= 3 * back_h and back_h < 0.15 and back_s < max(2 * cfg.cut_structure, 1.5 * moved)) or \
+                    (s1[t] >= 3 * back_s and back_h < 0.15):
+                mask[t:t + j] = True
+                break
+    return mask
+
+
+def _dissolve_candidates(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -> list[tuple[float, int, int]]:
+    """(score, first, end) of windows (last frame of one shot .. first frame of the next)
+    across which structure and colour change like at a cut, while the equally long windows
+    before and after change clearly less. The score (how far the change across stands above
+    the change around) peaks at windows just spanning the dissolve: smaller ones miss part of
+    the change, larger ones compare more motion around."""
     n = f.n
     out = []
     for k in LAGS:
@@ -248,67 +288,74 @@ def _dissolve_candidates(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -
         s = f.structure[:, j].astype(np.float64)
         h = f.color[:, j].astype(np.float64)
         t = np.arange(2 * k, n - k)                     # window (t - k, t], both neighbours exist
-        s_ref = np.maximum(s[t - k], s[t + k])
-        h_ref = np.maximum(h[t - k], h[t + k])
-        hit = (s[t] >= cfg.dissolve_structure) & (
-            (s[t] - s_ref >= cfg.dissolve_structure_contrast) | (h[t] - h_ref >= cfg.dissolve_color_contrast))
-        for t_end in t[hit]:
+        s_gain = (s[t] - np.maximum(s[t - k], s[t + k])) / cfg.dissolve_structure_contrast
+        h_gain = (h[t] - np.maximum(h[t - k], h[t + k])) / cfg.dissolve_color_contrast
+        hit = (s[t] >= cfg.dissolve_structure) & (h[t] >= cfg.dissolve_color) & ((s_gain >= 1) | (h_gain >= 1))
+        for t_end, score in zip(t[hit], (s_gain + h_gain)[hit]):
             a = int(t_end) - k   # last frame of the outgoing shot
-            if not busy[a + 1:t_end].any():
-                out.append((a + 1, int(t_end)))
+            if not busy[a:t_end + 1].any():
+                out.append((float(score), a + 1, int(t_end)))
     return out
 
 
 def _dissolves(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -> list[tuple[int, int]]:
-    """Dissolve frame ranges: where candidate windows pile up, the frames whose frame-to-frame
-    change stands out from the still parts around them (a blend changes every frame alike)."""
-    n = f.n
-    cover = np.zeros(n, bool)
-    for a, b in _dissolve_candidates(f, cfg, busy):
-        cover[a:b] = True
-    # frame-to-frame change: colour first (a blend moves the histogram every frame, motion
-    # hardly does), structure when colour shows no clear core (two shots of similar colours)
-    profiles = [np.nan_to_num(f.color[:, 0].astype(np.float64)),
-                np.nan_to_num(f.structure[:, 0].astype(np.float64))]
+    """Dissolve frame ranges: the best-scoring candidate windows that do not overlap a better
+    one, each narrowed to the frames that look like neither shot."""
+    taken = busy.copy()
     found = []
-    for a, b in _runs(cover):
-        for change in profiles:
-            core = _core(change, a, b, cfg)
-            if core is not None:
-                found += core
-                break
-        else:
-            found.append((a, b))                          # no clear core: keep the whole span
+    for _, a, b in sorted(_dissolve_candidates(f, cfg, busy), reverse=True):
+        if taken[a:b].any():
+            continue
+        p, q = _blend_extent(f, a, b, busy)
+        if not _returns(f, p, q, cfg):
+            found.append((p, q))
+        taken[min(a, p):max(b, q)] = True
     return found
 
 
-def _core(change: np.ndarray, a: int, b: int, cfg: ShotsConfig) -> list[tuple[int, int]] | None:
-    """Runs inside [a, b) where `change` stands well above its level just outside."""
-    n, k = len(change), b - a
-    outside = np.concatenate([change[max(1, a - k):a], change[b + 1:b + 1 + k]])
-    base = float(np.median(outside)) if len(outside) else 0.0
-    inside = change[a:b + 1]                              # change j-1 -> j for j in [a, b]
-    peak = float(np.percentile(inside, 90))
-    if peak <= 2 * base + 1e-3:
-        return None
-    elevated = np.zeros(n, bool)
-    elevated[a:b + 1] = inside > base + 0.35 * (peak - base)
-    runs = [(p, q - 1) for p, q in _runs(_close_gaps(elevated, 2)) if q - 1 - p >= cfg.dissolve_min_frames]
-    return runs or None
+def _blend_extent(f: FeatureArrays, a: int, b: int, busy: np.ndarray) -> tuple[int, int]:
+    """The frames around window [a, b) that are noticeably unlike both shots' frames. The
+    window is padded first (by a quarter, not into other transitions): with the sparse long
+    lags the best window can be a little shorter than the dissolve."""
+    pad = max(2, (b - a) // 4)
+    lo, hi = a, b
+    while lo > 1 and a - lo < pad and not busy[lo - 2]:
+        lo -= 1
+    while hi < f.n - 1 and hi - b < pad and not busy[hi + 1]:
+        hi += 1
+    first, last = lo - 1, hi                     # reference frames, one in each shot
+    whole = f.h_pair(first, last)
+    hist = f.hist[lo:hi].astype(np.float32)
+    to_first = 0.5 * np.abs(hist - f.hist[first].astype(np.float32)).sum(axis=1)
+    to_last = 0.5 * np.abs(hist - f.hist[last].astype(np.float32)).sum(axis=1)
+    between = np.flatnonzero((to_first > BLEND_EDGE * whole) & (to_last > BLEND_EDGE * whole))
+    if whole <= 0 or len(between) == 0:
+        return a, b
+    p, q = lo + int(between[0]), lo + int(between[-1]) + 1
+    # frames within BLEND_EDGE of either end are still blends: widen by that share (+2)
+    margin = int(np.ceil(BLEND_EDGE * (q - p))) + 2
+    for _ in range(margin):
+        if p > 1 and not busy[p - 2]:
+            p -= 1
+        if q < f.n - 1 and not busy[q + 1]:
+            q += 1
+    return p, q
 
 
-def _close_gaps(mask: np.ndarray, gap: int) -> np.ndarray:
-    out = mask.copy()
-    runs = _runs(mask)
-    for (a, b), (c, _) in zip(runs, runs[1:]):
-        if c - b <= gap:
-            out[b:c] = True
-    return out
+def _returns(f: FeatureArrays, p: int, q: int, cfg: ShotsConfig) -> bool:
+    """The picture after [p, q) is the one before it: a flash or a passing object, not a
+    transition between two shots."""
+    if p < 1 or q >= f.n:
+        return False
+    lag = next((k for k in LAGS if k >= q - p + 1 and q - k >= 0), None)
+    if lag is None:
+        return False
+    return f.s(q, lag) < cfg.dissolve_structure / 2 and f.h(q, lag) < cfg.dissolve_color / 2
 
 
-def detect_shots(features: ShotFeatures | FeatureArrays, cfg: ShotsConfig) -> ShotResult:
+def detect_shots(features: ShotDetector | FeatureArrays, cfg: ShotsConfig) -> ShotResult:
     """Shots and transitions from the decode pass's features."""
-    f = features.arrays() if isinstance(features, ShotFeatures) else features
+    f = features.arrays() if isinstance(features, ShotDetector) else features
     n = f.n
     if n == 0:
         return ShotResult(0, [], [])
@@ -342,7 +389,7 @@ def detect_shots(features: ShotFeatures | FeatureArrays, cfg: ShotsConfig) -> Sh
     busy = kind != ""
     for t in cuts:
         busy[t - 1:t + 1] = True
-    for start, end in _dissolves(f, cfg, busy):
+    for start, end in _dissolves(f, cfg, busy | _flash_frames(f, cfg)):
         kind[start:end] = np.where(kind[start:end] == "", "dissolve", kind[start:end])
 
     return _assemble(n, kind, cuts, cfg)

@@ -21,7 +21,7 @@ from pipeline.library import utcnow
 @dataclass
 class SourceResult:
     uri: str
-    outcome: str                                   # ingested | duplicate | error
+    outcome: str                                   # ingested | duplicate | error | failed
     video_id: str | None = None
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     video_seconds: float = 0.0
@@ -53,27 +53,28 @@ def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
     try:
         from pipeline.sources import StagingCache, SourceError, content_hash
 
-        try:
-            cache = StagingCache(Path(cfg.sources.cache_dir or lib_root / ".cache"),
-                                 int(cfg.sources.cache_max_gb * 1e9))
-            path = cache.fetch(uri)
-        except SourceError as e:
-            raise StageFailure("fetch", e.kind, str(e)) from e
-        stage = "hash"
-        try:
-            video_id = content_hash(path)
-        except PermissionError as e:
-            raise StageFailure("hash", "permission_denied", f"cannot read {uri}: permission denied") from e
-        if claim is not None and not claim(video_id, uri):
-            return SourceResult(uri, "duplicate", video_id,
-                                {"sources": [_source_row(uri, video_id, "duplicate")]})
-        return _ingest_file(uri, path, video_id, cfg, lib_root)
+        with StagingCache(Path(cfg.sources.cache_dir or lib_root / ".cache"),
+                          int(cfg.sources.cache_max_gb * 1e9)) as cache:
+            try:
+                path = cache.fetch(uri)
+            except SourceError as e:
+                raise StageFailure("fetch", e.kind, str(e)) from e
+            stage = "hash"
+            try:
+                video_id = content_hash(path)
+            except PermissionError as e:
+                raise StageFailure("hash", "permission_denied", f"cannot read {uri}: permission denied") from e
+            if claim is not None and not claim(video_id, uri):
+                return SourceResult(uri, "duplicate", video_id,
+                                    {"sources": [_source_row(uri, video_id, "duplicate")]})
+            stage = "ingest"
+            return _ingest_file(uri, path, video_id, cfg, lib_root)
     except StageFailure as e:
         return _error_result(uri, video_id, e.stage, e.kind, e.message)
-    except Exception as e:  # noqa: BLE001 - any bug or decoder failure must become an errors row
+    except Exception as e:  # noqa: BLE001 - an unexpected failure is recorded and retried on rerun
         tb = traceback.extract_tb(e.__traceback__)[-1]
         where = f" ({Path(tb.filename).name}:{tb.lineno})" if tb else ""
-        return _error_result(uri, video_id, stage, type(e).__name__, f"{e}{where}")
+        return _error_result(uri, video_id, stage, type(e).__name__, f"{e}{where}", outcome="failed")
 
 
 def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_root: Path) -> SourceResult:
@@ -81,7 +82,7 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
     from pipeline.decode import decode_pass
     from pipeline.plan import clip_id, frame_end_times, plan_clips
     from pipeline.probe import ProbeError, probe
-    from pipeline.shots import ShotDetector
+    from pipeline.shots import ShotDetector, detect_shots
 
     t0 = time.perf_counter()
     try:
@@ -89,15 +90,15 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
     except ProbeError as e:
         raise StageFailure("probe", e.kind, str(e)) from e
 
-    detector = ShotDetector(cfg.shots)
-    analyzers = [detector]
+    shot_detector = ShotDetector(cfg.shots)
+    analyzers = [shot_detector]
     try:
         decoded = decode_pass(path, cfg.decode, analyzers)
     except Exception as e:
         raise StageFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
     if decoded.n_frames == 0:
         raise StageFailure("decode", "no_frames", "no video frame could be decoded")
-    shots = detector.finish(decoded).shots
+    shots = detect_shots(shot_detector, cfg.shots).shots
     pts = decoded.pts_s
     ends = frame_end_times(pts)
 
@@ -150,7 +151,9 @@ def _source_row(uri: str, video_id: str | None, outcome: str) -> dict[str, Any]:
     return {"uri": uri, "video_id": video_id, "outcome": outcome, "at": utcnow()}
 
 
-def _error_result(uri: str, video_id: str | None, stage: str, kind: str, message: str) -> SourceResult:
+def _error_result(uri: str, video_id: str | None, stage: str, kind: str, message: str,
+                  outcome: str = "error") -> SourceResult:
+    """`error`: the input is bad (not retried); `failed`: something unexpected (retried on rerun)."""
     error = {"source": uri, "video_id": video_id, "stage": stage, "error_type": kind,
              "message": message, "at": utcnow()}
-    return SourceResult(uri, "error", video_id, {"errors": [error], "sources": [_source_row(uri, video_id, "error")]})
+    return SourceResult(uri, outcome, video_id, {"errors": [error], "sources": [_source_row(uri, video_id, outcome)]})

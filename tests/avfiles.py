@@ -60,12 +60,31 @@ def write_video(path: Path, n_frames: int = 100, fps: int = 25, size: tuple[int,
     return path
 
 
-def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
+def write_with_cover_art(path: Path, n_frames: int = 30) -> Path:
+    """MP4 with a JPEG cover (an 'attached picture' video stream) added before the real video."""
     with av.open(str(path), "w") as out:
-        a = out.add_stream("aac", rate=44100, layout="mono")
-        for k in range(int(seconds * 44100 / 1024)):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            af.sample_rate, af.pts = 44100, k * 1024
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        v = out.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 160, 96, "yuv420p"
+        for packet in cover.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")):
+            out.mux(packet)
+        for i in range(n_frames):
+            for packet in v.encode(av.VideoFrame.from_ndarray(frame_image(i, 160, 96), format="rgb24")):
+                out.mux(packet)
+        for packet in v.encode():
+            out.mux(packet)
+    return path
+
+
+def write_audio_only(path: Path, codec: str = "aac", seconds: float = 1.0) -> Path:
+    """An audio file (container from the suffix: .m4a, .mp3, .wav, ...) with silence."""
+    with av.open(str(path), "w") as out:
+        a = out.add_stream(codec, rate=48000, layout="mono")
+        for k in range(int(seconds * 48000 / 960)):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 48000, k * 960
             for packet in a.encode(af):
                 out.mux(packet)
         for packet in a.encode():
@@ -131,9 +150,11 @@ def ffprobe_streams(path: str | Path) -> tuple[dict, dict | None, dict]:
     return video, audio, info["format"]
 
 
-def ffprobe_frame_count(path: str | Path) -> int:
-    """Frames ffprobe decodes from the first video stream (edit lists applied, as any player does)."""
-    info = ffprobe(path, "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames")
+def ffprobe_frame_count(path: str | Path, ignore_editlist: bool = False) -> int:
+    """Frames ffprobe decodes from the first video stream (edit lists applied, as any player does,
+    unless `ignore_editlist`: then every coded frame in the file)."""
+    extra = ["-ignore_editlist", "1"] if ignore_editlist else []
+    info = ffprobe(path, *extra, "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames")
     return int(info["streams"][0]["nb_read_frames"])
 
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from pipeline.filters import FilterConfig, VIEW_PATH, evaluate, load_filter_config, read_clips, read_view, run_filters
+from pipeline.filters import VIEW_PATH, evaluate, load_filter_config, read_clips, read_view, run_filters
 from pipeline.signals import SIGNAL_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]

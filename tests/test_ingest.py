@@ -182,7 +182,7 @@ def test_rerun_is_a_no_op(ingested, tmp_path: Path) -> None:
 
 def test_permission_denied(sample_corpus: Path) -> None:
     """A file the ingesting user may not read. As root, permissions do not deny anything, so the
-    worker runs in a child process that drops to `nobody` first."""
+    worker runs in a child process that drops to `nobody` once its imports are done."""
     import subprocess
     import sys
     import tempfile
@@ -194,11 +194,12 @@ def test_permission_denied(sample_corpus: Path) -> None:
         secret = work / "secret.mp4"
         shutil.copy(names[0], secret)
         os.chmod(secret, 0o000)
-        code = ("from pipeline.config import load_ingest_config; from pipeline.worker import ingest_source;"
-                f"r = ingest_source({str(secret)!r}, load_ingest_config(), {str(work / 'lib')!r});"
+        code = ("import os; from pipeline.config import load_ingest_config; from pipeline.worker import ingest_source;"
+                "import pipeline.sources, pipeline.probe, pipeline.decode, pipeline.shots, pipeline.clipfiles;"
+                "cfg = load_ingest_config(); os.geteuid() == 0 and os.setuid(65534);"
+                f"r = ingest_source({str(secret)!r}, cfg, {str(work / 'lib')!r});"
                 "print(r.outcome, r.rows['errors'][0]['error_type'])")
-        preexec = (lambda: os.setuid(65534)) if os.geteuid() == 0 else None
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=preexec,
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              cwd=Path(__file__).resolve().parents[1], timeout=120)
         assert out.stdout.split() == ["error", "permission_denied"], out.stderr
     finally:

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.probe import ProbeError, probe
 from tests.avfiles import (ffprobe_frame_count, ffprobe_rotation, ffprobe_streams, write_audio_only,
-                           write_video)
+                           write_video, write_with_cover_art)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,11 @@ def test_vp9_webm_without_audio(tmp_path: Path):
         ("matroska,webm", "vp9", None, False)
     assert info.n_frames is None          # WebM does not state a frame count
     assert info.avg_fps == pytest.approx(25.0)
+
+
+def test_cover_art_is_not_the_video(tmp_path: Path):
+    info = probe(write_with_cover_art(tmp_path / "cover.mp4", n_frames=30))
+    assert (info.video_codec, info.width, info.height, info.n_frames) == ("h264", 160, 96, 30)
 
 
 # --- bad input: one kind each ------------------------------------------------------------------
@@ -99,9 +104,11 @@ def test_random_bytes_are_not_a_video(tmp_path: Path):
         assert kind == "not_a_video", message
 
 
-def test_audio_only(tmp_path: Path):
-    kind, message = _kind(write_audio_only(tmp_path / "speech.m4a"))
-    assert kind == "no_video_stream" and "aac" in message
+@pytest.mark.parametrize("name,codec", [("speech.m4a", "aac"), ("song.mp3", "libmp3lame"),
+                                        ("take.wav", "pcm_s16le")])
+def test_audio_only(tmp_path: Path, name: str, codec: str):
+    kind, message = _kind(write_audio_only(tmp_path / name, codec))
+    assert kind == "no_video_stream" and "audio only" in message
 
 
 def test_unsupported_codec(tmp_path: Path):

@@ -105,6 +105,15 @@ def test_frozen_clip_is_static_and_frozen():
     assert moving["frozen_share"] == 0.0
 
 
+def test_duplicated_frames_are_not_frozen_but_a_freeze_is():
+    moving = camera_clip("pan_left", n=40)
+    doubled = [f for f in moving[:20] for _ in range(2)]       # every frame twice (low-fps source)
+    half_frozen = moving[:20] + [moving[19]] * 20              # motion, then a 20-frame freeze
+    (d,), (h,) = analyse(doubled, NO_TEXT), analyse(half_frozen, NO_TEXT)
+    assert d["frozen_share"] == 0.0
+    assert 0.45 < h["frozen_share"] < 0.55
+
+
 def test_moving_object_on_still_camera_is_static_with_motion():
     canvas = texture(seed=1)
     background = crop(canvas, 800, 450)
@@ -147,6 +156,7 @@ def test_exposure_black_and_colour():
     ((45, 45, 0, 0), ("letterbox", 0, 45, 640, 270)),
     ((0, 0, 80, 80), ("pillarbox", 80, 0, 480, 360)),
     ((0, 0, 0, 0), ("none", 0, 0, 640, 360)),
+    ((60, 0, 0, 0), ("none", 0, 0, 640, 360)),  # dark on one side only is picture, not a bar
 ])
 def test_bars_and_crop(bars, expected):
     top, bottom, left, right = bars

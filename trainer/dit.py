@@ -301,4 +301,26 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "rope_3d", "apply_rope", "modulate"]
+def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
+    """A DiT from a `recap train dit` run directory (its last checkpoint's `weights`: ema or model)
+    or a checkpoint's .safetensors file. Returns the model (eval mode) and the file's metadata,
+    which also names the text encoder, the autoencoder and the flow settings it was trained with."""
+    import json
+    from pathlib import Path
+    from trainer.checkpoint import latest_checkpoint, load_weights
+    from trainer.typedconfig import from_dict
+    file = Path(path)
+    if file.is_dir():
+        ckpt = latest_checkpoint(file)
+        if ckpt is None:
+            raise FileNotFoundError(f"no checkpoint in {file}")
+        file = ckpt / f"{weights}.safetensors"
+    state, meta = load_weights(file)
+    if meta.get("format") != "recap.dit":
+        raise ValueError(f"{file} is not a recap DiT checkpoint (format {meta.get('format')!r})")
+    model = DiT(from_dict(DiTConfig, json.loads(meta["config"])), int(meta["in_channels"]), int(meta["text_dim"]))
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False), meta
+
+
+__all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "load_dit", "rope_3d", "apply_rope", "modulate"]

@@ -276,7 +276,10 @@ def iter_raw_samples(url: str, skipped: SkipCounter) -> Iterator[RawSample]:
                 if member_key != key:
                     yield from flush(key, parts)
                     key, parts = member_key, {}
-                parts[suffix] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                payload = tar.extractfile(member).read()  # type: ignore[union-attr]
+                if len(payload) != member.size:
+                    raise EOFError(f"member {member.name} is cut short")
+                parts[suffix] = payload
     except (tarfile.TarError, OSError, EOFError) as e:
         skipped["bad_shard"] += 1
         _warn(f"shard {url} is truncated or unreadable after key {key!r}: {e}")
@@ -284,9 +287,15 @@ def iter_raw_samples(url: str, skipped: SkipCounter) -> Iterator[RawSample]:
     yield from flush(key, parts)
 
 
+_WARNINGS_LEFT = [20]   # per process: the first few skips are explained, all are counted
+
+
 def _warn(message: str) -> None:
     import sys
-    print(f"[recap.shards] {message}", file=sys.stderr)
+    if _WARNINGS_LEFT[0] > 0:
+        _WARNINGS_LEFT[0] -= 1
+        suffix = " (further skips are only counted)" if _WARNINGS_LEFT[0] == 0 else ""
+        print(f"[recap.shards] {message}{suffix}", file=sys.stderr)
 
 
 @dataclass

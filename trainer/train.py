@@ -347,7 +347,12 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
-        metrics_file = open(out / "metrics.jsonl", "a")
+        metrics_path = out / "metrics.jsonl"
+        if metrics_path.exists():   # drop records a crashed run wrote after its last checkpoint
+            kept = [line for line in metrics_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= start_step]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+        metrics_file = open(metrics_path, "a")
         bar = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train {kind}", dynamic_ncols=True)
         print(f"{kind}: {count_params(model) / 1e6:.2f}M parameters, {len(shards)} shards, "
               f"{world} rank(s) on {device}", file=sys.stderr)
@@ -418,6 +423,7 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
             if world > 1:
                 dist.barrier()
 
+    data.close()   # stops the loader thread
     if is_main:
         bar.close()
         writer.close()

@@ -18,21 +18,12 @@ signal could not be measured).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
-import pyarrow as pa
-
-from pipeline.signals import aesthetic, bars, exposure, motion, phash, sharpness, text
+from pipeline.signals.columns import SIGNAL_COLUMNS
 from pipeline.signals.config import (AestheticConfig, BarsConfig, ExposureConfig, MotionConfig,
                                      SignalsConfig, TextConfig)
-
-# (name, Arrow type, one-line doc) of every clip column the signals produce; all nullable
-SIGNAL_COLUMNS: list[tuple[str, pa.DataType, str]] = [
-    *motion.COLUMNS, *exposure.COLUMNS, *bars.COLUMNS, *sharpness.COLUMNS, *text.COLUMNS,
-    *aesthetic.COLUMNS, *phash.COLUMNS,
-]
-
+from pipeline.signals.series import DetailSchedule
 
 class SignalAnalyzer(Protocol):
     name: str
@@ -42,32 +33,21 @@ class SignalAnalyzer(Protocol):
     def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]: ...
 
 
-class DetailSchedule:
-    """Which frames get a detail frame: the first frame at or after each multiple of `every_s`."""
-
-    def __init__(self, every_s: float):
-        self.every_s = every_s
-        self._next_s = -math.inf
-
-    def due(self, pts_s: float) -> bool:
-        if pts_s < self._next_s:
-            return False
-        self._next_s = (math.floor(pts_s / self.every_s) + 1) * self.every_s
-        return True
-
-
-def make_analyzers(cfg: SignalsConfig, source_size: tuple[int, int],
-                   scorer: aesthetic.AestheticScorer | None = None) -> list[SignalAnalyzer]:
+def make_analyzers(cfg: SignalsConfig, source_size: tuple[int, int], scorer=None) -> list[SignalAnalyzer]:
     """The analyzers for one video; `source_size` is its coded (width, height), for the bar crop.
 
-    `scorer` lets a worker load the aesthetic model once and share it across videos.
+    `scorer` (an `aesthetic.AestheticScorer`) lets a worker load the aesthetic model once and
+    share it across videos; the OCR engine is shared per process already.
     """
+    # imported here so that `import pipeline.signals` (columns, config) needs no OpenCV
+    from pipeline.signals import aesthetic, bars, exposure, motion, phash, sharpness, text
+
     if not cfg.enabled:
         return []
     analyzers: list[SignalAnalyzer] = [
         motion.MotionAnalyzer(cfg.motion),
         exposure.ExposureAnalyzer(cfg.exposure),
-        phash.PhashAnalyzer(cfg.phash_frames, flat_std=cfg.exposure.blank_std),
+        phash.PhashAnalyzer(cfg.phash_frames, flat_std=cfg.exposure.blank_std, every=cfg.phash_every),
         bars.BarsAnalyzer(cfg.bars, source_size),
         sharpness.SharpnessAnalyzer(cfg.bars),
     ]

@@ -15,14 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from pipeline.signals.config import AestheticConfig
 from pipeline.signals.series import SampleList
-
-COLUMNS = [
-    ("aesthetic_score", pa.float32(), "Mean aesthetic score (CLIP/SigLIP + LAION-style head) of the sampled detail frames; null when no model is configured."),
-]
 
 
 def load_head(path: str | Path, activation: str = "none"):

@@ -1,8 +1,8 @@
 """Letterbox / pillarbox bars and the crop that removes them, from the sampled detail frames.
 
-A bar is a run of near-black, flat rows (or columns) touching an edge. A clip's bars are the
-thinnest seen over its sampled frames, so the crop never cuts picture that shows up in any of
-them. The crop is in source (coded) pixels: detail-frame sizes scaled by source / detail size,
+A bar is a run of near-black, flat rows (or columns) touching an edge, on both opposite edges
+(a dark run on one side only is dark picture). A clip's bars are the thinnest seen over its
+sampled frames, so the crop never cuts picture that shows up in any of them. The crop is in source (coded) pixels: detail-frame sizes scaled by source / detail size,
 rounded inward to even numbers (what 4:2:0 encoders need), and one more detail pixel inward on
 each side with a bar (its edge row may mix bar and picture): the crop never keeps a bar row and
 cuts at most ~2 detail pixels of picture (~9 source px for 1080p at the default 480 px width).
@@ -15,18 +15,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
+from pipeline.signals.columns import BARS_COLUMNS
 from pipeline.signals.config import BarsConfig
 from pipeline.signals.series import SampleList
-
-COLUMNS = [
-    ("bars", pa.string(), "Black bars: `none`, `letterbox` (top/bottom), `pillarbox` (left/right) or `windowbox` (both)."),
-    ("crop_x", pa.int32(), "Left of the crop that removes the bars, source (coded) pixels."),
-    ("crop_y", pa.int32(), "Top of that crop, source pixels."),
-    ("crop_w", pa.int32(), "Width of that crop, source pixels (the full width when there are no pillarbox bars)."),
-    ("crop_h", pa.int32(), "Height of that crop, source pixels."),
-]
 
 
 def _edge_run(is_bar: np.ndarray) -> int:
@@ -75,11 +67,16 @@ class BarsAnalyzer:
     def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]:
         samples = self.samples.window(start_frame, end_frame)
         if not samples:
-            return {name: None for name, _, _ in COLUMNS}
+            return {name: None for name, _, _ in BARS_COLUMNS}
         top, bottom, left, right, h, w = np.min(np.array(samples), axis=0)
         min_v, min_h = self.cfg.min_share * h, self.cfg.min_share * w
         top, bottom = (t if t >= max(min_v, 1) else 0 for t in (top, bottom))
         left, right = (s if s >= max(min_h, 1) else 0 for s in (left, right))
+        # real bars come in pairs; a dark run on one side only is dark picture, not a bar
+        if not (top and bottom):
+            top = bottom = 0
+        if not (left and right):
+            left = right = 0
         sx, sy = self.source_w / w, self.source_h / h
         # the first picture row of the detail frame may still hold a sliver of bar: skip it too
         x0, y0 = (_even_up((left + 1) * sx) if left else 0), (_even_up((top + 1) * sy) if top else 0)

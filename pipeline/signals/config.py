@@ -10,7 +10,7 @@ from trainer.typedconfig import ConfigError
 @dataclass
 class MotionConfig:
     flow_width: int = 80          # Farneback runs on the analysis luma downscaled to this width
-    flow_step: int = 2            # flow between frame i-step and i, on every step-th frame
+    flow_step: int = 3            # flow between frame i-step and i, on every step-th frame
     static_max: float = 1.0       # camera speed (% of frame width / s) below which it is static
     zoom_min: float = 3.0         # scale change (% / s) that counts as a zoom
     shaky_min: float = 6.0        # jitter around the smoothed camera path (% width / s) ...
@@ -25,7 +25,9 @@ class MotionConfig:
 class ExposureConfig:
     black_luma: float = 18.0      # mean luma (0-255) below which a frame is black
     blank_std: float = 4.0        # luma std below which a frame is blank (one flat colour)
-    frozen_diff: float = 0.5      # mean |luma difference| to the previous frame below which it is frozen
+    frozen_diff: float = 0.1      # mean |luma difference| to the previous frame below which it repeats it ...
+    frozen_min_run: int = 6       # ... and a frame is frozen inside a run of at least this many repeats
+                                  # (shorter runs are duplicated frames of low-fps / pulldown sources)
 
 
 @dataclass
@@ -38,6 +40,8 @@ class BarsConfig:
 @dataclass
 class TextConfig:
     enabled: bool = True
+    every_s: float = 2.0          # OCR on the first detail frame at or after each multiple of this
+    det_width: int = 320          # text detection runs at this width; reading uses the detail frame
     min_score: float = 0.5        # RapidOCR recognition confidence below which a box is dropped
     max_chars: int = 500          # stored text is cut to this length
 
@@ -62,7 +66,8 @@ class SignalsConfig:
     enabled: bool = True
     detail_every_s: float = 1.0   # one larger 'detail' frame this often (OCR, sharpness, bars, aesthetic)
     detail_width: int = 480       # width of those detail frames
-    phash_frames: int = 3         # perceptual hashes kept per clip (evenly spread inside it)
+    phash_frames: int = 3         # perceptual hashes kept per clip (evenly spread inside it) ...
+    phash_every: int = 3          # ... chosen among every phash_every-th frame (all are hashable)
     motion: MotionConfig = field(default_factory=MotionConfig)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     bars: BarsConfig = field(default_factory=BarsConfig)
@@ -70,5 +75,5 @@ class SignalsConfig:
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
 
     def __post_init__(self) -> None:
-        if self.detail_every_s <= 0 or self.detail_width < 64 or self.phash_frames < 1:
-            raise ConfigError("signals: detail_every_s > 0, detail_width >= 64, phash_frames >= 1")
+        if self.detail_every_s <= 0 or self.detail_width < 64 or self.phash_frames < 1 or self.phash_every < 1:
+            raise ConfigError("signals: detail_every_s > 0, detail_width >= 64, phash_frames and phash_every >= 1")

@@ -1,10 +1,13 @@
-"""Per-frame numbers kept by analyzers: a growable array indexed by decode-order frame index.
+"""Per-frame numbers kept by analyzers (a growable array indexed by decode-order frame index),
+the results of sampled frames, and the schedule that picks those samples.
 
 A frame costs a few floats here, so an hour of 30 fps video is a few MB per analyzer; nothing
 scales with the video's resolution.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -46,3 +49,17 @@ class SampleList:
         lo = np.searchsorted(self.indices, start, side="left")
         hi = np.searchsorted(self.indices, end, side="left")
         return self.values[lo:hi]
+
+
+class DetailSchedule:
+    """Which frames get a detail frame: the first frame at or after each multiple of `every_s`."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self._next_s = -math.inf
+
+    def due(self, pts_s: float) -> bool:
+        if pts_s < self._next_s:
+            return False
+        self._next_s = (math.floor(pts_s / self.every_s) + 1) * self.every_s
+        return True

@@ -12,15 +12,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow as pa
 
 from pipeline.signals.bars import bar_sizes
 from pipeline.signals.config import BarsConfig
 from pipeline.signals.series import SampleList
-
-COLUMNS = [
-    ("sharpness", pa.float32(), "Mean variance of the Laplacian of the luma on the sampled detail frames (bars excluded); higher is sharper."),
-]
 
 
 def laplacian_variance(gray: np.ndarray) -> float:

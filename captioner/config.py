@@ -1,0 +1,110 @@
+"""Typed captioner configuration; defaults live in `configs/captioner.yaml` and in these dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from trainer.typedconfig import ConfigError, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    backend: Literal["transformers", "openai", "signals"] = "transformers"
+    id: str = ""                       # HF id or local folder (the served model name for openai)
+    revision: str | None = None
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"                # auto | bfloat16 | float16 | float32
+    attn_implementation: str = "auto"  # auto | sdpa | flash_attention_2 | eager
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("model.batch_size must be >= 1")
+        if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"model.dtype: {self.dtype!r} is not auto, bfloat16, float16 or float32")
+
+
+@dataclass
+class PromptConfig:
+    id: str = "dense"                  # configs/prompts/<id>.txt or a path to a .txt file
+    hints: bool = True
+
+
+@dataclass
+class FramesConfig:
+    mode: Literal["auto", "video", "images"] = "auto"
+    num_frames: int = 8
+    fps: float = 0.0
+    max_frames: int = 32
+    max_pixels: int = 448 * 448
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.max_frames < 1 or self.fps < 0 or self.max_pixels < 28 * 28:
+            raise ConfigError("frames: num_frames, max_frames >= 1, fps >= 0, max_pixels >= 784")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 320
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.temperature < 0 or not 0 < self.top_p <= 1 or self.repetition_penalty <= 0:
+            raise ConfigError("generation: max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1, "
+                              "repetition_penalty > 0")
+
+
+@dataclass
+class ChecksConfig:
+    min_words: int = 5
+    max_retries: int = 1
+    retry_temperature: float = 0.7
+    retry_repetition_penalty: float = 1.2
+
+
+@dataclass
+class OpenAIConfig:
+    base_url: str = "http://localhost:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = 300.0
+    concurrency: int = 16
+    jpeg_quality: int = 90
+
+
+@dataclass
+class ExecutionConfig:
+    prep_cpus: float = 1.0
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    commit_every: int = 256
+
+    def __post_init__(self) -> None:
+        if self.actors < 1 or self.commit_every < 1 or self.gpus_per_actor < 0:
+            raise ConfigError("execution: actors >= 1, commit_every >= 1, gpus_per_actor >= 0")
+
+
+@dataclass
+class CaptionConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+
+
+def load_caption_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CaptionConfig:
+    """Defaults from `configs/captioner.yaml`, then the user's file, then `--set` overrides."""
+    defaults = yaml.safe_load((CONFIG_DIR / "captioner.yaml").read_text()) or {}
+    return load_config(CaptionConfig, path, overrides, base=defaults)

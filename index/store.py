@@ -1,0 +1,216 @@
+"""The Milvus collection of a library: one row per clip, primary key `clip_id`, the scalar fields
+users filter on, one vector field per embedder (`<embedder>_vec`, cosine) and, per vector field,
+a `has_<embedder>` flag (a clip without a caption yet has no caption vector, and Milvus would
+return such rows as zero vectors).
+
+Milvus Lite (a file, `LIB/milvus.db` by default) allows one process, so one `MilvusStore` writes;
+writes are upserts, so repeating them changes nothing. `row_hash` holds a digest of everything
+written for the clip, which is how `recap index --check` finds stale rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from index.config import MilvusConfig
+
+PK = "clip_id"
+ROW_HASH = "row_hash"
+VARCHAR_MAX = {"caption": 65535, "source": 4096, "path": 4096}
+INDEX_PARAM_KEYS = {"HNSW": ("M", "efConstruction"), "IVF_FLAT": ("nlist",), "IVF_SQ8": ("nlist",),
+                    "IVF_PQ": ("nlist", "m", "nbits"), "FLAT": (), "AUTOINDEX": ()}
+SEARCH_PARAM_KEYS = {"HNSW": ("ef",), "IVF_FLAT": ("nprobe",), "IVF_SQ8": ("nprobe",), "IVF_PQ": ("nprobe",)}
+
+
+class StoreError(RuntimeError):
+    """Milvus is unreachable or refused a request; the message says which server and why."""
+
+
+def vector_field(embedder: str) -> str:
+    return f"{embedder}_vec"
+
+
+def has_field(embedder: str) -> str:
+    return f"has_{embedder}"
+
+
+@dataclass(frozen=True)
+class ScalarSpec:
+    name: str
+    kind: str    # int, float, string, bool
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """Digest of a row as written (scalars and vector bytes), for staleness checks."""
+    h = hashlib.blake2b(digest_size=12)
+    for k in sorted(row):
+        v = row[k]
+        if hasattr(v, "tobytes"):
+            h.update(k.encode() + b"=" + v.tobytes())
+        else:
+            h.update(k.encode() + b"=" + json.dumps(v, default=str).encode())
+    return h.hexdigest()
+
+
+class MilvusStore:
+    """A connection to Milvus (Lite file or server) and the library's collection in it."""
+
+    def __init__(self, lib_root: str | Path, cfg: MilvusConfig):
+        from pymilvus import MilvusClient
+
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)   # errors are raised, not logged twice
+        self.cfg = cfg
+        self.is_lite = not cfg.uri or not cfg.uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        self.uri = cfg.uri or str(Path(lib_root) / "milvus.db")
+        self.collection = cfg.collection or ("clips" if self.is_lite else
+                                             "recap_" + hashlib.sha1(str(Path(lib_root).resolve()).encode()).hexdigest()[:12])
+        self.index_type = cfg.lite_index if self.is_lite else cfg.server_index
+        self._described: dict[str, Any] | None = None
+        try:
+            self.client = MilvusClient(self.uri, token=cfg.token, timeout=cfg.timeout_s)
+        except Exception as e:  # noqa: BLE001  (connection errors come in several types)
+            raise StoreError(f"cannot connect to Milvus at {self.uri}: {_reason(e)}. "
+                             "Is the server up and the token right? The library's Parquet is untouched.") from e
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise StoreError(f"Milvus at {self.uri} failed to {what}: {_reason(e)}") from e
+
+    # ---- schema ---------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return bool(self._call("list collections", self.client.has_collection, self.collection))
+
+    def describe(self) -> dict[str, Any]:
+        """field name -> (type name, dim or None) of the existing collection."""
+        if self._described is None:
+            info = self._call("describe the collection", self.client.describe_collection, self.collection)
+            self._described = {f["name"]: (f["type"].name, f.get("params", {}).get("dim")) for f in info["fields"]}
+        return self._described
+
+    def wanted(self, scalars: list[ScalarSpec], vectors: dict[str, int]) -> dict[str, Any]:
+        """The description `describe()` returns for a collection made by `create(scalars, vectors)`."""
+        types = {"int": "INT64", "float": "DOUBLE", "string": "VARCHAR", "bool": "BOOL"}
+        out: dict[str, Any] = {PK: ("VARCHAR", None), ROW_HASH: ("VARCHAR", None)}
+        out.update({s.name: (types[s.kind], None) for s in scalars})
+        for name, dim in vectors.items():
+            out[has_field(name)] = ("BOOL", None)
+            out[vector_field(name)] = ("FLOAT_VECTOR", dim)
+        return out
+
+    def create(self, scalars: list[ScalarSpec], vectors: dict[str, int]) -> None:
+        from pymilvus import DataType
+
+        types = {"int": DataType.INT64, "float": DataType.DOUBLE, "string": DataType.VARCHAR, "bool": DataType.BOOL}
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(PK, DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field(ROW_HASH, DataType.VARCHAR, max_length=64)
+        for s in scalars:
+            extra = {"max_length": VARCHAR_MAX.get(s.name, 1024)} if s.kind == "string" else {}
+            schema.add_field(s.name, types[s.kind], nullable=True, **extra)
+        index = self.client.prepare_index_params()
+        params = {k: v for k, v in self.cfg.index_params.items() if k in INDEX_PARAM_KEYS.get(self.index_type, ())}
+        for name, dim in vectors.items():
+            schema.add_field(has_field(name), DataType.BOOL)
+            schema.add_field(vector_field(name), DataType.FLOAT_VECTOR, dim=dim, nullable=True)
+            index.add_index(field_name=vector_field(name), index_type=self.index_type, metric_type="COSINE",
+                            params=params)
+        self._described = None
+        self._call("create the collection", self.client.create_collection, self.collection, schema=schema,
+                   index_params=index)
+
+    def drop(self) -> None:
+        self._described = None
+        if self.exists():
+            self._call("drop the collection", self.client.drop_collection, self.collection)
+
+    # ---- writing --------------------------------------------------------------------------------
+    def upsert(self, rows: list[dict[str, Any]]) -> int:
+        """Insert or replace rows by clip_id (idempotent)."""
+        n = 0
+        for i in range(0, len(rows), self.cfg.batch_rows):
+            batch = rows[i:i + self.cfg.batch_rows]
+            n += self._call("upsert", self.client.upsert, self.collection, batch)["upsert_count"]
+        return n
+
+    def insert(self, rows: list[dict[str, Any]]) -> int:
+        """Plain insert, ~1.6x faster than upsert: only for rows known to be absent (a new collection)."""
+        n = 0
+        for i in range(0, len(rows), self.cfg.batch_rows):
+            batch = rows[i:i + self.cfg.batch_rows]
+            n += self._call("insert", self.client.insert, self.collection, batch)["insert_count"]
+        return n
+
+    def delete(self, ids: list[str]) -> int:
+        n = 0
+        for i in range(0, len(ids), self.cfg.batch_rows):
+            res = self._call("delete", self.client.delete, self.collection, ids=ids[i:i + self.cfg.batch_rows])
+            n += res.get("delete_count", 0) if isinstance(res, dict) else len(ids[i:i + self.cfg.batch_rows])
+        return n
+
+    def flush(self) -> None:
+        self._call("flush", self.client.flush, self.collection)
+
+    # ---- reading --------------------------------------------------------------------------------
+    def row_hashes(self) -> dict[str, str]:
+        """clip_id -> row_hash of every row in the collection."""
+        it = self._call("read the collection", self.client.query_iterator, self.collection, batch_size=4000,
+                        output_fields=[PK, ROW_HASH])
+        out: dict[str, str] = {}
+        while True:
+            batch = self._call("read the collection", it.next)
+            if not batch:
+                it.close()
+                return out
+            out.update((r[PK], r[ROW_HASH]) for r in batch)
+
+    def get(self, ids: Iterable[str], fields: list[str]) -> list[dict[str, Any]]:
+        return self._call("get rows", self.client.get, self.collection, ids=list(ids), output_fields=fields)
+
+    def search_params(self) -> dict[str, Any]:
+        keys = SEARCH_PARAM_KEYS.get(self.index_type, ())
+        return {"metric_type": "COSINE", "params": {k: v for k, v in self.cfg.search_params.items() if k in keys}}
+
+    def search(self, embedder: str, queries: list[list[float]], limit: int, expr: str,
+               output_fields: list[str]) -> list[list[dict[str, Any]]]:
+        expr = _and(f"({has_field(embedder)} == true)", expr)
+        return self._call("search", self.client.search, self.collection, data=queries, anns_field=vector_field(embedder),
+                          limit=limit, filter=expr, output_fields=output_fields, search_params=self.search_params())
+
+    def hybrid(self, queries: dict[str, list[float]], limit: int, expr: str, output_fields: list[str],
+               rrf_k: int) -> list[dict[str, Any]]:
+        """Reciprocal-rank fusion of one search per vector field (Milvus hybrid search)."""
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        reqs = [AnnSearchRequest([q], vector_field(name), self.search_params(), limit=limit,
+                                 expr=_and(f"({has_field(name)} == true)", expr))
+                for name, q in queries.items()]
+        res = self._call("run a hybrid search", self.client.hybrid_search, self.collection, reqs,
+                         RRFRanker(rrf_k), limit=limit, output_fields=output_fields)
+        return list(res[0])
+
+    def count(self) -> int:
+        res = self._call("count rows", self.client.query, self.collection, filter="", output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # noqa: BLE001  (closing a dead connection is not an error worth raising)
+            pass
+
+
+def _and(a: str, b: str) -> str:
+    return f"{a} and ({b})" if b else a
+
+
+def _reason(e: Exception) -> str:
+    msg = getattr(e, "message", None) or str(e)
+    return msg.splitlines()[0] if msg else type(e).__name__

@@ -1,0 +1,81 @@
+"""A small clip library with known captions and signals, written through the real library writer."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.library import Library, atomic_write_table
+from pipeline.schema import table_schema
+
+# (caption, duration_s, camera_motion, passed, duplicate_of index or None)
+CLIPS = [
+    ("A golden retriever runs along a sandy beach at sunset, waves rolling in behind it.", 4.0, "pan_left", True, None),
+    ("A chef slices onions on a wooden cutting board in a busy restaurant kitchen.", 6.0, "static", True, None),
+    ("Aerial view of a snowy mountain range with a winding road through the valley.", 8.0, "pan_right", True, None),
+    ("A red sports car speeds down a wet city street at night under neon signs.", 3.0, "pan_right", True, None),
+    ("Two children build a sandcastle while their parents watch from beach chairs.", 5.0, "static", False, None),
+    ("A close-up of raindrops falling on a green leaf in a tropical forest.", 2.5, "zoom_in", True, None),
+    ("A crowded subway platform as a train pulls into the station during rush hour.", 7.0, "static", True, None),
+    ("A man in a suit gives a presentation to colleagues in a glass meeting room.", 4.5, "tilt_up", True, None),
+    ("A cat sleeps curled up on a sunny windowsill next to a potted plant.", 3.5, "static", True, None),
+    ("Fireworks explode in colourful bursts over a river, reflected in the water.", 6.5, "zoom_out", True, None),
+    ("A dog sprints across the sand by the ocean in the evening light.", 4.2, "shaky", True, 0),
+]
+
+
+def clip_id(i: int) -> str:
+    return hashlib.blake2b(f"clip{i}".encode(), digest_size=8).hexdigest()
+
+
+def make_library(root: Path, with_captions: bool = True) -> Path:
+    """Write videos/, clips/, the filter view and (optionally) captions/ for CLIPS."""
+    lib = Library(root, create=True)
+    now = datetime.now(timezone.utc)
+    video_id = "v" * 32
+    videos = [{"video_id": video_id, "uri": "/data/demo.mp4", "ingested_at": now}]
+    clips = []
+    t = 0.0
+    for i, (_, dur, *_rest) in enumerate(CLIPS):
+        n = int(dur * 25)
+        clips.append({"clip_id": clip_id(i), "video_id": video_id, "shot_index": i, "clip_index": i,
+                      "start_frame": int(t * 25), "end_frame": int(t * 25) + n, "n_frames": n, "start_s": t,
+                      "end_s": t + dur, "duration_s": dur, "fps": 25.0, "width": 640, "height": 360,
+                      "clip_mode": "reference", "path": None})
+        t += dur
+    signals = {"camera_motion": [c[2] for c in CLIPS], "motion_score": [float(i) for i in range(len(CLIPS))]}
+    declared = set(table_schema("clips").names)
+    for row, i in zip(clips, range(len(CLIPS))):
+        row.update({k: v[i] for k, v in signals.items() if k in declared})
+    batch = lib.commit({"videos": videos, "clips": clips})
+    # signal columns the clips schema does not declare yet are added to the committed part, as
+    # the signals stage will write them
+    part = root / "clips" / f"part-{batch}.parquet"
+    table = pq.read_table(part)
+    for name, values in signals.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array(values, pa.string() if name == "camera_motion" else pa.float32()))
+    atomic_write_table(part, table)
+    ids = [clip_id(i) for i in range(len(CLIPS))]
+    # signals columns as another stage would add them: a side view keyed by clip_id
+    view = pa.table({
+        "clip_id": ids,
+        "passed": [c[3] for c in CLIPS],
+        "reject_reasons": [[] if c[3] else ["motion.min"] for c in CLIPS],
+        "duplicate_of": [None if c[4] is None else clip_id(c[4]) for c in CLIPS],
+    })
+    (root / "views").mkdir(exist_ok=True)
+    atomic_write_table(root / "views" / "filters.parquet", view)
+    if with_captions:
+        write_captions(root, {ids[i]: c[0] for i, c in enumerate(CLIPS)}, "signal-v1")
+    return root
+
+
+def write_captions(root: Path, captions: dict[str, str], version: str, name: str = "part-0.parquet") -> None:
+    (root / "captions").mkdir(exist_ok=True)
+    atomic_write_table(root / "captions" / name, pa.table({
+        "clip_id": list(captions), "version": [version] * len(captions), "caption": list(captions.values())}))

@@ -1,0 +1,165 @@
+"""The single decode pass: frame count and PTS against ffprobe, analysis frames, bad input."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.config import DecodeConfig
+from pipeline.decode import DecodeError, analysis_size, available_cpus, decode_pass
+from pipeline.frames import AnalysisFrame
+from tests.avfiles import ffprobe, ffprobe_frame_count
+
+CFG = DecodeConfig(threads=2)
+
+
+class Recorder:
+    """Keeps what every frame looked like (small runs only)."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.frames: list[AnalysisFrame] = []
+
+    def update(self, frame: AnalysisFrame) -> None:
+        self.frames.append(frame)
+
+
+def write(path: Path, frames: list[np.ndarray], fps: int = 25, codec: str = "libx264", pix_fmt: str = "yuv420p",
+          pts: list[int] | None = None, time_base: Fraction | None = None) -> Path:
+    """Encode RGB frames; `pts` with `time_base` gives arbitrary (variable) frame timing."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = pix_fmt
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], time_base
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def gradient_frames(n: int, width: int, height: int) -> list[np.ndarray]:
+    """Frame i: horizontal colour gradient whose brightness encodes i."""
+    x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    frames = []
+    for i in range(n):
+        level = 40 + (i * 150) // max(n - 1, 1)
+        img = np.empty((height, width, 3), np.float32)
+        img[...] = level
+        img[..., 0] += 60 * x[..., 0]
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+    return frames
+
+
+def ffprobe_pts(path: Path) -> np.ndarray:
+    info = ffprobe(path, "-select_streams", "v:0", "-show_entries", "frame=best_effort_timestamp_time")
+    return np.array([float(f["best_effort_timestamp_time"]) for f in info["frames"]])
+
+
+def test_frames_pts_and_analysis_size(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.mp4", gradient_frames(40, 320, 180), fps=25)
+    rec = Recorder()
+    result = decode_pass(path, CFG, [rec])
+    assert result.n_frames == len(rec.frames) == 40
+    assert [f.index for f in rec.frames] == list(range(40))
+    np.testing.assert_allclose(result.pts_s, np.arange(40) / 25.0, atol=1e-6)
+    assert result.fps == pytest.approx(25.0) and not result.is_vfr
+    assert result.analysis_size == (160, 90) and result.codec == "h264"
+    f = rec.frames[20]
+    assert f.bgr.shape == (90, 160, 3) and f.luma.shape == (90, 160) and f.bgr.dtype == np.uint8
+    # brightness follows the source; BGR and luma agree (red rises left to right in BGR's last channel)
+    means = [float(fr.luma.mean()) for fr in rec.frames]
+    assert all(b > a for a, b in zip(means[::5], means[5::5]))
+    assert f.bgr[:, -10:, 2].mean() > f.bgr[:, :10, 2].mean() + 30
+    assert abs(float(f.bgr.mean(axis=2).mean()) - float(f.luma.mean())) < 25
+
+
+def test_variable_frame_rate_pts(tmp_path: Path) -> None:
+    tb = Fraction(1, 1000)
+    pts = [0, 40, 80, 200, 240, 400, 440, 480, 520, 700]   # gaps: dropped / held frames
+    path = write(tmp_path / "vfr.mkv", gradient_frames(len(pts), 128, 72), pts=pts, time_base=tb)
+    result = decode_pass(path, CFG, [])
+    assert result.n_frames == len(pts)
+    np.testing.assert_allclose(result.pts_s, np.array(pts) / 1000.0, atol=1e-3)
+    assert result.is_vfr
+
+
+def test_other_pixel_formats_go_through_swscale(tmp_path: Path) -> None:
+    frames = gradient_frames(6, 96, 64)
+    path = write(tmp_path / "rgb.mov", frames, codec="png", pix_fmt="rgb24")
+    rec = Recorder()
+    result = decode_pass(path, DecodeConfig(threads=1, analysis_width=48), [rec])
+    assert result.pix_fmt == "rgb24" and result.n_frames == 6
+    assert rec.frames[0].bgr.shape == (32, 48, 3)
+    # bgr from the fallback matches the source (swapped to BGR) within conversion error
+    src = frames[3][:, :, ::-1].reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
+    assert np.abs(rec.frames[3].bgr.astype(float) - src).mean() < 6
+
+
+def test_analysis_size_aspect_cap_and_no_upscale() -> None:
+    cfg = DecodeConfig(analysis_width=160, max_analysis_height=160)
+    assert analysis_size(1920, 1080, None, cfg) == (160, 90)
+    assert analysis_size(1080, 1920, None, cfg) == (90, 160)          # portrait: capped height
+    assert analysis_size(704, 576, Fraction(16, 11), cfg) == (160, 90)  # anamorphic: display aspect
+    assert analysis_size(96, 64, None, cfg) == (96, 64)                # never upscaled
+    assert available_cpus() >= 1
+
+
+def test_bad_inputs_raise_decode_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    with pytest.raises(DecodeError):
+        decode_pass(junk, CFG, [])
+    audio = tmp_path / "audio.m4a"
+    with av.open(str(audio), "w") as out:
+        s = out.add_stream("aac", rate=44100)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 44100
+        for i in range(20):
+            frame.pts = i * 1024
+            out.mux(s.encode(frame))
+        out.mux(s.encode(None))
+    with pytest.raises(DecodeError, match="no video stream"):
+        decode_pass(audio, CFG, [])
+
+
+def test_corrupt_packets_are_skipped_not_fatal(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.mkv", gradient_frames(60, 320, 180), fps=25)
+    data = bytearray(path.read_bytes())
+    rng = np.random.default_rng(1)
+    for pos in rng.integers(len(data) // 3, 2 * len(data) // 3, 40):   # scribble over the middle
+        data[pos:pos + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    result = decode_pass(bad, CFG, [])
+    assert 10 <= result.n_frames <= 60
+    assert np.all(np.diff(result.pts_s) > 0)
+
+
+def test_truncated_file_keeps_decoded_frames(tmp_path: Path) -> None:
+    path = write(tmp_path / "t.mkv", gradient_frames(50, 320, 180), fps=25)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    result = decode_pass(path, CFG, [])
+    assert 5 <= result.n_frames < 50
+
+
+@pytest.mark.parametrize("name", ["goldeneye-vfr-drop3.mp4", "issue-134-rotate.mp4", "delayed_start.mp4"])
+def test_shared_files_match_ffprobe(shared_shots: Path, name: str) -> None:
+    path = shared_shots / "pyscenedetect" / name
+    result = decode_pass(path, CFG, [])
+    assert result.n_frames == ffprobe_frame_count(path)
+    np.testing.assert_allclose(result.pts_s, ffprobe_pts(path), atol=1e-3)
+    if name.startswith("goldeneye-vfr"):
+        assert result.is_vfr
+        assert result.pts_s[60] == pytest.approx(3.754, abs=1e-3)   # the cut's documented time
+    if name == "delayed_start.mp4":
+        assert result.pts_s[0] == pytest.approx(1.075, abs=1e-3)

@@ -1,0 +1,142 @@
+"""The shard schema: the writer's tars read back by the `webdataset` package and by the trainer's
+bucket loader; corrupt samples are skipped and counted; the loader resumes exactly."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.shards import (Bucket, BucketLoader, SampleMeta, ShardWriter, decode_mp4, encode_mp4,
+                            iter_raw_samples, list_shards, SkipCounter)
+from trainer.synthetic import write_synthetic_shards
+
+BUCKETS = ["32x16x5", "16x16x1", "16x32x3"]
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards")
+    write_synthetic_shards(out, BUCKETS, per_bucket=6, seed=1, samples_per_shard=5)
+    return out
+
+
+def test_mp4_round_trip_keeps_every_frame():
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 255, (5, 1, 1, 3), dtype=np.uint8), 16, 1).repeat(24, 2)
+    back = decode_mp4(encode_mp4(frames, fps=8.0, crf=10))
+    assert back.shape == frames.shape
+    assert np.abs(back.astype(int) - frames).mean() < 6
+
+
+def test_webdataset_package_reads_the_shards(shard_dir: Path):
+    import webdataset as wds
+    shards = list_shards(shard_dir)
+    assert len(shards) == 4 and all(Path(s).name.startswith("train-") for s in shards)
+    samples = list(wds.WebDataset(shards, shardshuffle=False))
+    assert len(samples) == 18
+    meta = SampleMeta.from_json(samples[0]["json"])
+    assert meta.key == samples[0]["__key__"] and meta.caption.startswith("a ")
+    assert decode_mp4(samples[0]["mp4"]).shape[0] == Bucket.parse(meta.bucket).frames
+
+
+def test_loader_draws_whole_batches_per_bucket(shard_dir: Path):
+    loader = BucketLoader(list_shards(shard_dir), batch_size=3, seed=0, shuffle_buffer=4)
+    seen = []
+    for _, batch in zip(range(12), loader):
+        b = batch.bucket
+        assert batch.video.shape == (3, b.frames, b.height, b.width, 3)
+        assert {m.bucket for m in batch.metas} == {b.name}
+        seen.append(b.name)
+    assert set(seen) == set(BUCKETS)
+    assert loader.state.epoch >= 1          # 18 samples / 3 = 6 batches per epoch
+    assert not loader.skipped
+
+
+def test_loader_resumes_from_its_state(shard_dir: Path):
+    def keys(loader, n):
+        return [tuple(m.key for m in batch.metas) for _, batch in zip(range(n), loader)]
+    shards = list_shards(shard_dir)
+    full = keys(BucketLoader(shards, batch_size=2, seed=3, shuffle_buffer=4), 14)
+    first = BucketLoader(shards, batch_size=2, seed=3, shuffle_buffer=4)
+    head = keys(first, 5)
+    second = BucketLoader(shards, batch_size=2, seed=3, shuffle_buffer=4)
+    second.load_state_dict(first.state_dict())
+    assert head + keys(second, 9) == full
+
+
+def test_ranks_read_disjoint_samples(shard_dir: Path):
+    shards = list_shards(shard_dir)
+    per_rank = []
+    for rank in range(2):
+        loader = BucketLoader(shards, batch_size=1, seed=0, rank=rank, world_size=2, shuffle_buffer=1)
+        keys = set()
+        for batch in loader:                  # one epoch: each sample goes to exactly one rank
+            if loader.state.epoch > 0:
+                break
+            keys.add(batch.metas[0].key)
+        per_rank.append(keys)
+    assert len(per_rank[0] | per_rank[1]) == 18 and not per_rank[0] & per_rank[1]
+
+
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path):
+    frames = np.full((3, 16, 16, 3), 128, dtype=np.uint8)
+    good = encode_mp4(frames, fps=8)
+    with ShardWriter(tmp_path) as writer:
+        for i in range(4):
+            writer.write(SampleMeta(key=f"ok{i}", caption="grey", bucket="16x16x3", fps=8), good)
+        writer.write(SampleMeta(key="garbage", caption="x", bucket="16x16x3", fps=8), b"not an mp4 at all")
+        writer.write(SampleMeta(key="short", caption="x", bucket="16x16x3", fps=8), encode_mp4(frames[:2], 8))
+    path = writer.written[0]
+    with tarfile.open(path, "a") as tar:   # samples the exporter could never write, but a disk could
+        _add(tar, "nojson.mp4", good)
+        _add(tar, "badjson.mp4", good)
+        _add(tar, "badjson.json", b"{not json")
+        _add(tar, "unknownkey.mp4", good)
+        _add(tar, "unknownkey.json", json.dumps({"key": "unknownkey", "caption": "c", "bucket": "16x16x3",
+                                                 "fps": 8, "colour": "red"}).encode())
+    loader = BucketLoader([str(path)], batch_size=2, seed=0, shuffle_buffer=1)
+    batches = [b for _, b in zip(range(2), loader)]
+    assert all(m.key.startswith("ok") for b in batches for m in b.metas)
+    assert sum(len(b.metas) for b in batches) == 4
+    assert loader.skipped == {"bad_video": 2, "missing_member": 1, "bad_json": 2}
+
+
+def test_truncated_shard_yields_its_complete_samples(tmp_path: Path):
+    write_synthetic_shards(tmp_path, ["16x16x1"], per_bucket=4, samples_per_shard=10)
+    path = tmp_path / "train-000000.tar"
+    with tarfile.open(path) as tar:          # cut the file in the middle of the last video
+        last = [m for m in tar.getmembers() if m.name.endswith(".mp4")][-1]
+    path.write_bytes(path.read_bytes()[: last.offset_data + last.size // 2])
+    skipped = SkipCounter()
+    samples = list(iter_raw_samples(str(path), skipped))
+    assert len(samples) == 3 and skipped["bad_shard"] == 1
+
+
+def test_list_shards_forms(shard_dir: Path):
+    shards = list_shards(shard_dir)
+    assert list_shards(str(shard_dir / "train-*.tar")) == shards
+    assert list_shards(",".join(reversed(shards))) == shards
+    assert list_shards(f"file://{shards[0]}") == [f"file://{shards[0]}"]
+    loader = BucketLoader([f"file://{s}" for s in shards], batch_size=2)
+    assert next(iter(loader)).video.shape[0] == 2
+
+
+def test_schema_rejects_bad_metadata():
+    with pytest.raises(ValueError, match="key"):
+        SampleMeta(key="a.b", caption="c", bucket="16x16x1", fps=8)
+    with pytest.raises(ValueError, match="bucket"):
+        SampleMeta(key="a", caption="c", bucket="16x16", fps=8)
+    with pytest.raises(ValueError, match="split"):
+        SampleMeta(key="a", caption="c", bucket="16x16x1", fps=8, split="test")
+    assert Bucket.parse("320x192x33") == Bucket(320, 192, 33)
