@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -93,11 +94,12 @@ def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
     results = []
     overrides = [f"decode.threads={threads}", f"execution.cpus_per_video={threads}", "clips.mode=remux"]
     set_args = [a for o in overrides for a in ("--set", o)]
-    ray_tmp = tempfile.mkdtemp(prefix="recap-bench-ray-")
-    env = dict(os.environ)
+    ray_tmp = tempfile.mkdtemp(prefix="rb-")
+    # the warm cluster uses token auth: the nodes and the driver share one token
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--num-cpus={threads}", "--include-dashboard=false",
                     "--port=6391", f"--temp-dir={ray_tmp}", "--disable-usage-stats"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         for seconds in seconds_list:
             f = bench_file(seconds)
@@ -120,7 +122,8 @@ def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
             results.append(row)
             _print_row(row)
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=env)
         shutil.rmtree(ray_tmp, ignore_errors=True)
         for d in OUT.glob("tmp*"):
             shutil.rmtree(d, ignore_errors=True)

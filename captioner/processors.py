@@ -61,10 +61,17 @@ def load_processor(model: str, revision: str | None = None, **hub_kwargs: Any):
         return AutoProcessor.from_pretrained(model, revision=revision, **hub_kwargs)
     for key in [k for k in options if k.endswith(("_processor", "tokenizer", "feature_extractor"))]:
         options.pop(key)  # sub-processor configs are loaded below by their own Auto classes
+    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, **hub_kwargs)
+    # the template: chat_template.jinja (transformers 5), chat_template.json (older checkpoints),
+    # the processor config, or the tokenizer's
     template_path = cached_file(model, "chat_template.jinja", revision=revision,
                                 _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, **hub_kwargs)
-    chat_template = Path(template_path).read_text() if template_path else getattr(tokenizer, "chat_template", None)
+    chat_template = (Path(template_path).read_text() if template_path
+                     else read_json("chat_template.json").get("chat_template")
+                     or options.get("chat_template") or getattr(tokenizer, "chat_template", None))
+    options.pop("chat_template", None)
     image_processor = AutoImageProcessor.from_pretrained(model, revision=revision, **hub_kwargs)
-    return image_only(getattr(transformers, name))(image_processor=image_processor, tokenizer=tokenizer,
-                                                   chat_template=chat_template, **options)
+    cls = image_only(getattr(transformers, name))
+    known = inspect.signature(cls.__init__).parameters
+    options = {k: v for k, v in options.items() if k in known}  # e.g. num_image_tokens for LLaVA-OneVision
+    return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **options)

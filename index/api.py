@@ -210,11 +210,15 @@ class Library:
         dims: dict[str, int] = {}
         unembedded: dict[str, int] = {}
         for name, e in self.cfg.enabled().items():
-            emb = read_embeddings(self.root, name, model_id_of(e))
+            mid = model_id_of(e)
+            emb = read_embeddings(self.root, name, mid)
             vecs = {}
             if emb is not None:
                 dims[name] = emb.column("vector").type.list_size
-                vecs = dict(zip(emb.column("clip_id").to_pylist(), vectors_of(emb)))
+                # only vectors of what the clip is now (a re-captioned clip's old vector is stale)
+                current = {c: input_hash(mid, p) for c, p in self._payloads(clips, name).items()}
+                vecs = {c: v for c, v, h in zip(emb.column("clip_id").to_pylist(), vectors_of(emb),
+                                                emb.column("input_hash").to_pylist()) if current.get(c) == h}
             unembedded[name] = sum(c not in vecs for c in ids)
             if name not in dims:
                 continue

@@ -19,9 +19,9 @@ def known_values() -> dict[str, tuple[str, ...]]:
     """Allowed values of categorical string columns, where recap defines them."""
     out: dict[str, tuple[str, ...]] = {"clip_mode": ("reference", "remux", "encode")}
     try:
-        from pipeline.signals.motion import CAMERA_CLASSES
+        from pipeline.signals.columns import CAMERA_CLASSES
         out["camera_motion"] = tuple(CAMERA_CLASSES)
-    except ImportError:   # the signals module (and OpenCV) are optional for search
+    except ImportError:   # a recap without the signals stage: values are simply not checked
         pass
     out["bars"] = ("none", "letterbox", "pillarbox", "windowbox")
     return out
@@ -33,7 +33,7 @@ def known_columns() -> frozenset[str]:
 
     names = {c.name for c in CLIP_COLUMNS} | EXTRA_KNOWN
     try:
-        from pipeline.signals import SIGNAL_COLUMNS
+        from pipeline.signals.columns import SIGNAL_COLUMNS
         names |= {name for name, _, _ in SIGNAL_COLUMNS}
     except ImportError:
         pass

@@ -30,9 +30,8 @@ class EmbedderConfig:
 
 @dataclass
 class CaptionSource:
-    table: str = "captions"
-    text_column: str = "caption"
-    version_column: str = "version"
+    # caption version to embed (`recap caption` versions); "" = the library's default version,
+    # or, when none is marked yet, each clip's most recent `ok` caption
     version: str = ""
 
 

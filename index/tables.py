@@ -65,21 +65,21 @@ def _last_per_clip(t: pa.Table) -> pa.Table:
 
 
 def read_captions(root: Path, src: CaptionSource) -> pa.Table | None:
-    """clip_id, caption, caption_version for the chosen caption version, or None without captions."""
-    folder = root / src.table
-    t = _read_parts(_committed_parts(folder, root)) if folder.is_dir() else None
-    if t is None or t.num_rows == 0 or src.text_column not in t.column_names:
+    """clip_id, caption, caption_version of the chosen caption version (`ok` captions only), or
+    None when the library has no captions."""
+    if not (root / "captions").is_dir():
         return None
-    has_version = src.version_column in t.column_names
-    if src.version and has_version:
-        t = t.filter(pc.field(src.version_column) == src.version)
-    elif "is_export" in t.column_names:
-        marked = t.filter(pc.field("is_export") == True)  # noqa: E712
-        t = marked if marked.num_rows else t
-    t = _last_per_clip(t)
-    version = t.column(src.version_column) if has_version else pa.nulls(t.num_rows, pa.string())
-    return pa.table({"clip_id": t.column("clip_id"), "caption": pc.cast(t.column(src.text_column), pa.string()),
-                     "caption_version": pc.cast(version, pa.string())})
+    from captioner.versions import CaptionStore
+
+    store = CaptionStore(root)
+    version = src.version or store.default()
+    t = store.read(version or None, ["clip_id", "version", "text", "status", "created_at"])
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    if t.num_rows == 0:
+        return None
+    t = _last_per_clip(t.sort_by([("created_at", "ascending")]))   # one version per clip
+    return pa.table({"clip_id": t.column("clip_id"), "caption": t.column("text"),
+                     "caption_version": t.column("version")})
 
 
 def clip_table(root: str | Path, captions: CaptionSource) -> pa.Table:

@@ -19,6 +19,10 @@ Backends:
                 motion, brightness, colour, on-screen text). It describes how a clip was filmed,
                 not what it shows: the offline demo's stand-in where no VLM weights are available.
 
+Exit status: 0 every selected clip has a caption of this version (ok or flagged), 3 some clips
+could not be captioned (error rows; a rerun retries them), 2 usage or config error, missing model
+weights or unreachable server (nothing written).
+
 Examples:
   recap caption lib --backend signals
   recap caption lib --model Qwen/Qwen2.5-VL-7B-Instruct --set execution.gpus_per_actor=1 --set execution.actors=8

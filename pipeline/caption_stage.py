@@ -177,6 +177,9 @@ class _CaptionActor:
     """Ray actor wrapper of CaptionStage (constructed once per actor: the model loads once)."""
 
     def __init__(self, cfg: CaptionConfig):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per actor is noise in the driver's log
         self.stage = CaptionStage(cfg)
         self.stage.setup()
 
@@ -257,6 +260,13 @@ def _local_stream(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str,
 
 def _ray_stream(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str,
                 ray_address: str | None) -> Iterator[dict[str, Any]]:
+    _preflight(cfg)
+    for row in build_dataset(todo, cfg, lib_root, ray_address).iter_rows():
+        yield json.loads(row["row"])
+
+
+def build_dataset(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str, ray_address: str | None = None):
+    """The Ray Data plan: clip rows -> FramePrepStage (tasks) -> CaptionStage (actor pool) -> rows as JSON."""
     import logging
 
     import ray
@@ -264,7 +274,6 @@ def _ray_stream(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str,
 
     from pipeline.ingest import init_ray
 
-    _preflight(cfg)
     init_ray(ray_address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -272,17 +281,18 @@ def _ray_stream(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str,
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
-    prep_cfg = FramePrepStage(cfg, lib_root)
-    e = cfg.execution
+    prep = FramePrepStage(cfg, lib_root)
+    prep_args = prep.resources()
+    gen_args = CaptionStage(cfg).resources()
     # about one batch per block, so prepared batches stream to the actors as they are ready
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(1000, -(-len(todo) // cfg.model.batch_size))))
-    ds = ds.map_batches(prep_cfg, batch_size=cfg.model.batch_size, batch_format="pyarrow",
-                        compute=ray.data.TaskPoolStrategy(), num_cpus=e.prep_cpus)
-    ds = ds.map_batches(_CaptionActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.model.batch_size,
-                        batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=e.actors),
-                        num_cpus=e.cpus_per_actor, num_gpus=e.gpus_per_actor or None)
-    for row in ds.iter_rows():
-        yield json.loads(row["row"])
+    # Ray Data would fuse a task stage into the next actor stage when their resources match (the
+    # actors would then decode too, serially); a remote-args function keeps preparation its own stage
+    ds = ds.map_batches(prep, batch_size=cfg.model.batch_size, batch_format="pyarrow",
+                        compute=ray.data.TaskPoolStrategy(), ray_remote_args_fn=lambda: prep_args)
+    return ds.map_batches(_CaptionActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.model.batch_size,
+                          batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.execution.actors),
+                          num_cpus=gen_args["num_cpus"], num_gpus=gen_args["num_gpus"] or None)
 
 
 def _preflight(cfg: CaptionConfig) -> None:

@@ -29,9 +29,9 @@ class ShotsConfig:
     """Shot detection (pipeline/shots.py). Scores: ContentDetector's HSV score (0-255) and the
     structure distance S = 1 - correlation of 32x18 luma thumbnails (0 same picture, ~1 new one)."""
 
-    cut_threshold: float = 20.0      # a hard cut needs ContentDetector's score at least this ...
+    cut_threshold: float = 27.0      # a hard cut needs ContentDetector's score (its default) ...
     cut_structure: float = 0.3       # ... and a structure jump S(t-1, t) at least this ...
-    cut_contrast: float = 0.2        # ... that exceeds the jumps on either side by this (not motion)
+    cut_contrast: float = 0.3        # ... that exceeds the jumps on either side by this (not motion)
     flash_max_frames: int = 3        # a change undone within this many frames is a flash, not a cut
     black_luma: int = 32             # luma (0-255, video range black = 16) at or below which a pixel is dark
     black_fraction: float = 0.9      # a frame with at least this share of dark pixels is black

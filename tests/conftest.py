@@ -32,9 +32,10 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def recap(*args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+def recap(*args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None,
+          **kwargs) -> subprocess.CompletedProcess:
     """Run the real `recap` CLI in a subprocess (fresh interpreter, fresh local Ray)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run([*RECAP, *args], capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=ROOT, **kwargs)
     if check and proc.returncode != 0:

@@ -71,11 +71,19 @@ def make_library(root: Path, with_captions: bool = True) -> Path:
     (root / "views").mkdir(exist_ok=True)
     atomic_write_table(root / "views" / "filters.parquet", view)
     if with_captions:
-        write_captions(root, {ids[i]: c[0] for i, c in enumerate(CLIPS)}, "signal-v1")
+        write_captions(root, {ids[i]: c[0] for i, c in enumerate(CLIPS)})
     return root
 
 
-def write_captions(root: Path, captions: dict[str, str], version: str, name: str = "part-0.parquet") -> None:
-    (root / "captions").mkdir(exist_ok=True)
-    atomic_write_table(root / "captions" / name, pa.table({
-        "clip_id": list(captions), "version": [version] * len(captions), "caption": list(captions.values())}))
+def write_captions(root: Path, captions: dict[str, str], model: str = "recap/signals", default: bool = True) -> str:
+    """Caption rows as `recap caption` writes them (one new version per model); returns the version."""
+    from captioner.versions import CaptionStore, version_id
+
+    spec = {"backend": "signals", "model_id": model, "revision": None, "prompt_id": "dense", "prompt_sha": "0", "params": "{}"}
+    version = version_id(spec)
+    store = CaptionStore(root)
+    store.append([{**spec, "clip_id": c, "version": version, "text": t, "status": "ok", "attempts": 1}
+                  for c, t in captions.items()])
+    if default:
+        store.set_default(version)
+    return version

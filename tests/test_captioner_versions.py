@@ -141,6 +141,28 @@ def test_where_and_filter_view_select_clips(library, capsys):
     assert "no_such_column" in capsys.readouterr().err
 
 
+def test_only_clips_that_pass_the_filter_view_unless_all(library, capsys):
+    import pyarrow as pa
+
+    from pipeline.filters import VIEW_SCHEMA, FilterConfig, write_view
+
+    lib, clips = library
+    ids = [c["clip_id"] for c in clips]
+    view = pa.Table.from_pylist([{"clip_id": ids[0], "passed": True, "reject_reasons": [], "duplicate_of": None},
+                                 {"clip_id": ids[1], "passed": False, "reject_reasons": ["motion.min"],
+                                  "duplicate_of": None},
+                                 {"clip_id": ids[2], "passed": True, "reject_reasons": [], "duplicate_of": None}],
+                                schema=VIEW_SCHEMA)
+    write_view(lib, view, FilterConfig())
+    assert caption(lib, "--backend", "signals") == 0
+    store = CaptionStore(lib)
+    assert {r["clip_id"] for r in store.read().to_pylist()} == {ids[0], ids[2]}
+    capsys.readouterr()
+    assert caption(lib, "--backend", "signals", "--all", "--where", "list_contains(reject_reasons, 'motion.min')") == 0
+    assert "1 clips captioned, 0 already done, 1 selected" in capsys.readouterr().out
+    assert {r["clip_id"] for r in store.read().to_pylist()} == set(ids)
+
+
 def test_unreadable_clip_is_an_error_row_and_is_retried(library, qwen):
     lib, clips = library
     moved = lib / "media" / "enc.mp4.away"
@@ -178,3 +200,16 @@ def test_ray_actor_pool_captions_the_library(library, qwen, capsys):
     rows = CaptionStore(lib).read().to_pylist()
     assert {r["clip_id"] for r in rows} == {c["clip_id"] for c in clips}
     assert {r["status"] for r in rows} <= {"ok", "flagged"} and all(r["n_frames"] == 2 for r in rows)
+
+
+def test_frame_preparation_stays_its_own_stage(library, qwen):
+    """Ray Data must not fuse decoding into the generation actors (the GPU would wait on it)."""
+    from pipeline.caption_stage import build_dataset, select_clips
+    from tests.captioner_lib import fast_config
+
+    lib, clips = library
+    ds = build_dataset(select_clips(lib), fast_config(qwen), str(lib))
+    assert len(list(ds.iter_rows())) == len(clips)
+    stats = ds.stats()
+    assert "FramePrepStage" in stats and "_CaptionActor" in stats
+    assert "FramePrepStage)->MapBatches(_CaptionActor" not in stats

@@ -120,7 +120,8 @@ def test_changed_caption_reembeds_one_clip_and_marks_it_stale(tmp_path):
     cfg = caption_only_config()
     with Library(root, cfg) as lib:
         lib.index(log=lambda *_: None)
-        write_captions(root, {clip_id(8): "A hot air balloon drifts over green hills."}, "signal-v1", "part-1.parquet")
+        # a new caption for one clip in the same version (a retried caption: the latest row wins)
+        write_captions(root, {clip_id(8): "A hot air balloon drifts over green hills."})
         rec = lib.check()
         assert rec.missing == [] and rec.stale == [clip_id(8)]       # caption scalar changed
         assert lib.embed(log=lambda *_: None) == {"caption": 1}
@@ -189,3 +190,16 @@ def test_semantic_dedup_groups_the_paraphrased_clip(lib):
     assert duplicate_of(groups) == {clip_id(0): clip_id(10)}
     assert groups[0].min_similarity >= 0.6
     assert semantic_duplicates(lib, threshold=0.99) == []
+
+
+def test_caption_version_choice(tmp_path):
+    from index.tables import read_captions
+
+    root = make_library(tmp_path / "lib")
+    first = read_captions(root, load_index_config().captions)
+    other = write_captions(root, {clip_id(0): "A parrot on a branch."}, model="tiny-vlm", default=False)
+    # the default version is still the one embedded; asking for the other one gives its clip only
+    assert read_captions(root, load_index_config().captions).equals(first)
+    chosen = read_captions(root, load_index_config(overrides=[f"captions.version={other}"]).captions)
+    assert chosen.column("caption").to_pylist() == ["A parrot on a branch."]
+    assert set(chosen.column("caption_version").to_pylist()) == {other}

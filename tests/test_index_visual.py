@@ -87,7 +87,7 @@ def visual_lib(tmp_path_factory) -> tuple[Path, Path]:
     lib.commit({"videos": [{"video_id": video_id, "uri": str(source), "ingested_at": datetime.now(timezone.utc)}],
                 "clips": clips})
     write_captions(root, {"clip0": "a red screen", "clip1": "a blue screen", "clip2": "a red picture",
-                          "clip3": "a green screen", "clip4": "a blue picture"}, "v1")
+                          "clip3": "a green screen", "clip4": "a blue picture"})
     return root, tiny_clip(tmp / "tiny-clip")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -66,16 +67,19 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: set[str], 
     temp = tempfile.mkdtemp(prefix="rt-")  # Ray's socket paths must stay short
     ray = str(BIN / "ray")
     common = ["--num-cpus=1", "--disable-usage-stats"]
+    # Ray clusters use token auth: every node and every driver needs the same token
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = dict(os.environ, **auth)
     try:
         subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
-                        f"--temp-dir={temp}", *common], check=True, capture_output=True, timeout=120)
+                        f"--temp-dir={temp}", *common], check=True, capture_output=True, timeout=120, env=env)
         subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True,
-                       timeout=120)
+                       timeout=120, env=env)
         lib = tmp_path / "lib"
         recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
-              f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_video=1")
+              f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_video=1", env=auth)
         assert set(_clip_ids(lib)) == reference_clips
         nodes = set(Library(lib).read("videos", ["worker_node"]).column("worker_node").to_pylist())
         assert len(nodes) == 2, f"work did not spread over both nodes: {nodes}"
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=env)

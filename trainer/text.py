@@ -7,7 +7,6 @@ text model); the default is all-MiniLM-L6-v2 bundled offline by the `gt-all-mini
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torch.nn as nn

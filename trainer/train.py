@@ -314,7 +314,9 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
 
     # Resume: weights, optimizer, schedule, this rank's RNG and data position.
     start_step = 0
-    ckpt = latest_checkpoint(out) if resume else None
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and not resume:
+        raise FileExistsError(f"{out} already has checkpoints: pass --resume, or choose a new --out")
     if resume and ckpt is None and is_main:
         print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
     if ckpt is not None:
