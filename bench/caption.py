@@ -70,7 +70,8 @@ def synthetic_rows(path: Path, n_clips: int, fps: int = 30, clip_s: float = 4.0)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="HF id or local folder (openai: the served name)")
-    ap.add_argument("--tiny", choices=["qwen2_5_vl", "llava_onevision"], help="build a tiny random model and use it")
+    ap.add_argument("--tiny", choices=["qwen2_5_vl", "qwen3_vl", "llava_onevision"],
+                    help="build a tiny random model and use it")
     ap.add_argument("--backend", choices=["transformers", "openai"], default=None)
     ap.add_argument("--base-url")
     ap.add_argument("--lib", help="take clips from this library instead of the synthetic video")

@@ -110,15 +110,24 @@ class Captioner:
         return rows  # type: ignore[return-value]
 
     def _generate(self, requests: list[ClipRequest], gen) -> list[Generation | str]:
-        """The backend's generations in batches of model.batch_size; a failed batch becomes error reasons."""
+        """The backend's generations in batches of model.batch_size. A batch that fails (out of
+        memory, a server error) is retried clip by clip; what still fails becomes an error reason."""
         out: list[Generation | str] = []
         size = self.cfg.model.batch_size
         for start in range(0, len(requests), size):
             chunk = requests[start:start + size]
             try:
                 out.extend(self.backend.generate(chunk, gen))
-            except Exception as e:  # one bad batch (server error, odd clip) must not end the job
-                out.extend([f"generate: {type(e).__name__}: {e}"] * len(chunk))
+                continue
+            except Exception as e:  # one bad batch must not end the job
+                if len(chunk) == 1:
+                    out.append(f"generate: {type(e).__name__}: {e}")
+                    continue
+            for req in chunk:
+                try:
+                    out.extend(self.backend.generate([req], gen))
+                except Exception as e:
+                    out.append(f"generate: {type(e).__name__}: {e}")
         return out
 
 

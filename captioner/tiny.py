@@ -16,7 +16,7 @@ from pathlib import Path
 
 from captioner.processors import image_only
 
-FAMILIES = ("qwen2_5_vl", "llava_onevision")
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "llava_onevision")
 
 _CORPUS = [
     "A woman in a red coat walks a small dog along a wet street at dusk; the camera pans left.",
@@ -99,6 +99,39 @@ def build_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     return _save(out_dir, model, processor)
 
 
+def build_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
+    """A ~1M-parameter Qwen3-VL (16 px patches, DeepStack) with its processor, saved to `out_dir`."""
+    import torch
+    from transformers import Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]
+    tokenizer = Qwen2Tokenizer(tokenizer_object=_bpe_tokenizer(special), eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", chat_template=QWEN_TEMPLATE)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                          "mrope_interleaved": True},
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32,
+                           num_position_embeddings=64, deepstack_visual_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    image_processor = Qwen2VLImageProcessorPil(patch_size=16, min_pixels=64 * 64, max_pixels=128 * 128)
+    processor = image_only(Qwen3VLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                             chat_template=QWEN_TEMPLATE)
+    return _save(out_dir, model, processor)
+
+
 def build_llava_onevision(out_dir: str | Path, seed: int = 0) -> Path:
     """A ~1M-parameter LLaVA-OneVision (SigLIP vision, Qwen2 text) with its processor."""
     import torch
@@ -145,7 +178,7 @@ def _save(out_dir: str | Path, model, processor) -> Path:
     return out
 
 
-BUILDERS = {"qwen2_5_vl": build_qwen2_5_vl, "llava_onevision": build_llava_onevision}
+BUILDERS = {"qwen2_5_vl": build_qwen2_5_vl, "qwen3_vl": build_qwen3_vl, "llava_onevision": build_llava_onevision}
 
 
 def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:

@@ -45,7 +45,8 @@ def semantic_duplicates(lib, embedder: str | None = None, threshold: float | Non
     threshold = cfg.threshold if threshold is None else threshold
     k = (cfg.neighbours if neighbours is None else neighbours) + 1     # the clip itself comes back too
     names = [n for n in (embedder or cfg.embedder, lib.cfg.embedder_of_kind("text")) if n]
-    name = next((n for n in names if vector_field(n) in lib.vector_fields()), None)
+    indexed = lib.vector_fields() if lib.store.exists() else []
+    name = next((n for n in names if vector_field(n) in indexed), None)
     if name is None:
         raise ValueError("no embeddings to compare: run `recap index LIB` first")
     emb = read_embeddings(lib.root, name, model_id_of(lib.cfg.embedders[name]))

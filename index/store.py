@@ -72,6 +72,7 @@ class MilvusStore:
                                              "recap_" + hashlib.sha1(str(Path(lib_root).resolve()).encode()).hexdigest()[:12])
         self.index_type = cfg.lite_index if self.is_lite else cfg.server_index
         self._described: dict[str, Any] | None = None
+        self._loaded = False
         try:
             self.client = MilvusClient(self.uri, token=cfg.token, timeout=cfg.timeout_s)
         except Exception as e:  # noqa: BLE001  (connection errors come in several types)
@@ -86,7 +87,13 @@ class MilvusStore:
 
     # ---- schema ---------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return bool(self._call("list collections", self.client.has_collection, self.collection))
+        """Whether the collection exists; loads it if so (a collection opened by a new process is
+        released, and a released collection refuses search and query)."""
+        found = bool(self._call("list collections", self.client.has_collection, self.collection))
+        if found and not self._loaded:
+            self._call("load the collection", self.client.load_collection, self.collection)
+            self._loaded = True
+        return found
 
     def describe(self) -> dict[str, Any]:
         """field name -> (type name, dim or None) of the existing collection."""
@@ -128,6 +135,7 @@ class MilvusStore:
 
     def drop(self) -> None:
         self._described = None
+        self._loaded = False
         if self.exists():
             self._call("drop the collection", self.client.drop_collection, self.collection)
 

@@ -12,6 +12,10 @@ COMMANDS: dict[str, str] = {
     "samples": "pipeline.samples_cli",
     "ingest": "pipeline.ingest_cli",
     "info": "pipeline.info_cli",
+    "filter": "pipeline.filter_cli",
+    "report": "pipeline.report_cli",
+    "index": "pipeline.index_cli",
+    "search": "pipeline.search_cli",
 }
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 import yaml
 
+from pipeline.signals.config import SignalsConfig
 from trainer.typedconfig import ConfigError, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -97,6 +98,7 @@ class IngestConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     shots: ShotsConfig = field(default_factory=ShotsConfig)
     clips: ClipsConfig = field(default_factory=ClipsConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 

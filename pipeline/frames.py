@@ -21,6 +21,7 @@ class AnalysisFrame:
     pts_s: float        # presentation time in seconds (from PTS; monotonic within the stream)
     bgr: np.ndarray     # (h, w, 3) uint8, downscaled, display orientation not applied
     luma: np.ndarray    # (h, w) uint8, the Y plane at the same size
+    detail: np.ndarray | None = None  # (H, W, 3) uint8 BGR at `signals.detail_width`, on sampled frames only
 
 
 class FrameAnalyzer(Protocol):

@@ -65,18 +65,21 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError, StoreError, EmbedderError) as e:
         print(f"recap index: error: {e}", file=sys.stderr)
         return 2
-    print(f"{rec.rows} clips in the library; Milvus {'differs' if not rec.clean else 'matches'}"
-          f"{' (checked)' if args.check else ''}")
-    for what, ids in (("missing", rec.missing), ("extra", rec.extra), ("stale", rec.stale)):
+    if args.check:
+        print(f"{rec.rows} clips in the library; Milvus {'matches Parquet' if rec.clean else 'differs from Parquet'}")
+        labels = (("missing", rec.missing), ("extra", rec.extra), ("stale", rec.stale))
+    else:
+        print(f"{rec.rows} clips in the library; Milvus {'was up to date' if rec.clean else 'now matches Parquet'}")
+        labels = (("added", rec.missing), ("removed", rec.extra), ("updated", rec.stale))
+    for what, ids in labels:
         if ids:
             shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
             print(f"  {what:<8} {len(ids):>7}  {shown}")
     if rec.schema_changed:
-        print("  collection " + ("missing or its fields differ from the library's columns" if args.check else "(re)created"))
+        print("  collection " + ("missing, or its fields differ from the library's columns" if args.check
+                                 else "created (new, or the library's columns changed)"))
     for name, n in rec.unembedded.items():
         if n:
-            print(f"  {name}: {n} clips without a vector (no caption yet, or not embedded)")
-    if not args.check and not rec.clean:
-        print("  fixed: Milvus now matches Parquet")
+            print(f"  {name}: {n} clips without a vector (no caption yet, or not embedded yet)")
     print(f"took {time.perf_counter() - t0:.2f} s")
     return 1 if args.check and not rec.clean else 0

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.signals.columns import SIGNAL_COLUMNS
+
 SCHEMA_VERSION = 1
 
 
@@ -85,6 +87,7 @@ CLIP_COLUMNS = [
     Column("file_start_frame", pa.int32(), "Frames to skip at the start of the file to reach start_frame (remux starts at a keyframe); 0 for encode.", True),
     Column("file_n_frames", pa.int64(), "Frames stored in the clip file.", True),
     Column("file_bytes", pa.int64(), "Size of the clip file.", True),
+    *(Column(name, type_, doc, True) for name, type_, doc in SIGNAL_COLUMNS),
     COMMIT,
 ]
 

@@ -85,10 +85,11 @@ class _ScoredContentDetector(ContentDetector):
 
     def __init__(self) -> None:
         super().__init__(min_scene_len=0)   # its own cut filter is unused: skip that bookkeeping
-        self._fps = Fraction(30)            # timecodes only label frames here; the rate is moot
+        # With the filter off and no StatsManager the timecode is never read: one will do.
+        self._timecode = FrameTimecode(0, Fraction(30))
 
-    def score(self, index: int, bgr: np.ndarray) -> float:
-        self.process_frame(FrameTimecode(index, self._fps), bgr)
+    def score(self, bgr: np.ndarray) -> float:
+        self.process_frame(self._timecode, bgr)
         return float(self._frame_score or 0.0)
 
 
@@ -142,7 +143,7 @@ class ShotDetector:
             raise ValueError(f"frames must arrive in order: got {i}, expected {len(self._rows['content'])}")
         luma, bgr = frame.luma, frame.bgr
         rows = self._rows
-        rows["content"].append(self._content.score(i, bgr))
+        rows["content"].append(self._content.score(bgr))
         mean, std = cv2.meanStdDev(luma)
         rows["luma_mean"].append(float(mean[0, 0]))
         rows["luma_std"].append(float(std[0, 0]))
@@ -150,9 +151,10 @@ class ShotDetector:
         rows["dark_frac"].append(1.0 - bright / luma.size)
 
         size = THUMB if luma.shape[1] >= luma.shape[0] else THUMB[::-1]
-        thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
-        tstd = float(thumb.std())
-        z = (thumb - thumb.mean()) / max(tstd, MIN_THUMB_STD)
+        thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
+        t_mean, t_std = cv2.meanStdDev(thumb)
+        tstd = float(t_std[0, 0])
+        z = (thumb.ravel().astype(np.float32) - float(t_mean[0, 0])) / max(tstd, MIN_THUMB_STD)
         small = cv2.resize(bgr, COLOR_THUMB, interpolation=cv2.INTER_AREA)
         hist = cv2.calcHist([small], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
         hist /= hist.sum()

@@ -83,6 +83,7 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
     from pipeline.plan import clip_id, frame_end_times, plan_clips
     from pipeline.probe import ProbeError, probe
     from pipeline.shots import ShotDetector, detect_shots
+    from pipeline.signals import clip_signals, make_analyzers
 
     t0 = time.perf_counter()
     try:
@@ -91,9 +92,10 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
         raise StageFailure("probe", e.kind, str(e)) from e
 
     shot_detector = ShotDetector(cfg.shots)
-    analyzers = [shot_detector]
+    signal_analyzers = make_analyzers(cfg.signals, (info.width, info.height))  # coded size: the crop's frame
+    detail = (cfg.signals.detail_every_s, cfg.signals.detail_width) if signal_analyzers else None
     try:
-        decoded = decode_pass(path, cfg.decode, analyzers)
+        decoded = decode_pass(path, cfg.decode, [shot_detector, *signal_analyzers], detail=detail)
     except Exception as e:
         raise StageFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
     if decoded.n_frames == 0:
@@ -125,6 +127,7 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
             "file_start_frame": f.file_start_frame if f else None,
             "file_n_frames": f.n_frames if f else None,
             "file_bytes": f.bytes if f else None,
+            **clip_signals(signal_analyzers, c.start_frame, c.end_frame),
         })
     shot_rows = [{
         "video_id": video_id, "shot_index": i, "start_frame": s.start_frame, "end_frame": s.end_frame,

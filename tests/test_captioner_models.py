@@ -13,7 +13,7 @@ from captioner.config import GenerationConfig, ModelConfig
 from captioner.model import ClipRequest, MissingModelError, TransformersBackend
 from tests.captioner_lib import fast_config, tiny_model
 
-FAMILIES = ["qwen2_5_vl", "llava_onevision"]
+FAMILIES = ["qwen2_5_vl", "qwen3_vl", "llava_onevision"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

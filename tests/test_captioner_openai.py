@@ -92,3 +92,17 @@ def test_no_server_or_wrong_model_fails_before_writing(served, tmp_path, capsys)
         make_backend(fast_config("other-model", "model.backend=openai", f"openai.base_url={url}"))
     with pytest.raises(RequestError, match="HTTP 404"):
         OpenAIBackend("other-model", OpenAIConfig(base_url=url)).generate([clip(0, 1)], GenerationConfig())
+
+
+def test_a_failing_request_costs_only_its_own_clip(served):
+    """The server rejects a clip without frames (HTTP 400): the batch is retried clip by clip, the
+    good clip is captioned and the bad one becomes an error row with the server's reason."""
+    from captioner.captioner import Captioner
+    from tests.captioner_lib import fast_config
+
+    url, _ = served
+    cfg = fast_config(SERVED, "model.backend=openai", f"openai.base_url={url}")
+    empty = ClipRequest("empty", np.zeros((0, 56, 84, 3), np.uint8), "Describe this clip.")
+    good, bad = Captioner(cfg).caption([clip(1, 2), empty])
+    assert good["clip_id"] == "c1" and good["status"] in ("ok", "flagged") and good["n_input_tokens"] > 0
+    assert bad["status"] == "error" and "HTTP 400" in bad["reason"] and "image_url" in bad["reason"]

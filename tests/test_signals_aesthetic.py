@@ -81,6 +81,7 @@ def test_clip_column_from_sampled_frames(tiny_weights):
     cfg = SignalsConfig()
     cfg.text.enabled = False
     cfg.aesthetic.model, cfg.aesthetic.head, cfg.aesthetic.batch_size = str(model_dir), str(head_path), 2
+    cfg.aesthetic.every_s = 1.0
     analyzers = make_analyzers(cfg, (160, 90))
     schedule = DetailSchedule(cfg.detail_every_s)
     (image,) = detail_frames(1)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.shards import (Bucket, BucketLoader, SampleMeta, ShardWriter, decode_mp4, encode_mp4,
-                            iter_raw_samples, list_shards, SkipCounter)
+from trainer.shards import (Bucket, BucketLoader, SampleMeta, ShardWriter, SkipCounter, decode_mp4,
+                            encode_mp4, iter_raw_samples, list_shards, shard_name, write_shard)
 from trainer.synthetic import write_synthetic_shards
 
 BUCKETS = ["32x16x5", "16x16x1", "16x32x3"]
@@ -130,6 +130,26 @@ def test_list_shards_forms(shard_dir: Path):
     assert list_shards(f"file://{shards[0]}") == [f"file://{shards[0]}"]
     loader = BucketLoader([f"file://{s}" for s in shards], batch_size=2)
     assert next(iter(loader)).video.shape[0] == 2
+
+
+def test_writers_roll_over_and_leave_no_partial_shard(tmp_path: Path):
+    mp4 = encode_mp4(np.zeros((1, 16, 16, 3), dtype=np.uint8), fps=8)
+    metas = [SampleMeta(key=f"k{i}", caption="c", bucket="16x16x1", fps=8, split="val") for i in range(5)]
+    with ShardWriter(tmp_path / "a", split="val", max_samples=2) as writer:
+        for meta in metas:
+            writer.write(meta, mp4)
+    assert [p.name for p in writer.written] == [shard_name("val", i) for i in range(3)]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [shard_name("val", i) for i in range(3)]
+
+    def failing():
+        yield metas[0], mp4
+        raise RuntimeError("the export task died")
+    target = tmp_path / shard_name("val", 7)
+    with pytest.raises(RuntimeError):
+        write_shard(target, failing())
+    assert list(tmp_path.iterdir()) == [tmp_path / "a"]
+    assert write_shard(target, ((m, mp4) for m in metas)) == 5
+    assert len(list(iter_raw_samples(str(target), SkipCounter()))) == 5
 
 
 def test_schema_rejects_bad_metadata():

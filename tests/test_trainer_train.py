@@ -79,6 +79,18 @@ def test_tiny_dit_overfits_and_skips_the_corrupt_sample(dit_shards: Path, tmp_pa
     assert last["skipped"] >= 1 and last["tokens_per_s"] > 0
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
 
+    # what the sampler gets: the EMA model and everything needed to rebuild its conditioning
+    from trainer.dit import load_dit
+    from trainer.rf import sample
+    from trainer.text import TextEncoder
+    model, meta = load_dit(str(run))
+    text = TextEncoder(json.loads(meta["text"])["encoder"])
+    ctx, mask = text(["a red blob moving left"])
+    null, null_mask = text([""])
+    noise = torch.randn(1, int(meta["in_channels"]), 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    video = sample(model, noise, ctx, mask, null, null_mask, steps=4, cfg_scale=4.0, solver="heun")
+    assert video.shape == noise.shape and torch.isfinite(video).all()
+
 
 def test_interrupted_run_resumes_exactly(dit_shards: Path, tmp_path: Path):
     common = ("train.steps=6", "train.ckpt_every=3", "train.log_every=1", "train.keep_last=1",

@@ -140,6 +140,17 @@ def decode_mp4(data: bytes, max_frames: int | None = None) -> np.ndarray:
 # Writing
 # ---------------------------------------------------------------------------------------------
 
+def _add_sample(tar: tarfile.TarFile, meta: SampleMeta, mp4: bytes) -> int:
+    """Append `{key}.mp4` and `{key}.json`; returns the bytes added (headers included)."""
+    size = 0
+    for suffix, payload in (("mp4", mp4), ("json", meta.to_json())):
+        info = tarfile.TarInfo(f"{meta.key}.{suffix}")
+        info.size, info.mtime, info.mode = len(payload), 0, 0o644   # fixed mtime: reproducible bytes
+        tar.addfile(info, io.BytesIO(payload))
+        size += 512 + -(-len(payload) // 512) * 512
+    return size
+
+
 class ShardWriter:
     """Writes samples into `{split}-NNNNNN.tar` shards, each renamed into place only when complete.
 
@@ -165,11 +176,7 @@ class ShardWriter:
         if self._tar is None:
             self._tmp = self.out_dir / f".{shard_name(self.split, self.index)}.tmp"
             self._tar = tarfile.open(self._tmp, "w")
-        for suffix, payload in (("mp4", mp4), ("json", meta.to_json())):
-            info = tarfile.TarInfo(f"{meta.key}.{suffix}")
-            info.size, info.mtime, info.mode = len(payload), 0, 0o644   # fixed mtime: reproducible bytes
-            self._tar.addfile(info, io.BytesIO(payload))
-            self._bytes += len(payload) + 1024
+        self._bytes += _add_sample(self._tar, meta, mp4)
         self._count += 1
 
     def _finish(self) -> None:
@@ -196,6 +203,25 @@ class ShardWriter:
         elif self._tar is not None:           # leave no half shard behind
             self._tar.close()
             self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
+
+
+def write_shard(path: str | Path, samples: Iterable[tuple[SampleMeta, bytes]]) -> int:
+    """Write one complete shard at `path` (renamed into place at the end); returns the sample count.
+    The form for one-task-per-shard exporters: a task that dies leaves no shard behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    count = 0
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            for meta, mp4 in samples:
+                _add_sample(tar, meta, mp4)
+                count += 1
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,6 +490,6 @@ class BucketLoader:
         self.state = LoaderState(int(state["epoch"]), int(state["batches"]))
 
 
-__all__ = ["SCHEMA_VERSION", "Bucket", "SampleMeta", "ShardWriter", "BucketLoader", "Batch",
+__all__ = ["SCHEMA_VERSION", "Bucket", "SampleMeta", "ShardWriter", "write_shard", "BucketLoader", "Batch",
            "LoaderState", "SkipCounter", "encode_mp4", "decode_mp4", "list_shards", "shard_name",
            "iter_raw_samples"]

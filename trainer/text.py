@@ -35,15 +35,17 @@ class TextEncoder(nn.Module):
         self.name = name_or_path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         config = AutoConfig.from_pretrained(path)
-        if getattr(config, "is_encoder_decoder", False):          # T5 / umT5: the encoder half only
-            from transformers import T5EncoderModel, UMT5EncoderModel
-            cls = UMT5EncoderModel if config.model_type == "umt5" else T5EncoderModel
+        if config.model_type in ("t5", "mt5", "umt5"):           # T5 family: the encoder half only
+            import transformers
+            cls = getattr(transformers, {"t5": "T5", "mt5": "MT5", "umt5": "UMT5"}[config.model_type] + "EncoderModel")
             model = cls.from_pretrained(path)
         elif config.model_type == "clip":                         # CLIP: the text tower only
             from transformers import CLIPTextModel
             model = CLIPTextModel.from_pretrained(path)
         else:
             model = AutoModel.from_pretrained(path)
+            if getattr(model.config, "is_encoder_decoder", False):  # other encoder-decoders (BART...)
+                model = model.get_encoder()
         self.model = model.eval().requires_grad_(False)
         hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model")
         self.dim = int(hidden)

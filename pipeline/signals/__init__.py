@@ -7,9 +7,10 @@ clip ranges are known. Two kinds of input:
 - every analysis frame (~160 px): motion and camera motion, exposure (brightness, contrast,
   colourfulness, black / blank / frozen shares), perceptual hashes;
 - a larger *detail* frame (`detail_width`, 480 px) once every `detail_every_s` seconds, attached
-  by the decoder as `AnalysisFrame.detail`: text (OCR), sharpness, black bars, aesthetic score.
-  `DetailSchedule` says on which frames; with one detail frame per second every clip of at least
-  a second has one.
+  by the decoder as `AnalysisFrame.detail`: sharpness and black bars on each; text (OCR) and the
+  aesthetic score on one every 2 s (`text.every_s`, `aesthetic.every_s`), as they cost more.
+  `DetailSchedule` says on which frames: the first at or after each multiple of the interval, so
+  every clip at least that long gets one.
 
 `SIGNAL_COLUMNS` lists the clip columns produced, `make_analyzers` builds the analyzers for one
 video and `clip_signals` merges their answers for one clip (every column present, null where a
@@ -24,6 +25,7 @@ from pipeline.signals.columns import SIGNAL_COLUMNS
 from pipeline.signals.config import (AestheticConfig, BarsConfig, ExposureConfig, MotionConfig,
                                      SignalsConfig, TextConfig)
 from pipeline.signals.series import DetailSchedule
+
 
 class SignalAnalyzer(Protocol):
     name: str

@@ -45,13 +45,18 @@ class TextConfig:
     min_score: float = 0.5        # RapidOCR recognition confidence below which a box is dropped
     max_chars: int = 500          # stored text is cut to this length
 
+    def __post_init__(self) -> None:
+        if self.every_s <= 0 or self.det_width < 32:
+            raise ConfigError("signals.text: every_s > 0 and det_width >= 32")
+
 
 @dataclass
 class AestheticConfig:
     model: str = ""               # HF id or local path of a CLIP/SigLIP model; "" = no aesthetic score
     head: str = ""                # .safetensors/.pth of the linear/MLP head (LAION predictor layout)
     head_activation: str = "none"  # between head layers: "none" (LAION v2 MLP) or "relu"
-    device: str = "cpu"
+    every_s: float = 2.0          # score the first detail frame at or after each multiple of this
+    device: str = "cpu"           # ViT-L/14 costs ~2 s per image on one CPU thread: use a GPU
     batch_size: int = 16
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class AestheticConfig:
             raise ConfigError("signals.aesthetic: set both model and head, or neither")
         if self.head_activation not in ("none", "relu"):
             raise ConfigError("signals.aesthetic.head_activation: none or relu")
+        if self.every_s <= 0 or self.batch_size < 1:
+            raise ConfigError("signals.aesthetic: every_s > 0 and batch_size >= 1")
 
 
 @dataclass
