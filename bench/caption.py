@@ -119,10 +119,7 @@ def main() -> int:
     requests = [prepare_clip(r, lib_root, r.get("video_uri"), cfg, prompt, reader) for r in rows]
     prep_s = time.perf_counter() - t0
 
-    size = cfg.model.batch_size
-    if cfg.model.backend == "openai":
-        size = max(size, cfg.openai.concurrency)  # requests in flight, the server batches them
-        captioner.cfg.model.batch_size = size
+    size = cfg.batch_size  # openai: the requests in flight, which the server batches
     warm, timed = requests[:size], requests[size:] or requests
     captioner.caption(warm)
     if torch.cuda.is_available():

@@ -110,10 +110,10 @@ class Captioner:
         return rows  # type: ignore[return-value]
 
     def _generate(self, requests: list[ClipRequest], gen) -> list[Generation | str]:
-        """The backend's generations in batches of model.batch_size. A batch that fails (out of
+        """The backend's generations in batches of cfg.batch_size. A batch that fails (out of
         memory, a server error) is retried clip by clip; what still fails becomes an error reason."""
         out: list[Generation | str] = []
-        size = self.cfg.model.batch_size
+        size = self.cfg.batch_size
         for start in range(0, len(requests), size):
             chunk = requests[start:start + size]
             try:

@@ -103,6 +103,11 @@ class CaptionConfig:
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
+    @property
+    def batch_size(self) -> int:
+        """Clips per backend call: the model batch in process, the requests in flight for a server."""
+        return self.openai.concurrency if self.model.backend == "openai" else self.model.batch_size
+
 
 def load_caption_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CaptionConfig:
     """Defaults from `configs/captioner.yaml`, then the user's file, then `--set` overrides."""

@@ -253,7 +253,7 @@ def _local_stream(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str,
     prep = FramePrepStage(cfg, lib_root)
     stage = CaptionStage(cfg)
     stage.captioner = captioner
-    size = cfg.model.batch_size
+    size = cfg.batch_size
     for start in range(0, len(todo), size):
         yield from stage.process_rows(prep.process_rows(todo[start:start + size]))
 
@@ -285,12 +285,12 @@ def build_dataset(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str,
     prep_args = prep.resources()
     gen_args = CaptionStage(cfg).resources()
     # about one batch per block, so prepared batches stream to the actors as they are ready
-    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(1000, -(-len(todo) // cfg.model.batch_size))))
+    ds = ray.data.from_items(todo, override_num_blocks=max(1, min(1000, -(-len(todo) // cfg.batch_size))))
     # Ray Data would fuse a task stage into the next actor stage when their resources match (the
     # actors would then decode too, serially); a remote-args function keeps preparation its own stage
-    ds = ds.map_batches(prep, batch_size=cfg.model.batch_size, batch_format="pyarrow",
+    ds = ds.map_batches(prep, batch_size=cfg.batch_size, batch_format="pyarrow",
                         compute=ray.data.TaskPoolStrategy(), ray_remote_args_fn=lambda: prep_args)
-    return ds.map_batches(_CaptionActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.model.batch_size,
+    return ds.map_batches(_CaptionActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.execution.actors),
                           num_cpus=gen_args["num_cpus"], num_gpus=gen_args["num_gpus"] or None)
 

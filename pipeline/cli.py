@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "report": "pipeline.report_cli",
     "index": "pipeline.index_cli",
     "search": "pipeline.search_cli",
+    "train": "trainer.cli",
 }
 
 

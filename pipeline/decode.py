@@ -172,6 +172,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
             dw = min(detail[1], ctx.width)
             dh = max(2, int(round(dw * ah / aw / 2)) * 2)  # same display aspect as the analysis frames
         time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+        tb = float(time_base)   # float PTS math: exact enough, and Fraction costs per frame
         rate = _nominal_rate(stream)
         step_s = 1.0 / float(rate) if rate else 1.0 / 30.0
 
@@ -195,7 +196,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
                 frames = []
             for frame in frames:
                 if frame.pts is not None:
-                    t = float(frame.pts * time_base)
+                    t = frame.pts * tb
                 else:  # no timestamp: assume the nominal frame duration
                     t = pts[-1] + step_s if pts else 0.0
                 corrupt += frame.is_corrupt
