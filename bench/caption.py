@@ -92,7 +92,8 @@ def main() -> int:
     if a.tiny:
         from captioner.tiny import build_tiny_model
 
-        a.model = str(build_tiny_model(a.tiny, Path(tempfile.mkdtemp(prefix="recap-tiny-"))))
+        tiny_dir = tempfile.TemporaryDirectory(prefix="recap-tiny-")  # removed when the script ends
+        a.model = str(build_tiny_model(a.tiny, tiny_dir.name))
     for key, value in (("model.id", a.model), ("model.backend", a.backend), ("openai.base_url", a.base_url)):
         if value:
             overrides.insert(0, f"{key}={value}")

@@ -97,13 +97,15 @@ class Captioner:
             retry = []
             for i, out in zip(todo, outs):
                 if isinstance(out, str):
-                    rows[i] = error_row(requests[i].clip_id, self.columns, out)
+                    if rows[i] is None:  # a failed retry keeps the earlier verdict
+                        rows[i] = error_row(requests[i].clip_id, self.columns, out)
                     continue
                 verdict = check_caption(out.text, out.hit_token_limit, checks.min_words)
+                spent = (rows[i] or {}).get("latency_s") or 0.0  # generation time of all attempts
                 rows[i] = {"clip_id": requests[i].clip_id, **self.columns, "text": verdict.text,
                            "status": verdict.status, "reason": verdict.reason, "attempts": attempt + 1,
                            "n_input_tokens": out.n_input_tokens, "n_output_tokens": out.n_output_tokens,
-                           "n_frames": len(requests[i].frames), "latency_s": out.latency_s}
+                           "n_frames": len(requests[i].frames), "latency_s": spent + out.latency_s}
                 if verdict.retryable:
                     retry.append(i)
             todo = retry

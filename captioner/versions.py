@@ -47,7 +47,7 @@ def _columns():
         Column("n_input_tokens", pa.int32(), "Prompt tokens, frames included.", True),
         Column("n_output_tokens", pa.int32(), "Generated tokens.", True),
         Column("n_frames", pa.int32(), "Frames given to the model.", True),
-        Column("latency_s", pa.float32(), "Generation seconds per clip (a batch's time shared by its clips).", True),
+        Column("latency_s", pa.float32(), "Generation seconds for the clip, all attempts (a batch's time shared by its clips).", True),
         Column("created_at", pa.timestamp("ms", tz="UTC"), "When the row was written."),
         Column("batch_id", pa.string(), "Part file that holds the row (`part-<batch_id>.parquet`)."),
     ]

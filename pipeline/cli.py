@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "info": "pipeline.info_cli",
     "filter": "pipeline.filter_cli",
     "report": "pipeline.report_cli",
+    "caption": "pipeline.caption_cli",
     "index": "pipeline.index_cli",
     "search": "pipeline.search_cli",
     "train": "trainer.cli",

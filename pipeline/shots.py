@@ -10,7 +10,7 @@ brightness, contrast, how much of the frame is dark, and, against a ring buffer 
 - colour `H(a, b)` = half the L1 distance of coarse 3-D colour histograms (0..1). Objects moving
   inside a shot barely move it; a dissolve between shots moves it steadily.
 
-`detect_shots` then works on those arrays alone (about 250 bytes per frame):
+`detect_shots` then works on those arrays alone (264 bytes per frame):
 
 1. black / flat frames (mostly dark, or no contrast at all) are transitions;
 2. fades: the contrast ramps monotonically into or out of a black / flat run;
@@ -120,8 +120,8 @@ class FeatureArrays:
 
 
 class ShotDetector:
-    """FrameAnalyzer collecting what `detect_shots` needs; memory: a 64-frame ring of thumbnails
-    plus ~250 bytes per frame."""
+    """FrameAnalyzer collecting what `detect_shots` needs. Memory: a 64-frame ring of 32x18
+    thumbnails and histograms, plus 264 bytes per frame (~30 MB for an hour at 30 fps)."""
 
     name = "shots"
 
@@ -134,21 +134,30 @@ class ShotDetector:
         self._flat = np.ones(ring, bool)
         self._hist = np.zeros((ring, HIST_BINS ** 3), np.float32)
         self._lags = np.asarray(LAGS)
-        self._rows: dict[str, list] = {k: [] for k in ("content", "luma_mean", "luma_std", "dark_frac",
-                                                       "structure", "color", "hist")}
+        self._n = 0
+        # per-frame rows, grown by doubling: content, luma mean, luma std, dark share | S | H | hist
+        self._scalars = np.zeros((1024, 4), np.float32)
+        self._structure = np.zeros((1024, len(LAGS)), np.float16)
+        self._color = np.zeros((1024, len(LAGS)), np.float16)
+        self._hists = np.zeros((1024, HIST_BINS ** 3), np.float16)
+
+    def _grow(self) -> None:
+        for name in ("_scalars", "_structure", "_color", "_hists"):
+            old = getattr(self, name)
+            new = np.zeros((2 * len(old), old.shape[1]), old.dtype)
+            new[:len(old)] = old
+            setattr(self, name, new)
 
     def update(self, frame: AnalysisFrame) -> None:
         i = frame.index
-        if i != len(self._rows["content"]):
-            raise ValueError(f"frames must arrive in order: got {i}, expected {len(self._rows['content'])}")
+        if i != self._n:
+            raise ValueError(f"frames must arrive in order: got {i}, expected {self._n}")
+        if i == len(self._scalars):
+            self._grow()
         luma, bgr = frame.luma, frame.bgr
-        rows = self._rows
-        rows["content"].append(self._content.score(bgr))
         mean, std = cv2.meanStdDev(luma)
-        rows["luma_mean"].append(float(mean[0, 0]))
-        rows["luma_std"].append(float(std[0, 0]))
         bright = cv2.countNonZero(cv2.compare(luma, self.cfg.black_luma, cv2.CMP_GT))
-        rows["dark_frac"].append(1.0 - bright / luma.size)
+        self._scalars[i] = (self._content.score(bgr), mean[0, 0], std[0, 0], 1.0 - bright / luma.size)
 
         size = THUMB if luma.shape[1] >= luma.shape[0] else THUMB[::-1]
         thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
@@ -159,21 +168,19 @@ class ShotDetector:
         hist = cv2.calcHist([small], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
         hist /= hist.sum()
 
-        slot = i % self._ring
-        n_prev = min(i, self._ring - 1)
-        s_row = np.full(len(LAGS), np.nan, np.float32)
-        h_row = np.full(len(LAGS), np.nan, np.float32)
-        m = int(np.searchsorted(self._lags, n_prev, side="right"))   # lags with a frame to compare
+        m = int(np.searchsorted(self._lags, min(i, self._ring - 1), side="right"))  # lags with a frame
+        self._structure[i, m:] = np.nan
+        self._color[i, m:] = np.nan
         if m:
             prev = (i - self._lags[:m]) % self._ring
-            s_row[:m] = 1.0 - (self._z[prev] @ z) / z.size
-            both_flat = self._flat[prev] & (tstd < MIN_THUMB_STD)
-            s_row[:m][both_flat] = 0.0   # two featureless frames: nothing changed structurally
-            h_row[:m] = 0.5 * np.abs(self._hist[prev] - hist).sum(axis=1)
+            s_row = 1.0 - (self._z[prev] @ z) / z.size
+            s_row[self._flat[prev] & (tstd < MIN_THUMB_STD)] = 0.0   # two featureless frames
+            self._structure[i, :m] = s_row
+            self._color[i, :m] = 0.5 * np.abs(self._hist[prev] - hist).sum(axis=1)
+        slot = i % self._ring
         self._z[slot], self._flat[slot], self._hist[slot] = z, tstd < MIN_THUMB_STD, hist
-        rows["structure"].append(s_row)
-        rows["color"].append(h_row)
-        rows["hist"].append(hist.astype(np.float16))
+        self._hists[i] = hist
+        self._n = i + 1
 
     def finish(self, decoded: object = None) -> ShotResult:
         """Shots and transitions of everything seen so far (`decoded` is accepted for symmetry
@@ -181,16 +188,12 @@ class ShotDetector:
         return detect_shots(self, self.cfg)
 
     def arrays(self) -> FeatureArrays:
-        r = self._rows
-        nl = len(LAGS)
+        n, sc = self._n, self._scalars[:self._n].astype(np.float64)
         return FeatureArrays(
-            content=np.asarray(r["content"], np.float64),
-            luma_mean=np.asarray(r["luma_mean"], np.float64),
-            luma_std=np.asarray(r["luma_std"], np.float64),
-            dark_frac=np.asarray(r["dark_frac"], np.float64),
-            structure=np.asarray(r["structure"], np.float32).reshape(-1, nl),
-            color=np.asarray(r["color"], np.float32).reshape(-1, nl),
-            hist=np.asarray(r["hist"], np.float16).reshape(-1, HIST_BINS ** 3),
+            content=sc[:, 0], luma_mean=sc[:, 1], luma_std=sc[:, 2], dark_frac=sc[:, 3],
+            structure=self._structure[:n].astype(np.float32),
+            color=self._color[:n].astype(np.float32),
+            hist=self._hists[:n].copy(),
         )
 
 

@@ -1,0 +1,301 @@
+"""`recap export`: shards read back by the `webdataset` package and by the trainer's loader hold
+exactly the selected clips, with the right frames, bucket shapes and captions; no source video is
+in both splits; a killed export resumes without duplicates; an empty selection is an error."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.buckets import BucketConfig, assign, window
+from pipeline.export import split_videos
+from pipeline.library import Library, atomic_write_table, utcnow
+from tests.avfiles import frame_image, write_video
+from tests.conftest import ROOT
+from tests.index_fixtures import write_captions
+
+FPS = 25
+SIZE = (160, 96)
+BUCKETS = """fps: 8
+frames: [5, 9]
+resolutions: {tiny: 9216}
+aspect_ratios: ["4:3", "16:9"]
+multiple: 16
+"""
+# the CLI module as `recap export` runs it (also before it is registered in pipeline/cli.py)
+EXPORT = [sys.executable, "-c", "import argparse, sys; from pipeline import export_cli as m; "
+          "p = argparse.ArgumentParser(); m.add_arguments(p); sys.exit(m.run(p.parse_args(sys.argv[1:])))"]
+
+
+def export(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*EXPORT, *args, "--no-progress"], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"export exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _encode_range(path: Path, start: int, end: int, size: tuple[int, int] = SIZE) -> Path:
+    """Frames [start, end) of the test pattern in their own file (as remux/encode leave clips)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "12"}
+        for i in range(start, end):
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame_image(i, *size), format="rgb24")):
+                out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
+    return path
+
+
+def _letterboxed(path: Path, n_frames: int) -> Path:
+    """160x128 with 16-px black bars above and below a 160x96 picture."""
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=FPS)
+        s.width, s.height, s.pix_fmt = 160, 128, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "12"}
+        for i in range(n_frames):
+            img = np.zeros((128, 160, 3), np.uint8)
+            img[16:112] = frame_image(i, *SIZE)
+            for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in s.encode():
+            out.mux(packet)
+    return path
+
+
+def _clip(video_id: str, index: int, start: int, end: int, **extra) -> dict:
+    return {"clip_id": f"{video_id[:6]}c{index}", "video_id": video_id, "shot_index": index, "clip_index": index,
+            "start_frame": start, "end_frame": end, "n_frames": end - start, "start_s": start / FPS,
+            "end_s": end / FPS, "duration_s": (end - start) / FPS, "fps": float(FPS), "width": SIZE[0],
+            "height": SIZE[1], "clip_mode": "reference", "path": None, "bars": "none",
+            "motion_score": 1.5 + index, **extra}
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> tuple[Path, dict]:
+    """Four 3-s source videos, 10 clips: reference clips, file clips (one starting 7 frames into its
+    file), a letterboxed clip, a clip too short for any bucket, one rejected by the filter view,
+    one duplicate; two caption versions (one the default) on some clips."""
+    root = tmp_path_factory.mktemp("export")
+    lib = Library(root / "lib", create=True)
+    videos, clips = [], []
+    for v in range(3):
+        video_id = f"{v}" * 32
+        src = write_video(root / f"src{v}.mp4", n_frames=75, fps=FPS, size=SIZE, gop=25, bframes=0)
+        videos.append({"video_id": video_id, "uri": str(src), "width": SIZE[0], "height": SIZE[1], "ingested_at": utcnow()})
+        clips += [_clip(video_id, 0, 0, 37), _clip(video_id, 1, 37, 75)]
+    # video 1's clips live in files, the second one 7 frames into its file (a remux keyframe)
+    media = root / "lib" / "media"
+    _encode_range(media / "a.mp4", 0, 37)
+    _encode_range(media / "b.mp4", 30, 75)
+    clips[2].update(clip_mode="encode", path="media/a.mp4", file_start_frame=0)
+    clips[3].update(clip_mode="remux", path="media/b.mp4", file_start_frame=7)
+    box = "3" * 32
+    src = _letterboxed(root / "box.mp4", 50)
+    videos.append({"video_id": box, "uri": str(src), "width": 160, "height": 128, "ingested_at": utcnow()})
+    clips += [_clip(box, 0, 0, 40, height=128, bars="letterbox", crop_x=0, crop_y=16, crop_w=160, crop_h=96),
+              _clip(box, 1, 40, 50)]                              # 0.4 s: too short for 5 frames at 8 fps
+    lib.commit({"videos": videos, "clips": clips})
+    ids = [c["clip_id"] for c in clips]
+    rejected, duplicate = ids[1], ids[5]
+    (root / "lib" / "views").mkdir(exist_ok=True)
+    atomic_write_table(root / "lib" / "views" / "filters.parquet", pa.table({
+        "clip_id": ids, "passed": [i not in (rejected, duplicate) for i in ids],
+        "reject_reasons": [["motion.min"] if i == rejected else ["duplicate"] if i == duplicate else [] for i in ids],
+        "duplicate_of": [ids[4] if i == duplicate else None for i in ids]}))
+    old = write_captions(root / "lib", {ids[0]: "an old caption of clip zero"}, model="old-model", default=False)
+    new = write_captions(root / "lib", {i: f"a moving white bar, clip {i}" for i in ids[:4]}, model="new-model")
+    truth = {"clips": {c["clip_id"]: c for c in clips}, "selected": {ids[0], ids[2], ids[3], ids[4], ids[6]},
+             "too_short": ids[7], "letterbox": ids[6], "old": old, "new": new,
+             "uri": {v["video_id"]: v["uri"] for v in videos}}
+    return root / "lib", truth
+
+
+@pytest.fixture(scope="module")
+def exported(library, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    lib, _ = library
+    out = tmp_path_factory.mktemp("shards") / "out"
+    buckets = out.parent / "buckets.yaml"
+    buckets.write_text(BUCKETS)
+    proc = export(str(lib), "--out", str(out), "--buckets", str(buckets), "--val-fraction", "0.3",
+                  "--shard-size", "10KB", "--seed", "1")
+    return out, proc
+
+
+def _samples(out: Path) -> list[dict]:
+    import webdataset as wds
+
+    from trainer.shards import list_shards
+
+    tars = list_shards(out, "train") + list_shards(out, "val")
+    return list(wds.WebDataset(tars, shardshuffle=False))
+
+
+def _frame_index(frame: np.ndarray, candidates: range, crop: list[float]) -> int:
+    """Which test-pattern frame a decoded frame shows: the candidate that, cropped and resized like
+    the sample, is closest to it."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    y0, y1 = round(crop[1] * SIZE[1]), round(crop[3] * SIZE[1])
+    x0, x1 = round(crop[0] * SIZE[0]), round(crop[2] * SIZE[0])
+    refs = [cv2.resize(frame_image(i, *SIZE)[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_AREA) for i in candidates]
+    return candidates[int(np.argmin([np.abs(r.astype(int) - frame).mean() for r in refs]))]
+
+
+def test_shards_hold_exactly_the_selection_with_the_right_frames(library, exported):
+    from trainer.shards import Bucket, SampleMeta, decode_mp4
+
+    lib, truth = library
+    out, proc = exported
+    samples = _samples(out)
+    metas = [SampleMeta.from_json(s["json"]) for s in samples]
+    keys = [m.key for m in metas]
+    assert len(keys) == len(set(keys)) and set(keys) == truth["selected"]
+    assert "failed samples: 0" in proc.stdout
+    assert len(list(out.glob("*.tar"))) >= 3                      # 10KB shards: about two samples each
+    manifest = pq.read_table(out / "manifest.parquet")
+    assert sorted(manifest.column("key").to_pylist()) == sorted(keys)
+    for s, m in zip(samples, metas):
+        clip = truth["clips"][m.key]
+        b = Bucket.parse(m.bucket)
+        assert m.key == s["__key__"] and m.fps == 8.0
+        video = decode_mp4(s["mp4"])
+        assert video.shape == (b.frames, b.height, b.width, 3)
+        # every output frame is the source frame nearest its time, inside the clip's range
+        want = [clip["start_frame"] + i for i in window(clip["n_frames"], FPS, 8.0, b.frames)]
+        got = [_frame_index(f, range(clip["start_frame"], clip["end_frame"]), m.lineage["aspect_crop"]) for f in video]
+        assert got == want, (m.key, clip["clip_mode"])
+        assert m.lineage["source_uri"] == truth["uri"][clip["video_id"]]
+        assert m.lineage["frame_start"] == clip["start_frame"] and m.lineage["video_id"] == clip["video_id"]
+        assert m.signals["motion_score"] == clip["motion_score"]
+
+
+def test_letterbox_is_cropped_and_picks_the_wide_bucket(library, exported):
+    from trainer.shards import decode_mp4
+
+    _, truth = library
+    out, _ = exported
+    (s,) = [s for s in _samples(out) if s["__key__"] == truth["letterbox"]]
+    meta = json.loads(s["json"])
+    assert meta["bucket"] == "128x64x9" and meta["lineage"]["aspect"] == "16:9"   # 160x96 inside 160x128
+    video = decode_mp4(s["mp4"])
+    assert video[:, :3].mean() > 40 and video[:, -3:].mean() > 40               # no black rows left
+
+
+def test_captions_default_version_and_every_version(library, exported):
+    _, truth = library
+    out, _ = exported
+    metas = {s["__key__"]: json.loads(s["json"]) for s in _samples(out)}
+    ids = list(truth["clips"])
+    m0 = metas[ids[0]]
+    assert m0["caption"] == f"a moving white bar, clip {ids[0]}" and m0["caption_version"] == truth["new"]
+    assert m0["captions"] == {truth["old"]: "an old caption of clip zero", truth["new"]: m0["caption"]}
+    assert metas[ids[4]]["caption"] == "" and metas[ids[4]]["captions"] == {}
+    card = (out / "README.md").read_text()
+    assert truth["new"] in card and truth["old"] in card and "3 of 5 samples have one" in card
+    assert (out / "card" / "duration.png").stat().st_size > 5000
+    assert (out / "card" / "caption_length.png").stat().st_size > 5000
+
+
+def test_no_source_video_in_both_splits_and_the_trainer_reads_them(library, exported):
+    from trainer.shards import BucketLoader, list_shards
+
+    out, _ = exported
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    by_split = {s: {r["video_id"] for r in manifest if r["split"] == s} for s in ("train", "val")}
+    assert by_split["train"] and by_split["val"] and not by_split["train"] & by_split["val"]
+    for r in manifest:
+        assert Path(out / r["shard"]).name.startswith(r["split"] + "-")
+    train = [r for r in manifest if r["split"] == "train"]
+    loader = BucketLoader(list_shards(out, "train"), batch_size=1, shuffle_buffer=2)
+    keys = set()
+    for batch in loader:
+        if loader.state.epoch > 0:
+            break
+        keys.add(batch.metas[0].key)
+        assert batch.video.shape[1:] == (batch.bucket.frames, batch.bucket.height, batch.bucket.width, 3)
+    assert keys == {r["key"] for r in train} and not loader.skipped
+    card = (out / "README.md").read_text()
+    assert "fits no bucket: `too_short` | 1" in card and f"{len(manifest)} samples" in card
+
+
+def test_killed_export_resumes_without_duplicates(library, tmp_path):
+    lib, truth = library
+    out = tmp_path / "out"
+    buckets = tmp_path / "buckets.yaml"
+    buckets.write_text(BUCKETS)
+    args = [str(lib), "--out", str(out), "--buckets", str(buckets), "--val-fraction", "0.3",
+            "--set", "max_samples_per_shard=1", "--set", "execution.executor=local"]
+    proc = subprocess.Popen([*EXPORT, *args, "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    done = out / ".export" / "done"
+    deadline = time.monotonic() + 120
+    while not (done.is_dir() and any(done.glob("*.json"))) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    finished = sorted(p.stem for p in done.glob("*.json"))
+    assert 1 <= len(finished) < len(truth["selected"]), "the export was not killed half way"
+    mtimes = {n: (out / n).stat().st_mtime_ns for n in finished}
+    (out / ".train-000099.tar.tmp").write_bytes(b"half a shard")    # what a kill mid-write leaves
+    again = export(*args)
+    assert "resuming" in again.stdout
+    assert not list(out.glob(".*.tmp"))
+    assert {n: (out / n).stat().st_mtime_ns for n in finished} == mtimes    # done shards not redone
+    keys = [s["__key__"] for s in _samples(out)]
+    assert len(keys) == len(set(keys)) and set(keys) == truth["selected"]
+    job = json.loads((out / ".export" / "job.json").read_text())
+    assert len(job["runs"]) == 2
+
+
+def test_empty_selection_and_another_plan_are_clear_errors(library, exported, tmp_path):
+    lib, _ = library
+    out, _ = exported
+    proc = export(str(lib), "--out", str(tmp_path / "none"), "--where", "duration_s > 1000", check=False)
+    assert proc.returncode == 2 and "no clips selected" in proc.stderr and "--where duration_s > 1000: 0" in proc.stderr
+    assert not (tmp_path / "none").exists()
+    proc = export(str(lib), "--out", str(tmp_path / "big"), "--where", "duration_s > 1", check=False)
+    assert proc.returncode == 2 and "fits a bucket (too_small: 5)" in proc.stderr    # default buckets: 144p+
+    proc = export(str(lib), "--out", str(out), "--where", "duration_s > 1", "--buckets", str(out.parent / "buckets.yaml"),
+                  check=False)
+    assert proc.returncode == 2 and "holds another export" in proc.stderr
+    proc = export(str(lib), "--out", str(tmp_path / "x"), "--caption-version", "nope", check=False)
+    assert proc.returncode == 2 and "no caption version 'nope'" in proc.stderr
+
+
+def test_split_by_video_is_seeded_and_keeps_train():
+    counts = {f"video{i}": 1 + i % 4 for i in range(40)}
+    a, b = split_videos(counts, 0.2, seed=0), split_videos(counts, 0.2, seed=0)
+    assert a == b and a != split_videos(counts, 0.2, seed=1)
+    val = sum(counts[v] for v, s in a.items() if s == "val")
+    assert abs(val - 0.2 * sum(counts.values())) <= 4
+    assert set(split_videos({"only": 5}, 0.5, 0).values()) == {"train"}
+    assert set(split_videos(counts, 0.0, 0).values()) == {"train"}
+
+
+def test_bucket_assignment():
+    cfg = BucketConfig(fps=8, frames=[9, 17], resolutions={"small": 36864, "big": 230400},
+                       aspect_ratios=["9:16", "1:1", "16:9"])
+    a = assign(640, 360, 50, 30.0, cfg)
+    assert a.bucket.name == "640x352x9" and a.resolution == "big" and a.aspect == "16:9"   # 50 frames: 1.7 s
+    assert assign(300, 170, 200, 30.0, cfg).bucket.name == "256x144x17"                     # no upscaling
+    assert assign(360, 640, 200, 30.0, cfg).aspect == "9:16"
+    assert assign(640, 360, 20, 30.0, cfg) == "too_short"
+    assert assign(100, 60, 200, 30.0, cfg) == "too_small"
+    assert assign(1000, 100, 200, 30.0, cfg) == "aspect"
+    assert window(30, 30.0, 8.0, 9) is not None and window(28, 30.0, 8.0, 9) is None
