@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/recap samples $(DEMO)/samples --seed 0
+	@test -f $(DEMO)/samples/truth.json || $(BIN)/recap samples $(DEMO)/samples --seed 0
 	$(BIN)/recap ingest $(DEMO)/samples --out $(DEMO)/lib
+	$(BIN)/recap caption $(DEMO)/lib --backend signals
+	$(BIN)/recap index $(DEMO)/lib
+	$(BIN)/recap search $(DEMO)/lib "a static shot" --top-k 3
 	$(BIN)/recap info $(DEMO)/lib
 
 test: $(STAMP)

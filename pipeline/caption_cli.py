@@ -8,8 +8,8 @@ captions becomes the default (LIB/captions/default.json), which export uses; cha
 --make-default or --set-default.
 
 Clips: those that pass the filter view (`recap filter`), or all clips when there is none (or with
---all), narrowed by --where, a SQL condition over the clips columns, e.g.
---where "duration_s >= 4 and camera_motion = 'static'".
+--all), narrowed by --where, an expression in recap's filter language (the same one as
+`recap search` and `recap export`), e.g. --where 'duration_s >= 4 and camera_motion == "static"'.
 
 Backends:
   transformers  the model in this process or in a Ray actor pool (--model HF_ID_OR_FOLDER);
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: from the config (transformers)")
     p.add_argument("--prompt", help="prompt template: dense (default), short, or a path to a .txt file")
     p.add_argument("--base-url", help="openai backend: server URL, e.g. http://localhost:8000/v1")
-    p.add_argument("--where", metavar="SQL", help="only clips matching this SQL condition over the clips columns")
+    p.add_argument("--where", metavar="EXPR", help="only clips matching this filter expression, e.g. 'duration_s > 3 and not passed'")
     p.add_argument("--all", action="store_true", dest="all_clips", help="ignore the filter view: consider every clip")
     p.add_argument("--limit", type=int, metavar="N", help="caption at most N clips this run")
     p.add_argument("--config", metavar="FILE", help="YAML layered over configs/captioner.yaml")

@@ -51,10 +51,9 @@ class CaptionSummary:
 # ---- which clips --------------------------------------------------------------------------------
 def select_clips(lib_root: str | Path, where: str | None = None, all_clips: bool = False) -> list[dict[str, Any]]:
     """Clip rows to caption, each with its source `video_uri`: the clips that pass the filter view
-    (all clips when there is no view or `all_clips`), narrowed by a SQL `where` over the clips
-    columns plus `passed` and `reject_reasons`."""
-    import duckdb
-
+    (all clips when there is no view or `all_clips`), narrowed by `where`, an expression in the
+    tool's one filter language (index/where.py) over the clips columns and `passed`."""
+    from index.catalog import compile_for_schema
     from pipeline.filters import read_clips, read_view
     from pipeline.library import Library
 
@@ -66,13 +65,7 @@ def select_clips(lib_root: str | Path, where: str | None = None, all_clips: bool
         if not all_clips:
             clips = clips.filter(pc.fill_null(clips.column("passed"), False))
     if where:
-        con = duckdb.connect()
-        con.register("clips", clips)
-        try:
-            keep = {r[0] for r in con.execute(f"SELECT clip_id FROM clips WHERE {where}").fetchall()}
-        except duckdb.Error as e:
-            raise ValueError(f"--where {where!r}: {str(e).splitlines()[0]}") from e
-        clips = clips.filter(pc.is_in(clips.column("clip_id"), pa.array(sorted(keep), pa.string())))
+        clips = clips.filter(compile_for_schema(where, clips.schema).arrow())
     videos = lib.read("videos", ["video_id", "uri"])
     uris = dict(zip(videos.column("video_id").to_pylist(), videos.column("uri").to_pylist()))
     rows = clips.select([c for c in ROW_COLUMNS if c in clips.column_names]).to_pylist()

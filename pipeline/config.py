@@ -94,6 +94,14 @@ class ExecutionConfig:
 
 
 @dataclass
+class AfterIngestConfig:
+    filter: bool = True                 # refresh the filter view (LIB/views/filters.parquet)
+    caption: bool = False               # caption the new clips (recap caption) in the same job
+    caption_config: str | None = None   # captioner YAML layered over configs/captioner.yaml
+    caption_set: list[str] = field(default_factory=list)  # captioner --set overrides
+
+
+@dataclass
 class IngestConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     shots: ShotsConfig = field(default_factory=ShotsConfig)
@@ -101,6 +109,7 @@ class IngestConfig:
     signals: SignalsConfig = field(default_factory=SignalsConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    after: AfterIngestConfig = field(default_factory=AfterIngestConfig)
 
 
 def load_ingest_config(path: str | Path | None = None, overrides: list[str] | None = None) -> IngestConfig:

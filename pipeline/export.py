@@ -373,15 +373,16 @@ class ExportSummary:
     tar_bytes: int
     input_bytes: int
     seconds: float
+    rendered: int             # samples rendered by this run (the rest were done by an earlier one)
     notes: list[str]
 
     def lines(self) -> list[str]:
         mb = self.tar_bytes / 1e6
-        rate = self.samples / self.seconds if self.seconds else 0.0
+        rate = self.rendered / self.seconds if self.seconds else 0.0
         return [f"{self.samples} samples in {self.shards} shards ({mb:.1f} MB) -> {self.out}"
                 + (f", {self.resumed_shards} shards already done" if self.resumed_shards else ""),
                 f"failed samples: {self.failed}" + (f" (see {self.out}/README.md)" if self.failed else ""),
-                f"took {self.seconds:.1f} s ({rate:.2f} clips/s written this run)"]
+                f"took {self.seconds:.1f} s ({self.rendered} clips rendered, {rate:.2f} clips/s)"]
 
 
 def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
@@ -406,7 +407,12 @@ def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
         job = json.loads(job_path.read_text())
     job.setdefault("runs", []).append(run)
     atomic_write_bytes(job_path, json.dumps(job, indent=2, default=str).encode())
-    return {p.name.removesuffix(".json") for p in (state / "done").glob("*.json")}
+    done = set()
+    for record in (state / "done").glob("*.json"):
+        name = record.name.removesuffix(".json")
+        if (out / name).exists() or not json.loads(record.read_text())["tar_bytes"]:   # a deleted shard is redone
+            done.add(name)
+    return done
 
 
 def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: bool) -> None:
@@ -471,6 +477,7 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
     if done:
         log(f"resuming: {len(plan.shards) - len(todo)} of {len(plan.shards)} shards already written")
     _run_shards(out, todo, cfg, progress)
+    fresh = {s.name for s in todo}
     records = [json.loads((out / STATE / "done" / f"{s.name}.json").read_text()) for s in plan.shards]
     manifest = write_manifest(out, plan, records)
     job = json.loads((out / STATE / "job.json").read_text())
@@ -480,4 +487,5 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
                          shards=sum(1 for r in records if r["tar_bytes"]), resumed_shards=len(plan.shards) - len(todo),
                          tar_bytes=sum(r["tar_bytes"] for r in records),
                          input_bytes=sum(s["input_bytes"] for r in records for s in r["samples"]),
-                         seconds=seconds, notes=sel.notes)
+                         seconds=seconds, rendered=sum(len(r["samples"]) for r in records if r["shard"] in fresh),
+                         notes=sel.notes)

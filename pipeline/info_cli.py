@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -51,4 +52,31 @@ def summary_lines(lib: "Library") -> list[str]:
                      f"{durations[-1]:.2f} s; files {sum(c['file_bytes'] or 0 for c in clips) / 1e6:.1f} MB")
     lines.append(f"  errors  {len(errors):>6}" + ("   " + ", ".join(
         f"{k}={v}" for k, v in Counter(e["error_type"] for e in errors).most_common()) if errors else ""))
+    lines += _view_lines(lib.root) + _caption_lines(lib.root)
     return lines
+
+
+def _view_lines(root: Path) -> list[str]:
+    from pipeline.filters import read_view, reason_counts
+
+    found = read_view(root)
+    if found is None:
+        return ["  filter  (no view yet: run `recap filter`)"]
+    view = found[0]
+    kept = sum(view.column("passed").to_pylist())
+    reasons = ", ".join(f"{k}={v}" for k, v in list(reason_counts(view).items())[:5])
+    return [f"  passed  {kept:>6}   of {view.num_rows}" + (f"; rejected for {reasons}" if reasons else "")]
+
+
+def _caption_lines(root: Path) -> list[str]:
+    from captioner.versions import CaptionStore
+
+    store = CaptionStore(root)
+    versions = store.versions()
+    if not versions:
+        return ["  captions (none yet: run `recap caption`)"]
+    default = store.default()
+    return [f"  captions version {v['version']}{' (default)' if v['version'] == default else ''}: "
+            f"{sum(v['counts'].values())} clips ("
+            + ", ".join(f"{k} {n}" for k, n in v["counts"].items()) + f"), {v['model_id'] or v['backend']}"
+            for v in versions]

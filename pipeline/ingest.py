@@ -170,10 +170,30 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
         bar.close()
         ray.kill(claims)
 
+    from pipeline.filters import VIEW_PATH
+
+    if summary.ingested or not (lib.root / VIEW_PATH).exists():
+        _after_ingest(lib.root, cfg, ray_address, progress)
     summary.wall_seconds = time.perf_counter() - t0
     lib.record_run({"at": utcnow().isoformat(), "command": command, "config": to_dict(cfg),
                     "summary": dataclasses.asdict(summary)})
     return summary
+
+
+def _after_ingest(lib_root: Path, cfg: IngestConfig, ray_address: str | None, progress: bool) -> None:
+    """The stages that read the committed library: the filter view, then (optionally) captions."""
+    if cfg.after.filter:
+        from pipeline.filters import load_filter_config, run_filters
+
+        view, _ = run_filters(lib_root, load_filter_config())
+        print(f"filter view: {sum(view.column('passed').to_pylist())} of {view.num_rows} clips pass", file=sys.stderr)
+    if cfg.after.caption:
+        from captioner.config import load_caption_config
+        from pipeline.caption_stage import run_caption
+
+        caption_cfg = load_caption_config(cfg.after.caption_config, cfg.after.caption_set)
+        result = run_caption(lib_root, caption_cfg, ray_address=ray_address, progress=progress)
+        print(f"captions: version {result.version}: {result.captioned} new, {result.skipped} already done", file=sys.stderr)
 
 
 def _count(summary: IngestSummary, result: SourceResult) -> None:

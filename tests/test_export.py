@@ -299,3 +299,21 @@ def test_bucket_assignment():
     assert assign(100, 60, 200, 30.0, cfg) == "too_small"
     assert assign(1000, 100, 200, 30.0, cfg) == "aspect"
     assert window(30, 30.0, 8.0, 9) is not None and window(28, 30.0, 8.0, 9) is None
+
+
+def test_query_selects_search_hits_that_pass_the_filters(tmp_path):
+    from index.api import Library as IndexLibrary
+    from pipeline.export import select
+    from tests.index_fixtures import CLIPS, clip_id, make_library
+
+    root = make_library(tmp_path / "lib")
+    with IndexLibrary(root) as lib:
+        lib.index(log=lambda *a: None)
+    sel = select(root, query="a dog running on the beach", top_k=3)
+    ids = sel.clips.column("clip_id").to_pylist()
+    assert len(ids) == 3 and clip_id(0) in ids and max(sel.scores, key=sel.scores.get) == clip_id(0)
+    rejected = {clip_id(i) for i, c in enumerate(CLIPS) if not c[3] or c[4] is not None}
+    assert not rejected & set(ids)           # the failed sandcastle and the duplicate dog are out
+    sel = select(root, query="a dog running on the beach", top_k=3, where="duration_s < 4")
+    assert set(sel.clips.column("duration_s").to_pylist()) <= {3.0, 3.5, 2.5} and len(sel.clips) == 3
+    assert sel.steps[-1][0].startswith("--query")
