@@ -14,6 +14,9 @@ latest wins.
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import hashlib
 import json
 from pathlib import Path
@@ -69,6 +72,9 @@ def version_id(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
+STALE_TMP_S = 600  # far longer than writing one part takes
+
+
 class CaptionStore:
     """Read and append caption rows of one library; mark the default version."""
 
@@ -77,8 +83,11 @@ class CaptionStore:
         self.root.mkdir(parents=True, exist_ok=True)
         from pipeline.library import TMP_SUFFIX
 
-        for stray in self.root.glob(f"*{TMP_SUFFIX}"):  # a crash mid-write leaves only these
-            stray.unlink(missing_ok=True)
+        # a crash mid-write leaves only temp files; a young one may be another process's write
+        for stray in self.root.glob(f"*{TMP_SUFFIX}"):
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - stray.stat().st_mtime > STALE_TMP_S:
+                    stray.unlink(missing_ok=True)
 
     def parts(self) -> list[Path]:
         return sorted(self.root.glob("part-*.parquet"))

@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "filter": "pipeline.filter_cli",
     "report": "pipeline.report_cli",
     "caption": "pipeline.caption_cli",
+    "export": "pipeline.export_cli",
     "index": "pipeline.index_cli",
     "search": "pipeline.search_cli",
     "train": "trainer.cli",

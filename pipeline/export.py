@@ -244,14 +244,27 @@ def _picture(row: dict[str, Any], video: dict[str, Any]) -> tuple[tuple[float, f
     return box, *((ph, pw) if turned else (pw, ph))
 
 
+def _video_facts(root: Path) -> dict[str, dict[str, Any]]:
+    """video_id -> coded width/height and rotation, from committed `videos/` parts. Read-only:
+    opening `pipeline.library.Library` would run its crash recovery under a running ingest."""
+    import pyarrow.parquet as pq
+
+    committed = {p.stem for p in (root / "_commits").glob("*.json")}
+    out: dict[str, dict[str, Any]] = {}
+    for part in sorted((root / "videos").glob("part-*.parquet")):
+        if part.stem.removeprefix("part-") in committed:
+            names = pq.read_schema(part).names
+            cols = [c for c in ("video_id", "width", "height", "rotation") if c in names]
+            out.update((r["video_id"], r) for r in pq.read_table(part, columns=cols).to_pylist())
+    return out
+
+
 def plan_export(root: str | Path, sel: Selection, buckets: BucketConfig, cfg: ExportConfig) -> Plan:
     """Bucket, split and shard the selection; deterministic for the same inputs and seed."""
-    from pipeline.library import Library
     from pipeline.signals.columns import SIGNAL_COLUMNS
 
     root = Path(root).resolve()
-    vt = Library(root).read("videos", ["video_id", "width", "height", "rotation"])
-    videos = {r["video_id"]: r for r in vt.to_pylist()}
+    videos = _video_facts(root)
     signal_names = [n for n, t, _ in SIGNAL_COLUMNS if n in sel.clips.column_names and not pa.types.is_list(t)]
     rows = sorted(sel.clips.to_pylist(), key=lambda r: r["clip_id"])
     skipped: dict[str, int] = {}
@@ -272,26 +285,30 @@ def plan_export(root: str | Path, sel: Selection, buckets: BucketConfig, cfg: Ex
     for row, a, box in assigned:
         split = split_of[row["video_id"]]
         by_split[split].append(_planned(root, row, a, box, split, sel, signal_names, buckets, cfg))
-    shard_bytes = parse_size(cfg.shard_size)
     shards: list[ShardPlan] = []
     for split, samples in by_split.items():
         random.Random(f"{cfg.seed}-{split}").shuffle(samples)    # mix buckets and videos in a shard
-        current: list[PlannedSample] = []
-        size = 0
-        for s in samples:
-            if current and (size + s.est_bytes > shard_bytes or len(current) >= cfg.max_samples_per_shard):
-                shards.append(ShardPlan(shard_name(split, len([p for p in shards if p.split == split])), split, current))
-                current, size = [], 0
-            current.append(s)
-            size += s.est_bytes
-        if current:
-            shards.append(ShardPlan(shard_name(split, len([p for p in shards if p.split == split])), split, current))
+        for i, chunk in enumerate(_chunks(samples, parse_size(cfg.shard_size), cfg.max_samples_per_shard)):
+            shards.append(ShardPlan(shard_name(split, i), split, chunk))
     digest = hashlib.sha256()
     for shard in shards:
         digest.update(shard.name.encode())
         for s in shard.samples:
             digest.update(json.dumps(asdict(s.spec), sort_keys=True).encode() + s.meta.to_json())
     return Plan(shards, skipped, digest.hexdigest()[:16])
+
+
+def _chunks(samples: list[PlannedSample], max_bytes: int, max_samples: int) -> list[list[PlannedSample]]:
+    """Consecutive runs of samples, each under `max_bytes` (estimated) and `max_samples`."""
+    chunks: list[list[PlannedSample]] = []
+    size = 0
+    for s in samples:
+        if not chunks or size + s.est_bytes > max_bytes or len(chunks[-1]) >= max_samples:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(s)
+        size += s.est_bytes
+    return chunks
 
 
 def _planned(root: Path, row: dict[str, Any], a: Assignment, box: tuple[float, float, float, float], split: str,
@@ -465,6 +482,10 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
         raise ExportError(f"none of the {sel.clips.num_rows} selected clips fits a bucket "
                           f"({', '.join(f'{k}: {v}' for k, v in plan.skipped.items())}); "
                           "see configs/buckets.yaml (frames, resolutions, aspect_ratios)")
+    if cfg.val_fraction > 0 and not any(s.split == "val" for s in plan.shards):
+        n_videos = len({s.meta.lineage["video_id"] for shard in plan.shards for s in shard.samples})
+        sel.notes.append(f"no validation split: {n_videos} source video(s), and videos are never divided "
+                         f"(val_fraction {cfg.val_fraction:g} of the clips is closer to none than to one video)")
     for note in sel.notes:
         log(f"note: {note}")
     job = {"format_version": FORMAT_VERSION, "fingerprint": plan.fingerprint, "library": str(root.resolve()),

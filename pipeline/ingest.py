@@ -110,7 +110,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
     from pipeline.sources import expand_sources
 
     t0 = time.perf_counter()
-    lib = Library(lib_root, create=True)
+    lib = Library(lib_root, write=True)
     items = expand_sources(sources, cfg.sources)
     handled = lib.handled_sources()
     todo = [s.uri for s in items if handled.get(s.uri, "failed") == "failed"]
@@ -177,6 +177,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
     summary.wall_seconds = time.perf_counter() - t0
     lib.record_run({"at": utcnow().isoformat(), "command": command, "config": to_dict(cfg),
                     "summary": dataclasses.asdict(summary)})
+    lib.close()
     return summary
 
 

@@ -67,10 +67,30 @@ def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-class Library:
-    """A clip library folder: open (creating it if needed), recover from a crash, read tables."""
+def _take_writer_lock(root: Path) -> int:
+    """An exclusive flock on LIB/.writer.lock: one writing process per library at a time. The
+    kernel drops it when the process dies, so a kill -9 never leaves a stale lock."""
+    import fcntl
 
-    def __init__(self, root: str | Path, create: bool = False, config: dict[str, Any] | None = None):
+    fd = os.open(root / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LibraryError(f"another recap process (pid {holder}) is writing to {root}; "
+                           "wait for it to finish, or stop it and rerun") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+class Library:
+    """A clip library folder. Opened to read by default (many readers, never changes anything);
+    `write=True` creates it if needed, takes the single-writer lock and removes what a crashed
+    writer left behind."""
+
+    def __init__(self, root: str | Path, write: bool = False):
         self.root = Path(root)
         meta_path = self.root / "library.json"
         if meta_path.exists():
@@ -78,7 +98,7 @@ class Library:
             if meta.get("schema_version") != SCHEMA_VERSION:
                 raise LibraryError(f"{self.root}: schema version {meta.get('schema_version')}, "
                                    f"this recap reads version {SCHEMA_VERSION}")
-        elif create:
+        elif write:
             if self.root.exists() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
                 raise LibraryError(f"{self.root} exists, is not empty and is not a recap library")
             self.root.mkdir(parents=True, exist_ok=True)
@@ -87,10 +107,18 @@ class Library:
         else:
             raise LibraryError(f"{self.root} is not a recap library (no library.json); run `recap ingest` first")
         self.meta = meta
-        for name in [*TABLES, COMMITS]:
-            (self.root / name).mkdir(exist_ok=True)
-        (self.root / "media").mkdir(exist_ok=True)
-        self.recover()
+        self._lock_fd: int | None = None
+        if write:
+            self._lock_fd = _take_writer_lock(self.root)
+            for name in [*TABLES, COMMITS, "media"]:
+                (self.root / name).mkdir(exist_ok=True)
+            self.recover()
+
+    def close(self) -> None:
+        """Release the writer lock (also released when the process ends, however it ends)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # ---- crash recovery -------------------------------------------------------------------
     def committed_batches(self) -> set[str]:
@@ -117,6 +145,8 @@ class Library:
     # ---- writing --------------------------------------------------------------------------
     def commit(self, rows: dict[str, list[dict[str, Any]]]) -> str | None:
         """Write one batch of rows (table name -> rows) atomically; return its batch id."""
+        if self._lock_fd is None:
+            raise LibraryError(f"{self.root} was opened read-only")
         if not any(rows.values()):
             return None
         batch_id = new_batch_id()
@@ -140,7 +170,9 @@ class Library:
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """All committed rows of a table (empty table with the schema when there are none)."""
         schema = table_schema(table)
-        paths = sorted((self.root / table).glob("part-*.parquet"))
+        committed = self.committed_batches()  # parts of a batch still being written are not there yet
+        paths = sorted(p for p in (self.root / table).glob("part-*.parquet")
+                       if p.stem.removeprefix("part-") in committed)
         if not paths:
             return schema.empty_table().select(columns) if columns else schema.empty_table()
         tables = [pq.read_table(p, columns=columns, schema=schema) for p in paths]

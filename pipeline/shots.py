@@ -13,7 +13,8 @@ brightness, contrast, how much of the frame is dark, and, against a ring buffer 
 `detect_shots` then works on those arrays alone (264 bytes per frame):
 
 1. black / flat frames (mostly dark, or no contrast at all) are transitions;
-2. fades: the contrast ramps monotonically into or out of a black / flat run;
+2. fades: the contrast ramps monotonically into or out of a black / flat run, or down to a
+   dark frame and straight up again (a fade out-in with no black frame);
 3. hard cuts: ContentDetector's score and a structure jump together, larger than the frames
    on either side (fast motion changes every frame, a cut only one), and not undone within
    `flash_max_frames` (a flash, an explosion, a camera strobe returns to the same picture);
@@ -29,7 +30,7 @@ exclusive; a cut is a zero-length transition at the first frame of the new shot.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 
 import cv2
@@ -49,8 +50,6 @@ HIST_BINS = 4            # per channel: 4x4x4 joint BGR histogram
 MIN_THUMB_STD = 2.0      # a thumbnail flatter than this has no structure to correlate
 BLEND_EDGE = 0.15        # a dissolve frame differs in colour from both shots by this share of
                          # the shots' own difference (the rest is added back as a margin)
-
-KINDS = ("start", "end", "cut", "fade", "dissolve", "black")
 
 
 @dataclass(frozen=True)
@@ -225,35 +224,18 @@ def _fade_ramp(f: FeatureArrays, anchor: int, step: int, level: float, cfg: Shot
     return length
 
 
-def _cut_candidates(f: FeatureArrays, cfg: ShotsConfig) -> list[int]:
-    s1 = f.structure[:, 0].astype(np.float64)
-    s1 = np.nan_to_num(s1, nan=0.0)
+def _cut_candidates(f: FeatureArrays, cfg: ShotsConfig, flashes: np.ndarray) -> list[int]:
+    s1 = np.nan_to_num(f.structure[:, 0].astype(np.float64), nan=0.0)
     n = f.n
     cuts = []
     for t in np.flatnonzero((s1 >= cfg.cut_structure) & (f.content >= cfg.cut_threshold)):
         t = int(t)
-        if t == 0:
+        if t == 0 or flashes[t]:
             continue
         neighbours = max(s1[t - 1], s1[t + 1] if t + 1 < n else 0.0)
-        if s1[t] - neighbours < cfg.cut_contrast:
-            continue   # the frames around change as much: motion, not a cut
-        if _is_flash(f, t, cfg):
-            continue
-        cuts.append(t)
+        if s1[t] - neighbours >= cfg.cut_contrast:   # else the frames around change as much: motion
+            cuts.append(t)
     return cuts
-
-
-def _is_flash(f: FeatureArrays, t: int, cfg: ShotsConfig) -> bool:
-    """The picture before t comes back within flash_max_frames after t."""
-    for j in range(1, cfg.flash_max_frames + 1):
-        if t + j >= f.n:
-            break
-        for i in (1, 2):
-            if t - i < 0 or i + j not in LAG_INDEX:
-                continue
-            if f.s(t + j, i + j) < cfg.cut_structure * 0.5:
-                return True
-    return False
 
 
 def _flash_frames(f: FeatureArrays, cfg: ShotsConfig) -> np.ndarray:
@@ -382,19 +364,30 @@ def detect_shots(features: ShotDetector | FeatureArrays, cfg: ShotsConfig) -> Sh
             r = _fade_ramp(f, b - 1, +1, level, cfg, stop=n)
             if r >= cfg.fade_min_frames:
                 ramps.append((b, b + r))
+    # a fade out straight into a fade in dips to dark without a black frame: the darkest
+    # frame, with steady ramps on both sides, anchors the fade
+    energy = f.luma_mean + f.luma_std
+    for t in range(1, n - 1):
+        if (kind[t] == "" and energy[t] < energy[t - 1] and energy[t] <= energy[t + 1]
+                and f.luma_mean[t] <= 1.5 * cfg.black_luma):
+            before = _fade_ramp(f, t, -1, float(f.luma_mean[t]), cfg, stop=-1)
+            after = _fade_ramp(f, t, +1, float(f.luma_mean[t]), cfg, stop=n)
+            if min(before, after) >= cfg.fade_min_frames:
+                ramps.append((t - before, t + 1 + after))
     for a, b in ramps:
         kind[a:b] = np.where(kind[a:b] == "", "fade", kind[a:b])
 
     # 3. hard cuts: not inside a fade ramp (a fade from black starts with a big relative
     # change) nor between two transition frames (noise in the black)
-    cuts = [t for t in _cut_candidates(f, cfg)
+    flashes = _flash_frames(f, cfg)
+    cuts = [t for t in _cut_candidates(f, cfg, flashes)
             if kind[t] != "fade" and kind[t - 1] != "fade" and not (kind[t] and kind[t - 1])]
 
     # 4. dissolves, strongest first, away from everything already found
     busy = kind != ""
     for t in cuts:
         busy[t - 1:t + 1] = True
-    for start, end in _dissolves(f, cfg, busy | _flash_frames(f, cfg)):
+    for start, end in _dissolves(f, cfg, busy | flashes):
         kind[start:end] = np.where(kind[start:end] == "", "dissolve", kind[start:end])
 
     return _assemble(n, kind, cuts, cfg)

@@ -47,7 +47,7 @@ def make_library(root: Path, signals: bool = True) -> tuple[Path, list[dict]]:
     remux   frames 55..85 in a file that starts at keyframe 50 (file_start_frame 5)
     reference frames 60..99, read from the source video."""
     src = write_video(root / "source.mp4", n_frames=100, fps=FPS, size=SIZE, gop=25)
-    lib = Library(root / "lib", create=True)
+    lib = Library(root / "lib", write=True)
     video_id = "v" * 32
     media = root / "lib" / "media"
     enc = _write_range(media / "enc.mp4", 10, 40)

@@ -14,6 +14,18 @@ SHARED_SHOTS = ROOT.parent / "shared" / "data" / "shots"
 RECAP = [sys.executable, "-m", "pipeline.cli"]
 
 
+@pytest.fixture(autouse=True)
+def _no_ray_left_running():
+    """A test that started Ray in this process shuts it down, so later tests (which start and
+    stop clusters of their own) never pull the ground from under a live driver."""
+    yield
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def shared_shots() -> Path:
     """The real test videos with ground truth; tests skip where a clone does not have them."""

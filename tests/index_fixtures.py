@@ -34,7 +34,7 @@ def clip_id(i: int) -> str:
 
 def make_library(root: Path, with_captions: bool = True) -> Path:
     """Write videos/, clips/, the filter view and (optionally) captions/ for CLIPS."""
-    lib = Library(root, create=True)
+    lib = Library(root, write=True)
     now = datetime.now(timezone.utc)
     video_id = "v" * 32
     videos = [{"video_id": video_id, "uri": "/data/demo.mp4", "ingested_at": now}]

@@ -91,7 +91,7 @@ def library(tmp_path_factory) -> tuple[Path, dict]:
     file), a letterboxed clip, a clip too short for any bucket, one rejected by the filter view,
     one duplicate; two caption versions (one the default) on some clips."""
     root = tmp_path_factory.mktemp("export")
-    lib = Library(root / "lib", create=True)
+    lib = Library(root / "lib", write=True)
     videos, clips = [], []
     for v in range(3):
         video_id = f"{v}" * 32

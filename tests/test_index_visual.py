@@ -67,7 +67,7 @@ def visual_lib(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("visual")
     source = write_segments(tmp / "source.mp4", SEGMENTS)
     root = tmp / "lib"
-    lib = ClipLibrary(root, create=True)
+    lib = ClipLibrary(root, write=True)
     video_id = "a" * 32
     clips = []
     for i in range(len(SEGMENTS)):

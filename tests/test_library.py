@@ -16,7 +16,7 @@ def _source(uri: str) -> dict:
 
 
 def test_commit_and_read_back(tmp_path) -> None:
-    lib = Library(tmp_path / "lib", create=True)
+    lib = Library(tmp_path / "lib", write=True)
     batch = lib.commit({"sources": [_source("a"), _source("b")]})
     assert batch
     t = lib.read("sources")
@@ -27,19 +27,39 @@ def test_commit_and_read_back(tmp_path) -> None:
 
 
 def test_uncommitted_parts_and_temp_files_are_removed_on_open(tmp_path) -> None:
-    lib = Library(tmp_path / "lib", create=True)
+    lib = Library(tmp_path / "lib", write=True)
     lib.commit({"sources": [_source("a")]})
     batch = lib.commit({"sources": [_source("b")]})
     # simulate a crash after the data file but before the commit marker
     (lib.root / "_commits" / f"{batch}.json").unlink()
     (lib.root / "clips" / ".part-x.parquet.123.tmp").write_bytes(b"half")
-    reopened = Library(lib.root)
-    assert reopened.handled_sources() == {"a": "ingested"}
+    lib.close()
+    assert Library(lib.root).handled_sources() == {"a": "ingested"}  # readers skip the orphan part
+    assert (lib.root / "clips" / ".part-x.parquet.123.tmp").exists()  # ... and never delete anything
+    Library(lib.root, write=True)  # the next writer cleans up
     assert not list((lib.root / "clips").glob("*.tmp"))
+    assert len(list((lib.root / "sources").glob("part-*.parquet"))) == 1
+
+
+def test_one_writer_at_a_time_and_readers_never_see_a_batch_in_progress(tmp_path) -> None:
+    lib = Library(tmp_path / "lib", write=True)
+    with pytest.raises(LibraryError, match="another recap process"):
+        Library(lib.root, write=True)
+    # a batch whose marker is not written yet (the writer is between parts and marker)
+    from pipeline.library import atomic_write_table, rows_to_table
+
+    row = _source("z") | {"batch_id": "inflight"}
+    atomic_write_table(lib.root / "sources" / "part-inflight.parquet", rows_to_table("sources", [row]))
+    assert Library(lib.root).handled_sources() == {}
+    assert (lib.root / "sources" / "part-inflight.parquet").exists()
+    with pytest.raises(LibraryError, match="read-only"):
+        Library(lib.root).commit({"sources": [_source("y")]})
+    lib.close()
+    Library(lib.root, write=True).close()  # the lock is free again
 
 
 def test_empty_tables_have_schema(tmp_path) -> None:
-    lib = Library(tmp_path / "lib", create=True)
+    lib = Library(tmp_path / "lib", write=True)
     for table in TABLES:
         assert lib.read(table).num_rows == 0
         assert lib.read(table).schema.equals(table_schema(table))
@@ -51,11 +71,11 @@ def test_not_a_library(tmp_path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "file.txt").write_text("hello")
     with pytest.raises(LibraryError, match="not empty"):
-        Library(tmp_path / "x", create=True)
+        Library(tmp_path / "x", write=True)
 
 
 def test_schema_version_mismatch(tmp_path) -> None:
-    lib = Library(tmp_path / "lib", create=True)
+    lib = Library(tmp_path / "lib", write=True)
     meta = json.loads((lib.root / "library.json").read_text())
     meta["schema_version"] = 999
     (lib.root / "library.json").write_text(json.dumps(meta))
@@ -65,7 +85,7 @@ def test_schema_version_mismatch(tmp_path) -> None:
 
 def test_parts_are_plain_parquet(tmp_path) -> None:
     duckdb = pytest.importorskip("duckdb")
-    lib = Library(tmp_path / "lib", create=True)
+    lib = Library(tmp_path / "lib", write=True)
     lib.commit({"sources": [_source("a"), _source("b")]})
     part = next((lib.root / "sources").glob("part-*.parquet"))
     assert pq.read_table(part).num_rows == 2

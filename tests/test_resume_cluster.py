@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -73,8 +74,8 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: set[str], 
     try:
         subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false",
                         f"--temp-dir={temp}", *common], check=True, capture_output=True, timeout=120, env=env)
-        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", *common], check=True, capture_output=True,
-                       timeout=120, env=env)
+        subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp}", *common], check=True,
+                       capture_output=True, timeout=120, env=env)
         lib = tmp_path / "lib"
         recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
               f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_video=1", env=auth)
@@ -82,4 +83,23 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: set[str], 
         nodes = set(Library(lib).read("videos", ["worker_node"]).column("worker_node").to_pylist())
         assert len(nodes) == 2, f"work did not spread over both nodes: {nodes}"
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120, env=env)
+        _stop_cluster(temp, port)
+
+
+def _stop_cluster(temp_dir: str, port: int) -> None:
+    """Kill this test's Ray processes only (`ray stop` would kill every Ray on the machine): those
+    whose command line names its temp dir or port, and their children."""
+    import psutil
+
+    marks = (temp_dir, f":{port}")
+    mine = {}
+    for p in psutil.process_iter(["cmdline"]):
+        if any(m in arg for arg in (p.info["cmdline"] or []) for m in marks):
+            with contextlib.suppress(psutil.Error):
+                for q in [p, *p.children(recursive=True)]:
+                    mine[q.pid] = q
+    mine = list(mine.values())
+    for p in mine:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(mine, timeout=30)

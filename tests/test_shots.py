@@ -53,7 +53,8 @@ def test_hard_cuts_between_moving_shots() -> None:
         ("start", "cut"), ("cut", "cut"), ("cut", "end")]
 
 
-@pytest.mark.parametrize("fade", [FadeThroughBlack(8, 4, 8), FadeThroughBlack(4, 1, 12), FadeThroughBlack(20, 10, 5)])
+@pytest.mark.parametrize("fade", [FadeThroughBlack(8, 4, 8), FadeThroughBlack(4, 1, 12), FadeThroughBlack(20, 10, 5),
+                                  FadeThroughBlack(5, 0, 5)])   # the last dips to dark, no black frame
 def test_fade_through_black(fade: FadeThroughBlack) -> None:
     result, truth = run([Shot(40, "objects"), fade, Shot(40, "pan")], seed=1)
     assert result.hard_cuts == []
