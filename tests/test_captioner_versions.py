@@ -8,6 +8,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -74,9 +75,12 @@ def test_store_appends_parts_and_reads_the_latest_row(tmp_path):
     assert latest.num_rows == 2 and sorted(latest.column("text").to_pylist()) == ["A.", "B."]
     assert store.read("v1", latest=False).num_rows == 3
     assert all(pq.read_schema(p).equals(CAPTION_SCHEMA) for p in store.parts())
-    (store.root / ".part-x.parquet.abc.tmp").write_bytes(b"half")  # what a crash mid-write leaves
+    stale, fresh = store.root / ".part-x.parquet.abc.tmp", store.root / ".part-y.parquet.def.tmp"
+    stale.write_bytes(b"half")  # what a crash mid-write leaves ...
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh.write_bytes(b"half")  # ... and what another process may be writing right now
     CaptionStore(tmp_path)
-    assert not list(store.root.glob("*.tmp"))
+    assert not stale.exists() and fresh.exists()
     with pytest.raises(KeyError):
         store.set_default("v9")
     store.set_default("v1")

@@ -75,7 +75,6 @@ def test_where_filters_results(lib):
 
 @pytest.mark.parametrize("where, message", [
     ("motion > 3", "unknown field 'motion'"),
-    ("aesthetic_score > 4", "not in this library yet"),
     ("duration_s ~= 3", "unexpected character '~'"),
     ('camera_motion == "dolly"', "not a value of 'camera_motion'"),
     ('clip_id != "" or 1 == 1', "expected a field name"),
