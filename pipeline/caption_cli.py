@@ -19,6 +19,11 @@ Backends:
                 motion, brightness, colour, on-screen text). It describes how a clip was filmed,
                 not what it shows: the offline demo's stand-in where no VLM weights are available.
 
+Importing captions a corpus came with: --from FILE.jsonl, one {"uri", "start_s", "end_s",
+"caption"} per line (range optional; relative uris from FILE's folder). Each clip takes the caption
+whose range covers most of it (at least half); the file is its own version (see
+pipeline/caption_import.py).
+
 Exit status: 0 every selected clip has a caption of this version (ok or flagged), 3 some clips
 could not be captioned (error rows; a rerun retries them), 2 usage or config error, missing model
 weights or unreachable server (nothing written).
@@ -28,6 +33,7 @@ Examples:
   recap caption lib --model Qwen/Qwen2.5-VL-7B-Instruct --set execution.gpus_per_actor=1 --set execution.actors=8
   recap caption lib --backend openai --model Qwen/Qwen2.5-VL-7B-Instruct --base-url http://gpu-node:8000/v1
   recap caption lib --model /models/tiny --prompt short --local --limit 10
+  recap caption lib --from corpus_captions.jsonl --make-default
   recap caption lib --list
 """
 
@@ -39,6 +45,8 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("library", metavar="LIB", help="library folder written by `recap ingest`")
+    p.add_argument("--from", dest="from_file", metavar="FILE.jsonl",
+                   help="import given captions (uri, start_s, end_s, caption per line) instead of captioning")
     p.add_argument("--model", help="HF id or local folder (openai backend: the served model name)")
     p.add_argument("--backend", choices=["transformers", "openai", "signals"],
                    help="default: from the config (transformers)")
@@ -86,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(e.args[0]))
         print(f"default caption version: {args.set_default}")
         return 0
+    if args.from_file:
+        return import_from(args, store, fail)
 
     overrides = list(args.overrides)
     for key, value in (("model.backend", args.backend), ("model.id", args.model), ("prompt.id", args.prompt),
@@ -119,6 +129,24 @@ def run(args: argparse.Namespace) -> int:
                   f"{summary.captioned / summary.wall_seconds:.2f} clips/s")
     print(f"default version: {store.default()}")
     return 3 if summary.by_status.get("error") else 0
+
+
+def import_from(args: argparse.Namespace, store, fail) -> int:
+    from pipeline.caption_import import import_captions
+
+    try:
+        summary = import_captions(args.library, args.from_file)
+    except (OSError, ValueError) as e:
+        return fail(str(e))
+    if args.make_default and (summary.matched_clips or summary.already):
+        store.set_default(summary.version)
+    print(f"version {summary.version} (imported from {args.from_file}): {summary.matched_clips} clips captioned, "
+          f"{summary.already} already done; {summary.unmatched_clips} clips without a caption, "
+          f"{summary.unused_lines} of {summary.lines} lines matched no clip")
+    if summary.unknown_sources:
+        print(f"  {len(summary.unknown_sources)} uris not in the library, e.g. {summary.unknown_sources[0]}")
+    print(f"default version: {store.default()}")
+    return 0
 
 
 def print_versions(store) -> None:

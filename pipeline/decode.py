@@ -171,6 +171,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         if detail:
             dw = min(detail[1], ctx.width)
             dh = max(2, int(round(dw * ah / aw / 2)) * 2)  # same display aspect as the analysis frames
+            detail_shrink = _FrameShrinker(dw, dh)  # the same plane arithmetic: ~10x cheaper than swscale AREA
         time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
         tb = float(time_base)   # float PTS math: exact enough, and Fraction costs per frame
         rate = _nominal_rate(stream)
@@ -204,7 +205,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
                 bgr, luma = shrink(frame)
                 big = None
                 if schedule is not None and schedule.due(t):
-                    big = frame.reformat(width=dw, height=dh, format="bgr24", interpolation="AREA").to_ndarray()
+                    big = detail_shrink(frame)[0]
                 af = AnalysisFrame(index=len(pts), pts_s=t, bgr=bgr, luma=luma, detail=big)
                 pts.append(t)
                 for analyzer in analyzers:

@@ -37,11 +37,11 @@ def semantic_frames(rng: np.random.Generator, colour: str, direction: str, size:
                     frames: int = 32) -> np.ndarray:
     """(frames, size, size, 3) uint8: a `colour` square crossing a dark gradient in `direction`."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    dark0, dark1 = rng.uniform(8, 45, 3), rng.uniform(8, 45, 3)
+    dark0, dark1 = rng.uniform(36, 76, 3), rng.uniform(36, 76, 3)   # dark, yet above the black-frame luma
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (xx * np.cos(angle) + yy * np.sin(angle) + 1.5) / 3.0
     background = dark0 + ramp[..., None] * (dark1 - dark0)
-    side = size * rng.uniform(0.2, 0.26)
+    side = size * rng.uniform(0.3, 0.36)
     travel = size * rng.uniform(0.5, 0.6)            # distance covered over the whole video
     dx, dy = DIRECTIONS[direction]
     across = rng.uniform(0.35, 0.65) * size           # position on the axis it does not move along
