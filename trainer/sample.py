@@ -48,7 +48,7 @@ class SampleSettings:
 
 def to_model_space(frames: np.ndarray, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(T, h, w, 3) uint8 at any size -> (1, 3, T, height, width) in [-1, 1] (area resize)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device).permute(0, 3, 1, 2).float()
+    x = torch.tensor(frames, device=device).permute(0, 3, 1, 2).float()     # a copy: inputs may be read-only
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="area" if x.shape[-1] >= width else "bilinear",
                           align_corners=None if x.shape[-1] >= width else False)

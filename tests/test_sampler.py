@@ -1,0 +1,139 @@
+"""The sampler (trainer/sample.py, `recap sample`) on a tiny VAE + DiT trained here on CPU:
+image-to-video keeps the given first frame (through the VAE round trip), extension keeps the given
+frames and continues them, long videos come window by window, and seeds reproduce."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.sample import Sampler, SampleSettings, read_video, write_png
+from trainer.shards import Bucket, encode_mp4
+from trainer.synthetic import synthetic_video, write_synthetic_shards
+from trainer.train import load_job_config, main
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE, FRAMES = 16, 5
+PROMPTS = ["a red blob moving left", "a blue blob moving up", "a green blob moving right"]
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def clip(seed: int, colour: str = "red", direction: str = "left", frames: int = FRAMES) -> np.ndarray:
+    """A clip like the training ones (trainer/synthetic.py), unseen in training."""
+    return synthetic_video(np.random.default_rng(seed), Bucket(SIZE, SIZE, frames), colour, direction)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A tiny VAE (2x space and time) trained to reconstruct synthetic clips, and a DiT trained a
+    few steps on its latents: enough for every code path, not for prompt following (that is
+    tests/test_e2e_prompt_following.py)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sampler")
+    write_synthetic_shards(root / "shards", [f"{SIZE}x{SIZE}x{FRAMES}"], per_bucket=8, seed=0)
+    common = [f"data.shards={root / 'shards'}", "train.log_every=50", "data.batch_size=4"]
+    vae_cfg = load_job_config("vae", REPO / "configs" / "vae_tiny.yaml",
+                              [*common, "train.steps=300", "train.ckpt_every=300"])
+    assert main("vae", vae_cfg, root / "vae") == 0
+    dit_cfg = load_job_config("dit", REPO / "configs" / "dit_tiny.yaml",
+                              [*common, "train.steps=10", "train.ckpt_every=10", "vae.kind=recap",
+                               f"vae.path={root / 'vae'}"])
+    assert main("dit", dit_cfg, root / "dit") == 0
+    return root / "dit"
+
+
+@pytest.fixture(scope="module")
+def sampler(run: Path) -> Sampler:
+    return Sampler(run, device="cpu")
+
+
+def settings(**kw) -> SampleSettings:
+    base = dict(frames=FRAMES, width=SIZE, height=SIZE, steps=4, cfg_scale=3.0, seed=7)
+    return SampleSettings(**(base | kw))
+
+
+def test_image_to_video_reproduces_the_first_frame(sampler: Sampler):
+    image = clip(100, "yellow", "down")[0]
+    videos = sampler.generate(PROMPTS[:2], settings(frames=9), image=image)
+    assert videos.shape == (2, 9, SIZE, SIZE, 3)
+    for video in videos:
+        assert psnr_uint8(video[0], image) >= 25.0          # the VAE round trip of the given frame
+    assert psnr_uint8(videos[0, 0], videos[1, 0]) >= 40.0    # whatever the prompt and the noise
+    # the rest is generated: a text-to-video sample with the same seed starts elsewhere
+    free = sampler.generate(PROMPTS[:1], settings(frames=9))
+    assert psnr_uint8(free[0, 0], image) < psnr_uint8(videos[0, 0], image)
+
+
+def test_extension_keeps_the_given_frames_and_continues_them(sampler: Sampler):
+    context = clip(101, "green", "right")
+    videos = sampler.generate(PROMPTS[:1], settings(frames=11, window=5, overlap=3), video=context)
+    assert videos.shape == (1, 11, SIZE, SIZE, 3)
+    assert np.abs(videos[0, :FRAMES].astype(int) - context.astype(int)).max() <= 1   # given frames kept
+    # the new frames continue the last given ones: the first new frame is nearer to the last given
+    # frame than a text-to-video sample of the same seed is
+    fresh = sampler.generate(PROMPTS[:1], settings(frames=5))
+    assert psnr_uint8(videos[0, FRAMES], context[-1]) > psnr_uint8(fresh[0, 0], context[-1])
+
+
+def test_long_videos_come_window_by_window(sampler: Sampler):
+    long = sampler.generate(PROMPTS[:1], settings(frames=13, window=5))
+    assert long.shape == (1, 13, SIZE, SIZE, 3)
+    one_window = sampler.generate(PROMPTS[:1], settings(frames=5))
+    assert np.array_equal(long[0, :5], one_window[0])        # the first window is the plain sample
+    with pytest.raises(ValueError, match="cannot carry"):
+        sampler.generate(PROMPTS[:1], settings(frames=13, window=5, overlap=5))
+
+
+def test_seeds_reproduce_and_do_not_depend_on_the_batch(sampler: Sampler):
+    a = sampler.generate(PROMPTS, settings())
+    b = sampler.generate(PROMPTS, settings())
+    assert np.array_equal(a, b)
+    alone = sampler.generate(PROMPTS[2:], settings(), first_index=2)   # sample 2 uses seed 7 + 2
+    assert np.abs(alone[0].astype(int) - a[2].astype(int)).max() <= 2
+    other = sampler.generate(PROMPTS, settings(seed=8))
+    assert not np.array_equal(a, other)
+    assert np.abs(other[0].astype(int) - a[0].astype(int)).max() > 2
+
+
+def cli(*argv: str) -> int:
+    from trainer import sample_cli
+    parser = argparse.ArgumentParser()
+    sample_cli.add_arguments(parser)
+    return sample_cli.run(parser.parse_args(list(argv)))
+
+
+def test_cli_writes_videos_contact_sheet_and_records(run: Path, tmp_path: Path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPTS[0]}\n# a comment\n{json.dumps({'caption': PROMPTS[1]})}\n")
+    first = tmp_path / "first.png"
+    write_png(first, clip(102)[0])
+    out = tmp_path / "out"
+    assert cli("--ckpt", str(run), "--prompts", str(prompts), "--frames", "9", "--size", f"{SIZE}x{SIZE}",
+               "--steps", "3", "--solver", "heun", "--seed", "5", "--image", str(first), "--batch-size", "1",
+               "--out", str(out)) == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["seed"]) for r in records] == [(PROMPTS[0], 5), (PROMPTS[1], 6)]
+    for r in records:
+        frames, _ = read_video(out / r["file"])
+        assert frames.shape == (9, SIZE, SIZE, 3)
+    from PIL import Image
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.size[1] > sheet.size[0] / 9 and sheet.size[0] > 9 * SIZE    # 2 rows of 9 frames
+    assert "2 videos of 9 frames" in capsys.readouterr().out
+
+    assert cli("--ckpt", str(run), "--prompt", "x", "--size", "15x16", "--out", str(out)) == 2
+    assert "multiples of" in capsys.readouterr().err
+    context = tmp_path / "context.mp4"
+    context.write_bytes(encode_mp4(clip(103), 8.0))
+    assert cli("--ckpt", str(run), "--prompt", "x", "--video", str(context), "--frames", "5",
+               "--size", f"{SIZE}x{SIZE}", "--out", str(out)) == 2
+    assert "must exceed" in capsys.readouterr().err
