@@ -4,6 +4,8 @@
 
 For each length it generates (once, cached in bench/out/) a 1080p H.264 file, then times:
   ffmpeg      `ffmpeg -threads N -i FILE -f null -`            (decode only: the floor)
+  ffmpeg-nolf the same with `-skip_loop_filter all`, the decode mode ingest's analysis uses
+              (decode.skip_loop_filter, on by default): shows how much of the margin that buys
   worker      recap's per-video work in a fresh process: hash, probe, decode + shot detection,
               clip planning and remux (what each Ray task does), clip signals off (issue 2's scope)
   +signals    the same with every clip signal measured in the same decode pass (issue 3)
@@ -125,6 +127,8 @@ def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
             f = bench_file(seconds)
             cases = {
                 "ffmpeg": lambda: ["ffmpeg", "-v", "error", "-threads", str(threads), "-i", str(f), "-f", "null", "-"],
+                "ffmpeg-nolf": lambda: ["ffmpeg", "-v", "error", "-threads", str(threads), "-skip_loop_filter", "all",
+                                        "-i", str(f), "-f", "null", "-"],
                 "worker": lambda: [sys.executable, "-c", WORKER_SNIPPET, str(f), *overrides, "signals.enabled=false"],
                 "+signals": lambda: [sys.executable, "-c", WORKER_SNIPPET, str(f), *overrides],
                 "cli-warm": lambda: [str(BIN / "recap"), "ingest", str(f), "--out", tempfile.mkdtemp(dir=OUT),
@@ -156,7 +160,7 @@ def _print_row(row: dict) -> None:
     print(f"  {'case':<12} {'wall s':>8} {'x ffmpeg':>9} {'video s':>8} {'x ffmpeg':>9} {'setup s':>8} "
           f"{'peak RSS MB':>12} {'tree RSS MB':>12}")
     ff = row["ffmpeg"]["wall_s"]
-    for name in ("ffmpeg", "worker", "+signals", "cli-warm", "cli-cold", "scenedetect"):
+    for name in ("ffmpeg", "ffmpeg-nolf", "worker", "+signals", "cli-warm", "cli-cold", "scenedetect"):
         r = row[name]
         video = (f"{r['video_s']:8.2f} {r['video_s'] / ff:9.2f} {r['setup_s']:8.2f}" if "video_s" in r
                  else f"{'':8} {'':9} {'':8}")

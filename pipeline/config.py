@@ -17,6 +17,10 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 @dataclass
 class DecodeConfig:
     threads: int = 0                 # decoder threads; 0 = one per CPU the task was given
+    # Skip the in-loop deblocking filter (H.264/HEVC/VP8/VP9): ~15-20% less decode CPU. Analysis
+    # frames are downscaled 4-12x, which averages block edges away; clip files are untouched
+    # (remux copies packets, encode decodes again at full quality).
+    skip_loop_filter: bool = True
     analysis_width: int = 160        # frames are downscaled once to this width for analysis
     max_analysis_height: int = 160   # ... and capped at this height (tall/rotated video)
 

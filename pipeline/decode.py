@@ -163,6 +163,8 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         ctx = stream.codec_context
+        if cfg.skip_loop_filter:
+            ctx.options = {**ctx.options, "skip_loop_filter": "all"}
         if not ctx.width or not ctx.height:
             raise DecodeError(f"{path}: video stream has no frame size (codec {ctx.name!r})")
         aw, ah = analysis_size(ctx.width, ctx.height, ctx.sample_aspect_ratio, cfg)
