@@ -138,10 +138,12 @@ def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
                 "scenedetect": lambda: [str(BIN / "scenedetect"), "-q", "-i", str(f), "detect-adaptive"],
             }
             row: dict = {"seconds": seconds, "file": f.name, "threads": threads}
-            for name, make in cases.items():
-                runs = [measure(make(), env) for _ in range(repeats)]
-                best = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]  # median by wall time
-                row[name] = best
+            runs: dict[str, list[dict]] = {name: [] for name in cases}
+            for _ in range(repeats):  # interleaved, so a change in machine load hits every case alike
+                for name, make in cases.items():
+                    runs[name].append(measure(make(), env))
+            for name, rs in runs.items():
+                row[name] = sorted(rs, key=lambda r: r["wall_s"])[len(rs) // 2]  # the median run
             for name in cases:
                 row[name]["ratio_to_ffmpeg"] = row[name]["wall_s"] / row["ffmpeg"]["wall_s"]
             results.append(row)

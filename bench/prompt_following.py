@@ -124,7 +124,7 @@ def run_proof(work: str | Path, per_pair: int = 4, seeds_per_caption: int = 2, d
     context_len = 3
     for i, (colour, direction) in enumerate([("red", "left"), ("green", "up"), ("blue", "right"), ("yellow", "down")]):
         import cv2
-        frames = semantic_frames(rng, colour, direction, 64, 32)[slice(8, 25, 4)][:context_len]
+        frames = semantic_frames(rng, colour, direction, 64, 24)[4:21:4][:context_len]   # as export samples a clip
         small = np.stack([cv2.resize(f, (SIZE, SIZE), interpolation=cv2.INTER_AREA) for f in frames])
         context = work / f"context_{i}.mp4"
         write_mp4(context, small, FPS)

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, default=8.0, help="frame rate of the MP4 files (default 8)")
     p.add_argument("--steps", type=int, default=30, help="ODE steps (default 30)")
     p.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale (default 5)")
-    p.add_argument("--solver", choices=["euler", "heun"], default="euler")
+    p.add_argument("--solver", choices=["euler", "heun"], default="euler",
+                   help="ODE solver: euler (one model call per step) or heun (two, more accurate)")
     p.add_argument("--shift", type=float, metavar="S", help="timestep shift (default: the training shift)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sample i uses seed S + i (default 0)")
     p.add_argument("--image", metavar="FIRST.png", help="first frame: image-to-video")

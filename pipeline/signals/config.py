@@ -40,7 +40,7 @@ class BarsConfig:
 @dataclass
 class TextConfig:
     enabled: bool = True
-    every_s: float = 2.0          # OCR on the first detail frame at or after each multiple of this
+    every_s: float = 1.0          # OCR on the first detail frame at or after each multiple of this (<= clips.min_seconds, so every clip is read)
     det_width: int = 320          # text detection runs at this width; reading uses the detail frame
     min_score: float = 0.5        # RapidOCR recognition confidence below which a box is dropped
     max_chars: int = 500          # stored text is cut to this length
