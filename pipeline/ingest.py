@@ -2,8 +2,9 @@
 
 Ray Data runs `worker.ingest_source` as one task per source (bounded in flight, so memory stays
 bounded however many sources there are); the driver consumes results as they finish and commits
-them to the library in batches. Within a run, a named claims actor makes sure the same content
-under two names is processed once; across runs, the library's `sources/` and `videos/` tables do.
+them to the library in batches. The same content under two names is processed once: across runs
+the library's `sources/` and `videos/` tables say what is done, and within a run workers claim a
+content hash in Ray's key-value store before doing any work on it.
 """
 
 from __future__ import annotations
@@ -49,22 +50,38 @@ class IngestSummary:
         return out
 
 
-class Claims:
-    """Ray actor: the first worker to claim a content hash owns it for this run."""
+def _claimer(known_ref, namespace: str):
+    """claim(video_id, uri) -> False when the content is already in the library or another worker
+    of this run claimed it first. Claims are an atomic put-if-absent in Ray's GCS key-value store
+    (no extra process); the library's ids arrive once per worker as a sorted array in the object
+    store."""
+    import numpy as np
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
 
-    def __init__(self, known: set[str]):
-        self.owner: dict[str, str] = {vid: "<library>" for vid in known}
+    known = _KNOWN.get(known_ref.hex())
+    if known is None:
+        known = _KNOWN.setdefault(known_ref.hex(), ray.get(known_ref))
 
-    def claim(self, video_id: str, uri: str) -> bool:
-        return self.owner.setdefault(video_id, uri) == uri
+    def claim(video_id: str, uri: str) -> bool:
+        key = video_id.encode()
+        i = int(np.searchsorted(known, key))
+        if i < len(known) and known[i] == key:
+            return False
+        if not _internal_kv_put(key, uri.encode(), overwrite=False, namespace=namespace):
+            return True  # first to claim it
+        return _internal_kv_get(key, namespace=namespace) == uri.encode()  # a retried task of ours
+
+    return claim
 
 
-def _run_one(row: dict[str, Any], cfg: IngestConfig, lib_root: str, claims_name: str) -> dict[str, Any]:
+_KNOWN: dict[str, object] = {}  # per worker process: library ids by object ref
+
+
+def _run_one(row: dict[str, Any], cfg: IngestConfig, lib_root: str, known_ids, namespace: str) -> dict[str, Any]:
     import ray
 
-    claims = ray.get_actor(claims_name)
-    result = ingest_source(row["uri"], cfg, lib_root,
-                           claim=lambda vid, uri: ray.get(claims.claim.remote(vid, uri)))
+    result = ingest_source(row["uri"], cfg, lib_root, claim=_claimer(known_ids, namespace))
     for video in result.rows.get("videos", []):
         video["worker_node"] = ray.get_runtime_context().get_node_id()
     return {"uri": row["uri"], "payload": pickle.dumps(result)}
@@ -120,8 +137,11 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
         init_ray(ray_address)
         cpus, threads = plan_resources(cfg, len(todo), ray.cluster_resources().get("CPU", 1.0))
         cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, threads=threads))
-        claims_name = f"recap-claims-{os.getpid()}-{int(time.time() * 1000)}"
-        claims = ray.remote(Claims).options(name=claims_name, num_cpus=0).remote(lib.video_ids())
+        import numpy as np
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        known_ids = ray.put(np.array(sorted(lib.video_ids()), dtype="S32"))
+        namespace = f"recap-claims-{os.getpid()}-{time.time_ns()}"
 
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
@@ -136,7 +156,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
             warnings.simplefilter("ignore", category=DeprecationWarning)
             ds = ray.data.from_items([{"uri": u} for u in todo], override_num_blocks=len(todo)).map(
                 _run_one, fn_kwargs={"cfg": cfg, "lib_root": str(Path(lib_root).resolve()),
-                                     "claims_name": claims_name},
+                                     "known_ids": known_ids, "namespace": namespace},
                 num_cpus=cpus, concurrency=in_flight, max_retries=1)
 
         bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -168,7 +188,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, ray_
                     pending.setdefault(table, []).extend(rows)
         lib.commit(pending)
         bar.close()
-        ray.kill(claims)
+        _internal_kv_del(b"", del_by_prefix=True, namespace=namespace)
 
     from pipeline.filters import VIEW_PATH
 
