@@ -30,6 +30,7 @@ demo: $(STAMP)
 	$(BIN)/recap caption $(DEMO)/lib --backend signals
 	$(BIN)/recap index $(DEMO)/lib
 	$(BIN)/recap search $(DEMO)/lib "a static shot" --top-k 3
+	$(BIN)/recap export $(DEMO)/lib --out $(DEMO)/shards
 	$(BIN)/recap info $(DEMO)/lib
 
 test: $(STAMP)

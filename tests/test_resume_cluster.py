@@ -25,15 +25,28 @@ def _clip_ids(lib: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference_clips(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+def reference_clips(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     lib = tmp_path_factory.mktemp("ref") / "lib"
-    recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--set", "clips.mode=reference")
+    # also exercises captioning as a stage of the ingest job (the signal captioner: no weights)
+    recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--set", "clips.mode=reference",
+          "--set", "after.caption=true", "--set", 'after.caption_set=["model.backend=signals"]')
     ids = _clip_ids(lib)
     assert len(ids) == len(set(ids)) > 0
-    return set(ids)
+    return {"lib": lib, "ids": set(ids)}
 
 
-def test_kill_9_then_resume_loses_and_duplicates_nothing(sample_corpus: Path, reference_clips: set[str],
+def test_ingest_can_caption_in_the_same_job(reference_clips: dict) -> None:
+    from captioner.versions import CaptionStore
+    from pipeline.filters import read_view
+
+    view = read_view(reference_clips["lib"])[0].to_pylist()
+    passing = {r["clip_id"] for r in view if r["passed"]}
+    captions = CaptionStore(reference_clips["lib"]).read().to_pylist()
+    assert passing and {c["clip_id"] for c in captions} == passing
+    assert all(c["status"] == "ok" and c["text"] for c in captions)
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(sample_corpus: Path, reference_clips: dict,
                                                          tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     args = ["ingest", str(sample_corpus), "--out", str(lib), "--no-progress",
@@ -54,7 +67,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(sample_corpus: Path, re
     recap(*args)
     ids = _clip_ids(lib)
     assert len(ids) == len(set(ids)), "duplicate clip rows after resume"
-    assert set(ids) == reference_clips, "clips missing or extra after resume"
+    assert set(ids) == reference_clips["ids"], "clips missing or extra after resume"
     reopened = Library(lib)
     videos = reopened.read("videos", ["video_id"]).column("video_id").to_pylist()
     assert len(videos) == len(set(videos)) == 6
@@ -63,7 +76,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(sample_corpus: Path, re
         assert (lib / c["path"]).is_file()
 
 
-def test_two_node_local_cluster(sample_corpus: Path, reference_clips: set[str], tmp_path: Path) -> None:
+def test_two_node_local_cluster(sample_corpus: Path, reference_clips: dict, tmp_path: Path) -> None:
     port = 6000 + os.getpid() % 1000
     temp = tempfile.mkdtemp(prefix="rt-")  # Ray's socket paths must stay short
     ray = str(BIN / "ray")
@@ -79,7 +92,7 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: set[str], 
         lib = tmp_path / "lib"
         recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
               f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_video=1", env=auth)
-        assert set(_clip_ids(lib)) == reference_clips
+        assert set(_clip_ids(lib)) == reference_clips["ids"]
         nodes = set(Library(lib).read("videos", ["worker_node"]).column("worker_node").to_pylist())
         assert len(nodes) == 2, f"work did not spread over both nodes: {nodes}"
     finally:
