@@ -76,9 +76,10 @@ def score(out: Path, context_frames: int = 0) -> dict:
 def run_proof(work: str | Path, per_pair: int = 4, seeds_per_caption: int = 2, dit_overrides: list[str] | None = None,
               log=print) -> dict:
     """The whole chain in `work`; returns the scores and the time of each stage."""
+    import numpy as np
+
     from pipeline.semantic_samples import CAPTIONS_FILE, caption_for, semantic_frames
     from trainer.sample import write_mp4
-    import numpy as np
 
     work = Path(work)
     times: dict[str, float] = {}

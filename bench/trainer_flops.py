@@ -89,9 +89,10 @@ def main() -> None:
                      training_step_flops(fwd, batch) / 1e9, "cpu_step_s": sec,
                      "cpu_gflops_per_s": training_step_flops(fwd, batch) / sec / 1e9})
 
-    from trainer.vae import CausalVAE
-    from trainer.train import load_job_config
     from pathlib import Path
+
+    from trainer.train import load_job_config
+    from trainer.vae import CausalVAE
     vae_cfg = load_job_config("vae", Path(__file__).resolve().parents[1] / "configs" / "vae_tiny.yaml").model
     vae = CausalVAE(vae_cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)

@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from trainer.typedconfig import ConfigError, load_config
+from trainer.typedconfig import ConfigError, load_with_defaults
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -111,5 +109,4 @@ class CaptionConfig:
 
 def load_caption_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CaptionConfig:
     """Defaults from `configs/captioner.yaml`, then the user's file, then `--set` overrides."""
-    defaults = yaml.safe_load((CONFIG_DIR / "captioner.yaml").read_text()) or {}
-    return load_config(CaptionConfig, path, overrides, base=defaults)
+    return load_with_defaults(CaptionConfig, CONFIG_DIR / "captioner.yaml", path, overrides)

@@ -68,8 +68,7 @@ def _bpe_tokenizer(special: list[str], vocab_size: int = 400):
 def build_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     """A ~1M-parameter Qwen2.5-VL with its processor, saved to `out_dir`."""
     import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2Tokenizer)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2Tokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -135,10 +134,13 @@ def build_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
 def build_llava_onevision(out_dir: str | Path, seed: int = 0) -> Path:
     """A ~1M-parameter LLaVA-OneVision (SigLIP vision, Qwen2 text) with its processor."""
     import torch
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                              LlavaOnevisionProcessor, Qwen2Tokenizer)
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+        Qwen2Tokenizer,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
     tokenizer = Qwen2Tokenizer(tokenizer_object=_bpe_tokenizer(special), eos_token="<|im_end|>",

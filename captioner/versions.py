@@ -15,10 +15,9 @@ latest wins.
 from __future__ import annotations
 
 import contextlib
-import time
-
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 

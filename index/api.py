@@ -24,8 +24,15 @@ import pyarrow as pa
 from index.catalog import DERIVED, known_columns, known_values
 from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig, load_index_config
 from index.store import PK, ROW_HASH, VARCHAR_MAX, MilvusStore, ScalarSpec, has_field, row_hash, vector_field
-from index.tables import (NOT_FILTERS, clip_table, drop_other_models, input_hash, read_embeddings,
-                          vectors_of, write_embeddings)
+from index.tables import (
+    NOT_FILTERS,
+    clip_table,
+    drop_other_models,
+    input_hash,
+    read_embeddings,
+    vectors_of,
+    write_embeddings,
+)
 from index.where import Field, WhereError, compile_where
 
 Mode = Literal["auto", "caption", "visual", "hybrid"]
@@ -157,7 +164,7 @@ class Library:
             done[name] = len(todo)
             if not todo:
                 continue
-            model = self.model(name)
+            self.model(name)  # load it (or fail with a clear error) before reporting any work
             log(f"{name}: embedding {len(todo)} clips with {mid}")
             failed = 0
             for i in range(0, len(todo), EMBED_CHUNK):

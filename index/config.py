@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from trainer.typedconfig import ConfigError, load_config
+from trainer.typedconfig import ConfigError, load_with_defaults
 
 CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "index.yaml"
 BUNDLED_MINILM = "bundled"
@@ -82,5 +80,4 @@ class IndexConfig:
 
 def load_index_config(path: str | Path | None = None, overrides: list[str] | None = None) -> IndexConfig:
     """Defaults from `configs/index.yaml`, then the user's file, then `--set` overrides."""
-    defaults = yaml.safe_load(CONFIG_PATH.read_text()) or {}
-    return load_config(IndexConfig, path, overrides, base=defaults)
+    return load_with_defaults(IndexConfig, CONFIG_PATH, path, overrides)

@@ -36,10 +36,10 @@ def _find(parent: dict[str, str], x: str) -> str:
 def semantic_duplicates(lib, embedder: str | None = None, threshold: float | None = None,
                         neighbours: int | None = None) -> list[DuplicateGroup]:
     """Groups of near-duplicate clips of an indexed `index.Library`, best member first."""
-    from pipeline.filters import keep_best_rank
     from index.api import model_id_of
     from index.store import vector_field
     from index.tables import clip_table, read_embeddings, vectors_of
+    from pipeline.filters import keep_best_rank
 
     cfg = lib.cfg.dedup
     threshold = cfg.threshold if threshold is None else threshold

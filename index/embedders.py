@@ -8,8 +8,12 @@ L2-normalised float32 vectors, and carry `model_id` so stored embeddings record 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from index.config import BUNDLED_MINILM
 

@@ -6,10 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from pipeline.signals.config import SignalsConfig
-from trainer.typedconfig import ConfigError, load_config
+from trainer.typedconfig import ConfigError, load_with_defaults
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -118,5 +116,4 @@ class IngestConfig:
 
 def load_ingest_config(path: str | Path | None = None, overrides: list[str] | None = None) -> IngestConfig:
     """Defaults from `configs/ingest.yaml`, then the user's file, then `--set` overrides."""
-    defaults = yaml.safe_load((CONFIG_DIR / "ingest.yaml").read_text()) or {}
-    return load_config(IngestConfig, path, overrides, base=defaults)
+    return load_with_defaults(IngestConfig, CONFIG_DIR / "ingest.yaml", path, overrides)

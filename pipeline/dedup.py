@@ -28,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-
 DENSE_BAND_BITS = 22  # bands up to this wide are looked up in a dense table, wider ones by binary search
 
 

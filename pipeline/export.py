@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from pipeline.buckets import Assignment, BucketConfig, assign
 from pipeline.export_video import RenderSpec
 from trainer.shards import SampleMeta, shard_name
-from trainer.typedconfig import ConfigError, load_config
+from trainer.typedconfig import ConfigError, load_with_defaults
 
 CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "export.yaml"
 STATE = ".export"          # job.json and done/<shard>.json under SHARDS
@@ -74,10 +74,7 @@ class ExportConfig:
 
 def load_export_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExportConfig:
     """Defaults from `configs/export.yaml`, then the user's file, then `key=value` overrides."""
-    import yaml
-
-    base = yaml.safe_load(CONFIG_PATH.read_text()) or {}
-    return load_config(ExportConfig, path, overrides, base=base)
+    return load_with_defaults(ExportConfig, CONFIG_PATH, path, overrides)
 
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}

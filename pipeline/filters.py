@@ -18,9 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 
-from trainer.typedconfig import ConfigError, from_dict, load_config, to_dict
+from trainer.typedconfig import ConfigError, from_dict, load_with_defaults, to_dict
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 VIEW_PATH = Path("views") / "filters.parquet"
@@ -65,8 +64,7 @@ class FilterConfig:
 
 def load_filter_config(path: str | Path | None = None, overrides: list[str] | None = None) -> FilterConfig:
     """Defaults from `configs/filters.yaml`, then the user's file, then `--set` overrides."""
-    defaults = yaml.safe_load((CONFIG_DIR / "filters.yaml").read_text()) or {}
-    return load_config(FilterConfig, path, overrides, base=defaults)
+    return load_with_defaults(FilterConfig, CONFIG_DIR / "filters.yaml", path, overrides)
 
 
 # ---- reading the library ---------------------------------------------------------------------

@@ -164,8 +164,8 @@ def _video_uris(lib_root: Path) -> dict[str, str]:
 
 def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write `index.html` and its PNGs to `out_dir` (default LIB/report); return the HTML path."""
-    from PIL import Image
     import matplotlib
+    from PIL import Image
 
     matplotlib.use("Agg")
     lib_root = Path(lib_root)

@@ -51,7 +51,7 @@ def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
     video_id: str | None = None
     stage = "fetch"
     try:
-        from pipeline.sources import StagingCache, SourceError, content_hash
+        from pipeline.sources import SourceError, StagingCache, content_hash
 
         with StagingCache(Path(cfg.sources.cache_dir or lib_root / ".cache"),
                           int(cfg.sources.cache_max_gb * 1e9)) as cache:

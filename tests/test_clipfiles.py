@@ -11,8 +11,16 @@ import pytest
 
 from pipeline.clipfiles import ClipFileError, ClipRange, write_clips
 from pipeline.config import ClipsConfig
-from tests.avfiles import (decode_rgb, decode_some, ffprobe_frame_count, ffprobe_rotation, ffprobe_streams, frame_times,
-                           psnr, write_video)
+from tests.avfiles import (
+    decode_rgb,
+    decode_some,
+    ffprobe_frame_count,
+    ffprobe_rotation,
+    ffprobe_streams,
+    frame_times,
+    psnr,
+    write_video,
+)
 
 REMUX = ClipsConfig(mode="remux")
 ENCODE = ClipsConfig(mode="encode", encode_crf=18)

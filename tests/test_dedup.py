@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.dedup import near_duplicates, similar_hash_pairs
 from pipeline.filters import DedupConfig
-from pipeline.signals.phash import PhashAnalyzer, hamming
 from pipeline.frames import AnalysisFrame
+from pipeline.signals.phash import PhashAnalyzer, hamming
 
 
 def planted_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

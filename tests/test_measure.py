@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from pipeline.measure_motion import follows, name_colour, parse_caption, track
-from pipeline.semantic_samples import (CAPTIONS_FILE, COLOURS, DIRECTIONS, TRUTH_FILE, caption_for,
-                                       semantic_frames, write_semantic_samples)
+from pipeline.semantic_samples import (
+    CAPTIONS_FILE,
+    COLOURS,
+    DIRECTIONS,
+    TRUTH_FILE,
+    caption_for,
+    semantic_frames,
+    write_semantic_samples,
+)
 from trainer.shards import decode_mp4
 
 

@@ -12,8 +12,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.probe import ProbeError, probe
-from tests.avfiles import (ffprobe_frame_count, ffprobe_rotation, ffprobe_streams, write_audio_only,
-                           write_video, write_with_cover_art)
+from tests.avfiles import (
+    ffprobe_frame_count,
+    ffprobe_rotation,
+    ffprobe_streams,
+    write_audio_only,
+    write_video,
+    write_with_cover_art,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

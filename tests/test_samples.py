@@ -7,8 +7,8 @@ import json
 import shutil
 import subprocess
 from dataclasses import dataclass
-from functools import cached_property
 from fractions import Fraction
+from functools import cached_property
 from pathlib import Path
 
 import av
@@ -197,7 +197,7 @@ def test_cuts_are_large_changes_and_shots_are_calm(truth, decoded):
 def test_fades_blacks_dissolves_and_flashes_look_right(truth, decoded):
     for name, v in truth["videos"].items():
         video = decoded[name]
-        luma, change = video.luma, video.change
+        luma = video.luma
         for t in v["transitions"]:
             a, b = t["start_frame"], t["end_frame"]
             if t["kind"] == "black":

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from trainer.dit import DiT, DiTConfig, rope_3d
-from trainer.rf import (FlowConfig, flow_loss, resolution_shift, sample, sample_condition_masks,
-                        sample_timesteps, shift_time)
+from trainer.rf import (
+    FlowConfig,
+    flow_loss,
+    resolution_shift,
+    sample,
+    sample_condition_masks,
+    sample_timesteps,
+    shift_time,
+)
 from trainer.typedconfig import ConfigError
 from trainer.vae import CausalVAE, VAEConfig
 
@@ -190,7 +197,9 @@ def test_sampler_reaches_the_data_with_the_exact_velocity(solver: str):
 def test_text_encoder_loads_a_local_t5_encoder_and_the_bundled_default(tmp_path):
     """Any transformers encoder by path: a tiny T5 saved locally goes through the same code as a hub id."""
     import shutil
+
     from transformers import T5Config, T5EncoderModel
+
     from trainer.text import TextEncoder, resolve_text_encoder
     bundled = resolve_text_encoder("all-MiniLM-L6-v2")
     config = T5Config(vocab_size=30522, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)

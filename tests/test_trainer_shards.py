@@ -11,8 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.shards import (Bucket, BucketLoader, SampleMeta, ShardWriter, SkipCounter, decode_mp4,
-                            encode_mp4, iter_raw_samples, list_shards, shard_name, write_shard)
+from trainer.shards import (
+    Bucket,
+    BucketLoader,
+    SampleMeta,
+    ShardWriter,
+    SkipCounter,
+    decode_mp4,
+    encode_mp4,
+    iter_raw_samples,
+    list_shards,
+    shard_name,
+    write_shard,
+)
 from trainer.synthetic import write_synthetic_shards
 
 BUCKETS = ["32x16x5", "16x16x1", "16x32x3"]

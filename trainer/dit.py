@@ -307,6 +307,7 @@ def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
     which also names the text encoder, the autoencoder and the flow settings it was trained with."""
     import json
     from pathlib import Path
+
     from trainer.checkpoint import latest_checkpoint, load_weights
     from trainer.typedconfig import from_dict
     file = Path(path)

@@ -65,8 +65,16 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from trainer.sample import (Sampler, SampleSettings, contact_sheet, read_image, read_prompts, read_video,
-                                write_mp4, write_png)
+    from trainer.sample import (
+        Sampler,
+        SampleSettings,
+        contact_sheet,
+        read_image,
+        read_prompts,
+        read_video,
+        write_mp4,
+        write_png,
+    )
 
     def fail(message: str) -> int:
         print(f"recap sample: error: {message}", file=sys.stderr)

@@ -102,8 +102,9 @@ def shard_name(split: str, index: int) -> str:
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     """(T, H, W, 3) uint8 RGB -> H.264 MP4 bytes (yuv420p, so H and W must be even)."""
-    import av
     from fractions import Fraction
+
+    import av
 
     t, h, w, _ = frames.shape
     buf = io.BytesIO()

@@ -39,6 +39,13 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data)
 
 
+def load_with_defaults(cls: type[T], defaults: str | Path, path: str | Path | None = None,
+                       overrides: list[str] | None = None) -> T:
+    """A job's config: its defaults file in `configs/`, then the user's file, then overrides."""
+    base = yaml.safe_load(Path(defaults).read_text()) or {}
+    return load_config(cls, path, overrides, base=base)
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`a.b=3` -> ("a.b", 3); the value is parsed as YAML so numbers, bools and lists work."""
     if "=" not in item:
@@ -162,4 +169,4 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "parse_override", "deep_merge"]
+__all__ = ["ConfigError", "load_config", "load_with_defaults", "from_dict", "to_dict", "parse_override", "deep_merge"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -294,6 +294,7 @@ class DiffusersVAE(nn.Module):
 def save_vae(model: CausalVAE, path: str | Path) -> None:
     """One safetensors file that carries its own config, loadable with `load_vae(path)`."""
     from safetensors.torch import save_file
+
     from trainer.typedconfig import to_dict
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "recap.vae", "config": json.dumps(to_dict(model.config))})
@@ -303,6 +304,7 @@ def load_vae(path: str | Path) -> CausalVAE:
     """A `save_vae` file, or a `recap train vae` run directory (its EMA weights of the last checkpoint)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
+
     from trainer.typedconfig import from_dict
     path = Path(path)
     if path.is_dir():

@@ -22,8 +22,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from pipeline.signals.columns import SIGNAL_COLUMNS
-from pipeline.signals.config import (AestheticConfig, BarsConfig, ExposureConfig, MotionConfig,
-                                     SignalsConfig, TextConfig)
+from pipeline.signals.config import AestheticConfig, BarsConfig, ExposureConfig, MotionConfig, SignalsConfig, TextConfig
 from pipeline.signals.series import DetailSchedule
 
 
