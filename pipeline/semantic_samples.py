@@ -2,8 +2,10 @@
 their caption, for proving that a model trained on the library follows its prompts.
 
 Each video is one shot: a coloured square moving in one direction over a dark background, e.g.
-"a red square moving left on a dark background". Every colour x direction pair appears
-`per_pair` times with a different start position, speed, size and background. Next to the videos,
+"a red square moving left on a dark background", crossing about 70% of the frame in 1.5 s.
+Every colour x direction pair appears `per_pair` times with small draws of size, speed, offset,
+shade and background tint; the layout (a fixed diagonal gradient, the square crossing the middle)
+is shared, so a tiny CPU-trained model has a frame of reference. Next to the videos,
 `captions.jsonl` gives each one's caption in the format `recap caption LIB --from` imports
 ({"uri", "start_s", "end_s", "caption"}, uri relative to the file), and `truth.json` the colour and
 direction of each video (what `pipeline.measure_motion` must read back).

@@ -120,3 +120,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(videos)} videos of {settings.frames} frames at {width}x{height} in {out} "
           f"({time.perf_counter() - started:.1f} s); contact sheet {out / 'contact_sheet.png'}")
     return 0
+
+
+if __name__ == "__main__":   # python -m trainer.sample_cli ... (the same as `recap sample ...`)
+    _parser = argparse.ArgumentParser(prog="trainer.sample_cli", description=__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(_parser)
+    sys.exit(run(_parser.parse_args()))
