@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "index": "pipeline.index_cli",
     "search": "pipeline.search_cli",
     "train": "trainer.cli",
+    "sample": "trainer.sample_cli",
 }
 
 

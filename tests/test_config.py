@@ -40,6 +40,7 @@ def test_bad_keys_and_values_name_the_key(override: str, words: str) -> None:
 def test_override_syntax() -> None:
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a=hello world") == ("a", "hello world")
+    assert parse_override("optim.lr=3e-3") == ("optim.lr", 0.003)  # YAML alone would give the string "3e-3"
     with pytest.raises(ConfigError):
         parse_override("novalue")
 
