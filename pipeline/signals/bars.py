@@ -37,6 +37,17 @@ def bar_sizes(gray: np.ndarray, cfg: BarsConfig) -> tuple[int, int, int, int] | 
     return _edge_run(rows), _edge_run(rows[::-1]), _edge_run(cols), _edge_run(cols[::-1])
 
 
+def detail_bars(frame, cfg: BarsConfig) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """(luma of the frame's detail frame, its bar sizes); None without a detail frame or when it
+    is all bar (then there is no picture to measure)."""
+    detail = getattr(frame, "detail", None)
+    if detail is None:
+        return None
+    gray = cv2.cvtColor(detail, cv2.COLOR_BGR2GRAY)
+    sizes = bar_sizes(gray, cfg)
+    return None if sizes is None else (gray, sizes)
+
+
 def _even_up(x: float) -> int:
     return 2 * math.ceil(x / 2 - 1e-6)
 
@@ -56,12 +67,9 @@ class BarsAnalyzer:
         self.samples = SampleList()
 
     def update(self, frame) -> None:
-        detail = getattr(frame, "detail", None)
-        if detail is None:
-            return
-        gray = cv2.cvtColor(detail, cv2.COLOR_BGR2GRAY)
-        sizes = bar_sizes(gray, self.cfg)
-        if sizes is not None:
+        found = detail_bars(frame, self.cfg)
+        if found is not None:
+            gray, sizes = found
             self.samples.add(frame.index, (*sizes, *gray.shape[:2]))
 
     def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]:

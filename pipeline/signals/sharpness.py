@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.signals.bars import bar_sizes
+from pipeline.signals.bars import detail_bars
 from pipeline.signals.config import BarsConfig
 from pipeline.signals.series import SampleList
 
@@ -30,14 +30,10 @@ class SharpnessAnalyzer:
         self.samples = SampleList()
 
     def update(self, frame) -> None:
-        detail = getattr(frame, "detail", None)
-        if detail is None:
+        found = detail_bars(frame, self.bars)  # bars excluded: they would read as blur
+        if found is None:
             return
-        gray = cv2.cvtColor(detail, cv2.COLOR_BGR2GRAY)
-        sizes = bar_sizes(gray, self.bars)
-        if sizes is None:  # an all-black frame has no picture to be sharp or blurred
-            return
-        top, bottom, left, right = sizes
+        gray, (top, bottom, left, right) = found
         picture = gray[top: gray.shape[0] - bottom, left: gray.shape[1] - right]
         if min(picture.shape) >= 8:
             self.samples.add(frame.index, laplacian_variance(picture))
