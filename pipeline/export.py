@@ -242,18 +242,12 @@ def _picture(row: dict[str, Any], video: dict[str, Any]) -> tuple[tuple[float, f
 
 
 def _video_facts(root: Path) -> dict[str, dict[str, Any]]:
-    """video_id -> coded width/height and rotation, from committed `videos/` parts. Read-only:
-    opening `pipeline.library.Library` would run its crash recovery under a running ingest."""
-    import pyarrow.parquet as pq
+    """video_id -> coded width/height and rotation, from the committed `videos/` table (a read-only
+    open: it never touches a running ingest's files)."""
+    from pipeline.library import Library
 
-    committed = {p.stem for p in (root / "_commits").glob("*.json")}
-    out: dict[str, dict[str, Any]] = {}
-    for part in sorted((root / "videos").glob("part-*.parquet")):
-        if part.stem.removeprefix("part-") in committed:
-            names = pq.read_schema(part).names
-            cols = [c for c in ("video_id", "width", "height", "rotation") if c in names]
-            out.update((r["video_id"], r) for r in pq.read_table(part, columns=cols).to_pylist())
-    return out
+    rows = Library(root).read("videos", ["video_id", "width", "height", "rotation"]).to_pylist()
+    return {r["video_id"]: r for r in rows}
 
 
 def plan_export(root: str | Path, sel: Selection, buckets: BucketConfig, cfg: ExportConfig) -> Plan:

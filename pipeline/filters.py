@@ -70,9 +70,9 @@ def load_filter_config(path: str | Path | None = None, overrides: list[str] | No
 # ---- reading the library ---------------------------------------------------------------------
 def clip_parts(lib_root: str | Path) -> list[Path]:
     """Committed part files of `LIB/clips/` (a part without its commit marker is not data yet)."""
-    root = Path(lib_root)
-    committed = {p.stem for p in (root / "_commits").glob("*.json")}
-    return [p for p in sorted((root / "clips").glob("part-*.parquet")) if p.stem.removeprefix("part-") in committed]
+    from pipeline.library import Library
+
+    return Library(lib_root).parts("clips")
 
 
 def read_clips(lib_root: str | Path, columns: list[str] | None = None) -> pa.Table:

@@ -167,12 +167,15 @@ class Library:
         atomic_write_bytes(self.root / "library.json", json.dumps(self.meta, indent=2, default=str).encode())
 
     # ---- reading --------------------------------------------------------------------------
+    def parts(self, table: str) -> list[Path]:
+        """Committed part files of a table: parts of a batch still being written are not there yet."""
+        committed = self.committed_batches()
+        return sorted(p for p in (self.root / table).glob("part-*.parquet") if p.stem.removeprefix("part-") in committed)
+
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """All committed rows of a table (empty table with the schema when there are none)."""
         schema = table_schema(table)
-        committed = self.committed_batches()  # parts of a batch still being written are not there yet
-        paths = sorted(p for p in (self.root / table).glob("part-*.parquet")
-                       if p.stem.removeprefix("part-") in committed)
+        paths = self.parts(table)
         if not paths:
             return schema.empty_table().select(columns) if columns else schema.empty_table()
         tables = [pq.read_table(p, columns=columns, schema=schema) for p in paths]

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.filters import FilterConfig, evaluate, from_saved_config, load_filter_config, read_clips, read_view
 
@@ -155,10 +154,9 @@ def clip_thumbnail(lib_root: Path, clip: dict[str, Any], video_uris: dict[str, s
 
 
 def _video_uris(lib_root: Path) -> dict[str, str]:
-    parts = sorted((lib_root / "videos").glob("part-*.parquet"))
-    if not parts:
-        return {}
-    t = pa.concat_tables([pq.read_table(p, columns=["video_id", "uri"]) for p in parts])
+    from pipeline.library import Library
+
+    t = Library(lib_root).read("videos", ["video_id", "uri"])
     return dict(zip(t.column("video_id").to_pylist(), t.column("uri").to_pylist()))
 
 
