@@ -112,16 +112,18 @@ print(json.dumps({"setup_s": setup, "video_s": video}))
 """
 
 
-def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
+def run(seconds_list: list[int], threads: int, repeats: int, only: list[str] | None = None) -> list[dict]:
     results = []
     overrides = [f"decode.threads={threads}", f"execution.cpus_per_video={threads}", "clips.mode=remux"]
     set_args = [a for o in overrides for a in ("--set", o)]
     ray_tmp = tempfile.mkdtemp(prefix="rb-")
     # the warm cluster uses token auth: the nodes and the driver share one token
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    subprocess.run([str(BIN / "ray"), "start", "--head", f"--num-cpus={threads}", "--include-dashboard=false",
-                    "--port=6391", f"--temp-dir={ray_tmp}", "--disable-usage-stats"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    warm_ray = not only or "cli-warm" in only  # an idle Ray head costs CPU: start it only when used
+    if warm_ray:
+        subprocess.run([str(BIN / "ray"), "start", "--head", f"--num-cpus={threads}", "--include-dashboard=false",
+                        "--port=6391", f"--temp-dir={ray_tmp}", "--disable-usage-stats"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         for seconds in seconds_list:
             f = bench_file(seconds)
@@ -137,6 +139,8 @@ def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
                                      "--no-progress", *set_args],
                 "scenedetect": lambda: [str(BIN / "scenedetect"), "-q", "-i", str(f), "detect-adaptive"],
             }
+            if only:
+                cases = {name: make for name, make in cases.items() if name in {"ffmpeg", *only}}
             row: dict = {"seconds": seconds, "file": f.name, "threads": threads}
             runs: dict[str, list[dict]] = {name: [] for name in cases}
             for _ in range(repeats):  # interleaved, so a change in machine load hits every case alike
@@ -149,8 +153,9 @@ def run(seconds_list: list[int], threads: int, repeats: int) -> list[dict]:
             results.append(row)
             _print_row(row)
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env=env)
+        if warm_ray:
+            subprocess.run([str(BIN / "ray"), "stop", "--force"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=env)
         shutil.rmtree(ray_tmp, ignore_errors=True)
         for d in OUT.glob("tmp*"):
             shutil.rmtree(d, ignore_errors=True)
@@ -163,11 +168,15 @@ def _print_row(row: dict) -> None:
           f"{'peak RSS MB':>12} {'tree RSS MB':>12}")
     ff = row["ffmpeg"]["wall_s"]
     for name in ("ffmpeg", "ffmpeg-nolf", "worker", "+signals", "cli-warm", "cli-cold", "scenedetect"):
+        if name not in row:
+            continue
         r = row[name]
         video = (f"{r['video_s']:8.2f} {r['video_s'] / ff:9.2f} {r['setup_s']:8.2f}" if "video_s" in r
                  else f"{'':8} {'':9} {'':8}")
         print(f"  {name:<12} {r['wall_s']:8.2f} {r['ratio_to_ffmpeg']:9.2f} {video} {r['peak_rss_mb']:12.0f} "
               f"{r['peak_tree_rss_mb']:12.0f}")
+    if "worker" not in row or "+signals" not in row:
+        return
     w, s = row["worker"], row["+signals"]
     print(f"  signals add {100 * (s['video_s'] / w['video_s'] - 1):.1f}% per video in a warm worker "
           f"({100 * (s['wall_s'] / w['wall_s'] - 1):.1f}% for a cold process, OCR engine load included)")
@@ -178,8 +187,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, nargs="+", default=[60, 120])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases (ffmpeg always runs: it is the "
+                    "baseline), e.g. --cases worker +signals")
     args = ap.parse_args()
-    results = run(args.seconds, args.threads, args.repeats)
+    results = run(args.seconds, args.threads, args.repeats, args.cases)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "ingest.json").write_text(json.dumps(results, indent=2))
 

@@ -9,8 +9,11 @@ per-frame numbers over each clip's frame range.
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -30,3 +33,51 @@ class FrameAnalyzer(Protocol):
     name: str
 
     def update(self, frame: AnalysisFrame) -> None: ...
+
+
+class BackgroundAnalyzers:
+    """Runs analyzers on one background thread at a lower CPU priority, fed in decode order
+    through a bounded queue.
+
+    Their work is mostly OpenCV and ONNX Runtime calls, which release the GIL, so it runs beside
+    the decoder threads and the caller's own per-frame work; at a lower priority (`nice`, Linux
+    only: elsewhere it runs at normal priority) it takes the cycles they leave idle instead of
+    slowing them down, and the queue (`depth` small analysis frames, a few MB) lets it fall
+    behind and catch up, also after the pass while the caller writes clip files. `close()` waits
+    for the queue to drain and returns the first error an analyzer hit (later frames are then
+    dropped, not analyzed), or None.
+    """
+
+    name = "background"
+
+    def __init__(self, analyzers: Sequence[FrameAnalyzer], depth: int = 256, nice: int = 10):
+        self.analyzers = list(analyzers)
+        self.nice = nice
+        self._queue: queue.Queue[AnalysisFrame | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="frame-analyzers", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:  # on Linux, setpriority on a thread id applies to that thread alone
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
+        except (AttributeError, OSError):
+            pass
+        while (frame := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so the producer never blocks on a dead consumer
+            try:
+                for analyzer in self.analyzers:
+                    analyzer.update(frame)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller by close()
+                self._error = err
+
+    def update(self, frame: AnalysisFrame) -> None:
+        self._queue.put(frame)
+
+    def close(self) -> BaseException | None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self._error

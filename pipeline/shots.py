@@ -78,6 +78,17 @@ class ShotResult:
         return [t.start_frame for t in self.transitions if t.kind == "cut"]
 
 
+def structure_vector(luma: np.ndarray) -> tuple[np.ndarray, float]:
+    """The normalised THUMB-sized thumbnail of a luma frame (flattened) and its std: the structure
+    distance of two frames is `1 - z1 @ z2 / z1.size` (meaningless when either std is below
+    MIN_THUMB_STD: a featureless frame)."""
+    size = THUMB if luma.shape[1] >= luma.shape[0] else THUMB[::-1]
+    thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
+    t_mean, t_std = cv2.meanStdDev(thumb)
+    tstd = float(t_std[0, 0])
+    return (thumb.ravel().astype(np.float32) - float(t_mean[0, 0])) / max(tstd, MIN_THUMB_STD), tstd
+
+
 class _ScoredContentDetector(ContentDetector):
     """PySceneDetect's ContentDetector, keeping its per-frame score (as AdaptiveDetector does)
     instead of its own cut decisions."""
@@ -158,11 +169,7 @@ class ShotDetector:
         bright = cv2.countNonZero(cv2.compare(luma, self.cfg.black_luma, cv2.CMP_GT))
         self._scalars[i] = (self._content.score(bgr), mean[0, 0], std[0, 0], 1.0 - bright / luma.size)
 
-        size = THUMB if luma.shape[1] >= luma.shape[0] else THUMB[::-1]
-        thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
-        t_mean, t_std = cv2.meanStdDev(thumb)
-        tstd = float(t_std[0, 0])
-        z = (thumb.ravel().astype(np.float32) - float(t_mean[0, 0])) / max(tstd, MIN_THUMB_STD)
+        z, tstd = structure_vector(luma)
         small = cv2.resize(bgr, COLOR_THUMB, interpolation=cv2.INTER_AREA)
         hist = cv2.calcHist([small], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
         hist /= hist.sum()

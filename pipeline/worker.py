@@ -80,6 +80,7 @@ def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
 def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_root: Path) -> SourceResult:
     from pipeline.clipfiles import write_clips
     from pipeline.decode import decode_pass
+    from pipeline.frames import BackgroundAnalyzers
     from pipeline.plan import clip_id, frame_end_times, plan_clips
     from pipeline.probe import ProbeError, probe
     from pipeline.shots import ShotDetector, detect_shots
@@ -94,24 +95,33 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
     shot_detector = ShotDetector(cfg.shots)
     signal_analyzers = make_analyzers(cfg.signals, (info.width, info.height))  # coded size: the crop's frame
     detail = (cfg.signals.detail_every_s, cfg.signals.detail_width) if signal_analyzers else None
+    # The signals run on a low-priority thread of their own (see BackgroundAnalyzers): they use the
+    # CPU time that decoding, shot detection and then clip writing leave idle.
+    signals = BackgroundAnalyzers(signal_analyzers) if signal_analyzers else None
     try:
-        decoded = decode_pass(path, cfg.decode, [shot_detector, *signal_analyzers], detail=detail)
-    except Exception as e:
-        raise StageFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
-    if decoded.n_frames == 0:
-        raise StageFailure("decode", "no_frames", "no video frame could be decoded")
-    shots = detect_shots(shot_detector, cfg.shots).shots
-    pts = decoded.pts_s
-    ends = frame_end_times(pts)
+        try:
+            decoded = decode_pass(path, cfg.decode, [shot_detector, signals] if signals else [shot_detector],
+                                  detail=detail)
+        except Exception as e:
+            raise StageFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
+        if decoded.n_frames == 0:
+            raise StageFailure("decode", "no_frames", "no video frame could be decoded")
+        shots = detect_shots(shot_detector, cfg.shots).shots
+        pts = decoded.pts_s
+        ends = frame_end_times(pts)
 
-    planned = plan_clips([(s.start_frame, s.end_frame) for s in shots], pts, cfg.clips)
-    ids = [clip_id(video_id, c.start_frame, c.end_frame) for c in planned]
-    files: list[Any] = [None] * len(planned)
-    if cfg.clips.mode != "reference" and planned:
-        out_dir = media_dir(lib_root, video_id)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = write_clips(path, [(c.start_frame, c.end_frame, out_dir / cid) for c, cid in zip(planned, ids)],
-                            pts, cfg.clips)
+        planned = plan_clips([(s.start_frame, s.end_frame) for s in shots], pts, cfg.clips)
+        ids = [clip_id(video_id, c.start_frame, c.end_frame) for c in planned]
+        files: list[Any] = [None] * len(planned)
+        if cfg.clips.mode != "reference" and planned:
+            out_dir = media_dir(lib_root, video_id)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            files = write_clips(path, [(c.start_frame, c.end_frame, out_dir / cid) for c, cid in zip(planned, ids)],
+                                pts, cfg.clips)
+    finally:
+        signals_error = signals.close() if signals else None
+    if signals_error is not None:
+        raise signals_error  # a bug, not bad input: recorded as `failed`, so a rerun retries it
 
     width, height = info.display_width, info.display_height
     clip_rows = []

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.frames import AnalysisFrame
 from pipeline.signals import DetailSchedule, SignalsConfig, clip_signals, make_analyzers
+from pipeline.signals.text import read_text as READ_TEXT
 
 FPS = 30.0
 SOURCE = (640, 360)          # the "coded" size of the synthetic source video
@@ -188,6 +189,29 @@ def test_text_overlay_is_found_and_read():
     assert plain["ocr_text"] == "" and plain["text_area"] == 0.0
 
 
+def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch):
+    """Regular readings every 2 s; a 1.2 s shot between two cuts holding only an odd-second
+    detail frame is read too, while detail frames inside longer shots take their shot's reading."""
+    from pipeline.signals import text
+
+    reads = []
+    monkeypatch.setattr(text, "read_text", lambda *a: reads.append(1) or READ_TEXT(*a))
+    shots = [(75, 0, None), (36, 1, "SHORT SHOT"), (69, 2, None)]  # (frames, canvas seed, title)
+    frames = []
+    for n, seed, title in shots:
+        picture = cv2.GaussianBlur(cv2.resize(texture(seed=seed), SOURCE), (0, 0), 3)
+        if title:
+            cv2.putText(picture, title, (40, 300), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 5)
+        frames += [picture] * n
+    cfg = SignalsConfig()
+    assert (cfg.detail_every_s, cfg.text.every_s) == (1.0, 2.0)
+    a, b, c = analyse(frames, cfg, ranges=[(0, 75), (75, 111), (111, 180)])
+    assert "SHORT" in b["ocr_text"].replace(" ", "").upper() and b["text_area"] > 0.02
+    assert a["ocr_text"] == c["ocr_text"] == "" and a["text_area"] == c["text_area"] == 0.0
+    # detail frames at 0..5 s: read at 0, 2, 4 s (regular) and 3 s (the short shot); 1 s and 5 s inherit
+    assert len(reads) == 4
+
+
 def test_every_column_present_and_aesthetic_null_without_weights():
     from pipeline.signals import SIGNAL_COLUMNS
 
@@ -200,3 +224,39 @@ def test_detail_schedule_one_per_interval():
     s = DetailSchedule(1.0)
     due = [i for i in range(95) if s.due(i / FPS)]
     assert due == [0, 30, 60, 90]
+
+
+def test_background_analyzers_see_every_frame_in_order_and_hand_back_errors():
+    from pipeline.frames import BackgroundAnalyzers
+
+    small = np.zeros((9, 16, 3), np.uint8)
+    frames = [AnalysisFrame(index=i, pts_s=i / FPS, bgr=small, luma=small[..., 0]) for i in range(200)]
+
+    class Recorder:
+        name = "recorder"
+
+        def __init__(self):
+            self.seen = []
+
+        def update(self, frame):
+            self.seen.append(frame.index)
+
+    class FailsOnFrame3(Recorder):
+        def update(self, frame):
+            super().update(frame)
+            if frame.index == 3:
+                raise ValueError("bad frame")
+
+    rec = Recorder()
+    background = BackgroundAnalyzers([rec], depth=4)
+    for f in frames:
+        background.update(f)
+    assert background.close() is None and rec.seen == list(range(200))
+
+    failing = FailsOnFrame3()
+    background = BackgroundAnalyzers([failing], depth=2)
+    for f in frames:  # a dead consumer never blocks the producer
+        background.update(f)
+    error = background.close()
+    assert isinstance(error, ValueError) and failing.seen == [0, 1, 2, 3]
+    assert background.close() is error  # closing twice is harmless

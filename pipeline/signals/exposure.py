@@ -28,20 +28,28 @@ def colorfulness(bgr: np.ndarray) -> float:
     return float(np.hypot(rg_std.item(), yb_std.item()) + 0.3 * np.hypot(rg_mean.item(), yb_mean.item()))
 
 
+# Colourfulness is a clip average that changes slowly: every 3rd frame measures it as well as all.
+COLOR_EVERY = 3
+
+
 class ExposureAnalyzer:
-    """Per frame: mean luma, luma std, colourfulness, and |difference| to the previous frame."""
+    """Per frame: mean luma, luma std and |difference| to the previous frame; colourfulness on
+    every `COLOR_EVERY`-th frame."""
 
     name = "exposure"
 
     def __init__(self, cfg: ExposureConfig):
         self.cfg = cfg
-        self.stats = FrameSeries(width=3)
+        self.stats = FrameSeries(width=2)
+        self.colors = FrameSeries(width=1)
         self.diffs = FrameSeries(width=1)
         self._prev: tuple[int, np.ndarray] | None = None
 
     def update(self, frame) -> None:
         mean, std = cv2.meanStdDev(frame.luma)
-        self.stats.set(frame.index, (mean.item(), std.item(), colorfulness(frame.bgr)))
+        self.stats.set(frame.index, (mean.item(), std.item()))
+        if frame.index % COLOR_EVERY == 0:
+            self.colors.set(frame.index, colorfulness(frame.bgr))
         if self._prev is not None and self._prev[0] == frame.index - 1 and self._prev[1].shape == frame.luma.shape:
             self.diffs.set(frame.index, cv2.norm(frame.luma, self._prev[1], cv2.NORM_L1) / frame.luma.size)
         self._prev = (frame.index, frame.luma)
@@ -51,10 +59,13 @@ class ExposureAnalyzer:
         if len(stats) == 0:
             return {name: None for name, _, _ in EXPOSURE_COLUMNS}
         diffs = self.diffs.window(start_frame + 1, end_frame)[:, 0]  # the first frame's predecessor is outside
+        colors = self.colors.window(start_frame, end_frame)
+        if len(colors) == 0:  # a clip shorter than COLOR_EVERY frames between two measured ones
+            colors = self.colors.window(start_frame - COLOR_EVERY + 1, end_frame)
         return {
             "brightness": float(stats[:, 0].mean()),
             "contrast": float(stats[:, 1].mean()),
-            "colorfulness": float(stats[:, 2].mean()),
+            "colorfulness": float(colors.mean()) if len(colors) else None,
             "black_share": float((stats[:, 0] < self.cfg.black_luma).mean()),
             "blank_share": float((stats[:, 1] < self.cfg.blank_std).mean()),
             "frozen_share": frozen_share(diffs < self.cfg.frozen_diff, self.cfg.frozen_min_run) if len(diffs) else None,

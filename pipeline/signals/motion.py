@@ -12,7 +12,6 @@ frame (dx > 0); tilting up moves it down (dy > 0); zooming in makes it expand (z
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import cv2
@@ -56,26 +55,30 @@ def global_motion(flow: np.ndarray) -> tuple[float, float, float, float]:
 
 
 class MotionAnalyzer:
-    """Keeps 5 numbers per flow pair: magnitude, dx, dy, zoom (all per second) and the pair's first frame."""
+    """Keeps 5 numbers per flow pair: magnitude, dx, dy, zoom (all per second) and the pair's first frame.
+
+    Pairs are consecutive every-`flow_step`-th frames (0-4, 4-8, ...), so only those frames are
+    looked at: the others cost nothing.
+    """
 
     name = "motion"
 
     def __init__(self, cfg: MotionConfig):
         self.cfg = cfg
         self.pairs = FrameSeries(width=5)
-        self._recent: deque[tuple[int, float, np.ndarray]] = deque(maxlen=cfg.flow_step + 1)
-        self._last_pair = -(10**9)
+        self._prev: tuple[int, float, np.ndarray] | None = None
 
     def update(self, frame) -> None:
+        if frame.index % self.cfg.flow_step:
+            return
         h, w = frame.luma.shape
         fw = min(self.cfg.flow_width, w)
         fh = max(8, round(h * fw / w))
         small = cv2.resize(frame.luma, (fw, fh), interpolation=cv2.INTER_AREA)
-        self._recent.append((frame.index, frame.pts_s, small))
-        first_index, first_pts, first = self._recent[0]
-        if frame.index - first_index != self.cfg.flow_step or frame.index - self._last_pair < self.cfg.flow_step:
+        prev, self._prev = self._prev, (frame.index, frame.pts_s, small)
+        if prev is None or frame.index - prev[0] != self.cfg.flow_step or prev[2].shape != small.shape:
             return
-        self._last_pair = frame.index
+        first_index, first_pts, first = prev
         flow = cv2.calcOpticalFlowFarneback(first, small, None, 0.5, 3, 9, 2, 5, 1.1, 0)
         dt = frame.pts_s - first_pts
         if not dt > 0:  # broken timestamps: assume 30 fps rather than divide by zero

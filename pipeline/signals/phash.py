@@ -3,8 +3,8 @@
 pHash: luma shrunk to 32x32, 2-D DCT, the 8x8 lowest frequencies compared with their median
 (DC term left out of the median) give 64 bits. It survives re-encoding, resizing and small
 colour changes; flat frames (black, one colour) have no meaningful hash and are skipped.
-A hash costs ~50 us on a 160 px frame; every `every`-th frame is hashed (every 3rd by default,
-~15 us per frame) and a clip picks the hashed frames nearest to evenly spread points of its range.
+A hash costs ~50 us on a 160 px frame; every `every`-th frame is hashed (every 6th by default,
+~8 us per frame) and a clip picks the hashed frames nearest to evenly spread points of its range.
 """
 
 from __future__ import annotations

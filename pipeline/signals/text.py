@@ -1,12 +1,20 @@
 """Text overlay: share of the frame covered by text and the text itself, by RapidOCR (PP-OCRv4
-ONNX models shipped in the `rapidocr-onnxruntime` wheel, so it runs offline), on a few sampled
-detail frames only: the first detail frame at or after every `text.every_s` seconds (2 s: every
-clip of at least 2 s, the shortest the default filters keep, gets one).
+ONNX models shipped in the `rapidocr-onnxruntime` wheel, so it runs offline), on sampled detail
+frames only.
 
-Cost: detection runs on the detail frame shrunk to `det_width` (320 px: ~10 ms on one CPU
+Which detail frames are read (they arrive every `signals.detail_every_s`, 1 s): the first at or
+after every multiple of `text.every_s` (2 s) always; each one in between only when no regular
+reading shares its *run*, the frames between two picture breaks (a cut, seen as a lag-1 structure
+jump, or a blank frame). Otherwise it takes the reading of its run, which shows the same picture.
+So a 1-2 s shot between two cuts is still read, every clip of at least `detail_every_s` has a
+reading, and a video whose shots are longer than `every_s` costs half the readings of reading
+every detail frame. The frames in between are held until the next regular reading decides
+(at most every_s / detail_every_s - 1 of them: memory stays bounded).
+
+Cost: detection runs on the detail frame shrunk to `det_width` (320 px: ~14 ms on one CPU
 thread; RapidOCR's own preprocessing would enlarge a small frame to 736-960 px, 3-10x slower),
 recognition only on the boxes found, cropped from the 480 px detail frame so small text is still
-readable. At one sample per 2 s of 30 fps video that is ~0.2 ms per video frame without text.
+readable.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import cv2
 import numpy as np
 
 from pipeline.signals.config import TextConfig
+from pipeline.shots import MIN_THUMB_STD, structure_vector
 from pipeline.signals.series import DetailSchedule, SampleList
 
 
@@ -56,6 +65,13 @@ def read_text(ocr, bgr: np.ndarray, det_width: int, min_score: float) -> tuple[f
     return float(mask.mean()), texts
 
 
+# A lag-1 structure distance above this is a picture break (a cut; motion stays far below, see
+# pipeline/shots.py: cuts measure 0.7-1.2 on the benchmark and sample videos).
+BREAK_STRUCTURE = 0.3
+
+Reading = tuple[float, list[str]]  # (text area share, texts read)
+
+
 class TextAnalyzer:
     name = "text"
 
@@ -63,17 +79,49 @@ class TextAnalyzer:
         self.cfg = cfg
         self.schedule = DetailSchedule(cfg.every_s)
         self.samples = SampleList()
-        self._ocr = None  # loaded on the first sampled frame, so building analyzers stays cheap
+        self._ocr = None  # loaded on the first reading, so building analyzers stays cheap
+        self._run = 0  # picture breaks seen so far
+        self._prev_z: np.ndarray | None = None
+        self._last: tuple[int, Reading] | None = None  # (run, reading) of the latest reading
+        self._held: list[tuple[int, int, np.ndarray]] = []  # (frame index, run, detail frame)
 
     def update(self, frame) -> None:
+        z, std = structure_vector(frame.luma)
+        if std < MIN_THUMB_STD or (self._prev_z is not None and 1.0 - float(z @ self._prev_z) / z.size > BREAK_STRUCTURE):
+            self._run += 1
+        self._prev_z = None if std < MIN_THUMB_STD else z
         detail = getattr(frame, "detail", None)
-        if detail is None or not self.schedule.due(frame.pts_s):
+        if detail is None:
             return
+        if not self.schedule.due(frame.pts_s):
+            self._held.append((frame.index, self._run, detail))
+            return
+        reading = self._read(detail)
+        self._resolve_held(next_reading=(self._run, reading))
+        self.samples.add(frame.index, reading)
+        self._last = (self._run, reading)
+
+    def _read(self, detail: np.ndarray) -> Reading:
         if self._ocr is None:
             self._ocr = load_ocr()
-        self.samples.add(frame.index, read_text(self._ocr, detail, self.cfg.det_width, self.cfg.min_score))
+        return read_text(self._ocr, detail, self.cfg.det_width, self.cfg.min_score)
+
+    def _resolve_held(self, next_reading: tuple[int, Reading] | None) -> None:
+        """Give every held frame the reading of its run, reading it only when it has none."""
+        for index, run, detail in self._held:
+            if self._last is not None and self._last[0] == run:
+                reading = self._last[1]
+            elif next_reading is not None and next_reading[0] == run:
+                reading = next_reading[1]
+            else:
+                reading = self._read(detail)
+                self._last = (run, reading)
+            self.samples.add(index, reading)
+        self._held.clear()
 
     def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]:
+        if self._held:  # the video ended: frames after the last regular reading
+            self._resolve_held(next_reading=None)
         samples = self.samples.window(start_frame, end_frame)
         if not samples:
             return {"text_area": None, "ocr_text": None}
