@@ -42,6 +42,10 @@ class DiTConfig:
     attention: Literal["full", "factorized"] = "full"
     qk_norm: bool = True
     rope_theta: float = 10000.0
+    # also add fixed 3-D sin-cos positions to the patch tokens (as DiT and Latte do): absolute
+    # places, which a small model on little data picks up layouts from faster than from RoPE's
+    # relative ones alone; computed per grid, so any size still works
+    abs_pos: bool = False
 
     def __post_init__(self) -> None:
         from trainer.typedconfig import ConfigError
@@ -85,22 +89,32 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
-def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (T, S, head_dim / 2) for a (T, H, W) token grid (S = H * W).
-
-    The head dimension is split between the axes (time gets the remainder) and each axis rotates
-    its share by its own integer position."""
+def axis_angles(grid: tuple[int, int, int], dim: int, theta: float, device=None) -> torch.Tensor:
+    """(T, S, dim / 2) float64 angles for a (T, H, W) token grid (S = H * W): `dim` is split
+    between the axes (time gets the remainder) and each axis turns its share by its own integer
+    position at frequencies theta^(-2i/share)."""
     t, h, w = grid
-    d_hw = 2 * (head_dim // 6)
-    d_t = head_dim - 2 * d_hw
+    d_hw = 2 * (dim // 6)
+    d_t = dim - 2 * d_hw
     angles = []
-    for size, dim in ((t, d_t), (h, d_hw), (w, d_hw)):
-        freqs = 1.0 / theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+    for size, share in ((t, d_t), (h, d_hw), (w, d_hw)):
+        freqs = 1.0 / theta ** (torch.arange(0, share, 2, device=device, dtype=torch.float64) / share)
         angles.append(torch.arange(size, device=device, dtype=torch.float64)[:, None] * freqs)
     at, ah, aw = angles
-    full = torch.cat([at[:, None, None].expand(t, h, w, -1), ah[None, :, None].expand(t, h, w, -1),
-                      aw[None, None, :].expand(t, h, w, -1)], dim=-1).reshape(t, h * w, head_dim // 2)
+    return torch.cat([at[:, None, None].expand(t, h, w, -1), ah[None, :, None].expand(t, h, w, -1),
+                      aw[None, None, :].expand(t, h, w, -1)], dim=-1).reshape(t, h * w, dim // 2)
+
+
+def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (T, S, head_dim / 2): rotary positions for the attention heads."""
+    full = axis_angles(grid, head_dim, theta, device)
     return full.cos().float(), full.sin().float()
+
+
+def sincos_3d(grid: tuple[int, int, int], dim: int, theta: float, device=None) -> torch.Tensor:
+    """(T, S, dim) fixed sin-cos absolute positions, added to the tokens when `model.abs_pos`."""
+    full = axis_angles(grid, dim, theta, device)
+    return torch.cat([full.sin(), full.cos()], dim=-1).float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -284,6 +298,8 @@ class DiT(nn.Module):
         mask_channel = cond_mask.to(x.dtype)[:, None, :, None, None].expand(b, 1, frames, height, width)
         x = self.x_embedder(torch.cat([x, mask_channel], dim=1))             # (B, D, T', H', W')
         x = x.flatten(3).permute(0, 2, 3, 1)                                 # (B, T', S, D)
+        if self.config.abs_pos:
+            x = x + sincos_3d(grid, x.shape[-1], self.config.rope_theta, device=x.device).to(x.dtype)
         c = self.t_embedder(t[:, ::pt])[:, :, None]                          # (B, T', 1, D)
         mod = self.t_block(c).unflatten(-1, (-1, c.shape[-1]))               # (B, T', 1, n_mod, D)
         context = self.y_embedder(context)                                   # (B, L, D)
@@ -324,4 +340,4 @@ def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
     return model.eval().requires_grad_(False), meta
 
 
-__all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "load_dit", "rope_3d", "apply_rope", "modulate"]
+__all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "load_dit", "rope_3d", "sincos_3d", "apply_rope", "modulate"]

@@ -25,8 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.signals.config import TextConfig
 from pipeline.shots import MIN_THUMB_STD, structure_vector
+from pipeline.signals.config import TextConfig
 from pipeline.signals.series import DetailSchedule, SampleList
 
 
