@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.dit import DiT, DiTConfig, rope_3d
+from trainer.dit import DiT, DiTConfig, rope_3d, sincos_3d
 from trainer.rf import (
     FlowConfig,
     flow_loss,
@@ -103,6 +103,33 @@ def test_rope_rotates_by_position_and_size_free():
     assert cos.shape == (3, 10, 8)
     assert torch.allclose(cos[0, 0], torch.ones(8))     # position (0, 0, 0) is not rotated
     assert not torch.allclose(cos[1, 0], cos[0, 0]) and not torch.allclose(cos[0, 1], cos[0, 0])
+
+
+def test_abs_pos_and_pooled_text_options():
+    """Fixed absolute positions make a token's output depend on where it is; the pooled caption
+    reaches every token through adaLN and ignores padding."""
+    torch.manual_seed(0)
+    cfg = DiTConfig(size="tiny", depth=2, hidden_size=48, num_heads=4, abs_pos=True, pooled_text=True)
+    model = DiT(cfg, in_channels=4, text_dim=TEXT_DIM)
+    for p in model.parameters():  # leave the zero-initialised identity start, so outputs react
+        torch.nn.init.normal_(p, std=0.1)
+    table = sincos_3d((3, 2, 5), 48, 10000.0)
+    assert table.shape == (3, 10, 48) and len({tuple(r.tolist()) for r in table.reshape(30, 48)}) == 30
+
+    flat = torch.zeros(1, 4, 1, 4, 4)        # the same value everywhere: only positions tell tokens apart
+    args = (torch.full((1, 1), 0.5), torch.randn(1, 3, TEXT_DIM), torch.ones(1, 3, dtype=torch.bool))
+    out = model(flat, *args)
+    assert not torch.allclose(out[..., :2, :2], out[..., 2:, 2:], atol=1e-4)
+
+    text = torch.randn(1, 4, TEXT_DIM)
+    mask = torch.tensor([[True, True, False, False]])
+    noisy_padding = text.clone()
+    noisy_padding[:, 2:] = 100.0
+    x, t = torch.randn(1, 4, 1, 4, 4), torch.full((1, 1), 0.5)
+    assert torch.allclose(model(x, t, text, mask), model(x, t, noisy_padding, mask), atol=1e-5)
+    other = text.clone()
+    other[:, 0] += 1.0
+    assert not torch.allclose(model(x, t, text, mask), model(x, t, other, mask), atol=1e-4)
 
 
 def test_dit_rejects_sizes_a_patch_does_not_divide():

@@ -46,6 +46,10 @@ class DiTConfig:
     # places, which a small model on little data picks up layouts from faster than from RoPE's
     # relative ones alone; computed per grid, so any size still works
     abs_pos: bool = False
+    # also condition every block's adaLN on the caption as a whole (the masked mean of its token
+    # states, beside the timestep; as SD3 and Flux do with a pooled text vector): a global switch
+    # per sample, where cross-attention alone has each token look the caption up for itself
+    pooled_text: bool = False
 
     def __post_init__(self) -> None:
         from trainer.typedconfig import ConfigError
@@ -237,6 +241,8 @@ class DiT(nn.Module):
         self.t_embedder = TimestepEmbedder(d)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(d, (9 if config.attention == "factorized" else 6) * d))
         self.y_embedder = nn.Sequential(nn.Linear(text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.pooled_embedder = (nn.Sequential(nn.Linear(text_dim, d), nn.SiLU(), nn.Linear(d, d))
+                                if config.pooled_text else None)
         self.blocks = nn.ModuleList([
             DiTBlock(d, heads, config.mlp_ratio, config.qk_norm, config.attention == "factorized")
             for _ in range(config.depth)])
@@ -257,6 +263,9 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         nn.init.normal_(self.y_embedder[0].weight, std=0.02)
         nn.init.normal_(self.y_embedder[2].weight, std=0.02)
+        if self.pooled_embedder is not None:
+            nn.init.normal_(self.pooled_embedder[0].weight, std=0.02)
+            nn.init.normal_(self.pooled_embedder[2].weight, std=0.02)
         # zero-out adaLN modulation (all gates start at 0: every block starts as the identity)
         nn.init.constant_(self.t_block[-1].weight, 0)
         nn.init.constant_(self.t_block[-1].bias, 0)
@@ -301,6 +310,10 @@ class DiT(nn.Module):
         if self.config.abs_pos:
             x = x + sincos_3d(grid, x.shape[-1], self.config.rope_theta, device=x.device).to(x.dtype)
         c = self.t_embedder(t[:, ::pt])[:, :, None]                          # (B, T', 1, D)
+        if self.pooled_embedder is not None:
+            keep = context_mask.to(context.dtype)[..., None]
+            pooled = (context * keep).sum(1) / keep.sum(1).clamp(min=1)       # (B, text_dim)
+            c = c + self.pooled_embedder(pooled)[:, None, None]
         mod = self.t_block(c).unflatten(-1, (-1, c.shape[-1]))               # (B, T', 1, n_mod, D)
         context = self.y_embedder(context)                                   # (B, L, D)
         rope = rope_3d(grid, self.head_dim, self.config.rope_theta, device=x.device)
