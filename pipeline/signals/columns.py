@@ -11,7 +11,7 @@ import pyarrow as pa
 CAMERA_CLASSES = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shaky")
 
 MOTION_COLUMNS: list[tuple[str, pa.DataType, str]] = [
-    ("motion_score", pa.float32(), "Mean optical-flow magnitude (Farneback on 80 px frames, by default between every 3rd frame), % of frame width per second."),
+    ("motion_score", pa.float32(), "Mean optical-flow magnitude (Farneback on 80 px frames, by default between every 4th frame), % of frame width per second."),
     ("camera_motion", pa.string(), "Camera motion class: " + ", ".join(CAMERA_CLASSES) + "."),
     ("camera_dx", pa.float32(), "Median horizontal camera-model translation, % width/s (> 0: scene moves right, camera pans left)."),
     ("camera_dy", pa.float32(), "Median vertical camera-model translation, % width/s (> 0: scene moves down, camera tilts up)."),
