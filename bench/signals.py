@@ -6,7 +6,9 @@ Without FILE it writes the ingest benchmark video (`pipeline.samples.write_bench
 1080p30 H.264) to bench/out/. Each round times, in this process:
   decode    `pipeline.decode.decode_pass` with no analyzer: demux, decode, shrink to 160 px
   signals   the same pass with every signal analyzer (default `SignalsConfig`: motion, exposure,
-            pHash, bars, sharpness, OCR) and one 480 px detail frame per second
+            pHash, bars, sharpness, OCR) and one 480 px detail frame per second, the analyzers
+            inline on the decoding thread (ingest runs them on a background thread; the
+            per-video cost of that is `bench/ingest.py`'s "+signals" case)
 and prints wall and CPU seconds (min over rounds), the overhead of signals over decode, and
 each analyzer's own CPU cost per frame. On a shared machine trust CPU seconds more than wall
 time. The OCR models are loaded before timing (a worker loads them once, not per video).
@@ -14,10 +16,6 @@ time. The OCR models are loaded before timing (a worker loads them once, not per
 --mv compares the motion score with the codec's own motion vectors (decoder flag
 `flags2=+export_mvs`): extra CPU of each over its decode, and the Spearman rank correlation of
 their per-second motion over the file (do both rank the same seconds as moving?).
-
-`decode_pass` does not attach detail frames yet; the bench stands in for it (see DetailTap):
-the shrinker also makes the 480 px frame when `DetailSchedule` says one is due, and the first
-analyzer attaches it, which is the work the proposed decode change does.
 """
 
 from __future__ import annotations
@@ -35,43 +33,8 @@ import av  # noqa: E402
 
 from pipeline import decode as decode_mod  # noqa: E402
 from pipeline.config import DecodeConfig  # noqa: E402
-from pipeline.signals import DetailSchedule, SignalsConfig, clip_signals, make_analyzers  # noqa: E402
+from pipeline.signals import SignalsConfig, clip_signals, make_analyzers  # noqa: E402
 from pipeline.signals.text import load_ocr  # noqa: E402
-
-
-class DetailTap:
-    """Stand-in for the decoder attaching `AnalysisFrame.detail` (one 480 px frame per second)."""
-
-    name = "detail"
-
-    def __init__(self, every_s: float, width: int):
-        self.schedule = DetailSchedule(every_s)
-        self.width = width
-        self.pending = None
-        self.seconds = 0.0
-        original = decode_mod._FrameShrinker.__call__
-        tap = self
-
-        def shrink_and_detail(shrinker, frame):
-            bgr, luma = original(shrinker, frame)
-            t = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
-            if tap.schedule.due(t):
-                t0 = time.thread_time()
-                h = round(frame.height * tap.width / frame.width / 2) * 2
-                tap.pending = frame.reformat(width=tap.width, height=h, format="bgr24",
-                                             interpolation="AREA").to_ndarray()
-                tap.seconds += time.thread_time() - t0
-            return bgr, luma
-
-        decode_mod._FrameShrinker.__call__ = shrink_and_detail
-        self._restore = lambda: setattr(decode_mod._FrameShrinker, "__call__", original)
-
-    def update(self, frame) -> None:
-        object.__setattr__(frame, "detail", self.pending)
-        self.pending = None
-
-    def close(self) -> None:
-        self._restore()
 
 
 class Timed:
@@ -90,26 +53,21 @@ class Timed:
 def run_once(path: Path, threads: int, signals: bool) -> tuple[float, float, int, dict[str, float]]:
     decode_cfg = DecodeConfig(threads=threads)
     totals: dict[str, float] = defaultdict(float)
-    analyzers, tap = [], None
+    analyzers, detail = [], None
     if signals:
         scfg = SignalsConfig()
         with av.open(str(path)) as c:
             size = (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height)
-        tap = DetailTap(scfg.detail_every_s, scfg.detail_width)
-        analyzers = [tap] + [Timed(a, totals) for a in make_analyzers(scfg, size)]
+        analyzers = [Timed(a, totals) for a in make_analyzers(scfg, size)]
+        detail = (scfg.detail_every_s, scfg.detail_width)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    try:
-        result = decode_mod.decode_pass(path, decode_cfg, analyzers)
-        if signals:  # the per-clip summaries: one clip per 5 s here
-            t0 = time.thread_time()
-            inner = [a.inner for a in analyzers[1:]]
-            for start in range(0, result.n_frames, 150):
-                clip_signals(inner, start, min(start + 150, result.n_frames))
-            totals["clip_signals (all clips)"] = time.thread_time() - t0
-            totals["detail frame (480 px reformat)"] = tap.seconds
-    finally:
-        if tap is not None:
-            tap.close()
+    result = decode_mod.decode_pass(path, decode_cfg, analyzers, detail=detail)
+    if signals:  # the per-clip summaries: one clip per 5 s here
+        t0 = time.thread_time()
+        inner = [a.inner for a in analyzers]
+        for start in range(0, result.n_frames, 150):
+            clip_signals(inner, start, min(start + 150, result.n_frames))
+        totals["clip_signals (all clips)"] = time.thread_time() - t0
     return time.perf_counter() - wall0, time.process_time() - cpu0, result.n_frames, totals
 
 

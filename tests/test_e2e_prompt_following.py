@@ -2,8 +2,8 @@
 caption --from -> export -> train -> sample) follows what its captions say, and the numbers mean
 something: without the prompt, or untrained, they fall to chance. See bench/prompt_following.py.
 
-Measured on the 2-core machine (~6 minutes in all, 4 of them training): colour and direction
-together 100% with guidance and without (chance: 1/16), 0% without the prompt and untrained.
+Measured on the 2-core machine (~6.5-7 minutes in all, 4.7 of them training): colour and direction
+together 100% with guidance and without (chance: 1/16), 0-3% without the prompt, 0% untrained.
 The test holds the issue's bar (>= 80%) with room for a machine whose floating point differs.
 """
 
