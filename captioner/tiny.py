@@ -65,17 +65,26 @@ def _bpe_tokenizer(special: list[str], vocab_size: int = 400):
     return tok
 
 
+QWEN_VL_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                   "<|image_pad|>", "<|video_pad|>"]
+
+
+def _qwen_tokenizer(special: list[str] = QWEN_VL_SPECIAL, chat_template: str = QWEN_TEMPLATE):
+    """A tiny byte-level BPE Qwen2 tokenizer with these special tokens, and their ids."""
+    from transformers import Qwen2Tokenizer
+
+    tokenizer = Qwen2Tokenizer(tokenizer_object=_bpe_tokenizer(special), eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", chat_template=chat_template)
+    return tokenizer, {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+
+
 def build_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
     """A ~1M-parameter Qwen2.5-VL with its processor, saved to `out_dir`."""
     import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2Tokenizer
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = Qwen2Tokenizer(tokenizer_object=_bpe_tokenizer(special), eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>", chat_template=QWEN_TEMPLATE)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    tokenizer, ids = _qwen_tokenizer()
     config = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -101,14 +110,10 @@ def build_qwen2_5_vl(out_dir: str | Path, seed: int = 0) -> Path:
 def build_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
     """A ~1M-parameter Qwen3-VL (16 px patches, DeepStack) with its processor, saved to `out_dir`."""
     import torch
-    from transformers import Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|image_pad|>", "<|video_pad|>"]
-    tokenizer = Qwen2Tokenizer(tokenizer_object=_bpe_tokenizer(special), eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>", chat_template=QWEN_TEMPLATE)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    tokenizer, ids = _qwen_tokenizer()
     config = Qwen3VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
@@ -134,18 +139,11 @@ def build_qwen3_vl(out_dir: str | Path, seed: int = 0) -> Path:
 def build_llava_onevision(out_dir: str | Path, seed: int = 0) -> Path:
     """A ~1M-parameter LLaVA-OneVision (SigLIP vision, Qwen2 text) with its processor."""
     import torch
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionProcessor,
-        Qwen2Tokenizer,
-    )
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
-    tokenizer = Qwen2Tokenizer(tokenizer_object=_bpe_tokenizer(special), eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>", chat_template=LLAVA_OV_TEMPLATE)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    tokenizer, ids = _qwen_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+                                     LLAVA_OV_TEMPLATE)
     image_size, patch = 32, 8
     config = LlavaOnevisionConfig(
         vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,

@@ -9,13 +9,18 @@ per-frame numbers over each clip's frame range.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
+import cv2
 import numpy as np
+
+THUMB = (32, 18)         # structure thumbnail (w, h); transposed for portrait frames
+MIN_THUMB_STD = 2.0      # a thumbnail flatter than this has no structure to correlate
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,19 @@ class AnalysisFrame:
     bgr: np.ndarray     # (h, w, 3) uint8, downscaled, display orientation not applied
     luma: np.ndarray    # (h, w) uint8, the Y plane at the same size
     detail: np.ndarray | None = None  # (H, W, 3) uint8 BGR at `signals.detail_width`, on sampled frames only
+
+    @functools.cached_property
+    def structure(self) -> tuple[np.ndarray, float]:
+        """The normalised THUMB-sized luma thumbnail (flattened) and its std, computed once for
+        every analyzer that compares frames by structure (shot detection, the OCR schedule): the
+        structure distance of two frames is `1 - z1 @ z2 / z1.size`, meaningless when either std
+        is below MIN_THUMB_STD (a featureless frame)."""
+        luma = self.luma
+        size = THUMB if luma.shape[1] >= luma.shape[0] else THUMB[::-1]
+        thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
+        t_mean, t_std = cv2.meanStdDev(thumb)
+        tstd = float(t_std[0, 0])
+        return (thumb.ravel().astype(np.float32) - float(t_mean[0, 0])) / max(tstd, MIN_THUMB_STD), tstd
 
 
 class FrameAnalyzer(Protocol):

@@ -38,16 +38,14 @@ import numpy as np
 from scenedetect import ContentDetector, FrameTimecode
 
 from pipeline.config import ShotsConfig
-from pipeline.frames import AnalysisFrame
+from pipeline.frames import MIN_THUMB_STD, THUMB, AnalysisFrame
 
 # Lags (in frames) at which each frame is compared with an earlier one: dense for cuts, flashes
 # and short dissolves, sparser for long dissolves (dissolve_max_frames must stay below the max).
 LAGS = tuple(range(1, 25)) + (28, 32, 40, 48, 56, 64)
 LAG_INDEX = {k: i for i, k in enumerate(LAGS)}
-THUMB = (32, 18)         # structure thumbnail (w, h); transposed for portrait frames
 COLOR_THUMB = (40, 22)   # the colour histogram is taken on this small copy (cheaper, same result)
 HIST_BINS = 4            # per channel: 4x4x4 joint BGR histogram
-MIN_THUMB_STD = 2.0      # a thumbnail flatter than this has no structure to correlate
 BLEND_EDGE = 0.15        # a dissolve frame differs in colour from both shots by this share of
                          # the shots' own difference (the rest is added back as a margin)
 
@@ -76,17 +74,6 @@ class ShotResult:
     @property
     def hard_cuts(self) -> list[int]:
         return [t.start_frame for t in self.transitions if t.kind == "cut"]
-
-
-def structure_vector(luma: np.ndarray) -> tuple[np.ndarray, float]:
-    """The normalised THUMB-sized thumbnail of a luma frame (flattened) and its std: the structure
-    distance of two frames is `1 - z1 @ z2 / z1.size` (meaningless when either std is below
-    MIN_THUMB_STD: a featureless frame)."""
-    size = THUMB if luma.shape[1] >= luma.shape[0] else THUMB[::-1]
-    thumb = cv2.resize(luma, size, interpolation=cv2.INTER_AREA)
-    t_mean, t_std = cv2.meanStdDev(thumb)
-    tstd = float(t_std[0, 0])
-    return (thumb.ravel().astype(np.float32) - float(t_mean[0, 0])) / max(tstd, MIN_THUMB_STD), tstd
 
 
 class _ScoredContentDetector(ContentDetector):
@@ -169,7 +156,7 @@ class ShotDetector:
         bright = cv2.countNonZero(cv2.compare(luma, self.cfg.black_luma, cv2.CMP_GT))
         self._scalars[i] = (self._content.score(bgr), mean[0, 0], std[0, 0], 1.0 - bright / luma.size)
 
-        z, tstd = structure_vector(luma)
+        z, tstd = frame.structure
         small = cv2.resize(bgr, COLOR_THUMB, interpolation=cv2.INTER_AREA)
         hist = cv2.calcHist([small], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
         hist /= hist.sum()

@@ -25,7 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.shots import MIN_THUMB_STD, structure_vector
+from pipeline.frames import MIN_THUMB_STD
 from pipeline.signals.config import TextConfig
 from pipeline.signals.series import DetailSchedule, SampleList
 
@@ -86,7 +86,7 @@ class TextAnalyzer:
         self._held: list[tuple[int, int, np.ndarray]] = []  # (frame index, run, detail frame)
 
     def update(self, frame) -> None:
-        z, std = structure_vector(frame.luma)
+        z, std = frame.structure  # shared with shot detection, which computed it first
         if std < MIN_THUMB_STD or (self._prev_z is not None and 1.0 - float(z @ self._prev_z) / z.size > BREAK_STRUCTURE):
             self._run += 1
         self._prev_z = None if std < MIN_THUMB_STD else z
