@@ -51,7 +51,31 @@ class DecodeResult:
     threads: int                   # decoder threads used
     decode_errors: int = 0         # packets the decoder rejected (skipped, not counted as frames)
     corrupt_frames: int = 0        # frames the decoder flagged corrupt but still produced
+    dropped_frames: int = 0        # frames whose PTS did not advance (damaged stream): left out
     truncated: bool = False        # demuxing stopped early on a read error
+    declared_end_s: float | None = None  # where the container says the file ends (any stream), if it says
+
+    @property
+    def ends_early(self) -> bool:
+        """The video stops well before the end the container declares: a cut-off Matroska/WebM
+        (which demuxes quietly to its last whole cluster), or audio that runs on past the picture."""
+        if self.declared_end_s is None or self.n_frames == 0:
+            return False
+        end = float(self.pts_s[-1]) + 1.0 / self.fps
+        return self.declared_end_s - end > max(1.0, 0.1 * self.declared_end_s)
+
+    @property
+    def warnings(self) -> str | None:
+        """What was wrong with the stream, for a person; None when it decoded cleanly."""
+        found = [text for count, text in (
+            (self.truncated, "truncated: read error before the end"),
+            (self.ends_early, f"video ends at {float(self.pts_s[-1]) + 1.0 / self.fps:.1f} s of the "
+                              f"{self.declared_end_s or 0:.1f} s the container declares (cut off?)"),
+            (self.decode_errors, f"{self.decode_errors} packets rejected by the decoder"),
+            (self.corrupt_frames, f"{self.corrupt_frames} frames decoded with errors"),
+            (self.dropped_frames, f"{self.dropped_frames} frames out of time order left out"),
+        ) if count]
+        return "; ".join(found) or None
 
     @property
     def duration_s(self) -> float:
@@ -149,7 +173,9 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
     `detail` = (every_s, width): also attach a larger BGR frame, `width` px wide, to the first
     frame at or after every multiple of `every_s` seconds (the signals' OCR / sharpness / bars).
     Packets the decoder rejects are skipped and counted; a read error mid-file ends the pass
-    with what was decoded (`truncated`). Raises DecodeError when no frame can be decoded.
+    with what was decoded (`truncated`). Frames come out with strictly increasing PTS: a damaged
+    stream can make the decoder emit a frame out of time order, which is left out (and counted),
+    because clip boundaries are found by PTS. Raises DecodeError when no frame can be decoded.
     """
     try:
         container = av.open(str(path))
@@ -180,7 +206,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         step_s = 1.0 / float(rate) if rate else 1.0 / 30.0
 
         pts: list[float] = []
-        errors = corrupt = 0
+        errors = corrupt = dropped = 0
         truncated = False
         pix_fmt = ctx.pix_fmt or ""
         packets = container.demux(stream)
@@ -202,6 +228,9 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
                     t = frame.pts * tb
                 else:  # no timestamp: assume the nominal frame duration
                     t = pts[-1] + step_s if pts else 0.0
+                if pts and t <= pts[-1]:
+                    dropped += 1
+                    continue
                 corrupt += frame.is_corrupt
                 pix_fmt = frame.format.name
                 bgr, luma = shrink(frame)
@@ -214,6 +243,8 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
                     analyzer.update(af)
             if packet is None:
                 break
+        declared_end_s = ((container.start_time or 0) + container.duration) / av.time_base \
+            if container.duration else None
 
     n = len(pts)
     if n == 0:
@@ -226,4 +257,5 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         n_frames=n, pts_s=pts_s, time_base=time_base, fps=avg_fps,
         is_vfr=_is_variable(pts_s), width=ctx.width, height=ctx.height,
         analysis_size=(aw, ah), pix_fmt=pix_fmt, codec=ctx.name, threads=threads,
-        decode_errors=errors, corrupt_frames=corrupt, truncated=truncated)
+        decode_errors=errors, corrupt_frames=corrupt, dropped_frames=dropped, truncated=truncated,
+        declared_end_s=declared_end_s)

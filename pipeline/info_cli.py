@@ -50,6 +50,10 @@ def summary_lines(lib: "Library") -> list[str]:
         durations = sorted(c["duration_s"] for c in clips)
         lines.append(f"          length min/median/max {durations[0]:.2f}/{durations[len(durations) // 2]:.2f}/"
                      f"{durations[-1]:.2f} s; files {sum(c['file_bytes'] or 0 for c in clips) / 1e6:.1f} MB")
+    damaged = [v for v in videos if v.get("decode_warnings")]
+    if damaged:
+        lines.append(f"  damaged {len(damaged):>6}   videos ingested from what decoded (see videos.decode_warnings), "
+                     f"e.g. {Path(damaged[0]['uri']).name}: {damaged[0]['decode_warnings']}")
     lines.append(f"  errors  {len(errors):>6}" + ("   " + ", ".join(
         f"{k}={v}" for k, v in Counter(e["error_type"] for e in errors).most_common()) if errors else ""))
     lines += _view_lines(lib.root) + _caption_lines(lib.root)

@@ -48,6 +48,7 @@ VIDEO_COLUMNS = [
     Column("is_vfr", pa.bool_(), "True when frame durations vary (variable frame rate).", True),
     Column("duration_s", pa.float64(), "Duration of the video stream in seconds.", True),
     Column("n_frames", pa.int64(), "Frames decoded in the single decode pass.", True),
+    Column("decode_warnings", pa.string(), "What was wrong with a damaged stream that still decoded (truncated, packets rejected, frames decoded with errors or out of time order); null when it decoded cleanly.", True),
     Column("n_shots", pa.int32(), "Shots detected.", True),
     Column("n_clips", pa.int32(), "Clips planned from those shots.", True),
     Column("ingest_s", pa.float64(), "Wall time spent on this video by its worker.", True),

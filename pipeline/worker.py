@@ -152,6 +152,7 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
         "sample_aspect_ratio": info.sample_aspect_ratio, "rotation": info.rotation,
         "fps": decoded.fps, "is_vfr": decoded.is_vfr,
         "duration_s": float(ends[-1] - pts[0]), "n_frames": decoded.n_frames,
+        "decode_warnings": decoded.warnings,
         "n_shots": len(shots), "n_clips": len(clip_rows),
         "ingest_s": time.perf_counter() - t0, "ingested_at": utcnow(),
     }

@@ -59,11 +59,14 @@ def http_root(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def ingested(sample_corpus: Path, http_root, tmp_path_factory: pytest.TempPathFactory):
-    """One CLI run over the corpus plus bad inputs, a renamed copy, a URL, a dead URL, a manifest."""
+    """One CLI run over the corpus plus bad inputs, a renamed copy, a cut-off WebM (damaged but
+    decodable), a URL, a dead URL, a manifest."""
     work = tmp_path_factory.mktemp("ingest")
     names = sorted(p.name for p in sample_corpus.iterdir() if p.suffix in {".mp4", ".webm", ".mkv"})
     make_bad_inputs(work / "bad", sample_corpus / names[0])
     shutil.copy(sample_corpus / names[0], work / "same_bytes_other_name.mp4")
+    webm = (sample_corpus / next(n for n in names if n.endswith(".webm"))).read_bytes()
+    (work / "cut_off.webm").write_bytes(webm[: len(webm) // 2])
     www, base = http_root
     shutil.copy(sample_corpus / names[1], www / "remote.webm")
     manifest = work / "manifest.csv"
@@ -71,7 +74,7 @@ def ingested(sample_corpus: Path, http_root, tmp_path_factory: pytest.TempPathFa
                         + f"{base}/missing.mp4,404\n" + "http://127.0.0.1:9/unreachable.mp4,nobody listens\n")
     lib = work / "lib"
     proc = recap("ingest", str(sample_corpus), str(work / "bad"), str(work / "same_bytes_other_name.mp4"),
-                 str(manifest), "--out", str(lib), "--no-progress", check=False)
+                 str(work / "cut_off.webm"), str(manifest), "--out", str(lib), "--no-progress", check=False)
     return {"lib": Library(lib), "proc": proc, "names": names, "corpus": sample_corpus, "base": base}
 
 
@@ -96,11 +99,20 @@ def test_every_bad_input_is_an_error_row_with_a_reason(ingested) -> None:
 def test_good_videos_all_ingested_once(ingested) -> None:
     lib = ingested["lib"]
     videos = lib.read("videos").to_pylist()
-    assert len(videos) == len(ingested["names"])  # the renamed copy and the URL copy are duplicates
+    # the renamed copy and the URL copy are duplicates; the cut-off copy is different bytes
+    assert len(videos) == len(ingested["names"]) + 1
     assert len({v["video_id"] for v in videos}) == len(videos)
     outcomes = lib.handled_sources()
     assert outcomes[str(Path(ingested["lib"].root).parent / "same_bytes_other_name.mp4")] == "duplicate"
     assert outcomes[f"{ingested['base']}/remote.webm"] == "duplicate"
+
+
+def test_damaged_video_is_ingested_with_a_warning(ingested) -> None:
+    warned = {Path(v["uri"]).name: v["decode_warnings"] for v in ingested["lib"].read("videos").to_pylist()
+              if v["decode_warnings"]}
+    assert list(warned) == ["cut_off.webm"] and "the container declares (cut off?)" in warned["cut_off.webm"]
+    info = recap("info", str(ingested["lib"].root)).stdout
+    assert "damaged      1" in info and "cut_off.webm" in info
 
 
 def _clips_by_name(lib: Library) -> dict[str, list[dict]]:
