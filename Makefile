@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/recap info $(DEMO)/lib
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=5
 
 clean-demo:
 	rm -rf $(DEMO)

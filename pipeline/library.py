@@ -34,9 +34,17 @@ class LibraryError(RuntimeError):
     """The folder is not a recap library, or was written by an incompatible version."""
 
 
+_last_batch_us = 0
+
+
 def new_batch_id() -> str:
-    # time-sortable, so part files list in write order
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{uuid.uuid4().hex[:8]}"
+    """Time-sortable id (microseconds, strictly increasing within a process), so part files list
+    in write order: readers that let later parts override earlier ones depend on it."""
+    global _last_batch_us
+    us = max(time.time_ns() // 1000, _last_batch_us + 1)
+    _last_batch_us = us
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(us // 1_000_000))
+    return f"{stamp}.{us % 1_000_000:06d}-{uuid.uuid4().hex[:8]}"
 
 
 def utcnow() -> datetime:

@@ -4,20 +4,19 @@ something: without the prompt, or untrained, they fall to chance. See bench/prom
 
 Measured on the 2-core machine (~6.5-7 minutes in all, 4.7 of them training): colour and direction
 together 100% with guidance and without (chance: 1/16), 0-3% without the prompt, 0% untrained.
-The test holds the issue's bar (>= 80%) with room for a machine whose floating point differs.
+The test holds the issue's bar (>= 80%) with room for a machine whose floating point differs. Its
+time is not asserted (no timed asserts): `make test` prints the slowest tests' durations.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from bench.prompt_following import run_proof
 
 
 def test_trained_model_follows_its_prompts(tmp_path: Path):
-    started = time.perf_counter()
     report = run_proof(tmp_path, per_pair=4, seeds_per_caption=2)
     r = report["results"]
     print(json.dumps(report, indent=1))
@@ -31,4 +30,3 @@ def test_trained_model_follows_its_prompts(tmp_path: Path):
     assert r["untrained"]["follows"] <= 0.25 and r["untrained"]["colour"] <= 0.5, r
     assert r["extension"]["follows"] >= 0.75, r                       # continuing real clips keeps their motion
     assert Path(report["contact_sheet"]).is_file()
-    assert time.perf_counter() - started < 15 * 60

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -161,14 +160,11 @@ sys.exit(filter_cli.run(p.parse_args(sys.argv[1:])))
 
 def test_filter_cli_never_decodes(tmp_path):
     lib = write_library(tmp_path / "lib", n=2000, parts=4)
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", NO_DECODE, str(lib), "--set", "filters.motion.min=2.5"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
     assert "of 2000 clips pass" in proc.stdout and "motion.min" in proc.stdout
     assert (lib / VIEW_PATH).exists()
-    assert elapsed < 30  # seconds, interpreter start included
 
 
 def test_bad_override_is_reported(tmp_path):

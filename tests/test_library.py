@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.library import Library, LibraryError, utcnow
+from pipeline.library import Library, LibraryError, new_batch_id, utcnow
 from pipeline.schema import TABLES, table_schema
 
 
@@ -24,6 +24,24 @@ def test_commit_and_read_back(tmp_path) -> None:
     assert sorted(t.column("uri").to_pylist()) == ["a", "b"]
     assert set(t.column("batch_id").to_pylist()) == {batch}
     assert lib.handled_sources() == {"a": "ingested", "b": "ingested"}
+
+
+def test_batch_ids_sort_in_write_order() -> None:
+    # part files named by batch id are read in name order, later parts overriding earlier ones:
+    # ids made within the same second (or microsecond) must still sort in the order they were made
+    ids = [new_batch_id() for _ in range(2000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def test_later_embedding_part_wins(tmp_path) -> None:
+    import numpy as np
+
+    from index.tables import read_embeddings, write_embeddings
+
+    for i in range(20):     # twenty rewrites of one clip's vector, all within a second
+        write_embeddings(tmp_path, "caption", "m", ["c1", "c2"][: 1 + i % 2], np.full((1 + i % 2, 4), i), [f"h{i}"] * (1 + i % 2))
+    t = read_embeddings(tmp_path, "caption", "m").to_pylist()
+    assert {r["clip_id"]: r["input_hash"] for r in t} == {"c1": "h19", "c2": "h19"}
 
 
 def test_uncommitted_parts_and_temp_files_are_removed_on_open(tmp_path) -> None:
