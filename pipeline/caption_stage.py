@@ -105,7 +105,11 @@ class FramePrepStage:
         self.reader = FrameReader()
 
     def resources(self) -> dict[str, float]:
-        return {"num_cpus": self.cfg.execution.prep_cpus}
+        # memory: a prepared batch at its largest (RGB frames, held twice while it becomes Arrow),
+        # so Ray does not start more preparation tasks than the node's memory holds
+        f = self.cfg.frames
+        batch_bytes = self.cfg.batch_size * max(f.num_frames, f.max_frames) * f.max_pixels * 3
+        return {"num_cpus": self.cfg.execution.prep_cpus, "memory": 2 * batch_bytes}
 
     def process_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from captioner.captioner import prepare_clip
@@ -279,10 +283,11 @@ def build_dataset(todo: list[dict[str, Any]], cfg: CaptionConfig, lib_root: str,
     gen_args = CaptionStage(cfg).resources()
     # about one batch per block, so prepared batches stream to the actors as they are ready
     ds = ray.data.from_items(todo, override_num_blocks=max(1, min(1000, -(-len(todo) // cfg.batch_size))))
-    # Ray Data would fuse a task stage into the next actor stage when their resources match (the
-    # actors would then decode too, serially); a remote-args function keeps preparation its own stage
+    # Ray Data fuses a task stage into the next actor stage when their remote args are equal (the
+    # actors would then decode too, serially). Preparation reserves memory for its frames, the
+    # actors do not: the args differ and the stages stay apart (a test checks Ray's stats).
     ds = ds.map_batches(prep, batch_size=cfg.batch_size, batch_format="pyarrow",
-                        compute=ray.data.TaskPoolStrategy(), ray_remote_args_fn=lambda: prep_args)
+                        compute=ray.data.TaskPoolStrategy(), **prep_args)
     return ds.map_batches(_CaptionActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=cfg.batch_size,
                           batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.execution.actors),
                           num_cpus=gen_args["num_cpus"], num_gpus=gen_args["num_gpus"] or None)
