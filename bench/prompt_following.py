@@ -43,10 +43,7 @@ SIZE, FRAMES, FPS = 16, 5, 4
 
 
 def recap_command(name: str) -> list[str]:
-    """`recap NAME` in a fresh interpreter (the sampler through its own module until registered)."""
-    from pipeline.cli import COMMANDS
-    if name == "sample" and name not in COMMANDS:
-        return [sys.executable, "-m", "trainer.sample_cli"]
+    """`recap NAME` in a fresh interpreter."""
     return [sys.executable, "-m", "pipeline.cli", name]
 
 
@@ -86,6 +83,7 @@ def run_proof(work: str | Path, per_pair: int = 4, seeds_per_caption: int = 2, d
     """The whole chain in `work`; returns the scores and the time of each stage."""
     import numpy as np
 
+    from pipeline.decode import available_cpus
     from pipeline.semantic_samples import CAPTIONS_FILE, caption_for, semantic_frames
     from trainer.sample import write_mp4
 
@@ -110,7 +108,7 @@ def run_proof(work: str | Path, per_pair: int = 4, seeds_per_caption: int = 2, d
     trained, untrained = work / "dit", work / "dit_untrained"
     overrides = [a for o in (dit_overrides or []) for a in ("--set", o)]
     # training and sampling are the long stages and run alone: they get every core (2 on CI: ~1.45x faster)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cpus()
     stage("train", "dit", "--config", str(CONFIGS / "dit_e2e.yaml"), "--data", str(shards), "--out", str(trained),
           *overrides, threads=cores)
     stage("train", "dit", "--config", str(CONFIGS / "dit_e2e.yaml"), "--data", str(shards), "--out", str(untrained),

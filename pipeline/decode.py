@@ -61,15 +61,14 @@ class DecodeResult:
         (which demuxes quietly to its last whole cluster), or audio that runs on past the picture."""
         if self.declared_end_s is None or self.n_frames == 0:
             return False
-        end = float(self.pts_s[-1]) + 1.0 / self.fps
-        return self.declared_end_s - end > max(1.0, 0.1 * self.declared_end_s)
+        return self.declared_end_s - self.end_s > max(1.0, 0.1 * self.declared_end_s)
 
     @property
     def warnings(self) -> str | None:
         """What was wrong with the stream, for a person; None when it decoded cleanly."""
         found = [text for count, text in (
             (self.truncated, "truncated: read error before the end"),
-            (self.ends_early, f"video ends at {float(self.pts_s[-1]) + 1.0 / self.fps:.1f} s of the "
+            (self.ends_early, f"video ends at {self.end_s:.1f} s of the "
                               f"{self.declared_end_s or 0:.1f} s the container declares (cut off?)"),
             (self.decode_errors, f"{self.decode_errors} packets rejected by the decoder"),
             (self.corrupt_frames, f"{self.corrupt_frames} frames decoded with errors"),
@@ -78,11 +77,14 @@ class DecodeResult:
         return "; ".join(found) or None
 
     @property
+    def end_s(self) -> float:
+        """End of the last frame (its PTS plus an average frame)."""
+        return float(self.pts_s[-1]) + 1.0 / self.fps if self.n_frames else 0.0
+
+    @property
     def duration_s(self) -> float:
         """Span from the first frame's PTS to the end of the last frame."""
-        if self.n_frames == 0:
-            return 0.0
-        return float(self.pts_s[-1] - self.pts_s[0]) + 1.0 / self.fps
+        return self.end_s - float(self.pts_s[0]) if self.n_frames else 0.0
 
 
 def available_cpus() -> int:

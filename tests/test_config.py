@@ -40,7 +40,6 @@ def test_bad_keys_and_values_name_the_key(override: str, words: str) -> None:
 def test_override_syntax() -> None:
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a=hello world") == ("a", "hello world")
-    assert parse_override("optim.lr=3e-3") == ("optim.lr", 0.003)  # YAML alone would give the string "3e-3"
     with pytest.raises(ConfigError):
         parse_override("novalue")
 
@@ -48,3 +47,24 @@ def test_override_syntax() -> None:
 def test_missing_config_file(tmp_path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_ingest_config(tmp_path / "nope.yaml")
+
+
+def test_exponent_without_dot_is_a_number_where_a_number_is_wanted(tmp_path) -> None:
+    # YAML 1.1 reads 3e-3 (no dot) as the string "3e-3"; a float field means a number, a string
+    # field keeps the text (a hex id such as 12e4 must not become 120000.0)
+    from dataclasses import dataclass
+
+    from trainer.typedconfig import load_config
+
+    @dataclass
+    class Job:
+        lr: float = 0.1
+        version: str = ""
+
+    assert parse_override("optim.lr=3e-3") == ("optim.lr", "3e-3")   # what YAML gives
+    assert load_config(Job, overrides=["lr=3e-3", "version=12e4"]) == Job(lr=0.003, version="12e4")
+    (tmp_path / "job.yaml").write_text("lr: 5e-4\n")
+    assert load_config(Job, tmp_path / "job.yaml").lr == 0.0005
+    for bad in ("fast", "nan", "inf"):
+        with pytest.raises(ConfigError, match="lr: expected a number"):
+            load_config(Job, overrides=[f"lr={bad}"])
