@@ -38,7 +38,7 @@ def synthetic_source(path: Path, seconds: float, fps: int = 30, size: tuple[int,
     """Moving coloured shapes over a gradient, H.264: something to decode at a realistic size."""
     import numpy as np
 
-    from pipeline.synth import write_video
+    from pipeline.samples.synth import write_video
 
     if path.exists():
         return path
@@ -63,7 +63,7 @@ def synthetic_source(path: Path, seconds: float, fps: int = 30, size: tuple[int,
 def synthetic_rows(path: Path, n_clips: int, fps: int = 30, clip_s: float = 4.0) -> list[dict]:
     per = int(clip_s * fps)
     return [{"clip_id": f"bench{i:05d}", "video_id": "bench", "start_frame": i * per, "end_frame": (i + 1) * per,
-             "fps": float(fps), "path": None, "file_start_frame": None, "video_uri": str(path),
+             "fps": float(fps), "path": None, "file_start_frame": None, "source": str(path),
              "camera_motion": "static", "ocr_text": ""} for i in range(n_clips)]
 
 
@@ -84,13 +84,13 @@ def main() -> int:
     import torch
 
     from captioner.captioner import Captioner, prepare_clip
-    from captioner.config import load_caption_config
     from captioner.frames import FrameReader
     from captioner.prompts import load_prompt
+    from pipeline.caption.config import load_caption_config
 
     overrides = list(a.overrides)
     if a.tiny:
-        from captioner.tiny import build_tiny_model
+        from tests.support.tiny_vlm import build_tiny_model
 
         tiny_dir = tempfile.TemporaryDirectory(prefix="recap-tiny-")  # removed when the script ends
         a.model = str(build_tiny_model(a.tiny, tiny_dir.name))
@@ -100,7 +100,7 @@ def main() -> int:
     cfg = load_caption_config(a.config, overrides)
 
     if a.lib:
-        from pipeline.caption_stage import select_clips
+        from pipeline.caption.job import select_clips
 
         rows, lib_root = select_clips(a.lib)[: a.clips], a.lib
     else:
@@ -117,7 +117,7 @@ def main() -> int:
     prompt = load_prompt(cfg.prompt.id)
     t0 = time.perf_counter()
     reader = FrameReader()
-    requests = [prepare_clip(r, lib_root, r.get("video_uri"), cfg, prompt, reader) for r in rows]
+    requests = [prepare_clip(r, lib_root, r.get("source"), cfg, prompt, reader) for r in rows]
     prep_s = time.perf_counter() - t0
 
     size = cfg.batch_size  # openai: the requests in flight, which the server batches

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/decode_speed.py [FILE] [--threads 2] [--rounds 3] [--seconds 60]
 
-Without FILE, writes a 1080p H.264 benchmark video (`pipeline.samples.write_benchmark_video`)
+Without FILE, writes a 1080p H.264 benchmark video (`pipeline.samples.corpus.write_benchmark_video`)
 to a temp folder. Each round runs ffmpeg, then `recap`'s decode pass with the shot analyzer
 attached and `detect_shots`, each in a fresh process; prints wall and CPU seconds (min over
 rounds) and the ratios. On a shared machine trust the CPU ratio more than the wall one.
@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OURS = """
 import sys
 sys.path.insert(0, {root!r})
-from pipeline.config import load_ingest_config
-from pipeline.decode import decode_pass
-from pipeline.shots import ShotDetector, detect_shots
+from pipeline.ingest.config import load_ingest_config
+from pipeline.ingest.decode import decode_pass
+from pipeline.ingest.shots import ShotDetector, detect_shots
 cfg = load_ingest_config(overrides=["decode.threads={threads}"])
 features = ShotDetector(cfg.shots)
 result = decode_pass({path!r}, cfg.decode, [features])
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.file
     if path is None:
         sys.path.insert(0, str(ROOT))
-        from pipeline.samples import write_benchmark_video
+        from pipeline.samples.corpus import write_benchmark_video
         tmp = tempfile.TemporaryDirectory()
         path = Path(tmp.name) / "bench1080.mp4"
         print(f"writing {args.seconds:.0f} s 1080p benchmark video ...", flush=True)

@@ -19,8 +19,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.dedup import near_duplicates  # noqa: E402
-from pipeline.filters import DedupConfig, evaluate, load_filter_config  # noqa: E402
+from pipeline.filters.evaluate import DedupConfig, evaluate, load_filter_config  # noqa: E402
+from pipeline.filters.near_duplicates import near_duplicates  # noqa: E402
 
 
 def synthetic(n: int, seed: int = 0) -> pa.Table:

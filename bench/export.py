@@ -33,7 +33,7 @@ def bench_library(hd_seconds: float | None) -> Path:
     if hd_seconds:
         lib, src = OUT / f"export_lib_1080p_{hd_seconds:g}s", OUT / f"bench_1080p_{hd_seconds:g}s.mp4"
         if not src.exists():
-            from pipeline.samples import write_benchmark_video
+            from pipeline.samples.corpus import write_benchmark_video
             write_benchmark_video(src, hd_seconds)
     else:
         lib, src = OUT / "export_lib", OUT / "export_samples"
@@ -57,9 +57,12 @@ def main() -> None:
     ap.add_argument("--buckets", help="bucket file (default configs/buckets.yaml)")
     args = ap.parse_args()
 
-    from pipeline.buckets import load_buckets
-    from pipeline.export import load_export_config, plan_export, run_export, select
-    from pipeline.export_video import render_frames
+    from pipeline.export.buckets import load_buckets
+    from pipeline.export.config import load_export_config
+    from pipeline.export.job import run_export
+    from pipeline.export.plan import plan_export
+    from pipeline.export.render import render_frames
+    from pipeline.export.selection import select
     from trainer.shards import encode_mp4
 
     lib = args.library or bench_library(args.hd)

@@ -81,7 +81,7 @@ def bench_file(seconds: int) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"bench_1080p_{seconds}s.mp4"
     if not path.exists():
-        from pipeline.samples import write_benchmark_video
+        from pipeline.samples.corpus import write_benchmark_video
 
         print(f"generating {path} ...", file=sys.stderr)
         partial = path.with_name(f".{path.stem}.partial.mp4")
@@ -95,12 +95,12 @@ def bench_file(seconds: int) -> Path:
 WORKER_SNIPPET = """
 import json, sys, time, tempfile
 t0 = time.perf_counter()
-from pipeline.config import load_ingest_config
-from pipeline.worker import ingest_source
-import pipeline.decode, pipeline.shots, pipeline.clipfiles, pipeline.probe, pipeline.sources, pipeline.signals
+from pipeline.ingest.config import load_ingest_config
+from pipeline.ingest.worker import ingest_source
+import pipeline.ingest.decode, pipeline.ingest.shots, pipeline.ingest.clipfiles, pipeline.ingest.probe, pipeline.ingest.sources, pipeline.ingest.signals
 cfg = load_ingest_config(None, sys.argv[2:])
 if cfg.signals.enabled and cfg.signals.text.enabled:
-    from pipeline.signals.text import load_ocr
+    from pipeline.ingest.signals.text import load_ocr
     load_ocr()
 setup = time.perf_counter() - t0
 with tempfile.TemporaryDirectory() as lib:
@@ -114,7 +114,7 @@ print(json.dumps({"setup_s": setup, "video_s": video}))
 
 def run(seconds_list: list[int], threads: int, repeats: int, only: list[str] | None = None) -> list[dict]:
     results = []
-    overrides = [f"decode.threads={threads}", f"execution.cpus_per_video={threads}", "clips.mode=remux"]
+    overrides = [f"decode.threads={threads}", f"execution.cpus_per_task={threads}", "clips.mode=remux"]
     set_args = [a for o in overrides for a in ("--set", o)]
     ray_tmp = tempfile.mkdtemp(prefix="rb-")
     # the warm cluster uses token auth: the nodes and the driver share one token

@@ -11,7 +11,7 @@ Runs the real commands, each in its own process:
   recap sample                 every caption with fresh seeds: with guidance, without guidance
                                (cfg 1), without the prompt (cfg 0), and from the untrained model;
                                plus extension of held-out ground-truth clips
-then reads colour and direction of each generated video with pipeline/measure_motion.py and
+then reads colour and direction of each generated video with tests/support/measure_motion.py and
 reports the share that matches its prompt. The DiT works in pixel space: a VAE that keeps a
 small square's colour and position takes far longer to train on a 2-core CPU than the DiT
 itself (the VAE paths are tested in tests/test_sampler.py and tests/test_trainer_train.py).
@@ -63,7 +63,7 @@ def recap(name: str, *args: str, log=print, threads: int = 1) -> str:
 def score(out: Path, context_frames: int = 0) -> dict:
     """Share of the videos in a `recap sample` folder whose colour and direction (of the frames
     after the first `context_frames`) match their prompt."""
-    from pipeline.measure_motion import parse_caption, track
+    from tests.support.measure_motion import parse_caption, track
     from trainer.sample import read_video
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     colour = direction = both = 0
@@ -83,8 +83,8 @@ def run_proof(work: str | Path, per_pair: int = 4, seeds_per_caption: int = 2, d
     """The whole chain in `work`; returns the scores and the time of each stage."""
     import numpy as np
 
-    from pipeline.decode import available_cpus
-    from pipeline.semantic_samples import CAPTIONS_FILE, caption_for, semantic_frames
+    from pipeline.samples.semantic import CAPTIONS_FILE, caption_for, semantic_frames
+    from pipeline.stages.execution import available_cpus
     from trainer.sample import write_mp4
 
     work = Path(work)

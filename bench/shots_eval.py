@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import DecodeConfig, ShotsConfig, load_ingest_config  # noqa: E402
-from pipeline.decode import decode_pass  # noqa: E402
-from pipeline.shots import ShotDetector, ShotResult, detect_shots  # noqa: E402
+from pipeline.ingest.config import DecodeConfig, ShotsConfig, load_ingest_config  # noqa: E402
+from pipeline.ingest.decode import decode_pass  # noqa: E402
+from pipeline.ingest.shots import ShotDetector, ShotResult, detect_shots  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "shots"
 TOLERANCE = 2
@@ -83,11 +83,20 @@ def samples_truth(root: Path) -> list[tuple[Path, list[int], list[tuple[int, int
 
 
 def stress_truth(root: Path, count: int, seed: int) -> list[tuple[Path, list[int], list[tuple[int, int, str]]]]:
-    """Random edit lists (pipeline.synth): cuts, dissolves of 6-45 frames, fades through black,
+    """Random edit lists (pipeline.samples.synth): cuts, dissolves of 6-45 frames, fades through black,
     flashes of 1-3 frames, every kind of motion; encoded small with x264 and decoded for real."""
     import numpy as np
 
-    from pipeline.synth import MOTIONS, Cut, Dissolve, FadeThroughBlack, Shot, plan_frames, render_frames, write_video
+    from pipeline.samples.synth import (
+        MOTIONS,
+        Cut,
+        Dissolve,
+        FadeThroughBlack,
+        Shot,
+        plan_frames,
+        render_frames,
+        write_video,
+    )
 
     rng = np.random.default_rng(seed)
     out = []

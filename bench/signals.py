@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/signals.py [FILE] [--seconds 60] [--threads 2] [--rounds 2] [--mv]
 
-Without FILE it writes the ingest benchmark video (`pipeline.samples.write_benchmark_video`,
+Without FILE it writes the ingest benchmark video (`pipeline.samples.corpus.write_benchmark_video`,
 1080p30 H.264) to bench/out/. Each round times, in this process:
-  decode    `pipeline.decode.decode_pass` with no analyzer: demux, decode, shrink to 160 px
+  decode    `pipeline.ingest.decode.decode_pass` with no analyzer: demux, decode, shrink to 160 px
   signals   the same pass with every signal analyzer (default `SignalsConfig`: motion, exposure,
             pHash, bars, sharpness, OCR) and one 480 px detail frame per second, the analyzers
             inline on the decoding thread (ingest runs them on a background thread; the
@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 import av  # noqa: E402
 
-from pipeline import decode as decode_mod  # noqa: E402
-from pipeline.config import DecodeConfig  # noqa: E402
-from pipeline.signals import SignalsConfig, clip_signals, make_analyzers  # noqa: E402
-from pipeline.signals.text import load_ocr  # noqa: E402
+from pipeline.ingest import decode as decode_mod  # noqa: E402
+from pipeline.ingest.config import DecodeConfig  # noqa: E402
+from pipeline.ingest.signals import SignalsConfig, clip_signals, make_analyzers  # noqa: E402
+from pipeline.ingest.signals.text import load_ocr  # noqa: E402
 
 
 class Timed:
@@ -115,8 +115,8 @@ def motion_vector_pass(path: Path, threads: int, export: bool) -> tuple[float, l
 def compare_motion_vectors(path: Path, threads: int) -> None:
     import numpy as np
 
-    from pipeline.signals.config import MotionConfig
-    from pipeline.signals.motion import MotionAnalyzer
+    from pipeline.ingest.signals.config import MotionConfig
+    from pipeline.ingest.signals.motion import MotionAnalyzer
 
     decode_cfg = DecodeConfig(threads=threads)
     cpu0 = time.process_time()
@@ -159,7 +159,7 @@ def main() -> None:
     args = p.parse_args()
     path = args.file
     if path is None:
-        from pipeline.samples import write_benchmark_video
+        from pipeline.samples.corpus import write_benchmark_video
 
         path = ROOT / "bench" / "out" / f"bench_1080p_{int(args.seconds)}s.mp4"
         if not path.exists():

@@ -13,16 +13,24 @@ sampling (`checks.retry_temperature`, `checks.retry_repetition_penalty`), up to
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
+from captioner import signal_caption as sc
 from captioner.checks import check_caption
 from captioner.config import CaptionConfig
 from captioner.frames import FrameReader, clip_source, sample_indices, sampled_fps
-from captioner.model import ClipRequest, Generation
+from captioner.model import ClipRequest, Generation, MissingModelError, TransformersBackend
+from captioner.openai_backend import OpenAIBackend
 from captioner.prompts import PromptTemplate, load_prompt, signal_facts
-from captioner.versions import version_id
+
+
+def version_id(spec: dict[str, Any]) -> str:
+    """Stable id of a caption version spec (backend, model_id, revision, prompt_id, prompt_sha,
+    params): the hash of everything that shapes the text (12 hex chars)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def version_spec(cfg: CaptionConfig, prompt: PromptTemplate) -> dict[str, Any]:
@@ -37,8 +45,6 @@ def version_spec(cfg: CaptionConfig, prompt: PromptTemplate) -> dict[str, Any]:
 
 def signal_spec() -> dict[str, Any]:
     """The signal captioner's version: its wording rules are its revision."""
-    from captioner import signal_caption as sc
-
     return {"backend": "signals", "model_id": sc.MODEL_ID, "revision": sc.REVISION,
             "prompt_id": sc.PROMPT_ID, "prompt_sha": sc.REVISION, "params": {}}
 
@@ -136,13 +142,8 @@ class Captioner:
 def make_backend(cfg: CaptionConfig):
     """The configured backend, loaded and checked (MissingModelError / RequestError before any work)."""
     if cfg.model.backend == "transformers":
-        from captioner.model import TransformersBackend
-
         return TransformersBackend(cfg.model, cfg.frames.mode)
     if cfg.model.backend == "openai":
-        from captioner.model import MissingModelError
-        from captioner.openai_backend import OpenAIBackend
-
         backend = OpenAIBackend(cfg.model.id, cfg.openai)
         served = backend.check_server()
         if cfg.model.id not in served:
@@ -153,12 +154,10 @@ def make_backend(cfg: CaptionConfig):
 
 def signal_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Signal-caption rows for clips/ rows (deterministic, no model)."""
-    from captioner.signal_caption import signal_caption
-
     columns = spec_columns(signal_spec())
     out = []
     for row in rows:
-        text = signal_caption(row)
+        text = sc.signal_caption(row)
         out.append({"clip_id": row["clip_id"], **columns, "text": text, "status": "ok", "reason": None,
                     "attempts": 1, "n_frames": 0, "latency_s": 0.0})
     return out

@@ -1,14 +1,12 @@
-"""Typed captioner configuration; defaults live in `configs/captioner.yaml` and in these dataclasses."""
+"""Typed captioner settings: model, prompt, frames, generation, checks, server. The caption job
+(`pipeline.caption.config`) loads them from `configs/captioner.yaml` with how the job runs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from trainer.typedconfig import ConfigError, load_with_defaults
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from trainer.typedconfig import ConfigError
 
 
 @dataclass
@@ -79,19 +77,6 @@ class OpenAIConfig:
 
 
 @dataclass
-class ExecutionConfig:
-    prep_cpus: float = 1.0
-    actors: int = 1
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float = 1.0
-    commit_every: int = 256
-
-    def __post_init__(self) -> None:
-        if self.actors < 1 or self.commit_every < 1 or self.gpus_per_actor < 0:
-            raise ConfigError("execution: actors >= 1, commit_every >= 1, gpus_per_actor >= 0")
-
-
-@dataclass
 class CaptionConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -99,14 +84,8 @@ class CaptionConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
-    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
 
     @property
     def batch_size(self) -> int:
         """Clips per backend call: the model batch in process, the requests in flight for a server."""
         return self.openai.concurrency if self.model.backend == "openai" else self.model.batch_size
-
-
-def load_caption_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CaptionConfig:
-    """Defaults from `configs/captioner.yaml`, then the user's file, then `--set` overrides."""
-    return load_with_defaults(CaptionConfig, CONFIG_DIR / "captioner.yaml", path, overrides)

@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
+import cv2
+import decord
 import numpy as np
 
 
@@ -63,15 +66,17 @@ def fit_to_budget(width: int, height: int, max_pixels: int, multiple: int = 28) 
 class FrameReader:
     """Reads sampled frames with decord, keeping the last file open: clips of one source video
     come one after another, and opening a long video (decord indexes every frame) costs more
-    than reading a few frames from it."""
+    than reading a few frames from it.
+
+    decord2 cannot convert some frame sizes (seen: any 96 px wide H.264, "DECORDArrayCopyFromTo:
+    The size must exactly match"); those files are read by decoding with PyAV up to the last
+    frame wanted instead."""
 
     def __init__(self):
         self._path: str | None = None
         self._reader = None
 
     def _open(self, path: str):
-        import decord
-
         if path != self._path:
             self._reader = None  # close the previous file first
             self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
@@ -80,20 +85,39 @@ class FrameReader:
 
     def read(self, source: ClipSource, indices: list[int], max_pixels: int) -> np.ndarray:
         """Frames `indices` (offsets within the clip) of `source` as (T, H, W, 3) uint8 RGB."""
-        import cv2
-
         vr = self._open(source.path)
         last = len(vr) - 1
         if last < 0:
             raise ValueError(f"{source.path}: no frames")
         # decord may count a frame or two fewer than the decoder that planned the clip: clamp
         absolute = [min(last, source.start + i) for i in indices]
-        frames = vr.get_batch(absolute).asnumpy()
+        try:
+            frames = vr.get_batch(absolute).asnumpy()
+        except decord.DECORDError:
+            frames = _decode_frames(source.path, absolute)
         h, w = frames.shape[1:3]
         tw, th = fit_to_budget(w, h, max_pixels)
         if (tw, th) != (w, h):
             frames = np.stack([cv2.resize(f, (tw, th), interpolation=cv2.INTER_AREA) for f in frames])
         return frames
+
+
+def _decode_frames(path: str, indices: list[int]) -> np.ndarray:
+    """Frames at `indices` (presentation order, as decord counts them) by decoding from the start."""
+    wanted = set(indices)
+    found: dict[int, np.ndarray] = {}
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                found[i] = frame.to_ndarray(format="rgb24")
+            if i >= max(wanted):
+                break
+    if not found:
+        raise ValueError(f"{path}: no frames")
+    last = max(found)   # a frame past the end is the last one decoded, as decord clamps
+    return np.stack([found.get(i, found[last]) for i in indices])
 
 
 def read_frames(source: ClipSource, indices: list[int], max_pixels: int) -> np.ndarray:

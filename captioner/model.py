@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from captioner.config import GenerationConfig, ModelConfig
+from captioner.processors import load_processor
 
 
 class MissingModelError(RuntimeError):
@@ -110,7 +112,6 @@ class TransformersBackend:
     def __init__(self, cfg: ModelConfig, frames_mode: str = "auto"):
         from transformers import AutoModelForImageTextToText
 
-        from captioner.processors import load_processor
 
         self.model_id = cfg.id
         path = resolve_model(cfg.id, cfg.revision)
@@ -147,8 +148,6 @@ class TransformersBackend:
 
     def encode(self, requests: list[ClipRequest]):
         """Processor inputs for a batch (text with the chat template, frames, padding)."""
-        from PIL import Image
-
         texts = [self.processor.apply_chat_template(self.messages(r), add_generation_prompt=True, tokenize=False)
                  for r in requests]
         if self.as_video:

@@ -17,6 +17,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cv2
 import numpy as np
 
 from captioner.config import GenerationConfig, OpenAIConfig
@@ -28,8 +29,6 @@ class RequestError(RuntimeError):
 
 
 def jpeg_data_url(frame: np.ndarray, quality: int = 90) -> str:
-    import cv2
-
     ok, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")

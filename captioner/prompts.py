@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "configs" / "prompts"
+from trainer.typedconfig import default_config
+
+PROMPT_DIR = default_config("prompts")
 
 CAMERA_PHRASES = {
     "static": "static (locked off)", "pan_left": "pans left", "pan_right": "pans right",
@@ -46,7 +48,8 @@ def load_prompt(id_or_path: str) -> PromptTemplate:
         path = PROMPT_DIR / f"{id_or_path}.txt"
         prompt_id = id_or_path
         if not path.is_file():
-            known = sorted(p.stem for p in PROMPT_DIR.glob("*.txt") if p.stem != "hints")
+            known = sorted(p.name.removesuffix(".txt") for p in PROMPT_DIR.iterdir()
+                           if p.name.endswith(".txt") and p.name != "hints.txt")
             raise FileNotFoundError(f"unknown prompt {id_or_path!r}: known {known}, or give a path to a .txt file")
     text = path.read_text()
     if "{hints}" not in text:

@@ -1,18 +1,20 @@
-"""`index.Library`: build, check and repair a library's Milvus collection, and search it.
+"""`index.ClipIndex`: a library's Milvus collection, kept equal to its Parquet, and search over it.
 
-    lib = Library("lib")
-    lib.index()                                   # embed what is new, then sync Milvus from Parquet
-    for hit in lib.search("a dog running on a beach", where="duration_s > 3", top_k=5):
+    index = ClipIndex("lib", load_index_config())  # pipeline.embed.load_index_config: configs/index.yaml
+    index.repair()                                 # sync Milvus from Parquet (`recap index` embeds first)
+    for hit in index.search("a dog running on a beach", where="duration_s > 3", top_k=5):
         print(hit.rank, hit.score, hit.clip_id, hit.caption)
-    lib.search(like=hit.clip_id)                  # more like this one
+    index.search(like=hit.clip_id)                 # more like this one
 
-Parquet is the truth: embeddings are written to `LIB/embeddings/` first, and the collection is
-only ever made to match Parquet (`check` reports the differences, `repair` removes them), so it
-can be dropped and rebuilt at any time without loading a model.
+Parquet is the truth: embeddings are written to `LIB/embeddings/` first (by the embed stage in
+`pipeline.embed`, through `save_embeddings`), and the collection is only ever made to match
+Parquet (`check` reports the differences, `repair` removes them), so it can be dropped and
+rebuilt at any time without loading a model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,23 +24,18 @@ import numpy as np
 import pyarrow as pa
 
 from index.catalog import DERIVED, known_columns, known_values
-from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig, load_index_config
+from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig
+from index.embedders import load_embedder
 from index.store import PK, ROW_HASH, VARCHAR_MAX, MilvusStore, ScalarSpec, has_field, row_hash, vector_field
-from index.tables import (
-    NOT_FILTERS,
-    clip_table,
-    drop_other_models,
-    input_hash,
-    read_embeddings,
-    vectors_of,
-    write_embeddings,
-)
 from index.where import Field, WhereError, compile_where
+from pipeline.library import Library
+from pipeline.library.embeddings import drop_other_models, read_embeddings, vectors_of, write_embeddings
 
 Mode = Literal["auto", "caption", "visual", "hybrid"]
 DISPLAY = ["video_id", "source", "start_s", "end_s", "duration_s", "caption", "path"]
 CLIP_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-EMBED_CHUNK = 512      # clips per embeddings part
+# columns of the clip table that are never filters (bookkeeping, free text)
+NOT_FILTERS = {"batch_id", "caption", "ocr_text", "file_bytes", "file_start_frame", "file_n_frames"}
 
 
 class SearchError(ValueError):
@@ -77,6 +74,11 @@ class Reconcile:
         return not (self.missing or self.extra or self.stale or self.schema_changed)
 
 
+def input_hash(model_id: str, payload: str) -> str:
+    """What a vector was made from: the model and its input (a caption, or a clip's frames' address)."""
+    return hashlib.blake2b(f"{model_id}\n{payload}".encode(), digest_size=12).hexdigest()
+
+
 def model_id_of(cfg: EmbedderConfig) -> str:
     return "sentence-transformers/all-MiniLM-L6-v2" if cfg.model == BUNDLED_MINILM else cfg.model
 
@@ -93,15 +95,16 @@ def _kind(t: pa.DataType) -> str | None:
     return None
 
 
-class Library:
+class ClipIndex:
     """The index side of one library folder (Parquet + `LIB/milvus.db` or a Milvus server)."""
 
-    def __init__(self, path: str | Path, config: IndexConfig | None = None, milvus_uri: str | None = None,
+    def __init__(self, path: str | Path, config: IndexConfig, milvus_uri: str | None = None,
                  token: str | None = None):
         self.root = Path(path)
         if not (self.root / "library.json").exists():
             raise FileNotFoundError(f"{self.root} is not a recap library (no library.json)")
-        self.cfg = config or load_index_config()
+        self.library = Library(self.root)
+        self.cfg = config
         if milvus_uri is not None:
             self.cfg.milvus.uri = milvus_uri
         if token is not None:
@@ -121,23 +124,25 @@ class Library:
             self._store.close()
             self._store = None
 
-    def __enter__(self) -> "Library":
+    def __enter__(self) -> "ClipIndex":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def model(self, name: str):
-        """The loaded embedder `name` (loaded once)."""
+        """The loaded embedder `name` (loaded once), for queries."""
         if name not in self._models:
-            from index.embedders import load_embedder
-
             e = self.cfg.embedders[name]
             self._models[name] = load_embedder(e.kind, e.model, e.device, e.batch_size)
         return self._models[name]
 
-    # ---- embedding ------------------------------------------------------------------------------
-    def _payloads(self, clips: pa.Table, name: str) -> dict[str, str]:
+    def clip_table(self) -> pa.Table:
+        """The library's clip table with the configured caption version."""
+        return self.library.clip_table(self.cfg.captions.version)
+
+    # ---- embeddings -----------------------------------------------------------------------------
+    def payloads(self, clips: pa.Table, name: str) -> dict[str, str]:
         """clip_id -> what embedder `name` embeds for it (clips it cannot embed are left out)."""
         e = self.cfg.embedders[name]
         ids = clips.column("clip_id").to_pylist()
@@ -150,60 +155,27 @@ class Library:
         return {c: f"{cols['path'][i] or cols['source'][i]}|{cols['file_start_frame'][i]}|{cols['n_frames'][i]}|"
                    f"{cols['start_s'][i]}|{cols['end_s'][i]}|frames={e.frames}" for i, c in enumerate(ids)}
 
-    def embed(self, log=print) -> dict[str, int]:
-        """Embed the clips whose vector is missing or stale into `LIB/embeddings/<name>/`."""
-        clips = clip_table(self.root, self.cfg.captions)
-        rows = {r["clip_id"]: r for r in clips.to_pylist()}
-        done: dict[str, int] = {}
-        for name, e in self.cfg.enabled().items():
-            mid = model_id_of(e)
-            want = {c: input_hash(mid, p) for c, p in self._payloads(clips, name).items()}
-            have = read_embeddings(self.root, name, mid)
-            have_hash = dict(zip(have.column("clip_id").to_pylist(), have.column("input_hash").to_pylist())) if have else {}
-            todo = [c for c, h in want.items() if have_hash.get(c) != h]
-            done[name] = len(todo)
-            if not todo:
-                continue
-            self.model(name)  # load it (or fail with a clear error) before reporting any work
-            log(f"{name}: embedding {len(todo)} clips with {mid}")
-            failed = 0
-            for i in range(0, len(todo), EMBED_CHUNK):
-                chunk, vecs = self._embed_chunk(name, [rows[c] for c in todo[i:i + EMBED_CHUNK]])
-                failed += min(EMBED_CHUNK, len(todo) - i) - len(chunk)
-                if chunk:
-                    write_embeddings(self.root, name, mid, chunk, vecs, [want[c] for c in chunk])
-                log(f"{name}: {min(i + EMBED_CHUNK, len(todo))}/{len(todo)} clips")
-            if failed:
-                log(f"{name}: {failed} clips could not be read and have no vector (rerun to retry)")
-            drop_other_models(self.root, name, mid)
-        return done
+    def stale_embeddings(self, clips: pa.Table, name: str) -> dict[str, str]:
+        """clip_id -> input hash, for the clips whose vector of embedder `name` is missing or stale."""
+        mid = model_id_of(self.cfg.embedders[name])
+        want = {c: input_hash(mid, p) for c, p in self.payloads(clips, name).items()}
+        have = read_embeddings(self.root, name, mid)
+        have_hash = dict(zip(have.column("clip_id").to_pylist(), have.column("input_hash").to_pylist())) if have else {}
+        return {c: h for c, h in want.items() if have_hash.get(c) != h}
 
-    def _embed_chunk(self, name: str, rows: list[dict[str, Any]]) -> tuple[list[str], np.ndarray]:
-        """(clip ids embedded, their vectors); a clip whose media cannot be read is left out."""
-        e = self.cfg.embedders[name]
-        model = self.model(name)
-        if e.kind == "text":
-            return [r["clip_id"] for r in rows], model.embed_texts([r["caption"] for r in rows])
-        import av
+    def save_embeddings(self, name: str, clip_ids: list[str], vectors: np.ndarray, hashes: list[str]) -> None:
+        """One part of embedder `name`'s vectors in `LIB/embeddings/<name>/`."""
+        write_embeddings(self.root, name, model_id_of(self.cfg.embedders[name]), clip_ids, vectors, hashes)
 
-        from index.frames import clip_frames
-
-        ids, frames = [], []
-        for r in rows:
-            try:
-                f = clip_frames(self.root, r, r.get("source"), e.frames)
-            except (OSError, av.error.FFmpegError, ValueError):
-                continue
-            if f:
-                ids.append(r["clip_id"])
-                frames.append(f)
-        return ids, model.embed_clips(frames)
+    def drop_superseded(self, name: str) -> int:
+        """Remove vectors of embedder `name` made by an earlier model, once its model covers the clips."""
+        return drop_other_models(self.root, name, model_id_of(self.cfg.embedders[name]))
 
     # ---- Parquet -> rows -----------------------------------------------------------------------
     def desired(self) -> tuple[list[ScalarSpec], dict[str, int], dict[str, dict[str, Any]], dict[str, int]]:
         """What the collection should hold: scalar fields, vector dims, rows by clip_id, and the
         number of clips each embedder has no vector for."""
-        clips = clip_table(self.root, self.cfg.captions)
+        clips = self.clip_table()
         scalars = [ScalarSpec(f.name, k) for f in clips.schema
                    if f.name != PK and (k := _kind(f.type)) and (f.name not in NOT_FILTERS or f.name == "caption")]
         ids = clips.column(PK).to_pylist()
@@ -223,7 +195,7 @@ class Library:
             if emb is not None:
                 dims[name] = emb.column("vector").type.list_size
                 # only vectors of what the clip is now (a re-captioned clip's old vector is stale)
-                current = {c: input_hash(mid, p) for c, p in self._payloads(clips, name).items()}
+                current = {c: input_hash(mid, p) for c, p in self.payloads(clips, name).items()}
                 vecs = {c: v for c, v, h in zip(emb.column("clip_id").to_pylist(), vectors_of(emb),
                                                 emb.column("input_hash").to_pylist()) if current.get(c) == h}
             unembedded[name] = sum(c not in vecs for c in ids)
@@ -283,13 +255,6 @@ class Library:
             store.insert([rows[c] for c in rec.missing])    # a new collection: nothing to replace
         store.flush()
         return rec
-
-    def index(self, embed: bool = True, log=print) -> Reconcile:
-        """Embed new clips (unless `embed=False`), then sync the collection from Parquet."""
-        self.store.exists()   # an unreachable server fails here, before anything is written
-        if embed:
-            self.embed(log)
-        return self.repair(log)
 
     # ---- search ---------------------------------------------------------------------------------
     def fields(self) -> dict[str, Field]:
@@ -361,4 +326,4 @@ class Library:
                     **{k: h["entity"].get(k) for k in fields}) for i, h in enumerate(raw)]
 
 
-__all__ = ["Library", "Hit", "Reconcile", "SearchError", "WhereError"]
+__all__ = ["ClipIndex", "Hit", "Reconcile", "SearchError", "WhereError"]

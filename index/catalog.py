@@ -7,6 +7,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from index.where import Field, Where, compile_where, fields_of
+from pipeline.library.schema import BARS_KINDS, CAMERA_CLASSES, CLIP_COLUMNS, CLIP_MODES
 
 # derived bool -> the column whose non-null it means
 DERIVED = {"duplicate": "duplicate_of"}
@@ -14,30 +15,15 @@ DERIVED = {"duplicate": "duplicate_of"}
 EXTRA_KNOWN = {"passed", "duplicate_of", "duplicate", "caption_version", "source"}
 
 
-@lru_cache(maxsize=1)
 def known_values() -> dict[str, tuple[str, ...]]:
-    """Allowed values of categorical string columns, where recap defines them."""
-    out: dict[str, tuple[str, ...]] = {"clip_mode": ("reference", "remux", "encode")}
-    try:
-        from pipeline.signals.columns import CAMERA_CLASSES
-        out["camera_motion"] = tuple(CAMERA_CLASSES)
-    except ImportError:   # a recap without the signals stage: values are simply not checked
-        pass
-    out["bars"] = ("none", "letterbox", "pillarbox", "windowbox")
-    return out
+    """Allowed values of categorical string columns, as the library's schema declares them."""
+    return {"clip_mode": CLIP_MODES, "camera_motion": CAMERA_CLASSES, "bars": BARS_KINDS}
 
 
 @lru_cache(maxsize=1)
 def known_columns() -> frozenset[str]:
-    from pipeline.schema import CLIP_COLUMNS
-
-    names = {c.name for c in CLIP_COLUMNS} | EXTRA_KNOWN
-    try:
-        from pipeline.signals.columns import SIGNAL_COLUMNS
-        names |= {name for name, _, _ in SIGNAL_COLUMNS}
-    except ImportError:
-        pass
-    return frozenset(names)
+    """Every column recap can write into the clip table (signals included)."""
+    return frozenset({c.name for c in CLIP_COLUMNS} | EXTRA_KNOWN)
 
 
 def fields_for_schema(schema, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Field]:

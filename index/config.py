@@ -1,14 +1,13 @@
-"""Typed config of the index (`configs/index.yaml`): embedders, caption source, Milvus, dedup."""
+"""Typed config of the index: embedders, caption source, Milvus, dedup. The index job
+(`pipeline.embed.load_index_config`) loads it from `configs/index.yaml` with how the job runs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-from trainer.typedconfig import ConfigError, load_with_defaults
+from trainer.typedconfig import ConfigError
 
-CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "index.yaml"
 BUNDLED_MINILM = "bundled"
 
 
@@ -76,8 +75,3 @@ class IndexConfig:
 
     def embedder_of_kind(self, kind: str) -> str | None:
         return next((n for n, e in self.enabled().items() if e.kind == kind), None)
-
-
-def load_index_config(path: str | Path | None = None, overrides: list[str] | None = None) -> IndexConfig:
-    """Defaults from `configs/index.yaml`, then the user's file, then `--set` overrides."""
-    return load_with_defaults(IndexConfig, CONFIG_PATH, path, overrides)

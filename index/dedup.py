@@ -3,7 +3,7 @@
 Each clip's vector (from the Parquet side table) queries the Milvus collection for its k nearest
 neighbours, in batches of queries, so the work grows as n * k rather than n^2. Pairs at or above
 the threshold are joined into groups (union-find); each group keeps its best member by the
-filters' keep-best rule (`pipeline.filters.keep_best_rank`: passes the filters, aesthetic score,
+filters' keep-best rule (`pipeline.library.views.keep_best_rank`: passes the filters, aesthetic score,
 picture area, sharpness, duration, clip_id) and the others get `duplicate_of` = that member.
 Writing `duplicate_of` into the filter view is the filter stage's job; this returns the groups.
 """
@@ -15,6 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from index.api import ClipIndex, model_id_of
+from index.store import vector_field
+from pipeline.library.embeddings import read_embeddings, vectors_of
+from pipeline.library.views import keep_best_rank
 
 QUERY_BATCH = 256
 
@@ -33,14 +38,9 @@ def _find(parent: dict[str, str], x: str) -> str:
     return x
 
 
-def semantic_duplicates(lib, embedder: str | None = None, threshold: float | None = None,
+def semantic_duplicates(lib: ClipIndex, embedder: str | None = None, threshold: float | None = None,
                         neighbours: int | None = None) -> list[DuplicateGroup]:
-    """Groups of near-duplicate clips of an indexed `index.Library`, best member first."""
-    from index.api import model_id_of
-    from index.store import vector_field
-    from index.tables import clip_table, read_embeddings, vectors_of
-    from pipeline.filters import keep_best_rank
-
+    """Groups of near-duplicate clips of an indexed library, best member first."""
     cfg = lib.cfg.dedup
     threshold = cfg.threshold if threshold is None else threshold
     k = (cfg.neighbours if neighbours is None else neighbours) + 1     # the clip itself comes back too
@@ -70,7 +70,7 @@ def semantic_duplicates(lib, embedder: str | None = None, threshold: float | Non
     groups = [m for m in members.values() if len(m) > 1]
     if not groups:
         return []
-    clips = clip_table(lib.root, lib.cfg.captions)
+    clips = lib.clip_table()
     passed = (pc.fill_null(clips.column("passed"), True).to_numpy(zero_copy_only=False)
               if "passed" in clips.column_names else np.ones(clips.num_rows, bool))
     rank = dict(zip(clips.column("clip_id").to_pylist(), keep_best_rank(clips, passed.astype(bool)).tolist()))

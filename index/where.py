@@ -29,6 +29,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 Kind = Literal["number", "string", "bool"]
 
 MAX_LENGTH = 4000
@@ -387,9 +390,6 @@ def _milvus(node: Node, fields: dict[str, Field]) -> str:
 
 
 def _arrow(node: Node, fields: dict[str, Field]):
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     if isinstance(node, BoolOp):
         out = _arrow(node.args[0], fields)
         for a in node.args[1:]:
@@ -444,8 +444,6 @@ def _sql(node: Node, fields: dict[str, Field]) -> str:
 # ---- fields of a table --------------------------------------------------------------------------
 def field_kind(arrow_type) -> Kind | None:
     """The filter kind of an Arrow column type, or None when it cannot be filtered on."""
-    import pyarrow as pa
-
     if pa.types.is_boolean(arrow_type):
         return "bool"
     if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):

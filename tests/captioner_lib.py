@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.library import Library, utcnow
+from pipeline.library import Library
+from pipeline.library.files import utcnow
 from tests.avfiles import frame_image, write_video
 
 FPS = 25
@@ -64,24 +65,15 @@ def make_library(root: Path, signals: bool = True) -> tuple[Path, list[dict]]:
         _clip_row(video_id, 2, 60, 100, "reference", None, None, extra[2] if signals else None),
     ]
     lib.commit({"videos": [{"video_id": video_id, "uri": str(src), "ingested_at": utcnow(), "fps": float(FPS)}]})
+    lib.close()
     write_clips(root / "lib", clips)
     return root / "lib", clips
 
 
 def write_clips(lib_root: Path, clips: list[dict]) -> None:
-    """Commit clip rows with whatever signal columns they carry (beyond the base clips schema)."""
-    import json
-
-    import pyarrow as pa
-
-    from pipeline.library import atomic_write_table, new_batch_id, rows_to_table
-
-    batch = new_batch_id()
-    table = rows_to_table("clips", [dict(c, batch_id=batch) for c in clips])
-    for name in [k for k in clips[0] if k not in table.column_names]:
-        table = table.append_column(name, pa.array([c.get(name) for c in clips]))
-    atomic_write_table(lib_root / "clips" / f"part-{batch}.parquet", table)
-    (lib_root / "_commits" / f"{batch}.json").write_text(json.dumps({"clips": len(clips)}))
+    """Commit clip rows (signal columns included) as ingest does."""
+    with Library(lib_root, write=True) as lib:
+        lib.commit({"clips": clips})
 
 
 def _write_range(path: Path, start: int, end: int) -> Path:
@@ -102,15 +94,15 @@ def _write_range(path: Path, start: int, end: int) -> Path:
 
 
 def tiny_model(tmp_path_factory, family: str) -> Path:
-    """A tiny random-weight `family` model saved to a temp folder (see captioner.tiny)."""
-    from captioner.tiny import build_tiny_model
+    """A tiny random-weight `family` model saved to a temp folder (see tests.support.tiny_vlm)."""
+    from tests.support.tiny_vlm import build_tiny_model
 
     return build_tiny_model(family, tmp_path_factory.mktemp(f"tiny-{family}"))
 
 
 def fast_config(model: str | Path, *extra: str):
     """A CaptionConfig for tests: few small frames, short outputs, CPU."""
-    from captioner.config import load_caption_config
+    from pipeline.caption.config import load_caption_config
 
     overrides = [f"model.id={model}", "frames.num_frames=3", "frames.max_pixels=12544",
                  "generation.max_new_tokens=16", "model.batch_size=2", "model.device=cpu"]

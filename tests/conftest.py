@@ -37,7 +37,7 @@ def shared_shots() -> Path:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`recap samples` output (videos + truth.json), generated once per test session."""
-    from pipeline.samples import write_samples
+    from pipeline.samples.corpus import write_samples
 
     out = tmp_path_factory.mktemp("samples")
     write_samples(out, seed=0)

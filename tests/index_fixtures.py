@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipeline.library import Library, atomic_write_table
-from pipeline.schema import table_schema
+from captioner.captioner import version_id
+from pipeline.library import Library
+from pipeline.library.views import write_view
 
 # (caption, duration_s, camera_motion, passed, duplicate_of index or None)
 CLIPS = [
@@ -47,29 +47,18 @@ def make_library(root: Path, with_captions: bool = True) -> Path:
                       "end_s": t + dur, "duration_s": dur, "fps": 25.0, "width": 640, "height": 360,
                       "clip_mode": "reference", "path": None})
         t += dur
-    signals = {"camera_motion": [c[2] for c in CLIPS], "motion_score": [float(i) for i in range(len(CLIPS))]}
-    declared = set(table_schema("clips").names)
-    for row, i in zip(clips, range(len(CLIPS))):
-        row.update({k: v[i] for k, v in signals.items() if k in declared})
-    batch = lib.commit({"videos": videos, "clips": clips})
-    # signal columns the clips schema does not declare yet are added to the committed part, as
-    # the signals stage will write them
-    part = root / "clips" / f"part-{batch}.parquet"
-    table = pq.read_table(part)
-    for name, values in signals.items():
-        if name not in table.column_names:
-            table = table.append_column(name, pa.array(values, pa.string() if name == "camera_motion" else pa.float32()))
-    atomic_write_table(part, table)
+    for i, (row, c) in enumerate(zip(clips, CLIPS)):
+        row.update({"camera_motion": c[2], "motion_score": float(i)})
+    lib.commit({"videos": videos, "clips": clips})
+    lib.close()
     ids = [clip_id(i) for i in range(len(CLIPS))]
-    # signals columns as another stage would add them: a side view keyed by clip_id
     view = pa.table({
         "clip_id": ids,
         "passed": [c[3] for c in CLIPS],
         "reject_reasons": [[] if c[3] else ["motion.min"] for c in CLIPS],
         "duplicate_of": [None if c[4] is None else clip_id(c[4]) for c in CLIPS],
     })
-    (root / "views").mkdir(exist_ok=True)
-    atomic_write_table(root / "views" / "filters.parquet", view)
+    write_view(root, view, {})
     if with_captions:
         write_captions(root, {ids[i]: c[0] for i, c in enumerate(CLIPS)})
     return root
@@ -77,11 +66,9 @@ def make_library(root: Path, with_captions: bool = True) -> Path:
 
 def write_captions(root: Path, captions: dict[str, str], model: str = "recap/signals", default: bool = True) -> str:
     """Caption rows as `recap caption` writes them (one new version per model); returns the version."""
-    from captioner.versions import CaptionStore, version_id
-
     spec = {"backend": "signals", "model_id": model, "revision": None, "prompt_id": "dense", "prompt_sha": "0", "params": "{}"}
     version = version_id(spec)
-    store = CaptionStore(root)
+    store = Library(root).captions
     store.append([{**spec, "clip_id": c, "version": version, "text": t, "status": "ok", "attempts": 1}
                   for c, t in captions.items()])
     if default:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from captioner.versions import CaptionStore, read_captions
-from pipeline.caption_import import overlap
+from pipeline.caption.importer import overlap
 from pipeline.cli import main
+from pipeline.library.captions import CaptionStore, read_captions
 from tests.captioner_lib import make_library
 
 

@@ -39,12 +39,12 @@ def library(tmp_path_factory):
 def test_reads_are_frame_exact_in_every_clip_mode(library):
     """encode (own file), remux (file starts 5 frames early at a keyframe), reference (source video)."""
     lib, clips = library
-    from pipeline.caption_stage import select_clips
+    from pipeline.caption.job import select_clips
 
     rows = {r["clip_mode"]: r for r in select_clips(lib)}
     assert set(rows) == {"encode", "remux", "reference"}
     for mode, row in rows.items():
-        source = clip_source(row, lib, row["video_uri"])
+        source = clip_source(row, lib, row["source"])
         indices = sample_indices(source.end - source.start, source.fps, num_frames=6)
         frames = read_frames(source, indices, max_pixels=448 * 448)
         assert frames.shape[0] == 6 and frames.dtype.name == "uint8"
@@ -54,34 +54,37 @@ def test_reads_are_frame_exact_in_every_clip_mode(library):
 
 def test_budget_downscales_frames(library):
     lib, _ = library
-    from pipeline.caption_stage import select_clips
+    from pipeline.caption.job import select_clips
 
     row = select_clips(lib)[0]
-    frames = read_frames(clip_source(row, lib, row["video_uri"]), [0, 1], max_pixels=56 * 56)
+    frames = read_frames(clip_source(row, lib, row["source"]), [0, 1], max_pixels=56 * 56)
     assert frames.shape[1] * frames.shape[2] <= 56 * 56 and frames.shape[1:3] == (28, 56)
 
 
 def test_prepare_clip_combines_frames_and_hints(library):
     lib, _ = library
     from captioner.captioner import prepare_clip
-    from pipeline.caption_stage import select_clips
+    from pipeline.caption.job import select_clips
 
     cfg = CaptionConfig(frames=FramesConfig(num_frames=4))
     rows = select_clips(lib)
     prompt = load_prompt("dense")
-    first = prepare_clip(rows[0], lib, rows[0]["video_uri"], cfg, prompt)
+    first = prepare_clip(rows[0], lib, rows[0]["source"], cfg, prompt)
     assert first.frames.shape[0] == 4 and first.clip_frames == 30 and first.fps == pytest.approx(25 * 3 / 22, rel=0.1)
     assert "pans left" in first.prompt and "OPEN DAILY" in first.prompt
-    unmeasured = prepare_clip(rows[2], lib, rows[2]["video_uri"], cfg, prompt)
+    unmeasured = prepare_clip(rows[2], lib, rows[2]["source"], cfg, prompt)
     assert "Measured facts" not in unmeasured.prompt
 
 
 def test_missing_clip_file_is_an_error(library, tmp_path):
     lib, _ = library
-    from pipeline.caption_stage import FramePrepStage, select_clips
+    from pipeline.caption.job import select_clips
+    from pipeline.caption.stages import FramePrepStage
 
     row = dict(select_clips(lib)[0], path="media/gone.mp4")
-    out = FramePrepStage(CaptionConfig(), str(lib)).process_rows([row])
-    assert out[0]["frames"] is None and out[0]["error"].startswith("frames: ")
+    stage = FramePrepStage(CaptionConfig(), str(lib))
+    stage.setup()
+    out = stage.process([row])
+    assert out[0]["request"] is None and out[0]["error"].startswith("frames: ")
     with pytest.raises(FileNotFoundError):
         clip_source(dict(row, path=None), lib, None)

@@ -11,9 +11,9 @@ import pytest
 from captioner.config import GenerationConfig, ModelConfig, OpenAIConfig
 from captioner.model import ClipRequest, MissingModelError, TransformersBackend
 from captioner.openai_backend import OpenAIBackend, RequestError, chat_body
-from captioner.server import make_server, parse_request
-from captioner.versions import CaptionStore
+from pipeline.library.captions import CaptionStore
 from tests.captioner_lib import make_library, tiny_model
+from tests.support.vlm_server import make_server, parse_request
 from tests.test_captioner_versions import FAST, caption
 
 SERVED = "tiny-qwen"

@@ -14,10 +14,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from captioner.captioner import signal_spec, version_spec
-from captioner.config import load_caption_config
+from captioner.captioner import signal_spec, version_id, version_spec
 from captioner.prompts import load_prompt
-from captioner.versions import CAPTION_SCHEMA, CaptionStore, read_captions, version_id
+from pipeline.caption.config import load_caption_config
+from pipeline.library.captions import CaptionStore, read_captions
+from pipeline.library.schema import CAPTION_SCHEMA
 from tests.captioner_lib import make_library, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ FAST = ["--set", "frames.num_frames=2", "--set", "frames.max_pixels=12544", "--s
 
 def caption(*argv: str) -> int:
     """`recap caption ARGS` in this process (the module the `recap` command dispatches to)."""
-    from pipeline import caption_cli
+    from pipeline.cli import caption as caption_cli
 
     parser = argparse.ArgumentParser()
     caption_cli.add_arguments(parser)
@@ -79,7 +80,7 @@ def test_store_appends_parts_and_reads_the_latest_row(tmp_path):
     stale.write_bytes(b"half")  # what a crash mid-write leaves ...
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
     fresh.write_bytes(b"half")  # ... and what another process may be writing right now
-    CaptionStore(tmp_path)
+    store.append([{"clip_id": "a", "version": "v2", "text": "A2.", "status": "ok", **cols}])   # the next write cleans up
     assert not stale.exists() and fresh.exists()
     with pytest.raises(KeyError):
         store.set_default("v9")
@@ -148,7 +149,8 @@ def test_where_and_filter_view_select_clips(library, capsys):
 def test_only_clips_that_pass_the_filter_view_unless_all(library, capsys):
     import pyarrow as pa
 
-    from pipeline.filters import VIEW_SCHEMA, FilterConfig, write_view
+    from pipeline.library.schema import VIEW_SCHEMA
+    from pipeline.library.views import write_view
 
     lib, clips = library
     ids = [c["clip_id"] for c in clips]
@@ -157,7 +159,7 @@ def test_only_clips_that_pass_the_filter_view_unless_all(library, capsys):
                                   "duplicate_of": None},
                                  {"clip_id": ids[2], "passed": True, "reject_reasons": [], "duplicate_of": None}],
                                 schema=VIEW_SCHEMA)
-    write_view(lib, view, FilterConfig())
+    write_view(lib, view, {})
     assert caption(lib, "--backend", "signals") == 0
     store = CaptionStore(lib)
     assert {r["clip_id"] for r in store.read().to_pylist()} == {ids[0], ids[2]}
@@ -188,7 +190,7 @@ def test_missing_model_is_a_clear_error_and_writes_nothing(library, capsys):
     assert "no-such-model" in err and "hf download" in err and "nothing was written" in err
     # a hub id, offline: the same, from a fresh process (the hub client reads HF_HUB_OFFLINE at import)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(lib.parent / "hf"))
-    code = ("import argparse, sys; from pipeline import caption_cli as c; p = argparse.ArgumentParser(); "
+    code = ("import argparse, sys; from pipeline.cli import caption as c; p = argparse.ArgumentParser(); "
             "c.add_arguments(p); sys.exit(c.run(p.parse_args(sys.argv[1:])))")
     proc = subprocess.run([sys.executable, "-c", code, str(lib), "--model", "recap-test/no-such-vlm"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
@@ -208,12 +210,14 @@ def test_ray_actor_pool_captions_the_library(library, qwen, capsys):
 
 def test_frame_preparation_stays_its_own_stage(library, qwen):
     """Ray Data must not fuse decoding into the generation actors (the GPU would wait on it)."""
-    from pipeline.caption_stage import build_dataset, select_clips
+    from pipeline.caption.job import caption_stages, select_clips
+    from pipeline.stages.runner import ray_dataset
     from tests.captioner_lib import fast_config
 
     lib, clips = library
-    ds = build_dataset(select_clips(lib), fast_config(qwen), str(lib))
+    cfg = fast_config(qwen)
+    ds = ray_dataset(caption_stages(cfg, str(lib)), select_clips(lib), cfg.execution)
     assert len(list(ds.iter_rows())) == len(clips)
     stats = ds.stats()
-    assert "FramePrepStage" in stats and "_CaptionActor" in stats
-    assert "FramePrepStage)->MapBatches(_CaptionActor" not in stats
+    assert "MapBatches(caption_frames)" in stats and "MapBatches(caption)" in stats
+    assert "MapBatches(caption_frames)->MapBatches(caption)" not in stats

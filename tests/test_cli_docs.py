@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import COMMANDS, build_parser
-from pipeline.schema import markdown_reference
+from pipeline.library.schema import markdown_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def test_readme_column_reference_is_current() -> None:
     block = re.search(r"<!-- schema:begin[^\n]*-->\n(.*?)<!-- schema:end -->", readme, flags=re.S)
     assert block, "README lost its schema markers"
     assert block.group(1).strip() == markdown_reference().strip(), \
-        "README column reference is stale: run `python -m pipeline.schema --update-readme`"
+        "README column reference is stale: run `python -m pipeline.library --update-readme`"
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

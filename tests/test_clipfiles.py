@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.clipfiles import ClipFileError, ClipRange, write_clips
-from pipeline.config import ClipsConfig
+from pipeline.ingest.clipfiles import ClipFileError, ClipRange, write_clips
+from pipeline.ingest.config import ClipsConfig
 from tests.avfiles import (
     decode_rgb,
     decode_some,

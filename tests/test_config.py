@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import IngestConfig, load_ingest_config
+from pipeline.ingest.config import IngestConfig, load_ingest_config
 from trainer.typedconfig import ConfigError, parse_override
 
 

@@ -9,9 +9,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.config import DecodeConfig
-from pipeline.decode import DecodeError, analysis_size, available_cpus, decode_pass
-from pipeline.frames import AnalysisFrame
+from pipeline.ingest.analysis import AnalysisFrame
+from pipeline.ingest.config import DecodeConfig
+from pipeline.ingest.decode import DecodeError, analysis_size, decode_pass
+from pipeline.stages.execution import available_cpus
 from tests.avfiles import ffprobe, ffprobe_frame_count
 
 CFG = DecodeConfig(threads=2)

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.dedup import near_duplicates, similar_hash_pairs
-from pipeline.filters import DedupConfig
-from pipeline.frames import AnalysisFrame
-from pipeline.signals.phash import PhashAnalyzer, hamming
+from pipeline.filters.config import DedupConfig
+from pipeline.filters.near_duplicates import near_duplicates, similar_hash_pairs
+from pipeline.ingest.analysis import AnalysisFrame
+from pipeline.ingest.signals.phash import PhashAnalyzer, hamming
 
 
 def planted_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

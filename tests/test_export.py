@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.buckets import BucketConfig, assign, window
-from pipeline.export import split_videos
-from pipeline.library import Library, atomic_write_table, utcnow
+from pipeline.export.buckets import BucketConfig, assign, window
+from pipeline.export.plan import split_videos
+from pipeline.library import Library
+from pipeline.library.files import atomic_write_table, utcnow
 from tests.avfiles import frame_image, write_video
 from tests.conftest import ROOT
 from tests.index_fixtures import write_captions
@@ -34,7 +35,7 @@ aspect_ratios: ["4:3", "16:9"]
 multiple: 16
 """
 # the CLI module as `recap export` runs it (also before it is registered in pipeline/cli.py)
-EXPORT = [sys.executable, "-c", "import argparse, sys; from pipeline import export_cli as m; "
+EXPORT = [sys.executable, "-c", "import argparse, sys; from pipeline.cli import export as m; "
           "p = argparse.ArgumentParser(); m.add_arguments(p); sys.exit(m.run(p.parse_args(sys.argv[1:])))"]
 
 
@@ -302,13 +303,12 @@ def test_bucket_assignment():
 
 
 def test_query_selects_search_hits_that_pass_the_filters(tmp_path):
-    from index.api import Library as IndexLibrary
-    from pipeline.export import select
+    from pipeline.embed import load_index_config, run_index
+    from pipeline.export.selection import select
     from tests.index_fixtures import CLIPS, clip_id, make_library
 
     root = make_library(tmp_path / "lib")
-    with IndexLibrary(root) as lib:
-        lib.index(log=lambda *a: None)
+    run_index(root, load_index_config(), log=lambda *a: None)
     sel = select(root, query="a dog running on the beach", top_k=3)
     ids = sel.clips.column("clip_id").to_pylist()
     assert len(ids) == 3 and clip_id(0) in ids and max(sel.scores, key=sel.scores.get) == clip_id(0)

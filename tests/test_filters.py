@@ -11,8 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.filters import VIEW_PATH, evaluate, load_filter_config, read_clips, read_view, run_filters
-from pipeline.signals import SIGNAL_COLUMNS
+from pipeline.filters.config import load_filter_config
+from pipeline.filters.evaluate import evaluate, run_filters
+from pipeline.library import Library
+from pipeline.library.schema import SIGNAL_COLUMNS
+from pipeline.library.views import VIEW_PATH, read_view
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +78,7 @@ def test_reasons_match_thresholds(tmp_path):
     lib = write_library(tmp_path / "lib")
     cfg = load_filter_config()
     view, missing = run_filters(lib, cfg)
-    clips = read_clips(lib).to_pandas().set_index("clip_id")
+    clips = Library(lib).read("clips").to_pandas().set_index("clip_id")
     v = view.to_pandas().set_index("clip_id").loc[clips.index]
     assert not missing and len(v) == 400
     assert (v.passed == (v.reject_reasons.map(len) == 0)).all()
@@ -104,7 +107,7 @@ def test_near_copies_point_at_their_best_member(tmp_path):
 
 
 def test_keep_best_rank_order():
-    from pipeline.filters import keep_best_rank
+    from pipeline.library.views import keep_best_rank
 
     clips = pa.table({
         "clip_id": ["a", "b", "c", "d", "e"],
@@ -134,7 +137,7 @@ def test_set_override_rewrites_the_view(tmp_path):
 def test_uncommitted_part_is_not_read(tmp_path):
     lib = write_library(tmp_path / "lib", n=100, parts=1)
     pq.write_table(synthetic_clips(10, seed=9, first=5000), lib / "clips" / "part-crashed.parquet")
-    assert read_clips(lib, ["clip_id"]).num_rows == 100
+    assert Library(lib).read("clips", ["clip_id"]).num_rows == 100
 
 
 def test_missing_signal_columns_skip_their_rules():
@@ -151,7 +154,7 @@ import sys
 for name in ("av", "decord", "cv2"):
     sys.modules[name] = None  # import of a blocked module raises ImportError
 import argparse
-from pipeline import filter_cli
+from pipeline.cli import filter as filter_cli
 p = argparse.ArgumentParser()
 filter_cli.add_arguments(p)
 sys.exit(filter_cli.run(p.parse_args(sys.argv[1:])))

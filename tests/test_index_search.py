@@ -6,12 +6,15 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from index.api import Library, SearchError
-from index.config import load_index_config
+from index.api import ClipIndex, SearchError
 from index.store import StoreError
 from index.where import WhereError
+from pipeline.embed import embed_library, load_index_config, run_index
+from pipeline.library import Library
 from tests.index_fixtures import CLIPS, clip_id, make_library, write_captions
 
 # paraphrases of the captions (no shared key phrase), and the clip each should find first
@@ -36,15 +39,14 @@ def caption_only_config():
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory) -> Path:
     root = make_library(tmp_path_factory.mktemp("lib") / "lib")
-    with Library(root, caption_only_config()) as lib:
-        rec = lib.index(log=lambda *_: None)
+    rec = run_index(root, caption_only_config(), log=lambda *_: None)
     assert rec.schema_changed and len(rec.missing) == len(CLIPS)
     return root
 
 
 @pytest.fixture(scope="module")
 def lib(indexed):
-    with Library(indexed, caption_only_config()) as lib:
+    with ClipIndex(indexed, caption_only_config()) as lib:
         yield lib
 
 
@@ -98,7 +100,7 @@ def test_like_finds_the_near_duplicate(lib):
 
 
 def test_check_finds_a_deleted_vector_and_repair_restores_it(indexed):
-    with Library(indexed, caption_only_config()) as lib:
+    with ClipIndex(indexed, caption_only_config()) as lib:
         assert lib.check().clean
         before = [(h.clip_id, round(h.score, 5)) for h in lib.search("kids at the seaside", top_k=5)]
         lib.store.delete([clip_id(4)])
@@ -117,31 +119,31 @@ def test_check_finds_a_deleted_vector_and_repair_restores_it(indexed):
 def test_changed_caption_reembeds_one_clip_and_marks_it_stale(tmp_path):
     root = make_library(tmp_path / "lib")
     cfg = caption_only_config()
-    with Library(root, cfg) as lib:
-        lib.index(log=lambda *_: None)
+    run_index(root, cfg, log=lambda *_: None)
+    with ClipIndex(root, cfg) as lib:
         # a new caption for one clip in the same version (a retried caption: the latest row wins)
         write_captions(root, {clip_id(8): "A hot air balloon drifts over green hills."})
         rec = lib.check()
         assert rec.missing == [] and rec.stale == [clip_id(8)]       # caption scalar changed
-        assert lib.embed(log=lambda *_: None) == {"caption": 1}
-        assert lib.embed(log=lambda *_: None) == {"caption": 0}      # nothing left to do
+        assert embed_library(lib, cfg.execution, log=lambda *_: None) == {"caption": 1}
+        assert embed_library(lib, cfg.execution, log=lambda *_: None) == {"caption": 0}   # nothing left to do
         lib.repair(log=lambda *_: None)
         assert lib.search("balloon floating above the countryside", top_k=1)[0].clip_id == clip_id(8)
 
 
 def test_rebuild_from_parquet_gives_identical_results(indexed, tmp_path):
     queries = [q for q, _ in QUERIES[:4]]
-    with Library(indexed, caption_only_config()) as lib:
+    with ClipIndex(indexed, caption_only_config()) as lib:
         before = [[(h.clip_id, round(h.score, 5)) for h in lib.search(q, top_k=5)] for q in queries]
         # a new process finds the collection released: opening must load it
         lib.store.client.release_collection(lib.store.collection)
-    with Library(indexed, caption_only_config()) as lib:
+    with ClipIndex(indexed, caption_only_config()) as lib:
         assert [[(h.clip_id, round(h.score, 5)) for h in lib.search(q, top_k=5)] for q in queries] == before
         lib.store.drop()
     # a fresh collection from the Parquet side tables alone (no embedding step)
-    with Library(indexed, caption_only_config()) as lib:
-        rec = lib.index(embed=False, log=lambda *_: None)
-        assert rec.schema_changed and len(rec.missing) == len(CLIPS)
+    rec = run_index(indexed, caption_only_config(), embed=False, log=lambda *_: None)
+    assert rec.schema_changed and len(rec.missing) == len(CLIPS)
+    with ClipIndex(indexed, caption_only_config()) as lib:
         after = [[(h.clip_id, round(h.score, 5)) for h in lib.search(q, top_k=5)] for q in queries]
     assert after == before
 
@@ -155,7 +157,7 @@ def test_server_down_is_a_clear_error_and_parquet_is_untouched(tmp_path):
     root = make_library(tmp_path / "lib")
     before = _tree_digest(root)
     with pytest.raises(StoreError, match="cannot connect to Milvus at http://127.0.0.1:9"):
-        Library(root, caption_only_config(), milvus_uri="http://127.0.0.1:9").index()
+        run_index(root, caption_only_config(), milvus_uri="http://127.0.0.1:9")
     assert _tree_digest(root) == before
 
 
@@ -169,7 +171,8 @@ def run_cli(module, argv: list[str]) -> int:
 
 
 def test_cli_search_json_and_bad_where(indexed, capsys):
-    from pipeline import index_cli, search_cli
+    from pipeline.cli import index as index_cli
+    from pipeline.cli import search as search_cli
 
     off = ["--set", "embedders.visual.enabled=false"]
     assert run_cli(search_cli, [str(indexed), "canine running by the sea in the evening", "--top-k", "2", "--json",
@@ -195,14 +198,18 @@ def test_semantic_dedup_groups_the_paraphrased_clip(lib):
     assert semantic_duplicates(lib, threshold=0.99) == []
 
 
-def test_caption_version_choice(tmp_path):
-    from index.tables import read_captions
+def _captions(root: Path, version: str = "") -> pa.Table:
+    """clip_id, caption, caption_version of the clips the index would embed with `version`."""
+    t = Library(root).clip_table(version)
+    return t.filter(pc.is_valid(t.column("caption"))).select(["clip_id", "caption", "caption_version"])
 
+
+def test_caption_version_choice(tmp_path):
     root = make_library(tmp_path / "lib")
-    first = read_captions(root, load_index_config().captions)
+    first = _captions(root, load_index_config().captions.version)
     other = write_captions(root, {clip_id(0): "A parrot on a branch."}, model="tiny-vlm", default=False)
     # the default version is still the one embedded; asking for the other one gives its clip only
-    assert read_captions(root, load_index_config().captions).equals(first)
-    chosen = read_captions(root, load_index_config(overrides=[f"captions.version={other}"]).captions)
+    assert _captions(root, load_index_config().captions.version).equals(first)
+    chosen = _captions(root, load_index_config(overrides=[f"captions.version={other}"]).captions.version)
     assert chosen.column("caption").to_pylist() == ["A parrot on a branch."]
     assert set(chosen.column("caption_version").to_pylist()) == {other}

@@ -12,10 +12,10 @@ import av
 import numpy as np
 import pytest
 
-from index.api import Library
-from index.config import load_index_config
-from index.frames import clip_frames, sample_positions
-from pipeline.library import Library as ClipLibrary
+from captioner.frames import sample_indices
+from index.api import ClipIndex
+from pipeline.embed import ClipFramesStage, embed_library, load_index_config, run_index
+from pipeline.library import Library
 from tests.index_fixtures import write_captions
 
 FPS = 25
@@ -67,7 +67,7 @@ def visual_lib(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("visual")
     source = write_segments(tmp / "source.mp4", SEGMENTS)
     root = tmp / "lib"
-    lib = ClipLibrary(root, write=True)
+    lib = Library(root, write=True)
     video_id = "a" * 32
     clips = []
     for i in range(len(SEGMENTS)):
@@ -86,23 +86,27 @@ def visual_lib(tmp_path_factory) -> tuple[Path, Path]:
                   "file_start_frame": FPS + 3})
     lib.commit({"videos": [{"video_id": video_id, "uri": str(source), "ingested_at": datetime.now(timezone.utc)}],
                 "clips": clips})
+    lib.close()
     write_captions(root, {"clip0": "a red screen", "clip1": "a blue screen", "clip2": "a red picture",
                           "clip3": "a green screen", "clip4": "a blue picture"})
     return root, tiny_clip(tmp / "tiny-clip")
 
 
 def test_sample_positions_are_spread_inside_the_clip():
-    assert sample_positions(25, 4) == [3, 9, 15, 21]
-    assert sample_positions(2, 4) == [0, 1]
-    assert sample_positions(0, 4) == []
+    assert sample_indices(25, 25.0, num_frames=4, max_frames=4) == [3, 9, 15, 21]
+    assert sample_indices(2, 25.0, num_frames=4, max_frames=4) == [0, 1]
+    assert sample_indices(0, 25.0, num_frames=4, max_frames=4) == []
 
 
 def test_frames_come_from_the_clip_range(visual_lib):
     root, _ = visual_lib
-    rows = {r["clip_id"]: r for r in ClipLibrary(root).read("clips").to_pylist()}
-    source = str(root.parent / "source.mp4")
+    rows = {r["clip_id"]: dict(r, hash="") for r in Library(root).clip_table().to_pylist()}
+    assert rows["clip0"]["source"] == str(root.parent / "source.mp4")
+    stage = ClipFramesStage(root, frames=4, cpus=1.0, batch_size=4)
+    stage.setup()
     for cid, colour in [("clip0", SEGMENTS[0]), ("clip1", SEGMENTS[1]), ("clip3", SEGMENTS[3]), ("clip4", SEGMENTS[1])]:
-        frames = clip_frames(root, rows[cid], source, 4)
+        (out,) = stage.process([rows[cid]])
+        frames = out["frames"]
         assert len(frames) == 4
         for f in frames:
             assert np.abs(f.reshape(-1, 3).mean(0) - colour).max() < 12, cid
@@ -112,8 +116,8 @@ def test_visual_and_hybrid_search_with_a_tiny_clip(visual_lib):
     root, model = visual_lib
     cfg = load_index_config(overrides=[f"embedders.visual.model={model}", "embedders.visual.enabled=true",
                                        "embedders.visual.device=cpu", "embedders.caption.device=cpu"])
-    with Library(root, cfg) as lib:
-        rec = lib.index(log=lambda *_: None)
+    rec = run_index(root, cfg, log=lambda *_: None)
+    with ClipIndex(root, cfg) as lib:
         assert rec.unembedded == {"caption": 0, "visual": 0}
         # the other red clip is the visual nearest neighbour of clip0, the blue file of clip1
         assert lib.search(like="clip0", mode="visual", top_k=1)[0].clip_id == "clip2"
@@ -122,5 +126,5 @@ def test_visual_and_hybrid_search_with_a_tiny_clip(visual_lib):
         assert sorted(h.clip_id for h in hits) == [f"clip{i}" for i in range(5)]
         hybrid = lib.search("a red screen", mode="hybrid", top_k=5, where="duration_s >= 1")
         assert hybrid[0].clip_id == "clip0" and "clip4" not in {h.clip_id for h in hybrid}
-        assert lib.embed(log=lambda *_: None) == {"caption": 0, "visual": 0}
+        assert embed_library(lib, cfg.execution, log=lambda *_: None) == {"caption": 0, "visual": 0}
         assert lib.check().clean

@@ -124,7 +124,7 @@ def _clips_by_name(lib: Library) -> dict[str, list[dict]]:
 
 
 def test_clips_never_span_a_transition(ingested) -> None:
-    from pipeline.samples import load_truth
+    from pipeline.samples.corpus import load_truth
 
     truth = load_truth(ingested["corpus"])["videos"]
     clips = _clips_by_name(ingested["lib"])
@@ -139,7 +139,7 @@ def test_clips_never_span_a_transition(ingested) -> None:
 
 
 def test_detected_cuts_match_truth(ingested) -> None:
-    from pipeline.samples import load_truth
+    from pipeline.samples.corpus import load_truth
 
     truth = load_truth(ingested["corpus"])["videos"]
     lib = ingested["lib"]
@@ -206,8 +206,8 @@ def test_permission_denied(sample_corpus: Path) -> None:
         secret = work / "secret.mp4"
         shutil.copy(names[0], secret)
         os.chmod(secret, 0o000)
-        code = ("import os; from pipeline.config import load_ingest_config; from pipeline.worker import ingest_source;"
-                "import pipeline.sources, pipeline.probe, pipeline.decode, pipeline.shots, pipeline.clipfiles;"
+        code = ("import os; from pipeline.ingest.config import load_ingest_config; from pipeline.ingest.worker import ingest_source;"
+                "import pipeline.ingest.sources, pipeline.ingest.probe, pipeline.ingest.decode, pipeline.ingest.shots, pipeline.ingest.clipfiles;"
                 "cfg = load_ingest_config(); os.geteuid() == 0 and os.setuid(65534);"
                 f"r = ingest_source({str(secret)!r}, cfg, {str(work / 'lib')!r});"
                 "print(r.outcome, r.rows['errors'][0]['error_type'])")

@@ -7,8 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.library import Library, LibraryError, new_batch_id, utcnow
-from pipeline.schema import TABLES, table_schema
+from pipeline.library import Library, LibraryError
+from pipeline.library.files import new_batch_id, utcnow
+from pipeline.library.schema import TABLES, table_schema
 
 
 def _source(uri: str) -> dict:
@@ -36,7 +37,7 @@ def test_batch_ids_sort_in_write_order() -> None:
 def test_later_embedding_part_wins(tmp_path) -> None:
     import numpy as np
 
-    from index.tables import read_embeddings, write_embeddings
+    from pipeline.library.embeddings import read_embeddings, write_embeddings
 
     for i in range(20):     # twenty rewrites of one clip's vector, all within a second
         write_embeddings(tmp_path, "caption", "m", ["c1", "c2"][: 1 + i % 2], np.full((1 + i % 2, 4), i), [f"h{i}"] * (1 + i % 2))
@@ -64,7 +65,8 @@ def test_one_writer_at_a_time_and_readers_never_see_a_batch_in_progress(tmp_path
     with pytest.raises(LibraryError, match="another recap process"):
         Library(lib.root, write=True)
     # a batch whose marker is not written yet (the writer is between parts and marker)
-    from pipeline.library import atomic_write_table, rows_to_table
+    from pipeline.library.files import atomic_write_table
+    from pipeline.library.tables import rows_to_table
 
     row = _source("z") | {"batch_id": "inflight"}
     atomic_write_table(lib.root / "sources" / "part-inflight.parquet", rows_to_table("sources", [row]))

@@ -1,4 +1,4 @@
-"""The prompt-following tracker (pipeline/measure_motion.py) reads colour and direction correctly
+"""The prompt-following tracker (tests/support/measure_motion.py) reads colour and direction correctly
 from the ground-truth semantic videos, at their own size and at the exported training size."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.measure_motion import follows, name_colour, parse_caption, track
-from pipeline.semantic_samples import (
+from pipeline.samples.semantic import (
     CAPTIONS_FILE,
     COLOURS,
     DIRECTIONS,
@@ -18,6 +17,7 @@ from pipeline.semantic_samples import (
     semantic_frames,
     write_semantic_samples,
 )
+from tests.support.measure_motion import follows, name_colour, parse_caption, track
 from trainer.shards import decode_mp4
 
 

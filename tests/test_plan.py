@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import ClipsConfig
-from pipeline.plan import clip_id, plan_clips
+from pipeline.ingest.config import ClipsConfig
+from pipeline.ingest.plan import clip_id, plan_clips
 
 
 def test_margins_min_and_max() -> None:

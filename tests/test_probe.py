@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.probe import ProbeError, probe
+from pipeline.ingest.probe import ProbeError, probe
 from tests.avfiles import (
     ffprobe_frame_count,
     ffprobe_rotation,
@@ -142,7 +142,7 @@ def test_permission_denied(tmp_path: Path):
     folder.chmod(0o755)
     path = write_video(folder / "locked.mp4", n_frames=5)
     path.chmod(0)
-    code = ("import os, sys; from pipeline.probe import probe, ProbeError\n"
+    code = ("import os, sys; from pipeline.ingest.probe import probe, ProbeError\n"
             "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
             "try: probe(sys.argv[1])\n"
             "except ProbeError as e: print(e.kind); print(e.message)\n")

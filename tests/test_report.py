@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import report_cli
-from pipeline.filters import load_filter_config, run_filters
-from pipeline.report import HISTOGRAMS
+from pipeline.cli import report as report_cli
+from pipeline.filters.config import load_filter_config
+from pipeline.filters.evaluate import run_filters
+from pipeline.filters.report import HISTOGRAMS
 from tests.test_filters import write_library
 
 

@@ -36,8 +36,8 @@ def reference_clips(sample_corpus: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_ingest_can_caption_in_the_same_job(reference_clips: dict) -> None:
-    from captioner.versions import CaptionStore
-    from pipeline.filters import read_view
+    from pipeline.library.captions import CaptionStore
+    from pipeline.library.views import read_view
 
     view = read_view(reference_clips["lib"])[0].to_pylist()
     passing = {r["clip_id"] for r in view if r["passed"]}
@@ -50,7 +50,7 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(sample_corpus: Path, re
                                                          tmp_path: Path) -> None:
     lib = tmp_path / "lib"
     args = ["ingest", str(sample_corpus), "--out", str(lib), "--no-progress",
-            "--set", "execution.commit_every_videos=1", "--set", "clips.mode=encode"]
+            "--set", "execution.commit_every=1", "--set", "clips.mode=encode"]
     proc = subprocess.Popen([*RECAP, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 300
@@ -91,7 +91,7 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: dict, tmp_
                        capture_output=True, timeout=120, env=env)
         lib = tmp_path / "lib"
         recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
-              f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_video=1", env=auth)
+              f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_task=1", env=auth)
         assert set(_clip_ids(lib)) == reference_clips["ids"]
         nodes = set(Library(lib).read("videos", ["worker_node"]).column("worker_node").to_pylist())
         assert len(nodes) == 2, f"work did not spread over both nodes: {nodes}"

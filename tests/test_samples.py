@@ -17,8 +17,15 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main as recap
-from pipeline.samples import CORPUS, TRUTH_FILE, corpus_truth, load_truth, write_benchmark_video, write_sample_video
-from pipeline.synth import Cut, Dissolve, FadeThroughBlack, Shot, plan_frames
+from pipeline.samples.corpus import (
+    CORPUS,
+    TRUTH_FILE,
+    corpus_truth,
+    load_truth,
+    write_benchmark_video,
+    write_sample_video,
+)
+from pipeline.samples.synth import Cut, Dissolve, FadeThroughBlack, Shot, plan_frames
 
 SEED = 0
 NAMES = [spec.name for spec in CORPUS]

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.config import ShotsConfig, load_ingest_config
-from pipeline.decode import decode_pass
-from pipeline.frames import AnalysisFrame
-from pipeline.shots import ShotDetector, ShotResult, detect_shots
-from pipeline.synth import Cut, Dissolve, FadeThroughBlack, Shot, plan_frames, render_frames
+from pipeline.ingest.analysis import AnalysisFrame
+from pipeline.ingest.config import ShotsConfig, load_ingest_config
+from pipeline.ingest.decode import decode_pass
+from pipeline.ingest.shots import ShotDetector, ShotResult, detect_shots
+from pipeline.samples.synth import Cut, Dissolve, FadeThroughBlack, Shot, plan_frames, render_frames
 
 CFG = ShotsConfig()
 SIZE = (320, 180)

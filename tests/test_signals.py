@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.frames import AnalysisFrame
-from pipeline.signals import DetailSchedule, SignalsConfig, clip_signals, make_analyzers
-from pipeline.signals.text import read_text as READ_TEXT
+from pipeline.ingest.analysis import AnalysisFrame
+from pipeline.ingest.signals import DetailSchedule, SignalsConfig, clip_signals, make_analyzers
+from pipeline.ingest.signals.text import read_text as READ_TEXT
 
 FPS = 30.0
 SOURCE = (640, 360)          # the "coded" size of the synthetic source video
@@ -192,7 +192,7 @@ def test_text_overlay_is_found_and_read():
 def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch):
     """Regular readings every 2 s; a 1.2 s shot between two cuts holding only an odd-second
     detail frame is read too, while detail frames inside longer shots take their shot's reading."""
-    from pipeline.signals import text
+    from pipeline.ingest.signals import text
 
     reads = []
     monkeypatch.setattr(text, "read_text", lambda *a: reads.append(1) or READ_TEXT(*a))
@@ -213,7 +213,7 @@ def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch):
 
 
 def test_every_column_present_and_aesthetic_null_without_weights():
-    from pipeline.signals import SIGNAL_COLUMNS
+    from pipeline.ingest.signals import SIGNAL_COLUMNS
 
     (row,) = analyse(camera_clip("static", n=20), NO_TEXT)
     assert set(row) == {name for name, _, _ in SIGNAL_COLUMNS}
@@ -227,7 +227,7 @@ def test_detail_schedule_one_per_interval():
 
 
 def test_background_analyzers_see_every_frame_in_order_and_hand_back_errors():
-    from pipeline.frames import BackgroundAnalyzers
+    from pipeline.ingest.analysis import BackgroundAnalyzers
 
     small = np.zeros((9, 16, 3), np.uint8)
     frames = [AnalysisFrame(index=i, pts_s=i / FPS, bgr=small, luma=small[..., 0]) for i in range(200)]

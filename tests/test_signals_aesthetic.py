@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.signals import SignalsConfig, clip_signals, make_analyzers
-from pipeline.signals.aesthetic import AestheticScorer, load_head
+from pipeline.ingest.signals import SignalsConfig, clip_signals, make_analyzers
+from pipeline.ingest.signals.aesthetic import AestheticScorer, load_head
 from trainer.typedconfig import ConfigError
 
 torch = pytest.importorskip("torch")
@@ -64,7 +64,7 @@ def test_score_matches_encoder_plus_head(tiny_weights):
 def frame_with_detail(index: int, bgr: np.ndarray, detail: np.ndarray | None):
     import cv2
 
-    from pipeline.frames import AnalysisFrame
+    from pipeline.ingest.analysis import AnalysisFrame
 
     kwargs = dict(index=index, pts_s=index / 30.0, bgr=bgr, luma=cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
     if "detail" in AnalysisFrame.__dataclass_fields__:
@@ -75,7 +75,7 @@ def frame_with_detail(index: int, bgr: np.ndarray, detail: np.ndarray | None):
 
 
 def test_clip_column_from_sampled_frames(tiny_weights):
-    from pipeline.signals import DetailSchedule
+    from pipeline.ingest.signals import DetailSchedule
 
     model_dir, head_path = tiny_weights
     cfg = SignalsConfig()

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import SourcesConfig
-from pipeline.sources import Source, SourceError, StagingCache, content_hash, expand_sources
+from pipeline.ingest.config import SourcesConfig
+from pipeline.ingest.sources import Source, SourceError, StagingCache, content_hash, expand_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = SourcesConfig()
@@ -209,7 +209,7 @@ def test_file_in_use_by_another_process_is_kept(tmp_path: Path, memfs):
     fs.pipe(f"{root}/big.mp4", b"z" * 3000)
     cache = StagingCache(tmp_path / "cache", max_bytes=1000)
     held = cache.fetch(f"memory://{root}/big.mp4")
-    code = ("import sys; from pipeline.sources import StagingCache\n"
+    code = ("import sys; from pipeline.ingest.sources import StagingCache\n"
             "c = StagingCache(sys.argv[1], 1000); c.evict(); print(c.size_bytes())\n")
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], cwd=ROOT,
                            capture_output=True, text=True, timeout=120, check=True)

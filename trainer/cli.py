@@ -12,6 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainer.train import load_job_config, main
+from trainer.typedconfig import ConfigError, default_config
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=["vae", "dit"], help="which model to train")
@@ -24,10 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trainer.train import CONFIG_DIR, load_job_config, main
-    from trainer.typedconfig import ConfigError
-
-    config = args.config or CONFIG_DIR / f"{args.kind}.yaml"
+    config = args.config or default_config(f"{args.kind}.yaml")
     try:
         cfg = load_job_config(args.kind, config, args.overrides)
     except ConfigError as e:

@@ -11,14 +11,19 @@ condition (image-to-video, extension, looping) carry t = 0 and a mask channel sa
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from trainer.checkpoint import latest_checkpoint, load_weights
+from trainer.typedconfig import ConfigError, from_dict
 
 # name -> (depth, hidden_size, num_heads); parameter counts are in BENCHMARKS.md
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -52,7 +57,6 @@ class DiTConfig:
     pooled_text: bool = False
 
     def __post_init__(self) -> None:
-        from trainer.typedconfig import ConfigError
         if self.size not in DIT_SIZES:
             raise ConfigError(f"model.size: {self.size!r} is not one of {list(DIT_SIZES)}")
         depth, hidden, heads = DIT_SIZES[self.size]
@@ -334,11 +338,6 @@ def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
     """A DiT from a `recap train dit` run directory (its last checkpoint's `weights`: ema or model)
     or a checkpoint's .safetensors file. Returns the model (eval mode) and the file's metadata,
     which also names the text encoder, the autoencoder and the flow settings it was trained with."""
-    import json
-    from pathlib import Path
-
-    from trainer.checkpoint import latest_checkpoint, load_weights
-    from trainer.typedconfig import from_dict
     file = Path(path)
     if file.is_dir():
         ckpt = latest_checkpoint(file)

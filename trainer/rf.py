@@ -16,6 +16,8 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from trainer.typedconfig import ConfigError
+
 
 @dataclass
 class FlowConfig:
@@ -33,7 +35,6 @@ class FlowConfig:
     max_k: int = 4
 
     def __post_init__(self) -> None:
-        from trainer.typedconfig import ConfigError
         shares = (self.first_frame, self.first_k, self.last_frame, self.first_and_last, self.caption_dropout)
         if min(shares) < 0 or self.first_frame + self.first_k + self.last_frame + self.first_and_last > 1:
             raise ConfigError("flow: condition shares must be >= 0 and sum to <= 1")

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from trainer.dit import DiT, load_dit
 from trainer.rf import FlowConfig, resolution_shift, sample
+from trainer.shards import encode_mp4
 from trainer.text import TextEncoder
 from trainer.typedconfig import from_dict
 from trainer.vae import AutoencoderSource, load_autoencoder
@@ -185,7 +188,6 @@ class Sampler:
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: float) -> None:
     """(T, H, W, 3) uint8 -> H.264 MP4 through PyAV (odd sizes padded by one edge pixel)."""
-    from trainer.shards import encode_mp4
     t, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     Path(path).write_bytes(encode_mp4(frames, fps, crf=16))
@@ -208,19 +210,16 @@ def contact_sheet(videos: np.ndarray, max_columns: int = 9, scale: int = 0, gap:
 
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
-    from PIL import Image
     Image.fromarray(image).save(str(path))
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    from PIL import Image
     with Image.open(str(path)) as im:
         return np.asarray(im.convert("RGB"))
 
 
 def read_video(path: str | Path) -> tuple[np.ndarray, float]:
     """Every frame of a video file (T, H, W, 3) uint8 and its frame rate, through PyAV."""
-    import av
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = float(stream.average_rate or stream.guessed_rate or 8)

@@ -20,7 +20,23 @@ sample) and OUT/samples.jsonl (prompt, seed, file and settings of each sample).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trainer.sample import (
+    Sampler,
+    SampleSettings,
+    contact_sheet,
+    read_image,
+    read_prompts,
+    read_video,
+    write_mp4,
+    write_png,
+)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -59,23 +75,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    import time
-    from pathlib import Path
-
-    import numpy as np
-
-    from trainer.sample import (
-        Sampler,
-        SampleSettings,
-        contact_sheet,
-        read_image,
-        read_prompts,
-        read_video,
-        write_mp4,
-        write_png,
-    )
-
     def fail(message: str) -> int:
         print(f"recap sample: error: {message}", file=sys.stderr)
         return 2

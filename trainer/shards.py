@@ -15,13 +15,17 @@ import json
 import os
 import queue
 import random
+import sys
 import tarfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import av
+import fsspec
 import numpy as np
 
 SCHEMA_VERSION = 1
@@ -102,9 +106,6 @@ def shard_name(split: str, index: int) -> str:
 
 def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     """(T, H, W, 3) uint8 RGB -> H.264 MP4 bytes (yuv420p, so H and W must be even)."""
-    from fractions import Fraction
-
-    import av
 
     t, h, w, _ = frames.shape
     buf = io.BytesIO()
@@ -122,8 +123,6 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
 
 def decode_mp4(data: bytes, max_frames: int | None = None) -> np.ndarray:
     """MP4 bytes -> (T, H, W, 3) uint8 RGB, every frame in decode order."""
-    import av
-
     frames = []
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
@@ -243,7 +242,6 @@ def list_shards(data: str | Path | Iterable[str], split: str = "train") -> list[
             raise FileNotFoundError(f"no .tar shards in {text}")
         return [str(p) for p in found]
     if any(ch in text for ch in "*?["):
-        import fsspec
         files = fsspec.open_files(text)
         if not files:
             raise FileNotFoundError(f"no shards match {text}")
@@ -253,7 +251,6 @@ def list_shards(data: str | Path | Iterable[str], split: str = "train") -> list[
 
 def _open(url: str):
     if "://" in url and not url.startswith("file://"):
-        import fsspec
         return fsspec.open(url, "rb").open()
     return open(url.removeprefix("file://"), "rb")
 
@@ -318,7 +315,6 @@ _WARNINGS_LEFT = [20]   # per process: the first few skips are explained, all ar
 
 
 def _warn(message: str) -> None:
-    import sys
     if _WARNINGS_LEFT[0] > 0:
         _WARNINGS_LEFT[0] -= 1
         suffix = " (further skips are only counted)" if _WARNINGS_LEFT[0] == 0 else ""

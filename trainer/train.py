@@ -16,6 +16,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from trainer.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
 from trainer.dit import DiT, DiTConfig, count_params
@@ -32,9 +34,6 @@ from trainer.shards import Batch, BucketLoader, list_shards
 from trainer.text import DEFAULT_TEXT_ENCODER, TextEncoder
 from trainer.typedconfig import ConfigError, load_config, to_dict
 from trainer.vae import AutoencoderSource, CausalVAE, VAEConfig, kl_loss, load_autoencoder, psnr
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
 
 # ---------------------------------------------------------------------------------------------
 # Configs
@@ -121,7 +120,7 @@ class DiTJobConfig:
 JOB_CONFIGS = {"vae": VAEJobConfig, "dit": DiTJobConfig}
 
 
-def load_job_config(kind: str, path: str | Path | None, overrides: list[str] | None = None):
+def load_job_config(kind: str, path: str | Path | Traversable | None, overrides: list[str] | None = None):
     """Typed config for `kind` from defaults <- YAML <- `--set` overrides; unknown keys fail."""
     return load_config(JOB_CONFIGS[kind], path, overrides)
 
@@ -347,7 +346,6 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({"kind": kind, **to_dict(cfg)}, indent=2))
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
         metrics_path = out / "metrics.jsonl"
         if metrics_path.exists():   # drop records a crashed run wrote after its last checkpoint

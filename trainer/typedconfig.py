@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -21,12 +23,12 @@ class ConfigError(ValueError):
     """A config key is unknown, ill-typed or out of range; the message names the key."""
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+def load_config(cls: type[T], path: str | Path | Traversable | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> T:
     """Build `cls` from defaults <- `base` <- YAML file <- `--set key=value` overrides."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        path = Path(path)
+        path = Path(path) if isinstance(path, str) else path
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         loaded = yaml.safe_load(path.read_text()) or {}
@@ -39,10 +41,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     return from_dict(cls, data)
 
 
-def load_with_defaults(cls: type[T], defaults: str | Path, path: str | Path | None = None,
+def default_config(name: str) -> Traversable:
+    """A file of recap's default configs (`configs/<name>`), wherever recap is installed: package
+    data of the `configs` package, which is also the repository's user-facing `configs/` folder."""
+    return resources.files("configs").joinpath(name)
+
+
+def load_with_defaults(cls: type[T], defaults: str, path: str | Path | None = None,
                        overrides: list[str] | None = None) -> T:
-    """A job's config: its defaults file in `configs/`, then the user's file, then overrides."""
-    base = yaml.safe_load(Path(defaults).read_text()) or {}
+    """A job's config: its defaults file (`configs/<defaults>`), then the user's file, then overrides."""
+    base = yaml.safe_load(default_config(defaults).read_text()) or {}
     return load_config(cls, path, overrides, base=base)
 
 

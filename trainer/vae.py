@@ -18,6 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer.checkpoint import latest_checkpoint
+from trainer.typedconfig import ConfigError, from_dict, to_dict
+
 
 @dataclass
 class VAEConfig:
@@ -30,7 +33,6 @@ class VAEConfig:
     norm: Literal["rms", "none"] = "rms"  # per-pixel channel RMS norm; tiny models learn faster without
 
     def __post_init__(self) -> None:
-        from trainer.typedconfig import ConfigError
         levels = len(self.channel_mults) - 1
         if self.spatial_compression != 2 ** levels:
             raise ConfigError(f"vae.spatial_compression must be 2 ** (len(channel_mults) - 1) = {2 ** levels}")
@@ -295,7 +297,6 @@ def save_vae(model: CausalVAE, path: str | Path) -> None:
     """One safetensors file that carries its own config, loadable with `load_vae(path)`."""
     from safetensors.torch import save_file
 
-    from trainer.typedconfig import to_dict
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "recap.vae", "config": json.dumps(to_dict(model.config))})
 
@@ -305,10 +306,8 @@ def load_vae(path: str | Path) -> CausalVAE:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from trainer.typedconfig import from_dict
     path = Path(path)
     if path.is_dir():
-        from trainer.checkpoint import latest_checkpoint
         ckpt = latest_checkpoint(path)
         if ckpt is None:
             raise FileNotFoundError(f"no checkpoint in {path}")
@@ -331,7 +330,6 @@ class AutoencoderSource:
     subfolder: str = ""            # diffusers: e.g. "vae" inside a pipeline repo
 
     def __post_init__(self) -> None:
-        from trainer.typedconfig import ConfigError
         if self.kind not in ("recap", "diffusers", "pixel"):
             raise ConfigError(f"vae.kind: {self.kind!r} is not one of ['recap', 'diffusers', 'pixel']")
         if self.kind != "pixel" and not self.path:

@@ -1,0 +1,133 @@
+"""The caption job: the selected clips of a library through the caption stages, one version.
+
+    clips (selected) ──► FramePrepStage ──► CaptionStage ──► driver: CaptionStore.append every
+                                                              `execution.commit_every` clips
+
+(see stages.py). `execution.executor: local` runs the same stages in this process without Ray
+(tests, debugging, benchmarks); the signal captioner always does, as it has no model.
+
+Before any work: the model (or the openai server) is checked, so missing weights fail with a clear
+message and nothing written. Clips that already have a final caption of this version are skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from captioner.captioner import make_backend, signal_spec, version_id, version_spec
+from captioner.model import resolve_model
+from captioner.prompts import load_prompt
+from index.catalog import compile_for_schema
+from pipeline.caption.config import CaptionJobConfig
+from pipeline.caption.stages import CLIP_FIELDS, CaptionStage, FramePrepStage, SignalCaptionStage
+from pipeline.library import CaptionStore, Library
+from pipeline.stages import Stage, run_stages
+
+
+@dataclass
+class CaptionSummary:
+    version: str = ""
+    selected: int = 0
+    skipped: int = 0                 # already captioned by this version
+    captioned: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    by_reason: dict[str, int] = field(default_factory=dict)
+    output_tokens: int = 0
+    wall_seconds: float = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.captioned += 1
+        self.by_status[row["status"]] = self.by_status.get(row["status"], 0) + 1
+        if row.get("reason"):
+            key = row["reason"].split(":")[0]
+            self.by_reason[key] = self.by_reason.get(key, 0) + 1
+        self.output_tokens += row.get("n_output_tokens") or 0
+
+
+# ---- which clips --------------------------------------------------------------------------------
+def select_clips(lib_root: str | Path, where: str | None = None, all_clips: bool = False) -> list[dict[str, Any]]:
+    """Clip rows to caption (CLIP_FIELDS, `source` = the video's uri): the clips that pass the
+    filter view (all clips when there is no view or `all_clips`), narrowed by `where`, an
+    expression in the tool's one filter language (index/where.py) over the library's clip table."""
+    clips = Library(lib_root).clip_table()
+    if "passed" in clips.column_names and not all_clips:
+        clips = clips.filter(pc.fill_null(clips.column("passed"), False))
+    if where:
+        clips = clips.filter(compile_for_schema(where, clips.schema).arrow())
+    return clips.select([c for c in CLIP_FIELDS if c in clips.column_names]).to_pylist()
+
+
+# ---- running -----------------------------------------------------------------------------------------
+def caption_stages(cfg: CaptionJobConfig, lib_root: str, backend: Any = None) -> list[Stage]:
+    """The job's stages for `cfg`'s backend."""
+    if cfg.model.backend == "signals":
+        return [SignalCaptionStage()]
+    return [FramePrepStage(cfg, lib_root, cfg.execution.cpus_per_task), CaptionStage(cfg, backend)]
+
+
+def run_caption(lib_root: str | Path, cfg: CaptionJobConfig, where: str | None = None, all_clips: bool = False,
+                limit: int | None = None, progress: bool = True, backend: Any = None) -> CaptionSummary:
+    """Caption the selected clips of a library with one version; return what was done.
+
+    Raises MissingModelError (or RequestError for the openai backend) before writing anything
+    when the model cannot be loaded; `backend` injects an already loaded one (runs in-process)."""
+    t0 = time.perf_counter()
+    lib_root = str(Path(lib_root).resolve())
+    store = CaptionStore(lib_root)
+    signals = cfg.model.backend == "signals"
+    spec = signal_spec() if signals else version_spec(cfg, load_prompt(cfg.prompt.id))
+    summary = CaptionSummary(version=version_id(spec))
+    rows = select_clips(lib_root, where, all_clips)
+    done = store.done(summary.version)
+    todo = [r for r in rows if r["clip_id"] not in done]
+    summary.selected, summary.skipped = len(rows), len(rows) - len(todo)
+    if limit is not None:
+        todo = todo[:limit]
+    if todo:
+        execution = cfg.execution
+        if signals or backend is not None:
+            # the signal caption has no model and costs microseconds a clip: Ray would only add its start
+            execution = dataclasses.replace(execution, executor="local")
+        if execution.executor == "ray":
+            _preflight(cfg)
+        stages = caption_stages(cfg, lib_root, backend)
+        bar = tqdm(total=len(todo), unit="clip", disable=not progress or signals, file=sys.stderr,
+                   dynamic_ncols=True)
+        for _ in _commit(store, run_stages(stages, todo, execution), cfg.execution.commit_every, summary):
+            bar.update(1)
+            bar.set_postfix(tok_s=f"{summary.output_tokens / max(time.perf_counter() - t0, 1e-6):.1f}")
+        bar.close()
+    if store.default() is None and summary.by_status.get("ok"):
+        store.set_default(summary.version)  # the first version written is what export uses until changed
+    summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+def _commit(store: CaptionStore, rows: Iterable[dict[str, Any]], every: int,
+            summary: CaptionSummary) -> Iterator[dict[str, Any]]:
+    """Append rows to the store in parts of `every`, yielding each row once it is counted."""
+    pending: list[dict[str, Any]] = []
+    for row in rows:
+        summary.add(row)
+        pending.append(row)
+        if len(pending) >= every:
+            store.append(pending)
+            pending = []
+        yield row
+    store.append(pending)
+
+
+def _preflight(cfg: CaptionJobConfig) -> None:
+    """Fail before starting Ray when the model cannot be found (nothing is written)."""
+    if cfg.model.backend == "transformers":
+        resolve_model(cfg.model.id, cfg.model.revision)
+    elif cfg.model.backend == "openai":
+        make_backend(cfg)

@@ -1,0 +1,67 @@
+"""The one `recap` command. Each subcommand lives in its own module, imported only when that
+subcommand runs, so `recap --help` stays fast and a subcommand loads only what it needs; the help
+lines of the others are read from their docstrings without importing them."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+# subcommand -> module exposing `add_arguments(parser)`, `run(args) -> int` and a docstring
+COMMANDS: dict[str, str] = {
+    "samples": "pipeline.cli.samples",
+    "ingest": "pipeline.cli.ingest",
+    "info": "pipeline.cli.info",
+    "filter": "pipeline.cli.filter",
+    "report": "pipeline.cli.report",
+    "caption": "pipeline.cli.caption",
+    "export": "pipeline.cli.export",
+    "index": "pipeline.cli.index",
+    "search": "pipeline.cli.search",
+    "train": "trainer.cli",
+    "sample": "trainer.sample_cli",
+}
+
+
+def command_doc(module_name: str) -> str:
+    """A command module's docstring, read from its source (importing it would load its job)."""
+    spec = importlib.util.find_spec(module_name)
+    return (ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or "").strip()
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `recap` parser; with `only`, just that subcommand's module is imported and given its
+    options (the others are listed with their help line)."""
+    parser = argparse.ArgumentParser(
+        prog="recap",
+        description="Curate raw web video into a clip library, captions, search and training shards.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        doc = command_doc(module_name)
+        p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if only is None or name == only:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), "")
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,152 @@
+"""The index job: embed the clips whose vector is missing or stale, then make the Milvus collection
+match the library (`recap index`).
+
+    clips to embed ──► ClipFramesStage (tasks, CPU: frames sampled with decord; visual embedders only)
+                   ──► EmbedStage      (actors: the embedder loaded once)  -> vectors
+                   ──► driver: one `LIB/embeddings/<name>/` part every `execution.commit_every` clips
+
+The index (`index.api.ClipIndex`) decides what is stale and owns the collection; this module runs
+the embedders over the library as stages. By default the job runs in this process (the bundled
+caption embedder takes milliseconds per clip); `execution.executor: ray` spreads a visual embedder
+over GPU actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from captioner.frames import FrameReader, clip_source, sample_indices
+from index.api import ClipIndex, Reconcile, model_id_of
+from index.config import EmbedderConfig, IndexConfig
+from index.embedders import load_embedder
+from pipeline.stages import Resources, Row, Stage, run_stages
+from pipeline.stages.execution import ExecutionConfig
+from trainer.typedconfig import load_with_defaults
+
+FRAME_PIXELS = 448 * 448   # frames are shrunk to this budget while read; CLIP/SigLIP resize to 224-384 anyway
+
+
+@dataclass
+class IndexJobConfig(IndexConfig):
+    execution: ExecutionConfig = field(default_factory=lambda: ExecutionConfig(executor="local", commit_every=512))
+
+
+def load_index_config(path: str | Path | None = None, overrides: list[str] | None = None) -> IndexJobConfig:
+    """Defaults from `configs/index.yaml`, then the user's file, then `--set` overrides."""
+    return load_with_defaults(IndexJobConfig, "index.yaml", path, overrides)
+
+
+class ClipFramesStage(Stage):
+    """CPU: `frames` frames spread evenly over each clip (RGB); a clip that cannot be read gets none."""
+
+    name = "embed_frames"
+    reads = ("clip_id", "path", "file_start_frame", "start_frame", "end_frame", "fps", "source")
+    adds = ("frames",)
+
+    def __init__(self, lib_root: Path, frames: int, cpus: float, batch_size: int):
+        self.lib_root = str(lib_root)
+        self.frames = frames
+        self.resources = Resources(cpus=cpus)
+        self.batch_size = batch_size
+        self.reader: FrameReader | None = None
+
+    def setup(self) -> None:
+        self.reader = FrameReader()
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        out = []
+        for row in batch:
+            try:
+                source = clip_source(row, self.lib_root, row.get("source"))
+                indices = sample_indices(source.end - source.start, source.fps, num_frames=self.frames,
+                                         max_frames=self.frames)
+                frames = self.reader.read(source, indices, FRAME_PIXELS)
+            except Exception:  # unreadable media: no vector for this clip, counted by the driver
+                frames = None
+            out.append({"clip_id": row["clip_id"], "hash": row["hash"], "frames": frames})
+        return out
+
+
+class EmbedStage(Stage):
+    """The embedder, loaded once per actor: rows with `text` (caption embedders) or `frames`
+    (visual embedders) in, rows with `vector` out; rows without input are dropped."""
+
+    name = "embed"
+    reads = ("clip_id", "hash", "text", "frames")
+    adds = ("vector",)
+
+    def __init__(self, cfg: EmbedderConfig, execution: ExecutionConfig):
+        self.cfg = cfg
+        self.batch_size = cfg.batch_size
+        self.resources = Resources(cpus=execution.cpus_per_actor, gpus=execution.gpus_per_actor)
+        self.actors = execution.actors
+        self.model: Any = None
+
+    def setup(self) -> None:
+        if self.model is None:
+            self.model = load_embedder(self.cfg.kind, self.cfg.model, self.cfg.device, self.cfg.batch_size)
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        if self.cfg.kind == "text":
+            rows = [r for r in batch if r.get("text")]
+            vectors = self.model.embed_texts([r["text"] for r in rows]) if rows else []
+        else:
+            rows = [r for r in batch if r.get("frames") is not None and len(r["frames"])]
+            vectors = self.model.embed_clips([list(r["frames"]) for r in rows]) if rows else []
+        return [{"clip_id": r["clip_id"], "hash": r["hash"], "vector": np.asarray(v, np.float32)}
+                for r, v in zip(rows, vectors)]
+
+
+def embed_library(index: ClipIndex, execution: ExecutionConfig, log: Callable[[str], None] = print) -> dict[str, int]:
+    """Embed every clip whose vector is missing or stale, for each enabled embedder; returns how
+    many clips each embedder was given."""
+    clips = index.clip_table()
+    by_id = {r["clip_id"]: r for r in clips.to_pylist()}
+    given: dict[str, int] = {}
+    for name, e in index.cfg.enabled().items():
+        stale = index.stale_embeddings(clips, name)
+        given[name] = len(stale)
+        if not stale:
+            continue
+        log(f"{name}: embedding {len(stale)} clips with {model_id_of(e)}")
+        if e.kind == "text":
+            items = [{"clip_id": c, "hash": h, "text": by_id[c]["caption"]} for c, h in stale.items()]
+            stages: list[Stage] = [EmbedStage(e, execution)]
+        else:
+            items = [dict(by_id[c], hash=h) for c, h in stale.items()]
+            stages = [ClipFramesStage(index.root, e.frames, execution.cpus_per_task, e.batch_size),
+                      EmbedStage(e, execution)]
+        done = 0
+        pending: list[Row] = []
+        for row in run_stages(stages, items, execution):
+            pending.append(row)
+            if len(pending) >= execution.commit_every:
+                done += _save(index, name, pending)
+                log(f"{name}: {done}/{len(stale)} clips")
+                pending = []
+        done += _save(index, name, pending)
+        if done < len(stale):
+            log(f"{name}: {len(stale) - done} clips could not be read and have no vector (rerun to retry)")
+        index.drop_superseded(name)
+    return given
+
+
+def _save(index: ClipIndex, name: str, rows: list[Row]) -> int:
+    if rows:
+        index.save_embeddings(name, [r["clip_id"] for r in rows], np.stack([r["vector"] for r in rows]),
+                              [r["hash"] for r in rows])
+    return len(rows)
+
+
+def run_index(lib_root: str | Path, cfg: IndexJobConfig, embed: bool = True, milvus_uri: str | None = None,
+              token: str | None = None, log: Callable[[str], None] = print) -> Reconcile:
+    """Embed new clips (unless `embed=False`), then make the collection match Parquet."""
+    with ClipIndex(lib_root, cfg, milvus_uri=milvus_uri, token=token) as index:
+        index.store.exists()   # an unreachable server fails here, before anything is written
+        if embed:
+            embed_library(index, cfg.execution, log)
+        return index.repair(log)

@@ -1,0 +1,146 @@
+"""The export job: selected clips -> bucketed, re-encoded WebDataset shards, a manifest and a card.
+
+1. `selection.select`: the library's clip table (clips + filter view + caption), kept when the clip
+   passes the filter view, is not a duplicate, matches `--where` and (optionally) is among the
+   `--query` hits. Every step's count is kept for the card.
+2. `plan.plan_export`: each clip gets a bucket, a split (whole source videos go to train or val) and
+   a place in a shard; the plan's hash (`fingerprint`) names the export.
+3. `shards.WriteShardStage`: one task per shard on the stage runner renders its samples and writes
+   the tar with `trainer.shards.write_shard` (temp name, renamed when complete), then a `done` record.
+4. The manifest (`manifest.parquet`) and the dataset card (`README.md` + PNGs) from the records.
+
+Resume: `SHARDS/.export/job.json` holds the fingerprint. A rerun with the same plan skips every
+shard that has its `done` record and rewrites the others whole (a half-written shard is only ever
+a temp file), so a killed export finishes without duplicates. A different plan in the same
+folder is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.export.buckets import BucketConfig
+from pipeline.export.card import write_card, write_manifest
+from pipeline.export.config import ExportConfig
+from pipeline.export.plan import ShardPlan, plan_export
+from pipeline.export.selection import ExportError, select
+from pipeline.export.shards import STATE, WriteShardStage
+from pipeline.library.files import atomic_write_bytes
+from pipeline.stages import run_stages
+from trainer.typedconfig import to_dict
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ExportSummary:
+    out: Path
+    samples: int
+    failed: int
+    shards: int
+    resumed_shards: int
+    tar_bytes: int
+    input_bytes: int
+    seconds: float
+    rendered: int             # samples rendered by this run (the rest were done by an earlier one)
+    notes: list[str]
+
+    def lines(self) -> list[str]:
+        mb = self.tar_bytes / 1e6
+        rate = self.rendered / self.seconds if self.seconds else 0.0
+        return [f"{self.samples} samples in {self.shards} shards ({mb:.1f} MB) -> {self.out}"
+                + (f", {self.resumed_shards} shards already done" if self.resumed_shards else ""),
+                f"failed samples: {self.failed}" + (f" (see {self.out}/README.md)" if self.failed else ""),
+                f"took {self.seconds:.1f} s ({self.rendered} clips rendered, {rate:.2f} clips/s)"]
+
+
+def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
+    """Create or reopen SHARDS; returns the shards already done. Refuses a folder that holds
+    something else, or another export."""
+    state = out / STATE
+    job_path = state / "job.json"
+    if job_path.exists():
+        old = json.loads(job_path.read_text())
+        if old.get("fingerprint") != fingerprint:
+            raise ExportError(f"{out} holds another export (plan {old.get('fingerprint')}, this one is {fingerprint}: "
+                              "the selection, captions or settings differ); export to a new folder or remove it")
+    elif out.exists() and any(p for p in out.iterdir()):
+        raise ExportError(f"{out} exists, is not empty and is not an export of this plan; choose another --out")
+    (state / "done").mkdir(parents=True, exist_ok=True)
+    for stray in out.glob(".*.tmp"):           # a shard cut short by a crash
+        stray.unlink(missing_ok=True)
+    run = {"command": job.pop("command"), "started_at": job.pop("started_at")}
+    if job_path.exists():                      # the plan's settings stay; the run is added
+        job = json.loads(job_path.read_text())
+    job.setdefault("runs", []).append(run)
+    atomic_write_bytes(job_path, json.dumps(job, indent=2, default=str).encode())
+    done = set()
+    for record in (state / "done").glob("*.json"):
+        name = record.name.removesuffix(".json")
+        if (out / name).exists() or not json.loads(record.read_text())["tar_bytes"]:   # a deleted shard is redone
+            done.add(name)
+    return done
+
+
+def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: bool) -> None:
+    bar = tqdm(total=len(todo), unit="shard", disable=not progress)
+    failed = 0
+    stage = WriteShardStage(out, cfg.execution.cpus_per_task)
+    for row in run_stages([stage], [{"shard": shard} for shard in todo], cfg.execution, one_block_per_batch=True):
+        failed += len(row["record"]["errors"])
+        bar.update(1)
+        bar.set_postfix(samples=len(row["record"]["samples"]), failed=failed)
+    bar.close()
+
+
+def run_export(root: str | Path, out: str | Path, *, where: str | None = None, query: str | None = None,
+               top_k: int = 100, caption_version: str | None = None, buckets: BucketConfig,
+               cfg: ExportConfig, command: str = "", buckets_file: str | None = None,
+               progress: bool = True, log=print) -> ExportSummary:
+    """Select, plan, write the shards (resuming a killed run), then the manifest and the card."""
+    t0 = time.perf_counter()
+    root, out = Path(root), Path(out)
+    sel = select(root, where, query, top_k, caption_version)
+    if sel.clips.num_rows == 0:
+        raise ExportError("no clips selected, nothing exported: "
+                          + "; ".join(f"{what}: {n}" for what, n in sel.steps))
+    plan = plan_export(root, sel, buckets, cfg)
+    n_planned = sum(len(s.samples) for s in plan.shards)
+    if n_planned == 0:
+        raise ExportError(f"none of the {sel.clips.num_rows} selected clips fits a bucket "
+                          f"({', '.join(f'{k}: {v}' for k, v in plan.skipped.items())}); "
+                          "see configs/buckets.yaml (frames, resolutions, aspect_ratios)")
+    if cfg.val_fraction > 0 and not any(s.split == "val" for s in plan.shards):
+        n_videos = len({s.meta.lineage["video_id"] for shard in plan.shards for s in shard.samples})
+        sel.notes.append(f"no validation split: {n_videos} source video(s), and videos are never divided "
+                         f"(val_fraction {cfg.val_fraction:g} of the clips is closer to none than to one video)")
+    for note in sel.notes:
+        log(f"note: {note}")
+    job = {"format_version": FORMAT_VERSION, "fingerprint": plan.fingerprint, "library": str(root.resolve()),
+           "command": command, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "args": {"where": where, "query": query, "top_k": top_k if query else None,
+                    "caption_version": caption_version, "buckets_file": buckets_file},
+           "config": to_dict(cfg), "buckets": to_dict(buckets)}
+    done = _prepare_out(out, plan.fingerprint, job)
+    todo = [s for s in plan.shards if s.name not in done]
+    if done:
+        log(f"resuming: {len(plan.shards) - len(todo)} of {len(plan.shards)} shards already written")
+    _run_shards(out, todo, cfg, progress)
+    fresh = {s.name for s in todo}
+    records = [json.loads((out / STATE / "done" / f"{s.name}.json").read_text()) for s in plan.shards]
+    manifest = write_manifest(out, plan, records)
+    job = json.loads((out / STATE / "job.json").read_text())
+    seconds = time.perf_counter() - t0
+    write_card(out, sel, plan, records, manifest, job, buckets)
+    return ExportSummary(out=out, samples=manifest.num_rows, failed=sum(len(r["errors"]) for r in records),
+                         shards=sum(1 for r in records if r["tar_bytes"]), resumed_shards=len(plan.shards) - len(todo),
+                         tar_bytes=sum(r["tar_bytes"] for r in records),
+                         input_bytes=sum(s["input_bytes"] for r in records for s in r["samples"]),
+                         seconds=seconds, rendered=sum(len(r["samples"]) for r in records if r["shard"] in fresh),
+                         notes=sel.notes)

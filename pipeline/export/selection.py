@@ -1,0 +1,109 @@
+"""Step 1 of an export: which clips. The library's clip table (clips + filter view + caption), kept
+when the clip passes the filter view, is not a duplicate, matches `--where` and (optionally) is
+among the `--query` hits; every step's count is kept for the dataset card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from index.api import ClipIndex, SearchError
+from index.catalog import compile_for_schema
+from index.where import WhereError
+from pipeline.embed import load_index_config
+from pipeline.library import Library, LibraryError
+
+
+class ExportError(RuntimeError):
+    """The export cannot run as asked (empty selection, unknown caption version, foreign folder)."""
+
+
+@dataclass
+class Selection:
+    clips: pa.Table                                  # one row per selected clip
+    steps: list[tuple[str, int]]                     # (what was applied, clips left after it)
+    caption_version: str | None                      # the version training captions come from
+    captions: dict[str, dict[str, str]]              # clip_id -> every ok caption version -> text
+    versions: list[dict[str, Any]]                   # CaptionStore.versions() of the versions used
+    scores: dict[str, float] = field(default_factory=dict)   # --query: clip_id -> similarity
+    notes: list[str] = field(default_factory=list)   # what the card and the CLI should say
+
+
+def _caption_versions(lib: Library, wanted: str | None) -> tuple[str | None, dict[str, dict[str, str]], list[dict]]:
+    store = lib.captions
+    versions = store.versions()
+    if not versions:
+        if wanted:
+            raise ExportError(f"--caption-version {wanted}: {lib.root} has no captions (run `recap caption`)")
+        return None, {}, []
+    known = {v["version"] for v in versions}
+    if wanted and wanted not in known:
+        raise ExportError(f"no caption version {wanted!r} in {lib.root}; known: {', '.join(sorted(known)) or 'none'}")
+    t = store.read(columns=["clip_id", "version", "text", "status"])
+    t = t.filter(pc.equal(t.column("status"), "ok"))
+    captions: dict[str, dict[str, str]] = {}
+    for c, v, text in zip(t.column("clip_id").to_pylist(), t.column("version").to_pylist(), t.column("text").to_pylist()):
+        captions.setdefault(c, {})[v] = text
+    return wanted or store.default(), captions, versions
+
+
+def select(root: str | Path, where: str | None = None, query: str | None = None, top_k: int = 100,
+           caption_version: str | None = None) -> Selection:
+    """The clips to export, with the count left after each step."""
+    root = Path(root)
+    try:
+        lib = Library(root)
+    except LibraryError as e:
+        raise ExportError(str(e)) from None
+    chosen, captions, versions = _caption_versions(lib, caption_version)
+    try:
+        t = lib.clip_table(caption_version or "")
+    except FileNotFoundError as e:
+        raise ExportError(str(e)) from None
+    steps = [("clips in the library", t.num_rows)]
+    notes: list[str] = []
+    if "passed" in t.column_names:
+        t = t.filter(pc.fill_null(t.column("passed"), False))
+        steps.append(("pass the filter view (`passed`; clips newer than the view count as not passed)", t.num_rows))
+    else:
+        notes.append("no filter view (LIB/views/filters.parquet): no quality filter was applied; run `recap filter` first")
+    if "duplicate_of" in t.column_names:
+        t = t.filter(pc.is_null(t.column("duplicate_of")))
+        steps.append(("not a near-duplicate (`duplicate_of` is null)", t.num_rows))
+    if where:
+        try:
+            expr = compile_for_schema(where, t.schema).arrow()
+        except WhereError as e:
+            raise ExportError(f"--where: {e}") from None
+        t = t.filter(expr)
+        steps.append((f"--where {where}", t.num_rows))
+    scores: dict[str, float] = {}
+    if query:
+        scores = _query_scores(root, query, top_k, where, t.column_names)
+        t = t.filter(pc.is_in(t.column("clip_id"), pa.array(list(scores), pa.string())))
+        steps.append((f"--query {query!r} --top-k {top_k}", t.num_rows))
+    if not captions:
+        notes.append("no captions: the library has no caption versions yet, so every sample has caption '' "
+                     "and captions {} (run `recap caption`, then export again)")
+    used = {v for c in t.column("clip_id").to_pylist() for v in captions.get(c, {})}
+    return Selection(t, steps, chosen, captions, [v for v in versions if v["version"] in used], scores, notes)
+
+
+def _query_scores(root: Path, query: str, top_k: int, where: str | None, columns: list[str]) -> dict[str, float]:
+    """clip_id -> score of the semantic search hits (the same filters pushed into the search, so
+    top_k counts clips that can be exported)."""
+    parts = [f"({where})"] if where else []
+    try:
+        with ClipIndex(root, load_index_config()) as index:
+            fields = index.fields() if index.store.exists() else {}
+            parts += [p for p, name in (("passed", "passed"), ("not duplicate", "duplicate")) if name in fields]
+            hits = index.search(query, top_k=top_k, where=" and ".join(parts) or None)
+    except (SearchError, ValueError) as e:
+        raise ExportError(f"--query: {e}") from None
+    return {h.clip_id: h.score for h in hits}
+
+

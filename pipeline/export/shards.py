@@ -1,0 +1,63 @@
+"""Step 3 of an export: render and write shards, one task per shard on the stage runner."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.export.plan import ShardPlan
+from pipeline.export.render import render_mp4
+from pipeline.library.files import atomic_write_bytes
+from pipeline.stages import Resources, Row, Stage
+from trainer.shards import write_shard
+
+STATE = ".export"          # job.json and done/<shard>.json under SHARDS
+
+
+def write_planned_shard(out: str, shard: ShardPlan) -> dict[str, Any]:
+    """Render and write one shard, then its `done` record; returns the record. A sample that
+    cannot be rendered is left out and recorded with its error; a shard whose samples all fail
+    is not written."""
+    t0 = time.perf_counter()
+    written: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+
+    def samples():
+        for s in shard.samples:
+            try:
+                mp4 = render_mp4(s.spec)
+            except Exception as e:   # a bad clip costs that sample only, never the shard
+                errors.append({"key": s.meta.key, "error": f"{type(e).__name__}: {e}"})
+                continue
+            written.append({"key": s.meta.key, "bytes": len(mp4), "input_bytes": s.input_bytes})
+            yield s.meta, mp4
+
+    path = Path(out) / shard.name
+    count = write_shard(path, samples())
+    if count == 0:
+        path.unlink(missing_ok=True)
+    record = {"shard": shard.name, "split": shard.split, "samples": written, "errors": errors,
+              "tar_bytes": path.stat().st_size if count else 0, "seconds": time.perf_counter() - t0}
+    done = Path(out) / STATE / "done"
+    done.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(done / f"{shard.name}.json", json.dumps(record).encode())
+    return record
+
+
+class WriteShardStage(Stage):
+    """One planned shard in, its `done` record out (CPU: decode, crop, resize, encode)."""
+
+    name = "write_shard"
+    reads = ("shard",)
+    adds = ("record",)
+
+    def __init__(self, out: Path, cpus: float):
+        self.out = str(out)
+        self.resources = Resources(cpus=cpus)
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        return [{"record": write_planned_shard(self.out, row["shard"])} for row in batch]
+
+

@@ -1,0 +1,263 @@
+"""The one decode pass per video: threaded PyAV decoding, each frame downscaled once.
+
+Every decoded frame becomes a small `AnalysisFrame` handed to each `FrameAnalyzer` in decode
+order (0-based index = the frame index used everywhere else). Only the current frame is ever
+held at full resolution (plus the few the decoder threads own), so memory does not depend on the
+video's length or size.
+
+Speed is the point of this module: ingest must cost about one ffmpeg decode. The per-frame
+Python work is kept to a few small OpenCV calls on numpy views of the decoder's own planes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import av
+import cv2
+import numpy as np
+
+from pipeline.ingest.analysis import AnalysisFrame, FrameAnalyzer
+from pipeline.ingest.config import DecodeConfig
+from pipeline.ingest.signals.series import DetailSchedule
+
+# 8-bit planar YUV layouts whose planes we can read directly (chroma size is read per plane).
+PLANAR_YUV8 = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
+
+# A stream is variable-frame-rate when a frame's duration strays this far from the median.
+VFR_TOLERANCE = 0.25
+
+
+class DecodeError(RuntimeError):
+    """The file has no decodable video (unreadable container, no video stream, no frames)."""
+
+
+@dataclass
+class DecodeResult:
+    n_frames: int                  # frames decoded = length of every per-frame array
+    pts_s: np.ndarray              # (n_frames,) float64 presentation time of each frame, seconds
+    time_base: Fraction            # the video stream's time base
+    fps: float                     # frames per second averaged over the decoded PTS span
+    is_vfr: bool                   # True when frame durations vary (VFR source, dropped frames)
+    width: int                     # coded frame size, before rotation / aspect correction
+    height: int
+    analysis_size: tuple[int, int]  # (width, height) of the AnalysisFrames
+    pix_fmt: str
+    codec: str
+    threads: int                   # decoder threads used
+    decode_errors: int = 0         # packets the decoder rejected (skipped, not counted as frames)
+    corrupt_frames: int = 0        # frames the decoder flagged corrupt but still produced
+    dropped_frames: int = 0        # frames whose PTS did not advance (damaged stream): left out
+    truncated: bool = False        # demuxing stopped early on a read error
+    declared_end_s: float | None = None  # where the container says the file ends (any stream), if it says
+
+    @property
+    def ends_early(self) -> bool:
+        """The video stops well before the end the container declares: a cut-off Matroska/WebM
+        (which demuxes quietly to its last whole cluster), or audio that runs on past the picture."""
+        if self.declared_end_s is None or self.n_frames == 0:
+            return False
+        return self.declared_end_s - self.end_s > max(1.0, 0.1 * self.declared_end_s)
+
+    @property
+    def warnings(self) -> str | None:
+        """What was wrong with the stream, for a person; None when it decoded cleanly."""
+        found = [text for count, text in (
+            (self.truncated, "truncated: read error before the end"),
+            (self.ends_early, f"video ends at {self.end_s:.1f} s of the "
+                              f"{self.declared_end_s or 0:.1f} s the container declares (cut off?)"),
+            (self.decode_errors, f"{self.decode_errors} packets rejected by the decoder"),
+            (self.corrupt_frames, f"{self.corrupt_frames} frames decoded with errors"),
+            (self.dropped_frames, f"{self.dropped_frames} frames out of time order left out"),
+        ) if count]
+        return "; ".join(found) or None
+
+    @property
+    def end_s(self) -> float:
+        """End of the last frame (its PTS plus an average frame)."""
+        return float(self.pts_s[-1]) + 1.0 / self.fps if self.n_frames else 0.0
+
+    @property
+    def duration_s(self) -> float:
+        """Span from the first frame's PTS to the end of the last frame."""
+        return self.end_s - float(self.pts_s[0]) if self.n_frames else 0.0
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (respects affinity masks set by Ray or containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def analysis_size(width: int, height: int, sar: Fraction | None, cfg: DecodeConfig) -> tuple[int, int]:
+    """Analysis (w, h): `analysis_width` wide, height by display aspect, capped, both even,
+    never larger than the source."""
+    display_w = width * float(sar) if sar else float(width)
+    w = min(cfg.analysis_width, width)
+    h = w * height / display_w
+    if h > cfg.max_analysis_height:
+        h = cfg.max_analysis_height
+        w = h * display_w / height
+    even = lambda v: max(2, int(round(v / 2)) * 2)  # noqa: E731  (I420 needs even sizes)
+    return even(w), even(h)
+
+
+def _plane_array(plane) -> np.ndarray:
+    """A (height, width) uint8 view of one decoder plane, skipping line padding."""
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    return rows[:, :plane.width]
+
+
+def _shrink(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Area-average `img` down to (w, h). Large reductions first keep every k-th pixel of every
+    k-th row (a strided view, so only those pixels are read) down to about twice the target,
+    then area-average: several times cheaper than one INTER_AREA over a 1080p plane, and each
+    output pixel still averages four or more source samples."""
+    src_h, src_w = img.shape
+    if src_w == w and src_h == h:
+        return img
+    step = min(src_w // (2 * w), src_h // (2 * h))
+    if step >= 2:
+        img = np.ascontiguousarray(img[step // 2::step, step // 2::step])
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+
+class _FrameShrinker:
+    """Turns a decoded frame into (bgr, luma) at analysis size."""
+
+    def __init__(self, w: int, h: int):
+        self.w, self.h = w, h
+        self.i420 = np.empty((h * 3 // 2, w), np.uint8)  # reused: cvtColor copies out of it
+
+    def __call__(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray]:
+        if frame.format.name not in PLANAR_YUV8:
+            # Rare layouts (10-bit, nv12, rgb, ...): let swscale convert straight to small I420.
+            frame = frame.reformat(self.w, self.h, "yuv420p", interpolation="AREA")
+        w, h = self.w, self.h
+        y = _shrink(_plane_array(frame.planes[0]), w, h)
+        u = _shrink(_plane_array(frame.planes[1]), w // 2, h // 2)
+        v = _shrink(_plane_array(frame.planes[2]), w // 2, h // 2)
+        buf = self.i420
+        buf[:h] = y
+        buf[h:].reshape(-1)[: u.size] = u.reshape(-1)
+        buf[h:].reshape(-1)[u.size:] = v.reshape(-1)
+        bgr = cv2.cvtColor(buf, cv2.COLOR_YUV2BGR_I420)
+        return bgr, np.ascontiguousarray(y)
+
+
+def _nominal_rate(stream) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    return None
+
+
+def _is_variable(pts_s: np.ndarray) -> bool:
+    if len(pts_s) < 3:
+        return False
+    durations = np.diff(pts_s)
+    median = float(np.median(durations))
+    if median <= 0:
+        return True
+    return bool(np.max(np.abs(durations - median)) > VFR_TOLERANCE * median)
+
+
+def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAnalyzer],
+                detail: tuple[float, int] | None = None) -> DecodeResult:
+    """Decode the first video stream of `path` once, feeding every analyzer each frame in order.
+
+    `detail` = (every_s, width): also attach a larger BGR frame, `width` px wide, to the first
+    frame at or after every multiple of `every_s` seconds (the signals' OCR / sharpness / bars).
+    Packets the decoder rejects are skipped and counted; a read error mid-file ends the pass
+    with what was decoded (`truncated`). Frames come out with strictly increasing PTS: a damaged
+    stream can make the decoder emit a frame out of time order, which is left out (and counted),
+    because clip boundaries are found by PTS. Raises DecodeError when no frame can be decoded.
+    """
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise DecodeError(f"cannot open {path}: {err}") from err
+    with container:
+        if not container.streams.video:
+            raise DecodeError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        threads = cfg.threads or available_cpus()
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        ctx = stream.codec_context
+        if cfg.skip_loop_filter:
+            ctx.options = {**ctx.options, "skip_loop_filter": "all"}
+        if not ctx.width or not ctx.height:
+            raise DecodeError(f"{path}: video stream has no frame size (codec {ctx.name!r})")
+        aw, ah = analysis_size(ctx.width, ctx.height, ctx.sample_aspect_ratio, cfg)
+        shrink = _FrameShrinker(aw, ah)
+        schedule = DetailSchedule(detail[0]) if detail else None
+        if detail:
+            dw = min(detail[1], ctx.width)
+            dh = max(2, int(round(dw * ah / aw / 2)) * 2)  # same display aspect as the analysis frames
+            detail_shrink = _FrameShrinker(dw, dh)  # the same plane arithmetic: ~10x cheaper than swscale AREA
+        time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
+        tb = float(time_base)   # float PTS math: exact enough, and Fraction costs per frame
+        rate = _nominal_rate(stream)
+        step_s = 1.0 / float(rate) if rate else 1.0 / 30.0
+
+        pts: list[float] = []
+        errors = corrupt = dropped = 0
+        truncated = False
+        pix_fmt = ctx.pix_fmt or ""
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError:
+                truncated = True  # read error: keep what was decoded, drain the decoder below
+                packet = None
+            try:
+                frames = packet.decode() if packet is not None else ctx.decode(None)
+            except av.error.FFmpegError:
+                errors += 1
+                frames = []
+            for frame in frames:
+                if frame.pts is not None:
+                    t = frame.pts * tb
+                else:  # no timestamp: assume the nominal frame duration
+                    t = pts[-1] + step_s if pts else 0.0
+                if pts and t <= pts[-1]:
+                    dropped += 1
+                    continue
+                corrupt += frame.is_corrupt
+                pix_fmt = frame.format.name
+                bgr, luma = shrink(frame)
+                big = None
+                if schedule is not None and schedule.due(t):
+                    big = detail_shrink(frame)[0]
+                af = AnalysisFrame(index=len(pts), pts_s=t, bgr=bgr, luma=luma, detail=big)
+                pts.append(t)
+                for analyzer in analyzers:
+                    analyzer.update(af)
+            if packet is None:
+                break
+        declared_end_s = ((container.start_time or 0) + container.duration) / av.time_base \
+            if container.duration else None
+
+    n = len(pts)
+    if n == 0:
+        raise DecodeError(f"{path}: no decodable video frames"
+                          + (f" ({errors} packets rejected)" if errors else ""))
+    pts_s = np.asarray(pts, np.float64)
+    span = float(pts_s[-1] - pts_s[0])
+    avg_fps = (n - 1) / span if n > 1 and span > 0 else (float(rate) if rate else 30.0)
+    return DecodeResult(
+        n_frames=n, pts_s=pts_s, time_base=time_base, fps=avg_fps,
+        is_vfr=_is_variable(pts_s), width=ctx.width, height=ctx.height,
+        analysis_size=(aw, ah), pix_fmt=pix_fmt, codec=ctx.name, threads=threads,
+        decode_errors=errors, corrupt_frames=corrupt, dropped_frames=dropped, truncated=truncated,
+        declared_end_s=declared_end_s)

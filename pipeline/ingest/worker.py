@@ -1,0 +1,168 @@
+"""Everything ingest does for one source, as a plain function (Ray-free, so tests call it directly).
+
+fetch -> content hash -> claim (skip duplicates) -> probe -> one decode pass feeding shot detection
+(and every other frame analyzer) -> clip planning -> clip files -> rows for the library tables.
+A failure at any stage becomes an `errors` row naming the stage; nothing raises out of here.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.ingest.analysis import BackgroundAnalyzers
+from pipeline.ingest.clipfiles import write_clips
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.decode import decode_pass
+from pipeline.ingest.plan import clip_id, frame_end_times, plan_clips
+from pipeline.ingest.probe import ProbeError, probe
+from pipeline.ingest.shots import ShotDetector, detect_shots
+from pipeline.ingest.signals import clip_signals, make_analyzers
+from pipeline.ingest.sources import SourceError, StagingCache, content_hash
+from pipeline.library import media_dir
+from pipeline.library.files import utcnow
+
+
+@dataclass
+class SourceResult:
+    uri: str
+    outcome: str                                   # ingested | duplicate | error | failed
+    video_id: str | None = None
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    video_seconds: float = 0.0
+
+    @property
+    def n_clips(self) -> int:
+        return len(self.rows.get("clips", []))
+
+
+class SourceFailure(Exception):
+    """A source failed at a named stage with a machine-readable kind."""
+
+    def __init__(self, stage: str, kind: str, message: str):
+        super().__init__(message)
+        self.stage, self.kind, self.message = stage, kind, message
+
+
+def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
+                  claim: Callable[[str, str], bool] | None = None) -> SourceResult:
+    """Ingest one source; `claim(video_id, uri)` returns False when another worker (or an earlier
+    run) already owns that content, which makes this source a duplicate."""
+    lib_root = Path(lib_root)
+    video_id: str | None = None
+    stage = "fetch"
+    try:
+        with StagingCache(Path(cfg.sources.cache_dir or lib_root / ".cache"),
+                          int(cfg.sources.cache_max_gb * 1e9)) as cache:
+            try:
+                path = cache.fetch(uri)
+            except SourceError as e:
+                raise SourceFailure("fetch", e.kind, str(e)) from e
+            stage = "hash"
+            try:
+                video_id = content_hash(path)
+            except PermissionError as e:
+                raise SourceFailure("hash", "permission_denied", f"cannot read {uri}: permission denied") from e
+            if claim is not None and not claim(video_id, uri):
+                return SourceResult(uri, "duplicate", video_id,
+                                    {"sources": [_source_row(uri, video_id, "duplicate")]})
+            stage = "ingest"
+            return _ingest_file(uri, path, video_id, cfg, lib_root)
+    except SourceFailure as e:
+        return error_result(uri, video_id, e.stage, e.kind, e.message)
+    except Exception as e:  # noqa: BLE001 - an unexpected failure is recorded and retried on rerun
+        tb = traceback.extract_tb(e.__traceback__)[-1]
+        where = f" ({Path(tb.filename).name}:{tb.lineno})" if tb else ""
+        return error_result(uri, video_id, stage, type(e).__name__, f"{e}{where}", outcome="failed")
+
+
+def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_root: Path) -> SourceResult:
+    t0 = time.perf_counter()
+    try:
+        info = probe(path)
+    except ProbeError as e:
+        raise SourceFailure("probe", e.kind, str(e)) from e
+
+    shot_detector = ShotDetector(cfg.shots)
+    signal_analyzers = make_analyzers(cfg.signals, (info.width, info.height))  # coded size: the crop's frame
+    detail = (cfg.signals.detail_every_s, cfg.signals.detail_width) if signal_analyzers else None
+    # The signals run on a low-priority thread of their own (see BackgroundAnalyzers): they use the
+    # CPU time that decoding, shot detection and then clip writing leave idle.
+    signals = BackgroundAnalyzers(signal_analyzers) if signal_analyzers else None
+    try:
+        try:
+            decoded = decode_pass(path, cfg.decode, [shot_detector, signals] if signals else [shot_detector],
+                                  detail=detail)
+        except Exception as e:
+            raise SourceFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
+        if decoded.n_frames == 0:
+            raise SourceFailure("decode", "no_frames", "no video frame could be decoded")
+        shots = detect_shots(shot_detector, cfg.shots).shots
+        pts = decoded.pts_s
+        ends = frame_end_times(pts)
+
+        planned = plan_clips([(s.start_frame, s.end_frame) for s in shots], pts, cfg.clips)
+        ids = [clip_id(video_id, c.start_frame, c.end_frame) for c in planned]
+        files: list[Any] = [None] * len(planned)
+        if cfg.clips.mode != "reference" and planned:
+            out_dir = media_dir(lib_root, video_id)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            files = write_clips(path, [(c.start_frame, c.end_frame, out_dir / cid) for c, cid in zip(planned, ids)],
+                                pts, cfg.clips)
+    finally:
+        signals_error = signals.close() if signals else None
+    if signals_error is not None:
+        raise signals_error  # a bug, not bad input: recorded as `failed`, so a rerun retries it
+
+    width, height = info.display_width, info.display_height
+    clip_rows = []
+    for i, (c, cid, f) in enumerate(zip(planned, ids, files)):
+        start_s, end_s = float(pts[c.start_frame]), float(ends[c.end_frame - 1])
+        clip_rows.append({
+            "clip_id": cid, "video_id": video_id, "shot_index": c.shot_index, "clip_index": i,
+            "start_frame": c.start_frame, "end_frame": c.end_frame, "n_frames": c.n_frames,
+            "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
+            "fps": c.n_frames / (end_s - start_s) if end_s > start_s else decoded.fps,
+            "width": width, "height": height, "clip_mode": cfg.clips.mode,
+            "path": str(Path(f.path).relative_to(lib_root)) if f else None,
+            "file_start_frame": f.file_start_frame if f else None,
+            "file_n_frames": f.n_frames if f else None,
+            "file_bytes": f.bytes if f else None,
+            **clip_signals(signal_analyzers, c.start_frame, c.end_frame),
+        })
+    shot_rows = [{
+        "video_id": video_id, "shot_index": i, "start_frame": s.start_frame, "end_frame": s.end_frame,
+        "start_s": float(pts[s.start_frame]), "end_s": float(ends[s.end_frame - 1]),
+        "start_transition": s.start_transition, "end_transition": s.end_transition,
+    } for i, s in enumerate(shots)]
+    video_row = {
+        "video_id": video_id, "uri": uri, "size_bytes": path.stat().st_size,
+        "container": info.container, "video_codec": info.video_codec, "audio_codec": info.audio_codec,
+        "pix_fmt": info.pix_fmt, "width": info.width, "height": info.height,
+        "display_width": width, "display_height": height,
+        "sample_aspect_ratio": info.sample_aspect_ratio, "rotation": info.rotation,
+        "fps": decoded.fps, "is_vfr": decoded.is_vfr,
+        "duration_s": float(ends[-1] - pts[0]), "n_frames": decoded.n_frames,
+        "decode_warnings": decoded.warnings,
+        "n_shots": len(shots), "n_clips": len(clip_rows),
+        "ingest_s": time.perf_counter() - t0, "ingested_at": utcnow(),
+    }
+    rows = {"videos": [video_row], "shots": shot_rows, "clips": clip_rows,
+            "sources": [_source_row(uri, video_id, "ingested")]}
+    return SourceResult(uri, "ingested", video_id, rows, video_row["duration_s"])
+
+
+def _source_row(uri: str, video_id: str | None, outcome: str) -> dict[str, Any]:
+    return {"uri": uri, "video_id": video_id, "outcome": outcome, "at": utcnow()}
+
+
+def error_result(uri: str, video_id: str | None, stage: str, kind: str, message: str,
+                  outcome: str = "error") -> SourceResult:
+    """`error`: the input is bad (not retried); `failed`: something unexpected (retried on rerun)."""
+    error = {"source": uri, "video_id": video_id, "stage": stage, "error_type": kind,
+             "message": message, "at": utcnow()}
+    return SourceResult(uri, outcome, video_id, {"errors": [error], "sources": [_source_row(uri, video_id, outcome)]})

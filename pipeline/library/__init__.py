@@ -1,0 +1,21 @@
+"""The library on disk, and the only code that reads or writes its tables. No Ray, no models.
+
+    LIB/
+      library.json          schema version, a record of every run
+      videos/ shots/ clips/ errors/ sources/   committed tables (tables.py): part-<batch>.parquet
+      _commits/             one marker per committed batch; readers see committed parts only
+      captions/             caption versions, never overwritten (captions.py)
+      embeddings/<name>/    vectors per embedder, so Milvus can be rebuilt without the models (embeddings.py)
+      views/filters.parquet the filter view: passed, reject_reasons, duplicate_of (views.py)
+      selections/           named clip selections (selections.py)
+      media/                clip files (remux or encode), under media/<id[:2]>/<video_id>/
+      .claims/              content claims of a running ingest (claims.py)
+      milvus.db             Milvus Lite, owned by `index/` (rebuilt from the tables above)
+
+Every schema is declared in schema.py; every file is written whole or not at all (files.py).
+"""
+
+from pipeline.library.captions import CaptionStore
+from pipeline.library.tables import Library, LibraryError, media_dir
+
+__all__ = ["Library", "LibraryError", "CaptionStore", "media_dir"]

@@ -1,0 +1,78 @@
+"""Clip embeddings in the library: `LIB/embeddings/<embedder>/part-<batch>.parquet`, one folder per
+embedder, written beside `clips/` (never by rewriting the ingest's committed parts).
+
+A part holds clip_id, vector and input_hash (EMBEDDING_COLUMNS) and names its model in its Parquet
+metadata (`recap.embedder`). A later part overrides an earlier one for the same clip; `input_hash`
+says when a vector is stale (the index decides what it hashes). The Milvus collection is rebuilt
+from these tables alone, without loading any model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.library.files import atomic_write_table, new_batch_id, read_parts
+from pipeline.library.schema import embedding_schema
+
+EMBEDDINGS = "embeddings"
+
+
+def embeddings_dir(root: str | Path, name: str) -> Path:
+    return Path(root) / EMBEDDINGS / name
+
+
+def _part_meta(path: Path) -> dict:
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"recap.embedder", b"{}"))
+
+
+def read_embeddings(root: str | Path, name: str, model_id: str | None = None) -> pa.Table | None:
+    """clip_id, vector, input_hash of embedder `name` (latest per clip); parts made by another
+    model than `model_id` are ignored (they are superseded when that model re-embeds). None when
+    there are none."""
+    folder = embeddings_dir(root, name)
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    metas = {p: _part_meta(p) for p in parts}
+    if model_id is not None:
+        parts = [p for p in parts if metas[p].get("model") == model_id]
+    if not parts:
+        return None
+    t = read_parts(parts, embedding_schema(int(metas[parts[-1]]["dim"])))
+    ids = t.column("clip_id").to_pylist()
+    last = {c: i for i, c in enumerate(ids)}       # later parts override earlier ones
+    return t.take(pa.array(sorted(last.values()), pa.int64())) if t.num_rows else None
+
+
+def write_embeddings(root: str | Path, name: str, model_id: str, clip_ids: list[str], vectors: np.ndarray,
+                     hashes: list[str]) -> Path:
+    """Write one part atomically (temp name, rename)."""
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    dim = vectors.shape[1]
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
+    meta = {b"recap.embedder": json.dumps({"name": name, "model": model_id, "dim": dim}).encode()}
+    table = pa.table({"clip_id": pa.array(clip_ids, pa.string()), "vector": vec,
+                      "input_hash": pa.array(hashes, pa.string())}, schema=embedding_schema(dim))
+    folder = embeddings_dir(root, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"part-{new_batch_id()}.parquet"
+    atomic_write_table(path, table.replace_schema_metadata(meta))
+    return path
+
+
+def drop_other_models(root: str | Path, name: str, model_id: str) -> int:
+    """Remove parts written by a previous model once the current one covers the clips."""
+    stale = [p for p in embeddings_dir(root, name).glob("part-*.parquet") if _part_meta(p).get("model") != model_id]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
+def vectors_of(t: pa.Table) -> np.ndarray:
+    """The vector column as an (n, dim) float32 array."""
+    col = t.column("vector").combine_chunks()
+    return col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size).astype(np.float32)

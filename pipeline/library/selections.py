@@ -1,0 +1,47 @@
+"""Named clip selections: `LIB/selections/<name>.parquet` (SELECTION_COLUMNS), saved by the web UI
+or by hand and exported with `recap export LIB --selection NAME`. A selection file is replaced
+whole, atomically."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.library.files import atomic_write_table, utcnow
+from pipeline.library.schema import SELECTION_SCHEMA
+
+SELECTIONS = "selections"
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+def selection_path(lib_root: str | Path, name: str) -> Path:
+    """The file of selection `name`; a name is letters, digits, `_`, `-` and `.` (no paths)."""
+    if not NAME.fullmatch(name) or name.endswith(".parquet"):
+        raise ValueError(f"selection name {name!r}: use letters, digits, '_', '-' and '.' (at most 100)")
+    return Path(lib_root) / SELECTIONS / f"{name}.parquet"
+
+
+def write_selection(lib_root: str | Path, name: str, clip_ids: list[str]) -> Path:
+    """Save `clip_ids` (duplicates dropped, order kept) as selection `name`, replacing it."""
+    path = selection_path(lib_root, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = list(dict.fromkeys(clip_ids))
+    now = utcnow()
+    atomic_write_table(path, pa.table({"clip_id": ids, "added_at": [now] * len(ids)}, schema=SELECTION_SCHEMA))
+    return path
+
+
+def read_selection(lib_root: str | Path, name: str) -> list[str]:
+    """Clip ids of selection `name` (FileNotFoundError when there is none)."""
+    path = selection_path(lib_root, name)
+    if not path.exists():
+        known = ", ".join(list_selections(lib_root)) or "none"
+        raise FileNotFoundError(f"no selection {name!r} in {lib_root} (known: {known})")
+    return pq.read_table(path, columns=["clip_id"]).column("clip_id").to_pylist()
+
+
+def list_selections(lib_root: str | Path) -> list[str]:
+    return sorted(p.stem for p in (Path(lib_root) / SELECTIONS).glob("*.parquet"))

@@ -1,0 +1,231 @@
+"""The committed tables of a library (videos, shots, clips, errors, sources): written in atomic
+batches by one writer at a time, read by anyone through one committed-parts reader.
+
+Writes and resume:
+- Every table is a folder of `part-<batch_id>.parquet` files. A batch (a few videos' rows) is
+  written table by table, each file under a temporary name and renamed into place, so a reader
+  never sees a half-written file.
+- The batch becomes real when its commit marker `_commits/<batch_id>.json` is renamed into place,
+  after all its parts. On opening for writing, parts whose batch has no marker (a crash between
+  the two), stray temporary files and a crashed run's claims are removed, so a rerun never
+  duplicates rows.
+- The `sources/` table records every source uri handled (ingested, duplicate or failed), which is
+  what a rerun skips.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.library.captions import CaptionStore
+from pipeline.library.claims import CLAIMS, RunClaims
+from pipeline.library.files import TMP_SUFFIX, atomic_write_bytes, atomic_write_table, new_batch_id, read_parts, utcnow
+from pipeline.library.schema import SCHEMA_VERSION, TABLES, table_schema
+from pipeline.library.views import read_view
+
+COMMITS = "_commits"
+MEDIA = "media"
+
+
+class LibraryError(RuntimeError):
+    """The folder is not a recap library, or was written by an incompatible version."""
+
+
+def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts) to an Arrow table with the declared schema; missing nullable columns are null."""
+    schema = table_schema(table)
+    columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def media_dir(root: str | Path, video_id: str) -> Path:
+    """Where the clip files of one video go."""
+    return Path(root) / MEDIA / video_id[:2] / video_id
+
+
+def _take_writer_lock(root: Path) -> int:
+    """An exclusive flock on LIB/.writer.lock: one writing process per library at a time. The
+    kernel drops it when the process dies, so a kill -9 never leaves a stale lock."""
+    fd = os.open(root / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise LibraryError(f"another recap process (pid {holder}) is writing to {root}; "
+                           "wait for it to finish, or stop it and rerun") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+class Library:
+    """A clip library folder. Opened to read by default (many readers, never changes anything);
+    `write=True` creates it if needed, takes the single-writer lock and removes what a crashed
+    writer left behind."""
+
+    def __init__(self, root: str | Path, write: bool = False):
+        self.root = Path(root)
+        meta_path = self.root / "library.json"
+        if meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("schema_version") != SCHEMA_VERSION:
+                raise LibraryError(f"{self.root}: schema version {meta.get('schema_version')}, "
+                                   f"this recap reads version {SCHEMA_VERSION}")
+        elif write:
+            if self.root.exists() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
+                raise LibraryError(f"{self.root} exists, is not empty and is not a recap library")
+            self.root.mkdir(parents=True, exist_ok=True)
+            meta = {"schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat(), "runs": []}
+            atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
+        else:
+            raise LibraryError(f"{self.root} is not a recap library (no library.json); run `recap ingest` first")
+        self.meta = meta
+        self.captions = CaptionStore(self.root)
+        self._lock_fd: int | None = None
+        if write:
+            self._lock_fd = _take_writer_lock(self.root)
+            for name in [*TABLES, COMMITS, MEDIA]:
+                (self.root / name).mkdir(exist_ok=True)
+            self.recover()
+
+    def close(self) -> None:
+        """Release the writer lock (also released when the process ends, however it ends)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Library":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- crash recovery -------------------------------------------------------------------
+    def committed_batches(self) -> set[str]:
+        return {p.stem for p in (self.root / COMMITS).glob("*.json")}
+
+    def recover(self) -> int:
+        """Remove uncommitted parts, temporary files and claims left by a crash; return how many."""
+        committed = self.committed_batches()
+        removed = 0
+        for folder in [*TABLES, COMMITS, MEDIA]:
+            base = self.root / folder
+            tmp_files = base.rglob(f"*{TMP_SUFFIX}") if folder == MEDIA else base.glob(f"*{TMP_SUFFIX}")
+            for p in tmp_files:
+                p.unlink(missing_ok=True)
+                removed += 1
+            if folder in (COMMITS, MEDIA):
+                continue
+            for p in base.glob("part-*.parquet"):
+                if p.stem.removeprefix("part-") not in committed:
+                    p.unlink(missing_ok=True)
+                    removed += 1
+        if (self.root / CLAIMS).exists():   # only a writer claims, and we hold the writer lock
+            shutil.rmtree(self.root / CLAIMS, ignore_errors=True)
+        return removed
+
+    # ---- writing --------------------------------------------------------------------------
+    def _require_writer(self) -> None:
+        if self._lock_fd is None:
+            raise LibraryError(f"{self.root} was opened read-only")
+
+    def commit(self, rows: dict[str, list[dict[str, Any]]]) -> str | None:
+        """Write one batch of rows (table name -> rows) atomically; return its batch id."""
+        self._require_writer()
+        if not any(rows.values()):
+            return None
+        batch_id = new_batch_id()
+        for table, table_rows in rows.items():
+            if not table_rows:
+                continue
+            for row in table_rows:
+                row["batch_id"] = batch_id
+            arrow = rows_to_table(table, table_rows)
+            atomic_write_table(self.root / table / f"part-{batch_id}.parquet", arrow)
+        counts = {t: len(r) for t, r in rows.items()}
+        atomic_write_bytes(self.root / COMMITS / f"{batch_id}.json", json.dumps(counts).encode())
+        return batch_id
+
+    def record_run(self, run: dict[str, Any]) -> None:
+        """Append a run record (command, config, counts) to library.json."""
+        self._require_writer()
+        self.meta.setdefault("runs", []).append(run)
+        atomic_write_bytes(self.root / "library.json", json.dumps(self.meta, indent=2, default=str).encode())
+
+    def start_claims(self) -> RunClaims:
+        """Claims for one ingest run: which content a worker of this run took first (see claims.py)."""
+        self._require_writer()
+        return RunClaims.start(self.root, self.video_ids())
+
+    # ---- reading: the one committed-parts reader ------------------------------------------
+    def parts(self, table: str) -> list[Path]:
+        """Committed part files of a table: parts of a batch still being written are not there yet."""
+        committed = self.committed_batches()
+        return sorted(p for p in (self.root / table).glob("part-*.parquet") if p.stem.removeprefix("part-") in committed)
+
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """All committed rows of a table with its declared schema (a column that older parts lack
+        is null); an empty table when there are none."""
+        return read_parts(self.parts(table), table_schema(table), columns)
+
+    def handled_sources(self) -> dict[str, str]:
+        """uri -> latest outcome for every source an earlier run handled. `failed` (an unexpected
+        failure, not a bad input) is retried by the next run, so a source can have several rows."""
+        t = self.read("sources", ["uri", "outcome", "at"]).sort_by("at")
+        return dict(zip(t.column("uri").to_pylist(), t.column("outcome").to_pylist()))
+
+    def video_ids(self) -> set[str]:
+        return set(self.read("videos", ["video_id"]).column("video_id").to_pylist())
+
+    def source_uris(self) -> dict[str, str]:
+        """video_id -> the uri it was ingested from."""
+        t = self.read("videos", ["video_id", "uri"])
+        return dict(zip(t.column("video_id").to_pylist(), t.column("uri").to_pylist()))
+
+    def clips(self, columns: list[str] | None = None) -> pa.Table:
+        """The committed clips (FileNotFoundError when there are none yet: nothing to work on)."""
+        clips = self.read("clips", columns)
+        if clips.num_rows == 0:
+            raise FileNotFoundError(f"{self.root}: no committed clips (run `recap ingest` first)")
+        return clips
+
+    def clip_table(self, caption_version: str = "", columns: list[str] | None = None) -> pa.Table:
+        """One row per committed clip, sorted by clip_id: the clip columns that are scalars (or
+        `columns`), `source` (the video's uri), the filter view's `passed` and `duplicate_of` when
+        there is a view, and `caption` + `caption_version` of
+        `caption_version` (the default version when "", or else each clip's latest ok caption).
+        What filters, selection, captioning and the index all read. Raises FileNotFoundError when
+        the library has no clips yet."""
+        schema = table_schema("clips")
+        if columns is None:
+            columns = [f.name for f in schema if not pa.types.is_nested(f.type) and f.name != "batch_id"]
+        clips = self.clips(columns)
+        uri_of = self.source_uris()
+        clips = clips.append_column("source", pa.array([uri_of.get(v) for v in clips.column("video_id").to_pylist()],
+                                                       pa.string()))
+        found = read_view(self.root)
+        if found is not None:
+            clips = clips.join(found[0].select(["clip_id", "passed", "duplicate_of"]), "clip_id",
+                               join_type="left outer")
+        caps = self.captions.latest_ok(caption_version or self.captions.default())
+        if caps.num_rows:
+            clips = clips.join(caps.rename_columns(["clip_id", "caption", "caption_version"]), "clip_id",
+                               join_type="left outer")
+        return clips.sort_by("clip_id")
+
+    def passing_clip_ids(self) -> set[str] | None:
+        """Clip ids the filter view passes, None when there is no view yet."""
+        found = read_view(self.root)
+        if found is None:
+            return None
+        view = found[0]
+        return set(view.filter(pc.fill_null(view.column("passed"), False)).column("clip_id").to_pylist())
