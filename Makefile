@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := .demo
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test test-fast clean-demo
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=5
+
+# the inner loop: everything but the end-to-end and cluster tests marked `slow` (CI runs those too)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=5 -m "not slow"
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -66,6 +66,7 @@ def resolve_model(model_id: str, revision: str | None = None) -> str:
         return str(path)
     if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
         raise MissingModelError(f"model folder {model_id!r} does not exist; {fetch_hint(model_id)}")
+    # lazy: transformers takes ~1 s to import; only this model path needs it
     from transformers.utils import cached_file
 
     try:
@@ -77,6 +78,7 @@ def resolve_model(model_id: str, revision: str | None = None) -> str:
 
 
 def pick_device(device: str) -> str:
+    # lazy: torch takes ~1.5 s to import; only this model path needs it
     import torch
 
     if device == "auto":
@@ -85,6 +87,7 @@ def pick_device(device: str) -> str:
 
 
 def pick_dtype(dtype: str, device: str):
+    # lazy: torch takes ~1.5 s to import; only this model path needs it
     import torch
 
     if dtype == "auto":
@@ -97,6 +100,7 @@ def pick_attention(attn: str, device: str) -> str:
         return attn
     if device.startswith("cuda"):
         try:
+            # lazy: optional, probed only on GPU
             import flash_attn  # noqa: F401
             return "flash_attention_2"
         except ImportError:
@@ -110,6 +114,7 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, cfg: ModelConfig, frames_mode: str = "auto"):
+        # lazy: transformers takes ~1 s to import; only this model path needs it
         from transformers import AutoModelForImageTextToText
 
 
@@ -159,6 +164,7 @@ class TransformersBackend:
         return self.processor(text=texts, images=images, padding=True, return_tensors="pt")
 
     def generate(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation]:
+        # lazy: torch takes ~1.5 s to import; only this model path needs it
         import torch
 
         if not requests:

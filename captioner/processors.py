@@ -18,6 +18,7 @@ from typing import Any
 
 
 def torchvision_available() -> bool:
+    # lazy: transformers takes ~1 s to import; only this model path needs it
     from transformers.utils import is_torchvision_available
 
     return bool(is_torchvision_available())
@@ -44,11 +45,13 @@ def image_only(processor_cls: type) -> type:
 
 def load_processor(model: str, revision: str | None = None, **hub_kwargs: Any):
     """The model's processor: `AutoProcessor` with torchvision, the images-only fallback without."""
+    # lazy: transformers takes ~1 s to import; only this model path needs it
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     if torchvision_available():
         return AutoProcessor.from_pretrained(model, revision=revision, **hub_kwargs)
+    # lazy: transformers takes ~1 s to import; only this model path needs it
     from transformers.utils import cached_file
 
     def read_json(name: str) -> dict[str, Any]:

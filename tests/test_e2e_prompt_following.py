@@ -13,9 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from bench.prompt_following import run_proof
 
 
+@pytest.mark.slow
 def test_trained_model_follows_its_prompts(tmp_path: Path):
     report = run_proof(tmp_path, per_pair=4, seeds_per_caption=2)
     r = report["results"]

@@ -34,7 +34,7 @@ resolutions: {tiny: 9216}
 aspect_ratios: ["4:3", "16:9"]
 multiple: 16
 """
-# the CLI module as `recap export` runs it (also before it is registered in pipeline/cli.py)
+# the CLI module as `recap export` runs it (as pipeline/cli/__init__.py runs it)
 EXPORT = [sys.executable, "-c", "import argparse, sys; from pipeline.cli import export as m; "
           "p = argparse.ArgumentParser(); m.add_arguments(p); sys.exit(m.run(p.parse_args(sys.argv[1:])))"]
 

@@ -162,7 +162,7 @@ def test_server_down_is_a_clear_error_and_parquet_is_untouched(tmp_path):
 
 
 def run_cli(module, argv: list[str]) -> int:
-    """A `recap` subcommand module run in-process, parsed exactly as pipeline/cli.py does."""
+    """A `recap` subcommand module run in-process, parsed exactly as pipeline/cli/__init__.py does."""
     import argparse
 
     parser = argparse.ArgumentParser()

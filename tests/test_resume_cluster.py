@@ -18,6 +18,7 @@ from pipeline.library import Library
 from tests.conftest import RECAP, ROOT, recap
 
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow     # kill -9 and cluster runs: `make test` only
 
 
 def _clip_ids(lib: Path) -> list[str]:

@@ -52,6 +52,7 @@ def dit_shards(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_tiny_vae_reconstructs_its_training_shard(tmp_path: Path):
     data = tmp_path / "shards"
     write_synthetic_shards(data, ["16x16x5"], per_bucket=4, seed=0)
@@ -119,6 +120,7 @@ def test_interrupted_run_resumes_exactly(dit_shards: Path, tmp_path: Path):
     assert state["ranks"][0]["loader"]["batches"] >= 1
 
 
+@pytest.mark.slow
 def test_two_process_ddp_run(dit_shards: Path, tmp_path: Path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -36,8 +38,6 @@ def _fsync_dir(path: Path) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str, torch.Tensor]],
                     metadata: dict[str, str], state: dict[str, Any], keep_last: int) -> Path:
     """Write `weights` (file stem -> state dict) and `state` for `step`; prune to `keep_last`."""
-    from safetensors.torch import save_file
-
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
@@ -74,8 +74,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of one `.safetensors` file."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata() or {}
     return load_file(str(path)), metadata

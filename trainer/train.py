@@ -345,6 +345,7 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps({"kind": kind, **to_dict(cfg)}, indent=2))
+        # lazy: tensorboard loads only on the rank that writes logs
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
         metrics_path = out / "metrics.jsonl"

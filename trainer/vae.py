@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from trainer.checkpoint import latest_checkpoint
 from trainer.typedconfig import ConfigError, from_dict, to_dict
@@ -256,6 +258,7 @@ class DiffusersVAE(nn.Module):
     def __init__(self, name_or_path: str, subfolder: str | None = None):
         super().__init__()
         try:
+            # lazy: optional: only a diffusers VAE needs it
             import diffusers
         except ImportError as e:
             raise ImportError("loading a pretrained video VAE needs the `diffusers` package "
@@ -295,17 +298,12 @@ class DiffusersVAE(nn.Module):
 
 def save_vae(model: CausalVAE, path: str | Path) -> None:
     """One safetensors file that carries its own config, loadable with `load_vae(path)`."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"format": "recap.vae", "config": json.dumps(to_dict(model.config))})
 
 
 def load_vae(path: str | Path) -> CausalVAE:
     """A `save_vae` file, or a `recap train vae` run directory (its EMA weights of the last checkpoint)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         ckpt = latest_checkpoint(path)

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import fsspec
+import pyarrow.parquet as pq
 
 from pipeline.ingest.config import SourcesConfig
 
@@ -139,8 +140,6 @@ def read_manifest(path: Path) -> list[Source]:
                     raise SourceError(f"{path}: line {i + 1} has no 'uri' field")
             uris = [row["uri"] for row in rows]
         else:
-            import pyarrow.parquet as pq
-
             schema = pq.read_schema(path)
             _require_uri_column(path, schema.names)
             uris = pq.read_table(path, columns=["uri"]).column("uri").to_pylist()

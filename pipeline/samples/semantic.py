@@ -28,7 +28,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 CAPTIONS_FILE = "captions.jsonl"
 TRUTH_FILE = "truth.json"
-ENCODER_OPTIONS = {"preset": "veryfast", "crf": "16", "x264-params": "asm=0"}   # reproducible (see samples.py)
+ENCODER_OPTIONS = {"preset": "veryfast", "crf": "16", "x264-params": "asm=0"}   # reproducible (see corpus.py)
 
 
 def caption_for(colour: str, direction: str) -> str:

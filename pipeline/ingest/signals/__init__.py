@@ -1,6 +1,6 @@
 """Clip quality signals, measured during the single decode pass.
 
-Every signal is a `FrameAnalyzer` (see `pipeline/frames.py`) that keeps a few numbers per frame,
+Every signal is a `FrameAnalyzer` (see `pipeline/ingest/analysis.py`) that keeps a few numbers per frame,
 or the small results of a few sampled frames, and answers `clip_signals(start, end)` once the
 clip ranges are known. Two kinds of input:
 

@@ -26,11 +26,13 @@ from pipeline.ingest.signals.series import DetailSchedule, SampleList
 
 def load_head(path: str | Path, activation: str = "none"):
     """A torch Sequential of the Linear layers in a state dict (keys ordered by their numbers)."""
+    # lazy: torch takes ~1.5 s to import; only this model path needs it
     import torch
     from torch import nn
 
     path = Path(path)
     if path.suffix == ".safetensors":
+        # lazy: imports torch; only this model path needs it
         from safetensors.torch import load_file
 
         state = load_file(str(path))
@@ -62,6 +64,7 @@ class AestheticScorer:
     """Image encoder + head; `score(list of RGB uint8 arrays) -> (n,) float32`."""
 
     def __init__(self, cfg: AestheticConfig):
+        # lazy: torch takes ~1.5 s to import; only this model path needs it
         import torch
         from transformers import AutoImageProcessor, AutoModel
 

@@ -34,6 +34,7 @@ from pipeline.ingest.signals.series import DetailSchedule, SampleList
 def load_ocr(threads: int = 1):
     """RapidOCR on one thread, without the 180-degree text classifier (overlays are upright).
     Loaded once per process (~0.5 s) and shared by every video's analyzer."""
+    # lazy: the OCR models load only when text signals are enabled
     from rapidocr_onnxruntime import RapidOCR
 
     # det_limit_type="max": detect at the size we give (the default enlarges the short side to 736)

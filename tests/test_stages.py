@@ -1,0 +1,86 @@
+"""The stage runner: the same stages give the same rows in-process and on Ray; a model stage loads
+once per actor; a worker that dies loses its own batch only, and stages stay apart on Ray."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.stages import ExecutionConfig, Resources, Row, Stage, run_stages
+from pipeline.stages.runner import ray_dataset
+
+
+class Square(Stage):
+    """CPU stage: squares `x`; `x == crash_on` kills its worker process."""
+
+    name = "square"
+    reads = ("x",)
+    adds = ("y",)
+
+    def __init__(self, crash_on: int | None = None):
+        self.crash_on = crash_on
+        self.batch_size = 1
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        if any(r["x"] == self.crash_on for r in batch):
+            os._exit(1)     # what a decoder crash does to a worker
+        return [dict(r, y=r["x"] ** 2) for r in batch]
+
+
+class AddModel(Stage):
+    """Model stage: `setup` "loads a model" (counted per process), then adds its offset."""
+
+    name = "add_model"
+    reads = ("y",)
+    adds = ("z", "loads", "pid")
+
+    def __init__(self, offset: int, actors: int = 1):
+        self.offset = offset
+        self.actors = actors
+        self.batch_size = 2
+        self.resources = Resources(cpus=0.5)
+        self.model = None
+        self.loads = 0
+
+    def setup(self) -> None:
+        self.loads += 1
+        self.model = self.offset
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        return [dict(r, z=r["y"] + self.model, loads=self.loads, pid=os.getpid()) for r in batch]
+
+
+ITEMS = [{"x": i} for i in range(6)]
+
+
+def test_local_runs_every_stage_in_order_in_this_process():
+    model = AddModel(100)
+    rows = list(run_stages([Square(), model], ITEMS, ExecutionConfig(executor="local")))
+    assert [r["z"] for r in rows] == [i * i + 100 for i in range(6)]
+    assert {r["pid"] for r in rows} == {os.getpid()} and model.loads == 1
+
+
+def test_no_items_no_work():
+    assert list(run_stages([Square()], [], ExecutionConfig(executor="ray"))) == []
+
+
+@pytest.mark.slow
+def test_ray_matches_local_loads_once_per_actor_and_survives_a_dead_worker():
+    execution = ExecutionConfig(executor="ray")
+    rows = list(run_stages([Square(), AddModel(100)], ITEMS, execution))
+    assert sorted(r["z"] for r in rows) == [i * i + 100 for i in range(6)]
+    assert {r["loads"] for r in rows} == {1} and len({r["pid"] for r in rows}) == 1   # one actor, loaded once
+    assert os.getpid() not in {r["pid"] for r in rows}
+
+    # the task of item 3 kills its worker (twice: it is retried); the others still come back
+    survivors = run_stages([Square(crash_on=3)], ITEMS, execution, one_block_per_batch=True,
+                           tolerate_lost_batches=True)
+    assert sorted(r["x"] for r in survivors) == [0, 1, 2, 4, 5]
+
+    # a task stage and a model stage stay two operators (the actors never decode)
+    ds = ray_dataset([Square(), AddModel(1)], ITEMS, execution)
+    assert len(list(ds.iter_rows())) == 6
+    stats = ds.stats()
+    assert "MapBatches(square)" in stats and "MapBatches(add_model)" in stats
+    assert "MapBatches(square)->MapBatches(add_model)" not in stats
