@@ -19,7 +19,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.filters.evaluate import DedupConfig, evaluate, load_filter_config  # noqa: E402
+from pipeline.filters.config import DedupConfig, load_filter_config  # noqa: E402
+from pipeline.filters.evaluate import evaluate  # noqa: E402
 from pipeline.filters.near_duplicates import near_duplicates  # noqa: E402
 
 

@@ -21,7 +21,9 @@ import pytest
 from pipeline.export.buckets import BucketConfig, assign, window
 from pipeline.export.plan import split_videos
 from pipeline.library import Library
-from pipeline.library.files import atomic_write_table, utcnow
+from pipeline.library.files import utcnow
+from pipeline.library.selections import list_selections, read_selection, write_selection
+from pipeline.library.views import write_view
 from tests.avfiles import frame_image, write_video
 from tests.conftest import ROOT
 from tests.index_fixtures import write_captions
@@ -113,11 +115,11 @@ def library(tmp_path_factory) -> tuple[Path, dict]:
     lib.commit({"videos": videos, "clips": clips})
     ids = [c["clip_id"] for c in clips]
     rejected, duplicate = ids[1], ids[5]
-    (root / "lib" / "views").mkdir(exist_ok=True)
-    atomic_write_table(root / "lib" / "views" / "filters.parquet", pa.table({
+    lib.close()
+    write_view(root / "lib", pa.table({
         "clip_id": ids, "passed": [i not in (rejected, duplicate) for i in ids],
         "reject_reasons": [["motion.min"] if i == rejected else ["duplicate"] if i == duplicate else [] for i in ids],
-        "duplicate_of": [ids[4] if i == duplicate else None for i in ids]}))
+        "duplicate_of": [ids[4] if i == duplicate else None for i in ids]}), {})
     old = write_captions(root / "lib", {ids[0]: "an old caption of clip zero"}, model="old-model", default=False)
     new = write_captions(root / "lib", {i: f"a moving white bar, clip {i}" for i in ids[:4]}, model="new-model")
     truth = {"clips": {c["clip_id"]: c for c in clips}, "selected": {ids[0], ids[2], ids[3], ids[4], ids[6]},
@@ -277,6 +279,23 @@ def test_empty_selection_and_another_plan_are_clear_errors(library, exported, tm
     assert proc.returncode == 2 and "holds another export" in proc.stderr
     proc = export(str(lib), "--out", str(tmp_path / "x"), "--caption-version", "nope", check=False)
     assert proc.returncode == 2 and "no caption version 'nope'" in proc.stderr
+
+
+def test_a_named_selection_is_exported_as_chosen(library):
+    from pipeline.export.selection import ExportError, select
+
+    lib, truth = library
+    ids = list(truth["clips"])
+    rejected = ids[1]                       # the filter view rejects it; a person chose it anyway
+    write_selection(lib, "picked", [ids[0], rejected, ids[0], "0123456789abcdef"])
+    assert list_selections(lib) == ["picked"] and read_selection(lib, "picked")[:2] == [ids[0], rejected]
+    sel = select(lib, selection="picked")
+    assert set(sel.clips.column("clip_id").to_pylist()) == {ids[0], rejected}
+    assert any("1 clips of selection 'picked' are not in the library" in n for n in sel.notes)
+    with pytest.raises(ExportError, match="no selection 'nope'"):
+        select(lib, selection="nope")
+    with pytest.raises(ValueError, match="selection name"):
+        write_selection(lib, "../escape", ids)
 
 
 def test_split_by_video_is_seeded_and_keeps_train():

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="SHARDS", help="output folder (new, or a killed export to resume)")
     p.add_argument("--where", metavar="EXPR", help="filter, e.g. 'duration_s > 3 and caption_version is not null'")
     p.add_argument("--query", metavar="TEXT", help="keep only the clips a semantic search for TEXT returns")
+    p.add_argument("--selection", metavar="NAME",
+                   help="export the clips of LIB/selections/NAME.parquet as chosen (the filter view is not applied)")
     p.add_argument("--top-k", type=int, default=100, metavar="N", help="hits of --query to keep (default 100)")
     p.add_argument("--caption-version", metavar="V",
                    help="caption version to train on (default: the library's default version)")
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             cfg.execution.ray_address = args.ray_address
         buckets = load_buckets(args.buckets)
         summary = run_export(args.library, args.out, where=args.where, query=args.query, top_k=args.top_k,
-                             caption_version=args.caption_version, buckets=buckets, cfg=cfg,
+                             caption_version=args.caption_version, selection=args.selection, buckets=buckets, cfg=cfg,
                              buckets_file=args.buckets, progress=not args.no_progress,
                              command=" ".join(shlex.quote(a) for a in ["recap", *sys.argv[1:]]))
     except (ConfigError, ExportError) as e:

@@ -1,5 +1,7 @@
-"""Write an HTML report of a clip library: signal histograms with the filter thresholds, pass
-rate per filter, clip lengths, camera motion, and example thumbnails for each rejection reason.
+"""Write an HTML report of a clip library: signals, filter pass rates and rejected examples.
+
+Signal histograms with the filter thresholds, pass rate per filter, clip lengths, camera motion,
+and example thumbnails for each rejection reason.
 
 Uses the stored filter view (LIB/views/filters.parquet, from `recap filter`) when there is one,
 otherwise evaluates configs/filters.yaml in memory. Thumbnails decode one frame per example clip.

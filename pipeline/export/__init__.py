@@ -1,2 +1,2 @@
 """The export job: selected clips -> bucketed, re-encoded WebDataset shards with a manifest and a
-dataset card (selection.py -> plan.py -> shards.py on the stage runner -> card.py, driven by job.py)."""
+dataset card (selection.py -> plan.py -> writer.py on the stage runner -> card.py, driven by job.py)."""

@@ -5,7 +5,7 @@
    `--query` hits. Every step's count is kept for the card.
 2. `plan.plan_export`: each clip gets a bucket, a split (whole source videos go to train or val) and
    a place in a shard; the plan's hash (`fingerprint`) names the export.
-3. `shards.WriteShardStage`: one task per shard on the stage runner renders its samples and writes
+3. `writer.WriteShardStage`: one task per shard on the stage runner renders its samples and writes
    the tar with `trainer.shards.write_shard` (temp name, renamed when complete), then a `done` record.
 4. The manifest (`manifest.parquet`) and the dataset card (`README.md` + PNGs) from the records.
 
@@ -30,7 +30,7 @@ from pipeline.export.card import write_card, write_manifest
 from pipeline.export.config import ExportConfig
 from pipeline.export.plan import ShardPlan, plan_export
 from pipeline.export.selection import ExportError, select
-from pipeline.export.shards import STATE, WriteShardStage
+from pipeline.export.writer import STATE, WriteShardStage
 from pipeline.library.files import atomic_write_bytes
 from pipeline.stages import run_stages
 from trainer.typedconfig import to_dict
@@ -100,13 +100,14 @@ def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: b
 
 
 def run_export(root: str | Path, out: str | Path, *, where: str | None = None, query: str | None = None,
-               top_k: int = 100, caption_version: str | None = None, buckets: BucketConfig,
+               top_k: int = 100, caption_version: str | None = None, selection: str | None = None,
+               buckets: BucketConfig,
                cfg: ExportConfig, command: str = "", buckets_file: str | None = None,
                progress: bool = True, log=print) -> ExportSummary:
     """Select, plan, write the shards (resuming a killed run), then the manifest and the card."""
     t0 = time.perf_counter()
     root, out = Path(root), Path(out)
-    sel = select(root, where, query, top_k, caption_version)
+    sel = select(root, where, query, top_k, caption_version, selection)
     if sel.clips.num_rows == 0:
         raise ExportError("no clips selected, nothing exported: "
                           + "; ".join(f"{what}: {n}" for what, n in sel.steps))
@@ -124,7 +125,7 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
         log(f"note: {note}")
     job = {"format_version": FORMAT_VERSION, "fingerprint": plan.fingerprint, "library": str(root.resolve()),
            "command": command, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "args": {"where": where, "query": query, "top_k": top_k if query else None,
+           "args": {"where": where, "query": query, "top_k": top_k if query else None, "selection": selection,
                     "caption_version": caption_version, "buckets_file": buckets_file},
            "config": to_dict(cfg), "buckets": to_dict(buckets)}
     done = _prepare_out(out, plan.fingerprint, job)

@@ -16,6 +16,7 @@ from index.catalog import compile_for_schema
 from index.where import WhereError
 from pipeline.embed import load_index_config
 from pipeline.library import Library, LibraryError
+from pipeline.library.selections import read_selection
 
 
 class ExportError(RuntimeError):
@@ -52,8 +53,9 @@ def _caption_versions(lib: Library, wanted: str | None) -> tuple[str | None, dic
 
 
 def select(root: str | Path, where: str | None = None, query: str | None = None, top_k: int = 100,
-           caption_version: str | None = None) -> Selection:
-    """The clips to export, with the count left after each step."""
+           caption_version: str | None = None, selection: str | None = None) -> Selection:
+    """The clips to export, with the count left after each step. A named `selection` (clips chosen
+    by hand, e.g. in the web UI) is taken as chosen: the filter view does not narrow it."""
     root = Path(root)
     try:
         lib = Library(root)
@@ -66,12 +68,21 @@ def select(root: str | Path, where: str | None = None, query: str | None = None,
         raise ExportError(str(e)) from None
     steps = [("clips in the library", t.num_rows)]
     notes: list[str] = []
-    if "passed" in t.column_names:
+    if selection:
+        try:
+            chosen_ids = read_selection(root, selection)
+        except (FileNotFoundError, ValueError) as e:
+            raise ExportError(f"--selection: {e}") from None
+        t = t.filter(pc.is_in(t.column("clip_id"), pa.array(chosen_ids, pa.string())))
+        steps.append((f"in selection {selection!r} (as chosen: the filter view is not applied)", t.num_rows))
+        if len(set(chosen_ids)) > t.num_rows:
+            notes.append(f"{len(set(chosen_ids)) - t.num_rows} clips of selection {selection!r} are not in the library")
+    elif "passed" in t.column_names:
         t = t.filter(pc.fill_null(t.column("passed"), False))
         steps.append(("pass the filter view (`passed`; clips newer than the view count as not passed)", t.num_rows))
     else:
         notes.append("no filter view (LIB/views/filters.parquet): no quality filter was applied; run `recap filter` first")
-    if "duplicate_of" in t.column_names:
+    if "duplicate_of" in t.column_names and not selection:
         t = t.filter(pc.is_null(t.column("duplicate_of")))
         steps.append(("not a near-duplicate (`duplicate_of` is null)", t.num_rows))
     if where:
