@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 	@command -v ffprobe >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null) ; } || \
 		echo "note: ffmpeg/ffprobe not found; install them to run the oracle tests"
+	@# Debian's Chromium runs the web UI's browser test (tests/test_serve_browser.py); Playwright drives it
+	@# and never downloads a browser of its own
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null) ; } || \
+		echo "note: /usr/bin/chromium not found; install it (apt-get install chromium) to run the browser test"
 	@touch $(STAMP)
 
 demo: $(STAMP)

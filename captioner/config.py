@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,10 +19,16 @@ class ModelConfig:
     dtype: str = "auto"                # auto | bfloat16 | float16 | float32
     attn_implementation: str = "auto"  # auto | sdpa | flash_attention_2 | eager
     batch_size: int = 8
+    allow_download: bool = False       # fetch a hub model missing from the local cache (off: offline, as documented)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError("model.batch_size must be >= 1")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"model.device: {self.device!r} is not auto, cpu, mps, cuda or cuda:N")
+        if self.attn_implementation not in ("auto", "sdpa", "flash_attention_2", "eager"):
+            raise ConfigError(f"model.attn_implementation: {self.attn_implementation!r} is not auto, sdpa, "
+                              "flash_attention_2 or eager")
         if self.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ConfigError(f"model.dtype: {self.dtype!r} is not auto, bfloat16, float16 or float32")
 
@@ -66,6 +73,11 @@ class ChecksConfig:
     retry_temperature: float = 0.7
     retry_repetition_penalty: float = 1.2
 
+    def __post_init__(self) -> None:
+        if self.min_words < 0 or self.max_retries < 0 or self.retry_temperature < 0 or self.retry_repetition_penalty <= 0:
+            raise ConfigError("checks: min_words >= 0, max_retries >= 0, retry_temperature >= 0, "
+                              "retry_repetition_penalty > 0")
+
 
 @dataclass
 class OpenAIConfig:
@@ -74,6 +86,10 @@ class OpenAIConfig:
     timeout_s: float = 300.0
     concurrency: int = 16
     jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.concurrency < 1 or not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError("openai: timeout_s > 0, concurrency >= 1, 1 <= jpeg_quality <= 100")
 
 
 @dataclass

@@ -47,15 +47,24 @@ class Generation:
     latency_s: float
 
 
+def is_local_path(model_id: str) -> bool:
+    """A folder rather than a hub id (`org/name`)."""
+    return model_id.startswith((".", "/", "~")) or model_id.count("/") > 1 or Path(model_id).expanduser().exists()
+
+
 def fetch_hint(model_id: str) -> str:
+    folder = "a folder with config.json, the processor files and *.safetensors"
+    if is_local_path(model_id):
+        return (f"check the path: a model folder is {folder} (make one where there is network with "
+                f"`hf download ORG/NAME --local-dir FOLDER`)")
     home = os.environ.get("HF_HOME", "~/.cache/huggingface")
     return (f"fetch it where there is network with `hf download {model_id}` (Hugging Face cache, HF_HOME={home}) "
-            f"and copy the cache here, or pass a local copy: --model /path/to/folder "
-            f"(a folder with config.json, the processor files and *.safetensors)")
+            f"and copy the cache here, or pass a local copy: --model /path/to/folder ({folder})")
 
 
-def resolve_model(model_id: str, revision: str | None = None) -> str:
-    """A local folder or a hub id whose config can be found; MissingModelError otherwise."""
+def resolve_model(model_id: str, revision: str | None = None, allow_download: bool = False) -> str:
+    """A local folder or a hub id whose config is in the local Hugging Face cache (or, with
+    `allow_download`, on the hub); MissingModelError otherwise."""
     if not model_id:
         raise MissingModelError("no model configured: pass --model HF_ID_OR_FOLDER "
                                 "(or --backend signals for captions built from measured signals only)")
@@ -64,15 +73,17 @@ def resolve_model(model_id: str, revision: str | None = None) -> str:
         if not (path / "config.json").is_file():
             raise MissingModelError(f"model folder {path} has no config.json; {fetch_hint(model_id)}")
         return str(path)
-    if model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+    if is_local_path(model_id):
         raise MissingModelError(f"model folder {model_id!r} does not exist; {fetch_hint(model_id)}")
     # lazy: transformers takes ~1 s to import; only this model path needs it
     from transformers.utils import cached_file
 
     try:
-        cached_file(model_id, "config.json", revision=revision)
-    except Exception as e:  # offline, unknown repo, gated, bad revision: all mean "not here"
-        raise MissingModelError(f"model {model_id!r} (revision {revision or 'default'}) could not be found: "
+        cached_file(model_id, "config.json", revision=revision, local_files_only=not allow_download)
+    except Exception as e:  # not cached, offline, unknown repo, gated, bad revision: all mean "not here"
+        where = "on the hub" if allow_download else "in the local Hugging Face cache (recap downloads nothing " \
+                "unless asked: --allow-download or model.allow_download=true)"
+        raise MissingModelError(f"model {model_id!r} (revision {revision or 'default'}) was not found {where}: "
                                 f"{type(e).__name__}: {str(e).splitlines()[0]}; {fetch_hint(model_id)}") from e
     return model_id
 
@@ -117,16 +128,16 @@ class TransformersBackend:
         # lazy: transformers takes ~1 s to import; only this model path needs it
         from transformers import AutoModelForImageTextToText
 
-
         self.model_id = cfg.id
-        path = resolve_model(cfg.id, cfg.revision)
+        path = resolve_model(cfg.id, cfg.revision, cfg.allow_download)
         self.device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.dtype, self.device)
+        offline = {"local_files_only": not cfg.allow_download}
         try:
-            self.processor = load_processor(path, revision=cfg.revision)
+            self.processor = load_processor(path, revision=cfg.revision, **offline)
             self.model = AutoModelForImageTextToText.from_pretrained(
                 path, revision=cfg.revision, dtype=dtype,
-                attn_implementation=pick_attention(cfg.attn_implementation, self.device))
+                attn_implementation=pick_attention(cfg.attn_implementation, self.device), **offline)
         except OSError as e:  # config found but weights or processor files missing
             raise MissingModelError(f"model {cfg.id!r} could not be loaded: {str(e).splitlines()[0]}; "
                                     f"{fetch_hint(cfg.id)}") from e

@@ -48,12 +48,10 @@ def load_processor(model: str, revision: str | None = None, **hub_kwargs: Any):
     # lazy: transformers takes ~1 s to import; only this model path needs it
     import transformers
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers.utils import cached_file
 
     if torchvision_available():
         return AutoProcessor.from_pretrained(model, revision=revision, **hub_kwargs)
-    # lazy: transformers takes ~1 s to import; only this model path needs it
-    from transformers.utils import cached_file
-
     def read_json(name: str) -> dict[str, Any]:
         path = cached_file(model, name, revision=revision, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
         return json.loads(Path(path).read_text()) if path else {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 MODEL_ID = "recap/signals"
-REVISION = "1"          # bump when the wording rules change: a new version, old captions kept
+REVISION = "2"          # bump when the wording rules change: a new version, old captions kept
 PROMPT_ID = "signals"
 
 CAMERA = {
@@ -35,18 +35,24 @@ def signal_caption(row: dict[str, Any]) -> str:
     camera = CAMERA.get(row.get("camera_motion") or "")
     light = _level(row.get("brightness"), [(50, "dark"), (100, "dim"), (170, "evenly lit"), (float("inf"), "bright")])
     colour = _level(row.get("colorfulness"), [(10, "almost no colour"), (35, "muted colours"),
-                                              (70, "colourful"), (float("inf"), "vivid colours")])
+                                              (70, "rich colours"), (float("inf"), "vivid colours")])
     contrast = _level(row.get("contrast"), [(25, "low contrast"), (70, None), (float("inf"), "high contrast")])
 
+    # training text: whole sentences a person would write, whichever signals are missing
     shot = f"A {row['duration_s']:.1f}-second shot" if row.get("duration_s") is not None else "A shot"
-    parts = [shot + (f" filmed with {camera}" if camera else "") + (f", with {motion}" if motion else "") + "."]
-    extras = [w for w in (colour, contrast) if w]
-    if light or extras:
-        look = f"{light.capitalize()} picture" if light else "Picture"
-        parts.append(look + (" with " + " and ".join(extras) if extras else "") + ".")
+    if camera:
+        shot += f" filmed with {camera}" + (f", with {motion}" if motion else "")
+    elif motion:
+        shot += f" with {motion}"
+    parts = [shot + "."]
+    qualities = " and ".join(w for w in (colour, contrast) if w)   # noun phrases
+    if light:
+        parts.append(f"The picture is {light}" + (f", with {qualities}." if qualities else "."))
+    elif qualities:
+        parts.append(f"The picture has {qualities}.")
     bars = row.get("bars")
     if bars and bars != "none":
-        parts.append(f"It is {bars}ed." if bars.endswith("box") else f"It has {bars} bars.")
+        parts.append(f"The frame is {bars}ed." if bars.endswith("box") else f"The frame has {bars} bars.")
     text = (row.get("ocr_text") or "").strip()
     if text:
         parts.append(f'On-screen text reads "{text[:160]}".')

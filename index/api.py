@@ -4,59 +4,54 @@
     index.repair()                                 # sync Milvus from Parquet (`recap index` embeds first)
     for hit in index.search("a dog running on a beach", where="duration_s > 3", top_k=5):
         print(hit.rank, hit.score, hit.clip_id, hit.caption)
-    index.search(like=hit.clip_id)                 # more like this one
+    index.search(like=hit.clip_id[:8])             # more like this one (any unique prefix of its id)
 
 Parquet is the truth: embeddings are written to `LIB/embeddings/` first (by the embed stage in
 `pipeline.embed`, through `save_embeddings`), and the collection is only ever made to match
 Parquet (`check` reports the differences, `repair` removes them), so it can be dropped and
-rebuilt at any time without loading a model.
+rebuilt at any time without loading a model; a damaged Milvus Lite store is removed and rebuilt.
+
+Search (`index.search`, mixed into ClipIndex) scans the Parquet vectors exactly on Milvus Lite up
+to `milvus.exact_max_clips` clips, and goes through Milvus otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import asdict, dataclass, field
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from index.catalog import DERIVED, known_columns, known_values
+from index import exact, lite
 from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig
-from index.embedders import load_embedder
-from index.store import PK, ROW_HASH, VARCHAR_MAX, MilvusStore, ScalarSpec, has_field, row_hash, vector_field
-from index.where import Field, WhereError, compile_where
+from index.embedders import query_encoder
+from index.search import Hit, Mode, NothingToIndex, SearchError, Searching
+from index.store import (
+    PK,
+    ROW_HASH,
+    VARCHAR_MAX,
+    MilvusStore,
+    ScalarSpec,
+    StoreBusy,
+    StoreDamaged,
+    StoreError,
+    has_field,
+    row_hash,
+    vector_field,
+)
+from index.where import WhereError
 from pipeline.library import Library, LibraryError
 from pipeline.library.embeddings import drop_other_models, read_embeddings, vectors_of, write_embeddings
 
-Mode = Literal["auto", "caption", "visual", "hybrid"]
-DISPLAY = ["video_id", "source", "start_s", "end_s", "duration_s", "caption", "path"]
-CLIP_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-# columns of the clip table that are never filters (bookkeeping, free text)
-NOT_FILTERS = {"batch_id", "caption", "ocr_text", "file_bytes", "file_start_frame", "file_n_frames"}
-
-
-class SearchError(ValueError):
-    """A search request that cannot be answered (no such clip, no vectors for that mode, ...)."""
-
-
-@dataclass
-class Hit:
-    rank: int
-    score: float
-    clip_id: str
-    video_id: str | None = None
-    source: str | None = None
-    start_s: float | None = None
-    end_s: float | None = None
-    duration_s: float | None = None
-    caption: str | None = None
-    path: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# columns of the clip table never written to Milvus (bookkeeping); every other scalar column is a
+# `--where` field, in search as in export and caption
+NOT_FILTERS = {"batch_id"}
 
 
 @dataclass
@@ -68,10 +63,12 @@ class Reconcile:
     unembedded: dict[str, int] = field(default_factory=dict)   # embedder -> clips without a vector
     schema_changed: bool = False
     rows: int = 0
+    damaged: str = ""          # why the Lite store could not be read (it was rebuilt by `repair`)
+    rebuilt: bool = False      # the Lite store was removed and built again from Parquet
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.extra or self.stale or self.schema_changed)
+        return not (self.missing or self.extra or self.stale or self.schema_changed or self.damaged)
 
 
 def input_hash(model_id: str, payload: str) -> str:
@@ -95,11 +92,11 @@ def _kind(t: pa.DataType) -> str | None:
     return None
 
 
-class ClipIndex:
+class ClipIndex(Searching):
     """The index side of one library folder (Parquet + `LIB/milvus.db` or a Milvus server)."""
 
     def __init__(self, path: str | Path, config: IndexConfig, milvus_uri: str | None = None,
-                 token: str | None = None):
+                 token: str | None = None, notify: Callable[[str], None] | None = None):
         self.root = Path(path)
         try:
             self.library = Library(self.root)
@@ -110,14 +107,17 @@ class ClipIndex:
             self.cfg.milvus.uri = milvus_uri
         if token is not None:
             self.cfg.milvus.token = token
+        # waiting for another process's Lite store is said on stderr (stdout may be --json)
+        self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._store: MilvusStore | None = None
-        self._models: dict[str, Any] = {}
+        self._snapshot: exact.Snapshot | None = None
+        self._n_clips: tuple[tuple, int] | None = None
 
     # ---- plumbing -------------------------------------------------------------------------------
     @property
     def store(self) -> MilvusStore:
         if self._store is None:
-            self._store = MilvusStore(self.root, self.cfg.milvus)
+            self._store = MilvusStore(self.root, self.cfg.milvus, notify=self.notify)
         return self._store
 
     def close(self) -> None:
@@ -132,15 +132,18 @@ class ClipIndex:
         self.close()
 
     def model(self, name: str):
-        """The loaded embedder `name` (loaded once), for queries."""
-        if name not in self._models:
-            e = self.cfg.embedders[name]
-            self._models[name] = load_embedder(e.kind, e.model, e.device, e.batch_size)
-        return self._models[name]
+        """The query encoder of embedder `name` (loaded once per process)."""
+        e = self.cfg.embedders[name]
+        return query_encoder(e.kind, e.model, e.device)
 
     def clip_table(self) -> pa.Table:
         """The library's clip table with the configured caption version."""
         return self.library.clip_table(self.cfg.captions.version)
+
+    def lite_path(self) -> Path | None:
+        """The Milvus Lite folder, or None for a Milvus server."""
+        m = self.cfg.milvus
+        return Path(m.uri or self.root / "milvus.db") if m.is_lite() else None
 
     # ---- embeddings -----------------------------------------------------------------------------
     def payloads(self, clips: pa.Table, name: str) -> dict[str, str]:
@@ -164,6 +167,21 @@ class ClipIndex:
         have_hash = dict(zip(have.column("clip_id").to_pylist(), have.column("input_hash").to_pylist())) if have else {}
         return {c: h for c, h in want.items() if have_hash.get(c) != h}
 
+    def current_vectors(self, clips: pa.Table, name: str) -> tuple[list[str], np.ndarray] | None:
+        """Clip ids and vectors of embedder `name` made from what the clips are now (a re-captioned
+        clip's old vector is left out); None when the embedder has no vectors at all."""
+        e = self.cfg.embedders[name]
+        mid = model_id_of(e)
+        emb = read_embeddings(self.root, name, mid)
+        if emb is None:
+            return None
+        current = {c: input_hash(mid, p) for c, p in self.payloads(clips, name).items()}
+        keep = [current.get(c) == h for c, h in zip(emb.column("clip_id").to_pylist(),
+                                                    emb.column("input_hash").to_pylist())]
+        emb = emb.filter(pa.array(keep, pa.bool_()))
+        vecs = vectors_of(emb) if emb.num_rows else np.zeros((0, emb.column("vector").type.list_size), np.float32)
+        return emb.column("clip_id").to_pylist(), vecs
+
     def save_embeddings(self, name: str, clip_ids: list[str], vectors: np.ndarray, hashes: list[str]) -> None:
         """One part of embedder `name`'s vectors in `LIB/embeddings/<name>/`."""
         write_embeddings(self.root, name, model_id_of(self.cfg.embedders[name]), clip_ids, vectors, hashes)
@@ -172,13 +190,28 @@ class ClipIndex:
         """Remove vectors of embedder `name` made by an earlier model, once its model covers the clips."""
         return drop_other_models(self.root, name, model_id_of(self.cfg.embedders[name]))
 
+    def nothing_to_embed(self, clips: pa.Table) -> str | None:
+        """Why no enabled embedder can embed anything in this library (None when one can): what to do
+        instead of `recap index` failing on an empty collection and `recap search` sending the
+        user back to it."""
+        enabled = self.cfg.enabled()
+        if any(self.payloads(clips, n) for n in enabled):
+            return None
+        lib = self.root
+        visual = "--set embedders.visual.enabled=true --set embedders.visual.model=PATH_OR_HF_ID"
+        if not enabled:
+            return f"no embedder is enabled in the index config: enable one (e.g. {visual}) and run `recap index {lib}`"
+        return (f"{lib} has no captions yet, so there is nothing to embed: caption the clips first "
+                f"(`recap caption {lib}`), or embed their pictures with a visual embedder ({visual}); "
+                f"then run `recap index {lib}`")
+
     # ---- Parquet -> rows -----------------------------------------------------------------------
     def desired(self) -> tuple[list[ScalarSpec], dict[str, int], dict[str, dict[str, Any]], dict[str, int]]:
         """What the collection should hold: scalar fields, vector dims, rows by clip_id, and the
         number of clips each embedder has no vector for."""
         clips = self.clip_table()
         scalars = [ScalarSpec(f.name, k) for f in clips.schema
-                   if f.name != PK and (k := _kind(f.type)) and (f.name not in NOT_FILTERS or f.name == "caption")]
+                   if f.name != PK and (k := _kind(f.type)) and f.name not in NOT_FILTERS]
         ids = clips.column(PK).to_pylist()
         rows = {c: {PK: c} for c in ids}
         for s in scalars:
@@ -189,19 +222,13 @@ class ClipIndex:
                 rows[c][s.name] = v
         dims: dict[str, int] = {}
         unembedded: dict[str, int] = {}
-        for name, e in self.cfg.enabled().items():
-            mid = model_id_of(e)
-            emb = read_embeddings(self.root, name, mid)
-            vecs = {}
-            if emb is not None:
-                dims[name] = emb.column("vector").type.list_size
-                # only vectors of what the clip is now (a re-captioned clip's old vector is stale)
-                current = {c: input_hash(mid, p) for c, p in self.payloads(clips, name).items()}
-                vecs = {c: v for c, v, h in zip(emb.column("clip_id").to_pylist(), vectors_of(emb),
-                                                emb.column("input_hash").to_pylist()) if current.get(c) == h}
+        for name in self.cfg.enabled():
+            found = self.current_vectors(clips, name)
+            vecs = dict(zip(found[0], found[1])) if found else {}
             unembedded[name] = sum(c not in vecs for c in ids)
-            if name not in dims:
+            if not found:
                 continue
+            dims[name] = found[1].shape[1]
             for c in ids:
                 v = vecs.get(c)
                 rows[c][has_field(name)] = v is not None
@@ -215,27 +242,68 @@ class ClipIndex:
 
     # ---- check / repair / index -------------------------------------------------------------------
     def check(self) -> Reconcile:
-        """Compare the collection with Parquet; change nothing."""
+        """Compare the collection with Parquet; change nothing. A damaged Lite store is reported in
+        `damaged` (with everything counted as missing)."""
         scalars, dims, rows, unembedded = self.desired()
         rec = Reconcile(unembedded=unembedded, rows=len(rows))
-        if not self.store.exists():
-            rec.schema_changed = True
-            rec.missing = sorted(rows)
+        lite_path = self.lite_path()
+        try:
+            if (lite_path is not None and not lite_path.exists()) or not self.store.exists():   # (opening Lite creates it)
+                rec.schema_changed = True
+                rec.missing = sorted(rows)
+                return rec
+            if self.store.describe() != self.store.wanted(scalars, dims):
+                rec.schema_changed = True
+            stored = self.store.row_hashes()
+        except StoreDamaged as e:
+            rec.damaged, rec.schema_changed, rec.missing = str(e), True, sorted(rows)
             return rec
-        if self.store.describe() != self.store.wanted(scalars, dims):
-            rec.schema_changed = True
-        stored = self.store.row_hashes()
         rec.missing = sorted(set(rows) - set(stored))
         rec.extra = sorted(set(stored) - set(rows))
         rec.stale = sorted(c for c in set(rows) & set(stored) if rows[c][ROW_HASH] != stored[c])
         return rec
 
-    def repair(self, log=print) -> Reconcile:
+    def repair(self, log=print, rebuild: bool = False) -> Reconcile:
         """Make the collection match Parquet (recreating it when its fields changed); returns what
-        was found before repairing."""
+        was found before repairing. With `rebuild`, a Milvus Lite store is removed whatever state it
+        is in and built again from Parquet; a Lite store found damaged is rebuilt in any case."""
         scalars, dims, rows, unembedded = self.desired()
+        if not dims:
+            raise NothingToIndex(self.nothing_to_embed(self.clip_table()) or
+                                 "no clip has a vector yet (none could be embedded): nothing to index")
+        lite_path = self.lite_path()
+        if lite_path is not None and rebuild:
+            self._remove_lite(log, "rebuilding it from Parquet (--repair)")
+        try:
+            rec = self._sync(scalars, dims, rows, log)
+        except StoreDamaged as e:
+            if lite_path is None:
+                raise
+            self._remove_lite(log, f"rebuilding it from Parquet (it was damaged: {e.why})")
+            rec = self._sync(scalars, dims, rows, log)
+            rec.damaged = str(e)
+        rec.unembedded = unembedded
+        rec.rebuilt = rebuild or bool(rec.damaged)
+        return rec
+
+    def _remove_lite(self, log, why: str) -> None:
+        path = self.lite_path()
+        self.close()
+        if lite.open_here(path):
+            raise StoreBusy(f"{path} is open elsewhere in this process: close that index before rebuilding it",
+                            os.getpid())
+        try:
+            done = lite.remove(path, self.cfg.milvus.lock_wait_s, self.notify)
+        except lite.Busy as e:
+            raise StoreBusy(f"{path} is in use by {lite.describe_pid(e.pid)}: not rebuilding it while it is open "
+                            "(rerun when that process is done)", e.pid) from None
+        except OSError as e:
+            raise StoreError(str(e)) from e
+        log(f"Milvus Lite store: {done}; {why}")
+
+    def _sync(self, scalars, dims, rows, log) -> Reconcile:
         store = self.store
-        rec = Reconcile(unembedded=unembedded, rows=len(rows))
+        rec = Reconcile(rows=len(rows))
         if not store.exists() or store.describe() != store.wanted(scalars, dims):
             rec.schema_changed = True
             if store.exists():
@@ -255,76 +323,9 @@ class ClipIndex:
         elif rec.missing:
             store.insert([rows[c] for c in rec.missing])    # a new collection: nothing to replace
         store.flush()
+        # a Lite store that loses rows while being written is not "repaired" (a server may count late)
+        if store.is_lite and (held := store.count()) != len(rows):
+            raise store.damaged(f"it holds {held} rows after the sync, the library {len(rows)} clips")
         return rec
 
-    # ---- search ---------------------------------------------------------------------------------
-    def fields(self) -> dict[str, Field]:
-        """The fields `where` may use: the collection's scalar fields."""
-        kinds = {"INT64": "number", "DOUBLE": "number", "VARCHAR": "string", "BOOL": "bool"}
-        out: dict[str, Field] = {}
-        values = known_values()
-        for name, (tname, _) in self.store.describe().items():
-            if name in (ROW_HASH, "caption") or name.startswith("has_") or tname not in kinds:
-                continue
-            out[name] = Field(name, kinds[tname], values.get(name))  # type: ignore[arg-type]
-        for name, of in DERIVED.items():
-            if of in out:
-                out[name] = Field(name, "bool", not_null_of=of)
-        return out
-
-    def vector_fields(self) -> list[str]:
-        return [n for n, (t, _) in self.store.describe().items() if t == "FLOAT_VECTOR"]
-
-    def _embedders_in_collection(self) -> dict[str, str]:
-        """kind ('text'/'clip') -> embedder name, for embedders with a vector field."""
-        present = set(self.vector_fields())
-        return {e.kind: n for n, e in self.cfg.enabled().items() if vector_field(n) in present}
-
-    def _resolve_mode(self, mode: Mode, have: dict[str, str]) -> list[str]:
-        want = {"caption": ["text"], "visual": ["clip"], "hybrid": ["text", "clip"]}
-        if mode == "auto":
-            kinds = [k for k in ("text", "clip") if k in have]
-        else:
-            kinds = want[mode]
-            missing = [k for k in kinds if k not in have]
-            if missing:
-                what = {"text": "caption", "clip": "visual"}
-                raise SearchError(f"mode {mode!r} needs {' and '.join(what[k] for k in missing)} vectors, which this "
-                                  "index does not have (enable the embedder in configs/index.yaml and run `recap index`)")
-        if not kinds:
-            raise SearchError("the index has no vectors yet: run `recap index LIB`")
-        return [have[k] for k in kinds]
-
-    def search(self, text: str | None = None, *, like: str | None = None, top_k: int = 10,
-               where: str | None = None, mode: Mode = "auto") -> list[Hit]:
-        """Clips closest to `text` (or to clip `like`), best first, among those matching `where`."""
-        if (text is None) == (like is None):
-            raise SearchError("give either a text query or like=CLIP_ID")
-        if not self.store.exists():
-            raise SearchError(f"{self.root} has no index yet: run `recap index {self.root}`")
-        expr = compile_where(where, self.fields(), set(known_columns())).milvus() if where else ""
-        names = self._resolve_mode(mode, self._embedders_in_collection())
-        if like is not None:
-            if not CLIP_ID.fullmatch(like):
-                raise SearchError(f"{like!r} is not a clip id")
-            got = self.store.get([like], [vector_field(n) for n in names] + [has_field(n) for n in names])
-            if not got:
-                raise SearchError(f"no clip {like!r} in the index")
-            names = [n for n in names if got[0].get(has_field(n))]
-            if not names:
-                raise SearchError(f"clip {like!r} has no vectors for this mode")
-            queries = {n: list(got[0][vector_field(n)]) for n in names}
-            expr = f'({PK} != "{like}")' + (f" and {expr}" if expr else "")
-        else:
-            queries = {n: self.model(n).embed_texts([text])[0].tolist() for n in names}
-        fields = [f for f in DISPLAY if f in self.store.describe()]
-        if len(queries) == 1:
-            (name, q), = queries.items()
-            raw = self.store.search(name, [q], top_k, expr, fields)[0]
-        else:
-            raw = self.store.hybrid(queries, top_k, expr, fields, self.cfg.rrf_k)
-        return [Hit(rank=i + 1, score=float(h["distance"]), clip_id=h[PK] if PK in h else h["id"],
-                    **{k: h["entity"].get(k) for k in fields}) for i, h in enumerate(raw)]
-
-
-__all__ = ["ClipIndex", "Hit", "Reconcile", "SearchError", "WhereError"]
+__all__ = ["ClipIndex", "Hit", "Mode", "NothingToIndex", "Reconcile", "SearchError", "WhereError"]

@@ -3,9 +3,13 @@ users filter on, one vector field per embedder (`<embedder>_vec`, cosine) and, p
 a `has_<embedder>` flag (a clip without a caption yet has no caption vector, and Milvus would
 return such rows as zero vectors).
 
-Milvus Lite (a file, `LIB/milvus.db` by default) allows one process, so one `MilvusStore` writes;
+Milvus Lite (a folder, `LIB/milvus.db` by default) admits one process, so one `MilvusStore` writes;
 writes are upserts, so repeating them changes nothing. `row_hash` holds a digest of everything
 written for the clip, which is how `recap index --check` finds stale rows.
+
+Milvus Lite's folder is a cache of Parquet: a store that fails to open or read is reported as
+`StoreDamaged` (`recap index --repair` removes and rebuilds it), one held by another process as
+`StoreBusy` naming that process (see `index.lite`).
 """
 
 from __future__ import annotations
@@ -13,23 +17,38 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from index.config import MilvusConfig
+from index import lite
+from index.config import INDEX_PARAM_KEYS, SEARCH_PARAM_KEYS, MilvusConfig
 
 PK = "clip_id"
 ROW_HASH = "row_hash"
-VARCHAR_MAX = {"caption": 65535, "source": 4096, "path": 4096}
-INDEX_PARAM_KEYS = {"HNSW": ("M", "efConstruction"), "IVF_FLAT": ("nlist",), "IVF_SQ8": ("nlist",),
-                    "IVF_PQ": ("nlist", "m", "nbits"), "FLAT": (), "AUTOINDEX": ()}
-SEARCH_PARAM_KEYS = {"HNSW": ("ef",), "IVF_FLAT": ("nprobe",), "IVF_SQ8": ("nprobe",), "IVF_PQ": ("nprobe",)}
+VARCHAR_MAX = {"caption": 65535, "ocr_text": 65535, "source": 4096, "path": 4096}
 
 
 class StoreError(RuntimeError):
     """Milvus is unreachable or refused a request; the message says which server and why."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds the Milvus Lite folder (Lite admits one process at a time)."""
+
+    def __init__(self, message: str, pid: int):
+        super().__init__(message)
+        self.pid = pid
+
+
+class StoreDamaged(StoreError):
+    """The Milvus Lite folder cannot be opened or read; Parquet is intact and rebuilds it."""
+
+    def __init__(self, message: str, why: str = ""):
+        super().__init__(message)
+        self.why = why or message
 
 
 def vector_field(embedder: str) -> str:
@@ -61,37 +80,87 @@ def row_hash(row: dict[str, Any]) -> str:
 class MilvusStore:
     """A connection to Milvus (Lite file or server) and the library's collection in it."""
 
-    def __init__(self, lib_root: str | Path, cfg: MilvusConfig):
+    def __init__(self, lib_root: str | Path, cfg: MilvusConfig, notify: Callable[[str], None] | None = None,
+                 lock_wait_s: float | None = None):
+        self.cfg = cfg
+        self.lock_wait_s = cfg.lock_wait_s if lock_wait_s is None else lock_wait_s
+        self.lib_root = Path(lib_root)
+        self.is_lite = cfg.is_lite()
+        self.uri = cfg.uri or str(self.lib_root / "milvus.db")
+        self.collection = cfg.collection or ("clips" if self.is_lite else
+                                             "recap_" + hashlib.sha1(str(self.lib_root.resolve()).encode()).hexdigest()[:12])
+        self.index_type = cfg.lite_index if self.is_lite else cfg.server_index
+        self.notify = notify
+        self._described: dict[str, Any] | None = None
+        self._loaded = False
+        self._connect()
+
+    def _connect(self) -> None:
         # lazy: pymilvus takes ~0.8 s to import; only store operations need it
         from pymilvus import MilvusClient
 
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)   # errors are raised, not logged twice
-        self.cfg = cfg
-        self.is_lite = not cfg.uri or not cfg.uri.startswith(("http://", "https://", "tcp://", "unix:"))
-        self.uri = cfg.uri or str(Path(lib_root) / "milvus.db")
-        self.collection = cfg.collection or ("clips" if self.is_lite else
-                                             "recap_" + hashlib.sha1(str(Path(lib_root).resolve()).encode()).hexdigest()[:12])
-        self.index_type = cfg.lite_index if self.is_lite else cfg.server_index
-        self._described: dict[str, Any] | None = None
-        self._loaded = False
-        try:
-            self.client = MilvusClient(self.uri, token=cfg.token, timeout=cfg.timeout_s)
-        except Exception as e:  # noqa: BLE001  (connection errors come in several types)
-            raise StoreError(f"cannot connect to Milvus at {self.uri}: {_reason(e)}. "
-                             "Is the server up and the token right? The library's Parquet is untouched.") from e
+        # pymilvus (its import configures its loggers), milvus_lite and the gRPC server it runs in this
+        # process log tracebacks of what reaches the caller anyway as a StoreError (or of pymilvus
+        # calls Lite does not implement, which pymilvus works around)
+        for name in ("pymilvus", "pymilvus.milvus_client", "milvus_lite", "grpc._server"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        deadline = time.monotonic() + self.lock_wait_s
+        tries = 0
+        while True:
+            if self.is_lite:
+                self._check_lite_folder(deadline)
+            try:
+                self.client = MilvusClient(self.uri, token=self.cfg.token, timeout=self.cfg.timeout_s)
+                break
+            except Exception as e:  # noqa: BLE001  (connection errors come in several types)
+                if not self.is_lite:
+                    raise StoreError(f"cannot connect to Milvus at {self.uri}: {_reason(e)}. Is the server up "
+                                     "and the token right? The library's Parquet is untouched.") from e
+                tries += 1
+                pid = lite.lock_holder(self.uri)
+                # free now, yet it failed: damaged, unless it failed on another process's passing
+                # probe of the lock (lock_holder takes it for a moment): that one does not repeat
+                if pid is None and tries >= 3:
+                    raise self.damaged(f"Milvus Lite cannot open it: {_reason(e)}") from e
+                if pid is not None and time.monotonic() >= deadline:    # taken since the check
+                    raise StoreBusy(f"{self.uri} is in use by {lite.describe_pid(pid)}", pid) from e
+                time.sleep(0.05)
+        if self.is_lite:
+            lite.opened(self.uri)
+
+    def _check_lite_folder(self, deadline: float) -> None:
+        path = Path(self.uri)
+        if path.exists() and not path.is_dir():
+            raise self.damaged("it is a file, not a Milvus Lite folder")
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot open Milvus Lite at {path}: folder {path.parent} does not exist")
+        pid = lite.wait_until_free(path, max(0.0, deadline - time.monotonic()), self.notify)
+        if pid is not None:
+            raise StoreBusy(f"{path} is in use by {lite.describe_pid(pid)}: Milvus Lite admits one process at a "
+                            f"time (waited {self.lock_wait_s:g} s, milvus.lock_wait_s). Rerun when it is done, "
+                            "or serve the index from a Milvus server (--milvus-uri) to share it.", pid)
+
+    def damaged(self, why: str) -> StoreDamaged:
+        return StoreDamaged(f"the Milvus Lite store {self.uri} is damaged ({why}). The library's Parquet is "
+                            f"intact: `recap index {self.lib_root} --repair` rebuilds the store from it.", why)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
+            if self.is_lite:
+                raise self.damaged(f"failed to {what}: {_reason(e)}") from e
             raise StoreError(f"Milvus at {self.uri} failed to {what}: {_reason(e)}") from e
 
     # ---- schema ---------------------------------------------------------------------------------
     def exists(self) -> bool:
         """Whether the collection exists; loads it if so (a collection opened by a new process is
-        released, and a released collection refuses search and query)."""
+        released, and a released collection refuses search and query). Once found and loaded it is
+        not asked again (one round trip less per search); `drop` and `create` forget it."""
+        if self._loaded:
+            return True
         found = bool(self._call("list collections", self.client.has_collection, self.collection))
-        if found and not self._loaded:
+        if found:
             self._call("load the collection", self.client.load_collection, self.collection)
             self._loaded = True
         return found
@@ -132,14 +201,15 @@ class MilvusStore:
             index.add_index(field_name=vector_field(name), index_type=self.index_type, metric_type="COSINE",
                             params=params)
         self._described = None
+        self._loaded = False
         self._call("create the collection", self.client.create_collection, self.collection, schema=schema,
                    index_params=index)
 
     def drop(self) -> None:
-        self._described = None
-        self._loaded = False
         if self.exists():
             self._call("drop the collection", self.client.drop_collection, self.collection)
+        self._described = None
+        self._loaded = False
 
     # ---- writing --------------------------------------------------------------------------------
     def upsert(self, rows: list[dict[str, Any]]) -> int:
@@ -212,10 +282,16 @@ class MilvusStore:
         return int(res[0]["count(*)"])
 
     def close(self) -> None:
+        client = getattr(self, "client", None)
+        if client is None:
+            return
+        self.client = None
         try:
-            self.client.close()
+            client.close()
         except Exception:  # noqa: BLE001  (closing a dead connection is not an error worth raising)
             pass
+        if self.is_lite:
+            lite.closed(self.uri)
 
 
 def _and(a: str, b: str) -> str:

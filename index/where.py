@@ -17,6 +17,8 @@ Grammar (keywords are lower case):
                | FIELD ["not"] "in" "[" literal ("," literal)* "]"
                | FIELD "is" ["not"] "null"
     literal   := NUMBER | "string" | 'string' | true | false
+    NUMBER    := an integer within +-2^53, or a finite decimal (1.5, 1e-3, -2e20): what Arrow, DuckDB
+                 and Milvus all hold exactly; anything else is refused with a caret, never overflowed
 
 Missing values follow SQL: a comparison with a missing value is unknown, `not unknown` is
 unknown, and a row is kept only when the whole expression is true; `in` on a missing value is
@@ -42,6 +44,9 @@ SAFE_STRING = re.compile(r"[A-Za-z0-9 _\-.:/+@=,#%()\[\]]*")
 COMPARISONS = ("==", "!=", "<=", ">=", "<", ">")
 ORDERING = ("<", "<=", ">", ">=")
 KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false"}
+# Integers every backend holds exactly (Arrow compares an int with a float column as a double, so
+# 2^53 is the bound, not int64's); decimals must be finite (1e999 would become inf).
+MAX_INT = 2**53
 
 
 class WhereError(ValueError):
@@ -107,7 +112,7 @@ def tokenize(text: str) -> list[Token]:
             tokens.append(Token("string", text[i:end + 1], i, body))
             i = end + 1
         elif (m := _NUMBER.match(text, i)) and (c != "-" or _minus_is_sign(tokens)):
-            tokens.append(Token("number", m.group(), i, _number(m.group())))
+            tokens.append(Token("number", m.group(), i, _number(m.group(), text, i)))
             i = m.end()
         elif m := _IDENT.match(text, i):
             word = m.group()
@@ -123,8 +128,19 @@ def _minus_is_sign(tokens: list[Token]) -> bool:
     return not tokens or tokens[-1].kind in ("op", "punct")
 
 
-def _number(s: str) -> int | float:
-    return int(s) if re.fullmatch(r"-?\d+", s) else float(s)
+def _number(s: str, text: str = "", pos: int | None = None) -> int | float:
+    """The literal's value, refused when a backend could not hold it exactly (the same error for
+    search, export and caption, instead of an overflow in one and a wrong answer in another)."""
+    if re.fullmatch(r"-?\d+", s):
+        value = int(s)
+        if abs(value) > MAX_INT:
+            raise WhereError(f"integer {s} is out of range (at most 2^53 = {MAX_INT} either way; "
+                             "a decimal such as 1e20 compares with huge values)", text, pos)
+        return value
+    value = float(s)
+    if value in (float("inf"), float("-inf")):
+        raise WhereError(f"number {s} is out of range (larger than a double can hold)", text, pos)
+    return value
 
 
 # ---- tree -------------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from captioner.frames import FrameReader, clip_source, sample_indices
-from index.api import ClipIndex, Reconcile, model_id_of
+from index.api import ClipIndex, NothingToIndex, Reconcile, model_id_of
 from index.config import EmbedderConfig, IndexConfig
 from index.embedders import load_embedder
+from index.store import StoreDamaged
 from pipeline.stages import Resources, Row, Stage, run_stages
 from pipeline.stages.execution import ExecutionConfig
 from trainer.typedconfig import load_with_defaults
@@ -52,12 +52,19 @@ class ClipFramesStage(Stage):
         self.frames = frames
         self.resources = Resources(cpus=cpus)
         self.batch_size = batch_size
-        self.reader: FrameReader | None = None
+        self.reader: Any = None
 
     def setup(self) -> None:
+        # not in every `recap search`, which imports this module for its config:
+        # lazy: frame decoding (av, cv2, decord) loads only where a visual embedder reads frames
+        from captioner.frames import FrameReader
+
         self.reader = FrameReader()
 
     def process(self, batch: list[Row]) -> list[Row]:
+        # lazy: loaded by setup() already (see there)
+        from captioner.frames import clip_source, sample_indices
+
         out = []
         for row in batch:
             try:
@@ -143,10 +150,22 @@ def _save(index: ClipIndex, name: str, rows: list[Row]) -> int:
 
 
 def run_index(lib_root: str | Path, cfg: IndexJobConfig, embed: bool = True, milvus_uri: str | None = None,
-              token: str | None = None, log: Callable[[str], None] = print) -> Reconcile:
-    """Embed new clips (unless `embed=False`), then make the collection match Parquet."""
+              token: str | None = None, log: Callable[[str], None] = print, rebuild: bool = False) -> Reconcile:
+    """Embed new clips (unless `embed=False`), then make the collection match Parquet; with
+    `rebuild`, a Milvus Lite store is removed and built again from Parquet whatever state it is in.
+    Raises NothingToIndex, before writing anything, when no enabled embedder has anything to embed."""
     with ClipIndex(lib_root, cfg, milvus_uri=milvus_uri, token=token) as index:
-        index.store.exists()   # an unreachable server fails here, before anything is written
+        reason = index.nothing_to_embed(index.clip_table())
+        if reason:
+            raise NothingToIndex(reason)
+        try:
+            # Lite: opening takes the store's lock (waiting for, then naming, another process holding
+            # it) before anything is embedded; a server that is unreachable fails here
+            index.store.exists()
+        except StoreDamaged:
+            if index.lite_path() is None:
+                raise
+            # a damaged Lite store is no reason to stop: `repair` rebuilds it from Parquet below
         if embed:
             embed_library(index, cfg.execution, log)
-        return index.repair(log)
+        return index.repair(log, rebuild=rebuild)

@@ -129,9 +129,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def require_ffprobe() -> str:
-    exe = shutil.which("ffprobe")
+    return _require("ffprobe")
+
+
+def require_ffmpeg() -> str:
+    return _require("ffmpeg")
+
+
+def _require(tool: str) -> str:
+    exe = shutil.which(tool)
     if exe is None:
-        pytest.skip("ffprobe CLI not installed (the oracle for these checks; apt-get install ffmpeg)")
+        pytest.skip(f"{tool} CLI not installed (the oracle and remuxer for these checks; apt-get install ffmpeg)")
     return exe
 
 

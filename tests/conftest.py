@@ -26,6 +26,17 @@ def _no_ray_left_running():
             ray.shutdown()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Trainer tests run torch on one thread: results do not depend on the machine's cores."""
+    import torch  # lazy: most tests never need torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_shots() -> Path:
     """The real test videos with ground truth; tests skip where a clone does not have them."""

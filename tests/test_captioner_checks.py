@@ -92,8 +92,34 @@ def test_signal_caption_is_deterministic_and_uses_what_is_measured():
            "width": 1280, "height": 720, "fps": 25.0}
     text = signal_caption(row)
     assert text == signal_caption(dict(row))
-    for phrase in ("4.2-second", "panning left", "moderate motion", "Bright", "vivid colours", "low contrast",
+    for phrase in ("4.2-second", "panning left", "moderate motion", "bright", "vivid colours", "low contrast",
                    "letterboxed", '"BREAKING NEWS"', "1280x720 at 25 fps"):
         assert phrase in text, phrase
     bare = signal_caption({"clip_id": "c", "duration_s": 2.0, "camera_motion": None, "brightness": 30.0})
-    assert bare == "A 2.0-second shot. Dark picture."
+    assert bare == "A 2.0-second shot. The picture is dark."
+
+
+# every sentence the signal caption can write, as a pattern: what is filled in is a phrase of its kind
+_NOUN = r"(almost no colour|muted colours|rich colours|vivid colours|low contrast|high contrast)"
+_SENTENCES = [
+    r"A( \d+\.\d-second)? shot( filmed with a ([a-z]+ )*camera( [a-z]+)*(, with [a-z ]+ motion)?| with [a-z ]+ motion)?\.",
+    rf"The picture is (dark|dim|evenly lit|bright)(, with {_NOUN}( and {_NOUN})?)?\.",
+    rf"The picture has {_NOUN}( and {_NOUN})?\.",
+    r"The frame is (letter|pillar|window)boxed\.",
+    r"\d+x\d+( at \d+ fps)?\.",
+]
+
+
+def test_signal_captions_are_whole_sentences_for_every_combination():
+    import itertools
+    import re
+
+    levels = {"motion_score": [None, 0.1, 1.0, 5.0, 30.0], "camera_motion": [None, "static", "zoom_in", "shaky"],
+              "brightness": [None, 30.0, 80.0, 120.0, 200.0], "colorfulness": [None, 5.0, 20.0, 50.0, 90.0],
+              "contrast": [None, 10.0, 50.0, 90.0], "bars": [None, "none", "pillarbox"]}
+    for values in itertools.product(*levels.values()):
+        row = dict(zip(levels, values), duration_s=3.0, width=640, height=360, fps=25.0)
+        text = signal_caption(row)
+        sentences = re.split(r"(?<=\.) (?=[A-Z0-9])", text)
+        for s in sentences:
+            assert any(re.fullmatch(p, s) for p in _SENTENCES), f"not a sentence we write: {s!r} in {text!r}"

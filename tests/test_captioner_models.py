@@ -81,8 +81,9 @@ def test_degenerate_outputs_are_flagged_and_retried(tmp_path_factory):
 
 
 def test_missing_weights_name_the_model_and_how_to_fetch_it(tmp_path, tmp_path_factory):
-    with pytest.raises(MissingModelError, match=r"does not exist.*hf download"):
+    with pytest.raises(MissingModelError, match=r"does not exist; check the path") as missing:
         TransformersBackend(ModelConfig(id=str(tmp_path / "nowhere")))
+    assert f"hf download {tmp_path}" not in str(missing.value)      # a local path is not a hub id
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(MissingModelError, match="no config.json"):
@@ -91,7 +92,7 @@ def test_missing_weights_name_the_model_and_how_to_fetch_it(tmp_path, tmp_path_f
     src = tiny_model(tmp_path_factory, "qwen2_5_vl")
     partial = tmp_path / "partial"
     shutil.copytree(src, partial, ignore=shutil.ignore_patterns("*.safetensors"))
-    with pytest.raises(MissingModelError, match=r"partial.*could not be loaded.*--model /path/to/folder"):
+    with pytest.raises(MissingModelError, match=r"partial.*could not be loaded.*check the path"):
         TransformersBackend(ModelConfig(id=str(partial)))
     with pytest.raises(MissingModelError, match="no model configured"):
         TransformersBackend(ModelConfig(id=""))

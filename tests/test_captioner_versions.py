@@ -188,14 +188,17 @@ def test_missing_model_is_a_clear_error_and_writes_nothing(library, capsys):
     assert caption(lib, "--model", lib.parent / "no-such-model", "--local") == 2
     err = capsys.readouterr().err
     assert "no-such-model" in err and "hf download" in err and "nothing was written" in err
-    # a hub id, offline: the same, from a fresh process (the hub client reads HF_HUB_OFFLINE at import)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(lib.parent / "hf"))
+    # a hub id not in the cache: recap does not go to the network for it unless asked (a fresh
+    # process with the hub online but unreachable, so an attempt would show as a connection error)
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_HOME=str(lib.parent / "hf"), HF_ENDPOINT="http://127.0.0.1:9")
     code = ("import argparse, sys; from pipeline.cli import caption as c; p = argparse.ArgumentParser(); "
             "c.add_arguments(p); sys.exit(c.run(p.parse_args(sys.argv[1:])))")
     proc = subprocess.run([sys.executable, "-c", code, str(lib), "--model", "recap-test/no-such-vlm"],
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "recap-test/no-such-vlm" in proc.stderr and "hf download recap-test/no-such-vlm" in proc.stderr
+    assert "not found in the local Hugging Face cache (recap downloads nothing unless asked" in proc.stderr
     assert not CaptionStore(lib).parts()
 
 

@@ -68,3 +68,42 @@ def test_exponent_without_dot_is_a_number_where_a_number_is_wanted(tmp_path) -> 
     for bad in ("fast", "nan", "inf"):
         with pytest.raises(ConfigError, match="lr: expected a number"):
             load_config(Job, overrides=[f"lr={bad}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    # a typo in a filter name used to fail with "FilterRule.__init__() missing 1 required positional argument"
+    ("filters.moton.min=1.0", r"filters\.moton: no such entry \(known: .*motion.*\); a new entry needs column"),
+    ("filters.motion.min=abc", r"filters\.motion\.min: expected a number, got 'abc'"),
+    ("filters.motion.min=.nan", r"filters\.motion\.min: expected a finite number, got nan"),
+    ("filters.motion.max=.inf", r"filters\.motion\.max: expected a finite number, got inf"),
+])
+def test_messages_say_what_was_given(override: str, message: str) -> None:
+    from pipeline.filters.config import load_filter_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_filter_config(None, [override])
+
+
+def test_a_new_entry_with_its_required_keys_is_accepted() -> None:
+    from pipeline.filters.config import load_filter_config
+
+    cfg = load_filter_config(None, ["filters.bright.column=brightness", "filters.bright.max=200"])
+    assert cfg.filters["bright"].column == "brightness" and cfg.filters["bright"].max == 200
+
+
+@pytest.mark.parametrize("loader, override, message", [
+    ("caption", "model.device=gpu", r"model\.device: 'gpu' is not"),
+    ("caption", "openai.concurrency=0", r"openai: .*concurrency >= 1"),
+    ("caption", "checks.max_retries=-1", r"checks: .*max_retries >= 0"),
+    ("caption", "execution.actors=0", r"execution: actors >= 1"),
+    ("filters", "filters.motion.min=100", r"filters\.motion: filter on motion_score: min 100 is above max"),
+    ("export", "crf=99", r"crf <= 51"),
+])
+def test_values_are_checked_at_load_and_name_their_section(loader: str, override: str, message: str) -> None:
+    from pipeline.caption.config import load_caption_config
+    from pipeline.export.config import load_export_config
+    from pipeline.filters.config import load_filter_config
+
+    load = {"caption": load_caption_config, "filters": load_filter_config, "export": load_export_config}[loader]
+    with pytest.raises(ConfigError, match=message):
+        load(None, [override])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 
 from pipeline.ingest.analysis import AnalysisFrame
-from pipeline.ingest.config import DecodeConfig
+from pipeline.ingest.config import DecodeConfig, load_ingest_config
 from pipeline.ingest.decode import DecodeError, analysis_size, decode_pass
+from pipeline.ingest.worker import ingest_source
 from pipeline.stages.execution import available_cpus
-from tests.avfiles import ffprobe, ffprobe_frame_count
+from tests.avfiles import ffprobe, ffprobe_frame_count, frame_image, require_ffmpeg, write_video
 
 CFG = DecodeConfig(threads=2)
 
@@ -190,3 +192,42 @@ def test_shared_files_match_ffprobe(shared_shots: Path, name: str) -> None:
         assert result.pts_s[60] == pytest.approx(3.754, abs=1e-3)   # the cut's documented time
     if name == "delayed_start.mp4":
         assert result.pts_s[0] == pytest.approx(1.075, abs=1e-3)
+
+
+def _shown_index(frame_rgb: np.ndarray, candidates: range) -> int:
+    """Which `frame_image(i)` a decoded frame (any size) shows: its colour encodes i."""
+    from tests.captioner_lib import frame_code
+
+    code = np.array(frame_code(frame_rgb))
+    return candidates[int(np.argmin([np.abs(np.array(frame_code(frame_image(i, 160, 96))) - code).sum()
+                                     for i in candidates]))]
+
+
+@pytest.mark.parametrize("suffix, bsf", [(".avi", "h264_mp4toannexb"), (".mkv", "setts=pts=DTS")])
+def test_b_frames_labelled_in_decode_order_keep_every_frame(tmp_path: Path, suffix: str, bsf: str) -> None:
+    # H.264 with B-frames in AVI (which stores no PTS: the demuxer's guesses follow decode order) and
+    # in an MKV whose PTS were written as DTS. The decoder hands frames out in presentation order,
+    # labelled with a permutation of the right times; every frame must be kept, in order.
+    src = write_video(tmp_path / "src.mp4", n_frames=72, fps=24, bframes=3)
+    path = tmp_path / f"b{suffix}"
+    subprocess.run([require_ffmpeg(), "-v", "error", "-i", str(src), "-c", "copy", "-bsf:v", bsf, str(path)], check=True)
+    rec = Recorder()
+    result = decode_pass(path, CFG, [rec])
+    assert result.n_frames == ffprobe_frame_count(path) == 72
+    assert result.dropped_frames == 0 and result.warnings is None and abs(result.fps - 24) < 0.5
+    shown = [_shown_index(f.bgr[..., ::-1], range(72)) for f in rec.frames]
+    assert shown == list(range(72))
+
+    # the clips cut from it hold exactly their frames (ffprobe counts the files)
+    cfg = load_ingest_config(None, ["clips.mode=remux", "signals.enabled=false", "clips.min_seconds=0.5",
+                                    "clips.max_seconds=1.2", "shots.cut_threshold=1000"])
+    out = ingest_source(str(path), cfg, tmp_path / "lib")
+    assert out.outcome == "ingested" and out.rows["videos"][0]["decode_warnings"] is None
+    clips = out.rows["clips"]
+    assert len(clips) >= 2
+    for clip in clips:
+        file = tmp_path / "lib" / clip["path"]
+        assert ffprobe_frame_count(file) == clip["file_n_frames"] >= clip["file_start_frame"] + clip["n_frames"]
+        with av.open(str(file)) as container:
+            first = next(f for i, f in enumerate(container.decode(video=0)) if i == clip["file_start_frame"])
+        assert _shown_index(first.to_ndarray(format="rgb24"), range(72)) == clip["start_frame"]

@@ -19,6 +19,7 @@ from bench.prompt_following import run_proof
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)   # 5-8 min on a quiet 2-core machine, 10+ under load: pytest's default 600 s is no margin
 def test_trained_model_follows_its_prompts(tmp_path: Path):
     report = run_proof(tmp_path, per_pair=4, seeds_per_caption=2)
     r = report["results"]

@@ -80,7 +80,8 @@ def test_where_filters_results(lib):
     ("duration_s ~= 3", "unexpected character '~'"),
     ('camera_motion == "dolly"', "not a value of 'camera_motion'"),
     ('clip_id != "" or 1 == 1', "expected a field name"),
-    ('caption == "x"', "unknown field 'caption'"),
+    ('caption > 3', "operator '>' needs a number field; 'caption' is a string field"),
+    ("n_frames < 99999999999999999999999999", "integer 99999999999999999999999999 is out of range"),
 ])
 def test_where_is_validated(lib, where, message):
     with pytest.raises(WhereError, match=message):
@@ -213,3 +214,14 @@ def test_caption_version_choice(tmp_path):
     chosen = _captions(root, load_index_config(overrides=[f"captions.version={other}"]).captions.version)
     assert chosen.column("caption").to_pylist() == ["A parrot on a branch."]
     assert set(chosen.column("caption_version").to_pylist()) == {other}
+
+
+def test_cli_index_shows_no_loading_bar(tmp_path, capsys):
+    """Loading the bundled model says nothing ("Loading weights" bars were printed on every run)."""
+    from pipeline.cli import index as index_cli
+
+    root = make_library(tmp_path / "lib")
+    assert run_cli(index_cli, [str(root), "--set", "embedders.visual.enabled=false"]) == 0
+    captured = capsys.readouterr()
+    assert "Loading weights" not in captured.err + captured.out
+    assert f"{len(CLIPS)} clips in the library" in captured.out

@@ -3,6 +3,7 @@ random CLIP built locally and loaded by path through the real loader, visual and
 
 from __future__ import annotations
 
+import copy
 import json
 import string
 from datetime import datetime, timezone
@@ -25,7 +26,10 @@ SEGMENTS = [(220, 30, 30), (30, 30, 220), (215, 40, 35), (30, 200, 40)]   # red,
 
 def tiny_clip(path: Path) -> Path:
     """A random-weight CLIP (2 layers, 32 wide) with a character-level tokenizer, saved like a hub model."""
+    import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
+
+    torch.manual_seed(0)      # the same random model every run
 
     text = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, vocab_size=64,
                 max_position_embeddings=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)
@@ -128,3 +132,14 @@ def test_visual_and_hybrid_search_with_a_tiny_clip(visual_lib):
         assert hybrid[0].clip_id == "clip0" and "clip4" not in {h.clip_id for h in hybrid}
         assert embed_library(lib, cfg.execution, log=lambda *_: None) == {"caption": 0, "visual": 0}
         assert lib.check().clean
+    # Lite's fast path (exact scan of the Parquet vectors) gives Milvus' answers, hybrid fusion included
+    slow_cfg = copy.deepcopy(cfg)
+    slow_cfg.milvus.exact_max_clips = 0
+    with ClipIndex(root, cfg) as fast, ClipIndex(root, slow_cfg) as slow:
+        for kwargs in [dict(text="red", mode="visual"), dict(text="a red screen", mode="hybrid"),
+                       dict(text="a blue picture", mode="hybrid", where="duration_s < 1"),
+                       dict(like="clip1", mode="hybrid"), dict(like="clip0", mode="auto"), dict(text="green")]:
+            assert fast.uses_exact() and not slow.uses_exact()
+            # (equal fused scores may come in either order)
+            got = sorted((-round(h.score, 5), h.clip_id) for h in fast.search(top_k=4, **kwargs))
+            assert got == sorted((-round(h.score, 5), h.clip_id) for h in slow.search(top_k=4, **kwargs)), kwargs

@@ -39,6 +39,10 @@ EXPRESSIONS = [
     "duplicate or (passed and duration_s > 5.0)",
     "n_frames <= 1e2 and duration_s > -1",
     'clip_id in ["c1", "c7"] or clip_id == "c3"',
+    # the largest literals every backend holds exactly, and decimals far past any column's range
+    "n_frames < 9007199254740992 and duration_s > -9007199254740992",
+    "n_frames < 1e26 or duration_s < -1e300",
+    "duration_s > 1e-7 and n_frames in [25, 62.0]",
 ]
 
 
@@ -96,6 +100,23 @@ def test_bad_expressions_name_the_problem(text, message):
 def test_injection_attempts_fail_validation(attack):
     with pytest.raises(WhereError):
         compile_where(attack, FIELDS)
+
+
+@pytest.mark.parametrize("text, bad", [
+    ("n_frames < 99999999999999999999999999", "99999999999999999999999999"),
+    ("n_frames > -9007199254740993", "-9007199254740993"),
+    ("duration_s > 1e999", "1e999"),
+    ("duration_s < -1e999", "-1e999"),
+    ("n_frames in [1, 2e400]", "2e400"),
+])
+def test_literals_out_of_range_are_refused_where_they_stand(text, bad):
+    """Not an OverflowError in Arrow (export, caption), nor `inf` sent to Milvus as a field name: one
+    error, pointing at the number, for every command that takes --where."""
+    with pytest.raises(WhereError, match="out of range") as e:
+        compile_where(text, FIELDS)
+    assert str(e.value).splitlines()[-1].index("^") - 2 == text.index(bad)
+    with pytest.raises(WhereError, match="out of range"):
+        compile_for_schema(text, TABLE.schema)
 
 
 def test_errors_point_at_the_token():

@@ -6,16 +6,23 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
 import av
 import numpy as np
+import psutil
 import pytest
 
+from pipeline.ingest.config import load_ingest_config
+from pipeline.ingest.job import run_ingest
+from pipeline.ingest.sandbox import SourceRunner
 from pipeline.library import Library
-from tests.conftest import recap
+from tests.conftest import RECAP, ROOT, recap
+from trainer.typedconfig import ConfigError
 
 BAD_KINDS = {
     "empty.mp4": "empty_file",
@@ -216,3 +223,234 @@ def test_permission_denied(sample_corpus: Path) -> None:
         assert out.stdout.split() == ["error", "permission_denied"], out.stderr
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- one source's budget: the sandbox ----------------------------------------------------------
+
+
+class _StallHandler(http.server.BaseHTTPRequestHandler):
+    """Promises a megabyte, sends a kilobyte, then nothing: a download that never ends."""
+
+    protocol_version = "HTTP/1.0"
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+
+    def do_GET(self):
+        self.do_HEAD()
+        try:
+            self.wfile.write(b"\0" * 1024)
+            self.wfile.flush()
+            threading.Event().wait(600)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stalled_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/stalled.mp4"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+def test_a_source_past_its_budget_is_an_error_row_and_the_next_one_runs(tmp_path: Path, stalled_url: str,
+                                                                          sample_corpus: Path) -> None:
+    """The wall-clock budget ends a download that never finishes; the CPU budget ends a source that
+    costs too much (here a placebo-preset encode); each is one `timeout` row naming its key, and
+    the good video queued behind runs in a fresh child."""
+
+    good = str(sorted(sample_corpus.glob("*.mp4"))[0])
+    runner = SourceRunner()
+    try:
+        slow = runner.run(stalled_url, load_ingest_config(overrides=["sources.timeout_s=3"]), tmp_path / "lib")
+        assert slow.outcome == "error"
+        (err,) = slow.rows["errors"]
+        assert (err["error_type"], err["stage"]) == ("timeout", "fetch") and "sources.timeout_s" in err["message"]
+        assert stalled_url in err["message"]
+
+        costly = load_ingest_config(overrides=["clips.mode=encode", "clips.encode_preset=placebo",
+                                               "sources.cpu_timeout_s=1"])
+        over = runner.run(good, costly, tmp_path / "lib")
+        (err,) = over.rows["errors"]
+        assert err["error_type"] == "timeout" and "sources.cpu_timeout_s" in err["message"], err
+        assert not list((tmp_path / "lib").rglob("*.mp4"))     # the stopped child's clip files are gone
+
+        after = runner.run(good, load_ingest_config(), tmp_path / "lib")
+        assert after.outcome == "ingested" and after.n_clips > 0
+    finally:
+        runner.close()
+
+
+# --- what a job checks before it writes anything ------------------------------------------------
+
+
+def test_bad_config_values_fail_at_load_naming_the_key() -> None:
+
+    for override, words in [("clips.encode_width=-2", "clips: encode_width >= 16 (got -2)"),
+                            ("clips.encode_preset=bogus", "clips.encode_preset: 'bogus' is not a libx264 preset"),
+                            ("execution.max_tasks_in_flight=-5", "execution: max_tasks_in_flight >= 0"),
+                            ("execution.cpus_per_task=.nan", "execution.cpus_per_task: expected a finite number"),
+                            ("sources.cache_max_gb=0", "sources: cache_max_gb > 0"),
+                            ("sources.timeout_s=-1", "sources: timeout_s >= 0"),
+                            ("decode.max_pixels=0", "decode: max_pixels >= 4096"),
+                            ("shots.cut_threshold=.inf", "shots.cut_threshold: expected a finite number"),
+                            ("signals.text.min_score=2", "signals.text: min_score <= 1"),
+                            ("signals.aesthetic.device=gpu", "signals.aesthetic.device: 'gpu'")]:
+        with pytest.raises(ConfigError) as err:
+            load_ingest_config(overrides=[override])
+        assert words in str(err.value), (override, str(err.value))
+
+
+def test_a_missing_aesthetic_model_fails_before_any_video(tmp_path: Path, sample_corpus: Path) -> None:
+
+    head = tmp_path / "head.safetensors"
+    head.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="signals.aesthetic.head"):
+        load_ingest_config(overrides=["signals.aesthetic.model=org/model", f"signals.aesthetic.head={tmp_path}/no.pth"])
+    for model in (str(tmp_path / "no-such-model"), "no-such-org/no-such-model"):
+        cfg = load_ingest_config(overrides=[f"signals.aesthetic.model={model}", f"signals.aesthetic.head={head}",
+                                            "execution.executor=local"])
+        with pytest.raises(ConfigError, match="signals.aesthetic.model"):
+            run_ingest([str(sample_corpus)], tmp_path / "lib", cfg, progress=False)
+        assert not (tmp_path / "lib").exists()
+
+
+def _one_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def _session_processes(pid: int) -> list[str]:
+    """Processes of the Ray session a driver with this pid started (Ray names it after the pid)."""
+    session = re.compile(rf"session_[0-9_-]+_{pid}(?![0-9])")
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(session.search(a) for a in p.info["cmdline"] or ()):
+            found.append(" ".join(p.info["cmdline"]))
+    return found
+
+
+def test_ray_that_cannot_start_is_one_line_exit_2_and_leaves_nothing(tmp_path: Path, sample_corpus: Path) -> None:
+    """Ray giving up on its own daemons (here: no time at all to wait for its GCS) gave a screen of
+    errors, a traceback, exit 1, an empty library and Ray daemons left running."""
+    env = dict(os.environ, RAY_gcs_server_port_wait_time_s="0")
+    proc = subprocess.Popen([*RECAP, "ingest", str(sample_corpus), "--out", str(tmp_path / "lib"), "--no-progress"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 2, stderr
+    line = _one_line(stderr)
+    assert line.startswith("recap ingest: error: Ray did not start") and "Traceback" not in stderr
+    assert not (tmp_path / "lib").exists()
+    assert _session_processes(proc.pid) == []
+
+
+def test_ray_address_auto_without_a_cluster_is_one_line_exit_2(tmp_path: Path, sample_corpus: Path) -> None:
+    empty = tmp_path / "tmp"           # where Ray looks for a running cluster: none here
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(TMPDIR=str(empty), RAY_TMPDIR=str(empty))
+    proc = subprocess.run([*RECAP, "ingest", str(sample_corpus), "--out", str(tmp_path / "lib"), "--no-progress",
+                           "--ray-address", "auto"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot join the Ray cluster at 'auto'" in _one_line(proc.stderr)
+    assert not (tmp_path / "lib").exists()
+
+
+def test_usage_errors_leave_no_library(tmp_path: Path, sample_corpus: Path) -> None:
+    proc = recap("ingest", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "lib"), check=False)
+    assert proc.returncode == 2 and "no such file" in _one_line(proc.stderr)
+    assert not (tmp_path / "lib").exists()
+
+
+@pytest.mark.slow
+def test_tasks_larger_than_any_node_fail_before_scheduling(tmp_path: Path, sample_corpus: Path) -> None:
+    """`execution.cpus_per_task=1000` waited forever for a node that does not exist (the generous
+    subprocess timeout is what a regression would hit)."""
+    proc = recap("ingest", str(sample_corpus), "--out", str(tmp_path / "lib"), "--no-progress",
+                 "--set", "execution.cpus_per_task=1000", check=False, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "execution.cpus_per_task" in _one_line(proc.stderr)
+    assert not (tmp_path / "lib").exists()
+
+
+# --- a library with no clips ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_library_without_clips_exits_3_with_its_error_rows_and_runs(tmp_path: Path, sample_corpus: Path) -> None:
+    """All sources bad, or settings that drop every clip: it exited 1 ("no committed clips"),
+    recorded no run, and every rerun crashed the same way."""
+    make_bad_inputs(tmp_path / "bad", sorted(sample_corpus.glob("*.mp4"))[0])
+    local = ["--set", "execution.executor=local", "--no-progress"]
+    for run in (1, 2):
+        proc = recap("ingest", str(tmp_path / "bad"), "--out", str(tmp_path / "bad_lib"), *local, check=False)
+        assert proc.returncode == 3, proc.stderr
+        assert "the library has no clips" in proc.stdout and "Traceback" not in proc.stderr
+        lib = Library(tmp_path / "bad_lib")
+        assert lib.read("errors").num_rows == len(BAD_KINDS)          # one row per source, not per run
+        assert len(lib.meta["runs"]) == run
+
+    good = str(sorted(sample_corpus.glob("*.mp4"))[0])
+    for run in (1, 2):
+        proc = recap("ingest", good, "--out", str(tmp_path / "short_lib"), *local,
+                     "--set", "clips.min_seconds=1000", "--set", "clips.max_seconds=2000", check=False)
+        assert proc.returncode == 3, proc.stderr
+        lib = Library(tmp_path / "short_lib")
+        assert lib.read("videos").num_rows == 1 and lib.read("clips").num_rows == 0
+        assert len(lib.meta["runs"]) == run
+
+
+def test_retry_errors_tries_bad_input_again(tmp_path: Path, sample_corpus: Path) -> None:
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.mp4").write_bytes(b"")
+    lib = tmp_path / "lib"
+    cfg = load_ingest_config(overrides=["execution.executor=local"])
+    run_ingest([str(tmp_path / "in")], lib, cfg, progress=False)
+    assert run_ingest([str(tmp_path / "in")], lib, cfg, progress=False).skipped == 1
+    shutil.copy(sorted(sample_corpus.glob("*.mp4"))[0], tmp_path / "in" / "empty.mp4")   # fixed by its owner
+    again = load_ingest_config(overrides=["execution.executor=local", "sources.retry_errors=true"])
+    summary = run_ingest([str(tmp_path / "in")], lib, again, progress=False)
+    assert summary.ingested == 1 and summary.library_clips > 0
+
+
+def test_a_caption_model_missing_from_the_ingest_config_fails_before_any_work(tmp_path: Path,
+                                                                              sample_corpus: Path) -> None:
+    """`--set after.caption=true` with no model ran the whole ingest, then failed with a hint to pass
+    --model, a flag ingest does not have."""
+    proc = recap("ingest", str(sample_corpus), "--out", str(tmp_path / "lib"), "--set", "after.caption=true",
+                 check=False)
+    assert proc.returncode == 2 and "after.caption_set" in _one_line(proc.stderr)
+    assert not (tmp_path / "lib").exists()
+
+
+def test_ingest_refreshes_a_stale_view_with_its_own_thresholds(tmp_path: Path, sample_corpus: Path) -> None:
+    """A kill between the last commit and the view's refresh left the view stale for good, and a
+    `recap filter --set` threshold was replaced by the defaults at the next ingest."""
+    from pipeline.filters.config import load_filter_config
+    from pipeline.filters.evaluate import run_filters
+    from pipeline.library.views import read_view
+
+    videos = sorted(sample_corpus.glob("*.mp4"))
+    cfg = load_ingest_config(overrides=["execution.executor=local", "clips.mode=reference"])
+    lib = tmp_path / "lib"
+    run_ingest([str(videos[0])], lib, cfg, progress=False)
+    run_filters(lib, load_filter_config(None, ["filters.motion.min=0.05"]))      # the user's own threshold
+    with Library(lib, write=True) as writer:       # clips committed, then killed before the refresh
+        writer.commit({"clips": [dict(Library(lib).read("clips").to_pylist()[0], clip_id="c" * 20)]})
+    assert Library(lib).view_is_stale()
+    run_ingest([str(videos[0])], lib, cfg, progress=False)       # nothing new to ingest: the view still refreshes
+    assert not Library(lib).view_is_stale()
+    run_ingest([str(v) for v in videos], lib, cfg, progress=False)
+    view, saved = read_view(lib)
+    assert saved["filters"]["motion"]["min"] == 0.05 and view.num_rows == Library(lib).read("clips").num_rows

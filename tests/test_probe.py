@@ -216,3 +216,163 @@ def test_real_frame_counts_match_decoding(shared_shots: Path):
     for name in ("pyscenedetect/goldeneye-vfr-drop3.mp4", "pyscenedetect/delayed_start.mp4"):
         path = shared_shots / name
         assert probe(path).n_frames == ffprobe_frame_count(path)
+
+
+# --- hostile input: refused before it costs anything ------------------------------------------
+
+
+def _bits(data: bytes) -> list[int]:
+    return [(b >> (7 - i)) & 1 for b in data for i in range(8)]
+
+
+def _ue(bits: list[int], pos: int) -> tuple[int, int]:
+    """Exp-Golomb unsigned value at `pos`: (value, next position)."""
+    zeros = 0
+    while bits[pos + zeros] == 0:
+        zeros += 1
+    value = int("".join(map(str, bits[pos + zeros: pos + 2 * zeros + 1])), 2) - 1
+    return value, pos + 2 * zeros + 1
+
+
+def _put_ue(value: int) -> list[int]:
+    code = bin(value + 1)[2:]
+    return [0] * (len(code) - 1) + [int(c) for c in code]
+
+
+def _emulation(rbsp: bytes, escape: bool) -> bytes:
+    """Add (or strip) H.264 emulation-prevention bytes (00 00 03)."""
+    out, zeros = bytearray(), 0
+    for b in rbsp:
+        if zeros >= 2 and ((escape and b <= 3) or (not escape and b == 3)):
+            if escape:
+                out.append(3)
+            zeros = 0
+            if not escape:
+                continue
+        out.append(b)
+        zeros = zeros + 1 if b == 0 else 0
+    return bytes(out)
+
+
+def _sps_with_size(sps: bytes, width: int, height: int) -> bytes:
+    """The SPS NAL with pic_width_in_mbs / pic_height_in_map_units rewritten (libx264's High
+    profile SPS: no scaling matrices, POC type 0 or 2, frame_mbs_only)."""
+    bits = _bits(_emulation(sps, escape=False))
+    pos = 8 + 24                                   # NAL header, profile, constraints, level
+    _, pos = _ue(bits, pos)                        # seq_parameter_set_id
+    if sps[1] in (100, 110, 122, 244, 44, 83, 86, 118, 128):
+        chroma, pos = _ue(bits, pos)
+        pos += chroma == 3
+        _, pos = _ue(bits, pos)
+        _, pos = _ue(bits, pos)
+        assert bits[pos + 1] == 0, "scaling matrices are not handled"
+        pos += 2
+    _, pos = _ue(bits, pos)                        # log2_max_frame_num_minus4
+    poc, pos = _ue(bits, pos)
+    assert poc in (0, 2)
+    if poc == 0:
+        _, pos = _ue(bits, pos)
+    _, pos = _ue(bits, pos)                        # max_num_ref_frames
+    pos += 1                                       # gaps_in_frame_num_allowed
+    start = pos
+    _, pos = _ue(bits, pos)
+    _, pos = _ue(bits, pos)
+    new = bits[:start] + _put_ue(width // 16 - 1) + _put_ue(height // 16 - 1) + bits[pos:]
+    new += [0] * (-len(new) % 8)
+    rbsp = bytes(int("".join(map(str, new[i:i + 8])), 2) for i in range(0, len(new), 8))
+    return _emulation(rbsp.rstrip(b"\0"), escape=True)
+
+
+_BOX_HEADER = {b"moov": 8, b"trak": 8, b"mdia": 8, b"minf": 8, b"stbl": 8, b"stsd": 16, b"avc1": 86}
+
+
+def write_oversized_h264(path: Path, width: int, height: int) -> Path:
+    """A tiny valid-looking MP4 (64x64 H.264, 10 frames) whose SPS claims `width`x`height`: what a
+    hostile upload looks like. The container's own size fields still say 64x64."""
+    data = bytearray(write_video(path.with_suffix(".src.mp4"), n_frames=10, size=(64, 64)).read_bytes())
+    path.with_suffix(".src.mp4").unlink()
+    avcc = data.index(b"avcC") - 4
+    sps_len = int.from_bytes(data[avcc + 14: avcc + 16], "big")
+    sps = _sps_with_size(bytes(data[avcc + 16: avcc + 16 + sps_len]), width, height)
+    delta = len(sps) - sps_len
+    assert data.index(b"mdat") < avcc           # moov after mdat: no chunk offset moves
+    data[avcc + 14: avcc + 16 + sps_len] = len(sps).to_bytes(2, "big") + sps
+
+    def grow(start: int, end: int) -> None:    # the sizes of the boxes that hold avcC
+        pos = start
+        while pos + 8 <= end:
+            size, kind = int.from_bytes(data[pos: pos + 4], "big"), bytes(data[pos + 4: pos + 8])
+            if pos <= avcc < pos + size:
+                data[pos: pos + 4] = (size + delta).to_bytes(4, "big")
+                if kind in _BOX_HEADER:
+                    grow(pos + _BOX_HEADER[kind], pos + size)
+                return
+            pos += size
+
+    grow(0, len(data))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_picture_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path):
+    """A 2 KB MP4 whose SPS claims 16000x16000 cost seconds and gigabytes before it was refused
+    (or ingested as a 16000x16000 video); 100000x100000 was called 'truncated'."""
+    big = write_oversized_h264(tmp_path / "big.mp4", 16000, 16000)
+    assert ffprobe_streams(big)[0]["width"] == 16000                 # the oracle reads the claim too
+    kind, message = _kind(big)
+    assert kind == "too_large" and "16000x16000" in message and "decode.max_pixels" in message
+    huge = write_oversized_h264(tmp_path / "huge.mp4", 100000, 100000)
+    kind, message = _kind(huge)
+    assert kind == "too_large" and "Picture size 100000x100000" in message   # FFmpeg's own words
+    # the limit is a setting: a normal file over a small limit is refused the same way
+    with pytest.raises(ProbeError) as err:
+        probe(write_video(tmp_path / "ok.mp4", n_frames=5), max_pixels=100 * 90)
+    assert err.value.kind == "too_large" and "160x96" in err.value.message
+
+
+def test_still_images_renamed_mp4_are_not_videos(tmp_path: Path):
+    import cv2
+    import numpy as np
+
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    for ext in ("png", "jpg"):
+        cv2.imwrite(str(tmp_path / f"pic.{ext}"), img)
+        (tmp_path / f"pic.{ext}").rename(tmp_path / f"{ext}.mp4")
+        kind, message = _kind(tmp_path / f"{ext}.mp4")
+        assert kind == "not_a_video" and "still image" in message, message
+
+
+def test_playlists_are_never_opened(tmp_path: Path):
+    """ffconcat with a relative name made FFmpeg read another file as this 'video'; HLS fetches URLs."""
+    write_video(tmp_path / "other.mp4", n_frames=5)
+    cases = {"concat_rel.mp4": "ffconcat version 1.0\nfile other.mp4\n",
+             "concat_abs.mp4": f"ffconcat version 1.0\nfile {tmp_path / 'other.mp4'}\n",
+             "hls.mp4": "#EXTM3U\n#EXTINF:1,\nhttp://127.0.0.1:9/x.ts\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        kind, message = _kind(tmp_path / name)
+        assert kind == "unsafe_input" and "playlist" in message, (name, message)
+
+
+def test_non_regular_files_are_classified_without_reading(tmp_path: Path):
+    os.mkfifo(tmp_path / "fifo.mp4")
+    (tmp_path / "dir.mp4").mkdir()
+    (tmp_path / "loop.mp4").symlink_to(tmp_path / "loop.mp4")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    expected = {"fifo.mp4": ("unsafe_input", "FIFO"), "dir.mp4": ("not_a_video", "directory"),
+                "loop.mp4": ("not_found", "link loop"), "dangling.mp4": ("not_found", "broken symbolic link")}
+    for name, (kind, words) in expected.items():
+        got, message = _kind(tmp_path / name)
+        assert got == kind and words in message, (name, message)
+    with pytest.raises(ProbeError) as err:
+        probe("/dev/zero")
+    assert err.value.kind == "unsafe_input" and "character device" in err.value.message
+
+
+def test_messages_name_the_source_as_given(tmp_path: Path):
+    """A staged copy of a URL is probed under the URL's name: the error names what the user gave."""
+    path = tmp_path / "0123abcd.mp4"
+    path.write_bytes(b"not a video at all " * 100)
+    with pytest.raises(ProbeError) as err:
+        probe(path, name="https://example.org/clip.mp4")
+    assert "https://example.org/clip.mp4" in err.value.message and str(path) not in err.value.message

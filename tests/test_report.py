@@ -62,6 +62,11 @@ def test_report_has_every_plot_and_thumbnails(tmp_path):
     assert len(thumbs) >= len(reasons)
     assert "no media" not in page
     assert "LIB/views/filters.parquet" in page
+    # whole clip ids (what --like takes), thumbnails that open the clip, a duplicate beside the clip kept instead
+    dup = next(r for r in view.to_pylist() if r["duplicate_of"])
+    assert f"<code>{dup['clip_id']}</code>" in page
+    assert f"<code>{dup['duplicate_of']}</code>kept instead" in page
+    assert '<a href="../lib/media/clip' in page
 
 
 def test_report_without_view_or_aesthetic_says_so(tmp_path):

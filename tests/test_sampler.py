@@ -130,10 +130,35 @@ def test_cli_writes_videos_contact_sheet_and_records(run: Path, tmp_path: Path, 
         assert sheet.size[1] > sheet.size[0] / 9 and sheet.size[0] > 9 * SIZE    # 2 rows of 9 frames
     assert "2 videos of 9 frames" in capsys.readouterr().out
 
-    assert cli("--ckpt", str(run), "--prompt", "x", "--size", "15x16", "--out", str(out)) == 2
+    assert cli("--ckpt", str(run), "--prompt", "x", "--size", "15x16", "--out", str(tmp_path / "bad")) == 2
     assert "multiples of" in capsys.readouterr().err
     context = tmp_path / "context.mp4"
     context.write_bytes(encode_mp4(clip(103), 8.0))
     assert cli("--ckpt", str(run), "--prompt", "x", "--video", str(context), "--frames", "5",
-               "--size", f"{SIZE}x{SIZE}", "--out", str(out)) == 2
+               "--size", f"{SIZE}x{SIZE}", "--out", str(tmp_path / "bad")) == 2
     assert "must exceed" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_refuses_to_overwrite_samples_and_shows_progress(run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    common = ("--ckpt", str(run), "--prompt", PROMPTS[0], "--frames", "13", "--window", "5", "--size",
+              f"{SIZE}x{SIZE}", "--steps", "3", "--out", str(out))
+    assert cli(*common) == 0
+    err = capsys.readouterr().err
+    assert "sample" in err and "9/9" in err       # 3 windows (5 + 4 + 4 frames) x 3 steps, one bar
+    first = (out / "sample_000.mp4").read_bytes()
+    assert cli(*common, "--seed", "9") == 2       # a second run into the same folder
+    assert "already holds samples" in capsys.readouterr().err
+    assert (out / "sample_000.mp4").read_bytes() == first
+    assert cli(*common, "--seed", "9", "--overwrite") == 0
+    assert (out / "sample_000.mp4").read_bytes() != first
+
+
+def test_plan_counts_the_windows_generate_samples(sampler: Sampler):
+    calls = []
+    for kw, given in ((dict(frames=13, window=5), 0), (dict(frames=5), 0), (dict(frames=11, window=5, overlap=3), 5)):
+        calls.clear()
+        video = clip(104) if given else None
+        sampler.generate(PROMPTS[:1], settings(steps=2, **kw), video=video, progress=lambda: calls.append(1))
+        assert len(calls) == 2 * sampler.plan(settings(**kw), given)[2]

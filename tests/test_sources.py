@@ -207,8 +207,8 @@ def test_files_in_use_are_never_evicted(tmp_path: Path, memfs):
 def test_file_in_use_by_another_process_is_kept(tmp_path: Path, memfs):
     fs, root = memfs
     fs.pipe(f"{root}/big.mp4", b"z" * 3000)
-    cache = StagingCache(tmp_path / "cache", max_bytes=1000)
-    held = cache.fetch(f"memory://{root}/big.mp4")
+    cache = StagingCache(tmp_path / "cache", max_bytes=3000)
+    held = cache.fetch(f"memory://{root}/big.mp4")          # the other process's cache holds only 1000
     code = ("import sys; from pipeline.ingest.sources import StagingCache\n"
             "c = StagingCache(sys.argv[1], 1000); c.evict(); print(c.size_bytes())\n")
     other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")], cwd=ROOT,
@@ -257,3 +257,110 @@ def test_http_fetch_and_its_failures(tmp_path: Path, http_root: str):
             cache.fetch(uri)
         assert err.value.kind == kind and uri in str(err.value), str(err.value)
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.endswith(".part")] == []
+
+
+# --- hostile sources -------------------------------------------------------------------------
+
+
+def test_file_type_is_checked_before_any_byte_is_read(tmp_path: Path):
+    from pipeline.ingest.sources import local_file_problem
+
+    os.mkfifo(tmp_path / "fifo.mp4")
+    (tmp_path / "dir.mp4").mkdir()
+    (tmp_path / "loop.mp4").symlink_to(tmp_path / "loop.mp4")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    _touch(tmp_path / "ok.mp4")
+    kinds = {name: (local_file_problem(tmp_path / name) or ("ok",))[0]
+             for name in ["fifo.mp4", "dir.mp4", "loop.mp4", "dangling.mp4", "missing.mp4", "ok.mp4"]}
+    assert kinds == {"fifo.mp4": "unsafe_input", "dir.mp4": "not_a_video", "loop.mp4": "not_found",
+                     "dangling.mp4": "not_found", "missing.mp4": "not_found", "ok.mp4": "ok"}
+    assert local_file_problem("/dev/zero")[0] == "unsafe_input"
+
+
+def test_content_hash_of_a_fifo_or_device_returns_at_once(tmp_path: Path):
+    """Hashing came before any type check, and a FIFO (no writer) or /dev/zero blocked it forever.
+    In a child process, so that a regression fails at the timeout instead of hanging the suite."""
+    os.mkfifo(tmp_path / "fifo.mp4")
+    code = ("import sys\nfrom pipeline.ingest.sources import SourceError, content_hash\n"
+            "for p in sys.argv[1:]:\n"
+            "    try: content_hash(p); print('read', p)\n"
+            "    except SourceError as e: print(e.kind)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "fifo.mp4"), "/dev/zero"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["unsafe_input", "unsafe_input"], out.stderr
+
+
+def test_unreadable_directory_says_so(tmp_path: Path):
+    """It said 'directory has no video files'. Root reads anything, so the expansion runs in a
+    child that drops to user 'nobody' after its imports."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="recap-dir-"))
+    try:
+        os.chmod(work, 0o755)
+        _touch(work / "videos" / "private" / "a.mp4")
+        _touch(work / "videos" / "b.mp4")
+        os.chmod(work / "videos" / "private", 0o700)
+        os.chown(work / "videos", 65534, 65534)
+        os.chown(work / "videos" / "b.mp4", 65534, 65534)
+        code = ("import os, sys\nfrom pipeline.ingest.config import SourcesConfig\n"
+                "from pipeline.ingest.sources import SourceError, expand_sources\n"
+                "os.geteuid() == 0 and (os.setgroups([]), os.setgid(65534), os.setuid(65534))\n"
+                "for arg in sys.argv[1:]:\n"
+                "    try: print(len(expand_sources([arg], SourcesConfig())))\n"
+                "    except SourceError as e: print(e)\n")
+        out = subprocess.run([sys.executable, "-c", code, str(work / "videos"), str(work / "videos" / "private")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        lines = out.stdout.splitlines()
+        assert len(lines) == 2, out.stderr
+        for line in lines:     # the folder inside is named: not skipped, not "no video files"
+            assert "cannot list" in line and f"{work}/videos/private: permission denied" in line, line
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """/endless.mp4: bytes forever, no Content-Length; /sized.mp4: says 50 MB up front."""
+
+    protocol_version = "HTTP/1.0"
+
+    def _head(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp4")
+        if self.path == "/sized.mp4":
+            self.send_header("Content-Length", str(50 << 20))
+        self.end_headers()
+
+    def do_HEAD(self):
+        self._head()
+
+    def do_GET(self):
+        self._head()
+        try:
+            while True:
+                self.wfile.write(b"\0" * 65536)
+        except OSError:      # the client hung up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_stops_at_the_cache_limit(tmp_path: Path):
+    """A response with no Content-Length streamed on past sources.cache_max_gb (an endless one
+    would fill the disk); the limit now holds while streaming."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        cache = StagingCache(tmp_path / "cache", max_bytes=3 << 20)
+        for name in ("endless.mp4", "sized.mp4"):
+            with pytest.raises(SourceError) as err:
+                cache.fetch(f"{base}/{name}")
+            assert err.value.kind == "too_large" and f"{base}/{name}" in str(err.value)
+            assert "sources.cache_max_gb" in str(err.value)
+        assert list((tmp_path / "cache").iterdir()) == []       # no partial file left behind
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.stages import ExecutionConfig, Resources, Row, Stage, run_stages
 from pipeline.stages.runner import ray_dataset
+from trainer.typedconfig import ConfigError
 
 
 class Square(Stage):
@@ -84,3 +85,17 @@ def test_ray_matches_local_loads_once_per_actor_and_survives_a_dead_worker():
     stats = ds.stats()
     assert "MapBatches(square)" in stats and "MapBatches(add_model)" in stats
     assert "MapBatches(square)->MapBatches(add_model)" not in stats
+
+
+@pytest.mark.slow
+def test_a_stage_no_node_can_hold_fails_before_scheduling():
+    """`execution.cpus_per_task=1000` (or more GPUs per actor than any node has) waited forever for
+    a node that does not exist; now it is a ConfigError naming the key, before anything runs."""
+    big_task = Square()
+    big_task.resources = Resources(cpus=1000)
+    with pytest.raises(ConfigError, match=r"execution\.cpus_per_task: the 'square' stage asks for 1000 CPUs"):
+        list(run_stages([big_task], ITEMS, ExecutionConfig(executor="ray")))
+    gpu_model = AddModel(1)
+    gpu_model.resources = Resources(cpus=0.5, gpus=64)
+    with pytest.raises(ConfigError, match=r"execution\.gpus_per_actor"):
+        list(run_stages([Square(), gpu_model], ITEMS, ExecutionConfig(executor="ray")))

@@ -22,15 +22,7 @@ from trainer.train import load_job_config, main
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI machine has 2 cores; one intra-op thread avoids oversubscription and makes runs
-    repeatable (float reductions are split the same way every time)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def losses(run: Path) -> list[float]:

@@ -6,7 +6,9 @@
   containers only, so `torch.load(weights_only=True)` reads it.
 
 A checkpoint is written into a hidden temporary directory and renamed into place, so a crash
-never leaves a half checkpoint that resume would pick; only the last N are kept.
+never leaves a half checkpoint that resume would pick; only the last N are kept. A checkpoint
+damaged afterwards (a truncated file, a bad header, a garbage `state.pt`) is found when it is
+loaded: `load_latest_valid` says which file is bad and falls back to the newest one that loads.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -83,4 +85,64 @@ def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     return torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=True)
 
 
-__all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "load_weights", "load_state"]
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read: missing, truncated, a bad header, not what recap wrote."""
+
+
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
+
+
+def _damage(path: Path, e: Exception) -> CheckpointError:
+    if not path.exists():
+        return CheckpointError(f"{path} is missing")
+    return CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+
+
+def load_checkpoint(checkpoint_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """(model weights, EMA weights, state) of one checkpoint; CheckpointError names a bad file."""
+    ckpt = Path(checkpoint_dir)
+    weights = []
+    for name in WEIGHT_FILES:
+        try:
+            weights.append(load_file(str(ckpt / name)))
+        except Exception as e:   # safetensors raises its own error types for every kind of damage
+            raise _damage(ckpt / name, e) from e
+    try:
+        state = load_state(ckpt)
+    except Exception as e:       # zip, unpickling and EOF errors of a damaged file
+        raise _damage(ckpt / "state.pt", e) from e
+    if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "ranks"} <= set(state):
+        raise CheckpointError(f"{ckpt / 'state.pt'} is not a recap training state")
+    return weights[0], weights[1], state
+
+
+def load_latest_valid(run_dir: str | Path, warn: Callable[[str], object] = print
+                      ) -> tuple[Path, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any], list[Path]] | None:
+    """The newest checkpoint that loads: (its dir, model weights, EMA weights, state, the newer
+    damaged ones). None when the run has no checkpoint; CheckpointError when none loads."""
+    damaged: list[Path] = []
+    problems: list[str] = []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            model, ema, state = load_checkpoint(ckpt)
+        except CheckpointError as e:
+            damaged.append(ckpt)
+            problems.append(str(e))
+            warn(f"checkpoint {ckpt.name} is damaged: {e}; trying the one before")
+            continue
+        return ckpt, model, ema, state, damaged
+    if problems:
+        raise CheckpointError(f"no checkpoint of {run_dir} can be loaded: " + "; ".join(problems))
+    return None
+
+
+def set_aside(checkpoint_dir: Path) -> Path:
+    """Rename a damaged checkpoint to `step_N.damaged`, kept for inspection and never picked again."""
+    target = checkpoint_dir.with_name(checkpoint_dir.name + ".damaged")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(checkpoint_dir, target)
+    return target
+
+
+__all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "load_weights", "load_state",
+           "CheckpointError", "load_checkpoint", "load_latest_valid", "set_aside"]

@@ -16,6 +16,7 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from trainer.runtime import randn
 from trainer.typedconfig import ConfigError
 
 
@@ -55,31 +56,28 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 def sample_timesteps(n: int, config: FlowConfig, shift: float, generator: torch.Generator | None = None,
                      device: torch.device | str = "cpu") -> torch.Tensor:
-    u = torch.randn(n, generator=generator) * config.logit_std + config.logit_mean
-    return shift_time(torch.sigmoid(u), shift).to(device)
+    """(n,) logit-normal timesteps on `device`, drawn by `generator` wherever it lives."""
+    u = randn((n,), generator, device) * config.logit_std + config.logit_mean
+    return shift_time(torch.sigmoid(u), shift)
 
 
 def sample_condition_masks(n: int, frames: int, config: FlowConfig,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """(n, frames) float masks, 1 = latent frame given clean; at least one frame is always free."""
-    masks = torch.zeros(n, frames)
     if frames < 2:
-        return masks
+        return torch.zeros(n, frames)
     draws = torch.rand(n, generator=generator)
     ks = torch.randint(1, min(config.max_k, frames - 1) + 1, (n,), generator=generator)
     edges = torch.cumsum(torch.tensor([config.first_frame, config.first_k, config.last_frame,
                                        config.first_and_last]), 0)
-    for i in range(n):
-        mode = int(torch.searchsorted(edges, draws[i], right=True))
-        if mode == 0:
-            masks[i, 0] = 1
-        elif mode == 1:
-            masks[i, : int(ks[i])] = 1
-        elif mode == 2:
-            masks[i, -1] = 1
-        elif mode == 3 and frames >= 3:
-            masks[i, 0] = masks[i, -1] = 1
-    return masks
+    # vectorised (no value is read back): mode 0 first frame, 1 first k, 2 last, 3 both ends, 4 none
+    mode = torch.searchsorted(edges, draws, right=True)[:, None]
+    index = torch.arange(frames)
+    first, last = index == 0, index == frames - 1
+    masks = ((mode == 0) & first) | ((mode == 1) & (index < ks[:, None])) | ((mode == 2) & last)
+    if frames >= 3:
+        masks |= (mode == 3) & (first | last)
+    return masks.float()
 
 
 def flow_loss(model: Callable[..., torch.Tensor], x: torch.Tensor, context: torch.Tensor,
@@ -111,12 +109,12 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, context: tor
            context_mask: torch.Tensor, null_context: torch.Tensor, null_mask: torch.Tensor,
            steps: int = 30, cfg_scale: float = 5.0, shift: float = 1.0,
            solver: Literal["euler", "heun"] = "euler", cond_latents: torch.Tensor | None = None,
-           cond_mask: torch.Tensor | None = None) -> torch.Tensor:
+           cond_mask: torch.Tensor | None = None, progress: Callable[[], object] | None = None) -> torch.Tensor:
     """Integrate the flow ODE from noise (t = 1) to data (t = 0) with classifier-free guidance.
 
     noise: (B, C, T, H, W); context/null_context: (B, L, D) prompt and negative (or "") token
     states; cond_latents (B, C, T, H, W) with cond_mask (B, T): latent frames held fixed
-    (image-to-video, extension). Returns latents (B, C, T, H, W).
+    (image-to-video, extension). `progress` is called after every step. Returns latents (B, C, T, H, W).
     """
     b, frames = noise.shape[0], noise.shape[2]
     length = max(context.shape[1], null_context.shape[1])
@@ -148,6 +146,8 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, context: tor
             z = z + dt * 0.5 * (v + velocity(z_euler, t_next))
         else:
             z = z + dt * v
+        if progress is not None:
+            progress()
     return m * cond_latents + (1 - m) * z
 
 

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import av
 import numpy as np
@@ -113,9 +113,11 @@ class Sampler:
     # ---- one window ------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_window(self, prompts: list[str], seeds: list[int], frames: int, height: int, width: int,
-                        settings: SampleSettings, context: torch.Tensor | None = None) -> torch.Tensor:
+                        settings: SampleSettings, context: torch.Tensor | None = None,
+                        progress: Callable[[], object] | None = None) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1], F = window_frames(frames). `context` (B, 3, c, H, W): the
-        window's first c frames, given; c must be 1 + k * temporal compression."""
+        window's first c frames, given; c must be 1 + k * temporal compression. `progress` is
+        called after every ODE step."""
         self.check_size(height, width)
         frames = self.window_frames(frames)
         vae, s = self.vae, self.vae.spatial_compression
@@ -142,34 +144,50 @@ class Sampler:
             context_states, context_mask = null_states, null_mask
         latents = sample(self.model, noise, context_states, context_mask, null_states, null_mask,
                          steps=settings.steps, cfg_scale=settings.cfg_scale if settings.cfg_scale else 1.0,
-                         shift=shift, solver=settings.solver, cond_latents=cond_latents, cond_mask=cond_mask)
+                         shift=shift, solver=settings.solver, cond_latents=cond_latents, cond_mask=cond_mask,
+                         progress=progress)
         return vae.decode(latents, frames=frames).float()
 
     # ---- whole videos ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(self, prompts: list[str], settings: SampleSettings, image: np.ndarray | None = None,
-                 video: np.ndarray | None = None, first_index: int = 0) -> np.ndarray:
-        """(B, frames, H, W, 3) uint8 videos for `prompts` (sample i uses seed settings.seed +
-        first_index + i). `image` (h, w, 3) uint8 starts every video (image-to-video); `video`
-        (T, h, w, 3) uint8 is extended (its frames open the output, which is `frames` long)."""
-        h, w, b, tc = settings.height, settings.width, len(prompts), self.temporal_compression
-        seeds = [settings.seed + first_index + i for i in range(b)]
+    def plan(self, settings: SampleSettings, given: int = 0) -> tuple[int, int, int]:
+        """(window frames, context frames carried into each next window, windows to sample) for a
+        video of settings.frames, `given` of them from a video to extend."""
+        tc = self.temporal_compression
+        if given >= settings.frames:
+            raise ValueError(f"--frames {settings.frames} must exceed the {given} frames given")
         window = self.window_frames(settings.window or settings.frames)
         latent_window = self.vae.latent_frames(window)
         # frames carried into the next window: whole latent frames, fewer than the window holds
         carried = 1 + (settings.overlap - 1) // tc if settings.overlap else max(1, (latent_window - 1) // 2)
-        if carried >= latent_window and (settings.frames > window or video is not None):
+        if carried >= latent_window and (settings.frames > window or given):
             raise ValueError(f"a window of {window} frames cannot carry {self.context_frames(carried)} "
                              "context frames into the next: use a longer --window or a smaller --overlap")
         context_len = self.context_frames(carried)
+        length, windows = (given, 0) if given else (window, 1)
+        while length < settings.frames:
+            c = context_len
+            while c > length:
+                c -= tc
+            length, windows = length + window - c, windows + 1
+        return window, context_len, windows
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], settings: SampleSettings, image: np.ndarray | None = None,
+                 video: np.ndarray | None = None, first_index: int = 0,
+                 progress: Callable[[], object] | None = None) -> np.ndarray:
+        """(B, frames, H, W, 3) uint8 videos for `prompts` (sample i uses seed settings.seed +
+        first_index + i). `image` (h, w, 3) uint8 starts every video (image-to-video); `video`
+        (T, h, w, 3) uint8 is extended (its frames open the output, which is `frames` long).
+        `progress` is called after every ODE step of every window (`plan` says how many)."""
+        h, w, b, tc = settings.height, settings.width, len(prompts), self.temporal_compression
+        seeds = [settings.seed + first_index + i for i in range(b)]
+        window, context_len, _ = self.plan(settings, len(video) if video is not None else 0)
 
         if video is not None:
-            if len(video) >= settings.frames:
-                raise ValueError(f"--frames {settings.frames} must exceed the {len(video)} frames given")
             out = to_model_space(video, h, w, self.device).expand(b, -1, -1, -1, -1)
         else:
             first = None if image is None else to_model_space(image[None], h, w, self.device).expand(b, -1, -1, -1, -1)
-            out = self.generate_window(prompts, seeds, window, h, w, settings, context=first)
+            out = self.generate_window(prompts, seeds, window, h, w, settings, context=first, progress=progress)
         step = 0
         while out.shape[2] < settings.frames:   # extend: each window starts with the last frames so far
             c = context_len
@@ -177,7 +195,8 @@ class Sampler:
                 c -= tc
             step += 1
             window_seeds = [s + 1_000_003 * step for s in seeds]   # fresh noise for every window
-            new = self.generate_window(prompts, window_seeds, window, h, w, settings, context=out[:, :, -c:])
+            new = self.generate_window(prompts, window_seeds, window, h, w, settings, context=out[:, :, -c:],
+                                       progress=progress)
             out = torch.cat([out, new[:, :, c:]], dim=2)
         return to_uint8(out[:, :, : settings.frames])
 

@@ -14,7 +14,9 @@ Videos longer than --window are made window by window, each continuing the last 
 of the one before. --cfg 1 turns guidance off; --cfg 0 samples without the prompt at all.
 
 Writes OUT/sample_NNN.mp4 (H.264 through PyAV), OUT/contact_sheet.png (a row of frames per
-sample) and OUT/samples.jsonl (prompt, seed, file and settings of each sample).
+sample) and OUT/samples.jsonl (prompt, seed, file and settings of each sample); an OUT that holds
+samples already is refused unless --overwrite. A progress bar counts the denoising steps of every
+window, with the time left.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from trainer.sample import (
     Sampler,
@@ -72,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace the samples of an earlier run in OUT")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         return fail("--image and --video exclude each other")
     if args.frames < 1 or args.steps < 1 or args.batch_size < 1:
         return fail("--frames, --steps and --batch-size must be >= 1")
+    out = Path(args.out)
+    earlier = sorted(out.glob("sample_*.mp4")) + [p for p in (out / "samples.jsonl",) if p.exists()]
+    if earlier and not args.overwrite:
+        return fail(f"{out} already holds samples ({earlier[0].name}{' and more' if len(earlier) > 1 else ''}): "
+                    "choose another --out, or pass --overwrite to replace them")
     try:
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
         image = read_image(args.image) if args.image else None
@@ -94,16 +103,28 @@ def run(args: argparse.Namespace) -> int:
     settings = SampleSettings(frames=args.frames, width=width, height=height, steps=args.steps,
                               cfg_scale=args.cfg, solver=args.solver, shift=args.shift, seed=args.seed,
                               negative_prompt=args.negative_prompt, window=args.window, overlap=args.overlap)
-    out = Path(args.out)
+    try:
+        sampler.check_size(height, width)
+        windows = sampler.plan(settings, len(video) if video is not None else 0)[2]
+    except ValueError as e:
+        return fail(str(e))
+    for old in earlier:
+        old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     videos = []
     records = []
+    batches = -(-len(prompts) // args.batch_size)
+    # every ODE step of every window of every batch, with the time left (tqdm's estimate)
+    bar = tqdm(total=batches * windows * args.steps, desc="sample", unit="step", dynamic_ncols=True, file=sys.stderr)
     for first in range(0, len(prompts), args.batch_size):
         batch = prompts[first:first + args.batch_size]
+        bar.set_postfix(videos=f"{first}/{len(prompts)}", windows=windows)
         try:
-            frames = sampler.generate(batch, settings, image=image, video=video, first_index=first)
+            frames = sampler.generate(batch, settings, image=image, video=video, first_index=first,
+                                      progress=lambda: bar.update(1))
         except ValueError as e:
+            bar.close()
             return fail(str(e))
         for i, (prompt, clip) in enumerate(zip(batch, frames)):
             index = first + i
@@ -114,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
                             "negative_prompt": args.negative_prompt, "image": args.image, "video": args.video,
                             "ckpt": str(args.ckpt), "weights": args.weights})
             videos.append(clip)
+    bar.close()
     write_png(out / "contact_sheet.png", contact_sheet(np.stack(videos)))
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     print(f"{len(videos)} videos of {settings.frames} frames at {width}x{height} in {out} "

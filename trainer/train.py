@@ -4,6 +4,11 @@ Run on one process (`recap train dit ...`) or many (`torchrun --nproc-per-node N
 ...`): DDP over NCCL on GPUs, gloo on CPU. Every rank reads its own share of the shards; all
 randomness comes from per-rank generators saved in each checkpoint, so a resumed run continues
 with exactly the losses the uninterrupted run would have had.
+
+What a batch's loss is lives in `trainer/tasks.py` (VAE, DiT on shards or a latent cache). On a
+GPU the model step runs without waiting on the host: noise and timesteps are drawn on the device,
+losses add up on the device (`Window`), the EMA is one fused update, and only logging steps read
+numbers back. A bucket whose step would not fit the device's memory is refused before it runs.
 """
 
 from __future__ import annotations
@@ -11,8 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,17 +26,19 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from trainer.checkpoint import latest_checkpoint, load_state, load_weights, save_checkpoint
-from trainer.dit import DiT, DiTConfig, count_params
-from trainer.rf import FlowConfig, flow_loss, resolution_shift, sample_condition_masks, sample_timesteps
-from trainer.shards import Batch, BucketLoader, list_shards
-from trainer.text import DEFAULT_TEXT_ENCODER, TextEncoder
+from trainer.checkpoint import latest_checkpoint, load_latest_valid, save_checkpoint, set_aside
+from trainer.dit import DiTConfig, count_params
+from trainer.memory import GB, device_memory
+from trainer.rf import FlowConfig
+from trainer.runtime import Generators, gather, setup_distributed
+from trainer.shards import Bucket, BucketLoader, list_shards
+from trainer.tasks import DiTTask, TrainSetupError, VAETask, bf16_autocast
+from trainer.text import DEFAULT_TEXT_ENCODER
 from trainer.typedconfig import ConfigError, load_config, to_dict
-from trainer.vae import AutoencoderSource, CausalVAE, VAEConfig, kl_loss, load_autoencoder, psnr
+from trainer.vae import AutoencoderSource, VAEConfig
 
 # ---------------------------------------------------------------------------------------------
 # Configs
@@ -48,6 +53,7 @@ class DataConfig:
     buckets: list[str] = field(default_factory=list)                   # train only these ([] = all)
     shuffle_buffer: int = 256
     prefetch: int = 2                   # decoded batches kept ready by the loader thread
+    sample_posterior: bool = False      # DiT: latents drawn from the VAE posterior, not its mean
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or any(v < 1 for v in self.bucket_batch_sizes.values()):
@@ -72,6 +78,8 @@ class LoopConfig:
     ema_decay: float = 0.9999
     precision: Literal["bf16", "fp32"] = "bf16"   # bf16 autocast on GPU; CPU always runs fp32
     activation_checkpointing: bool = False        # recompute DiT block activations in backward
+    compile: bool | None = None         # torch.compile the model (null: on CUDA yes, on CPU no)
+    max_memory_gb: float = 0.0          # refuse a bucket whose step needs more (0: the device's memory)
     log_every: int = 10
     ckpt_every: int = 1000
     keep_last: int = 3
@@ -82,6 +90,8 @@ class LoopConfig:
             raise ConfigError("train: steps, log_every, ckpt_every and keep_last must be >= 1")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError("train.ema_decay must be in [0, 1)")
+        if self.max_memory_gb < 0:
+            raise ConfigError("train.max_memory_gb must be >= 0")
 
 
 @dataclass
@@ -126,121 +136,8 @@ def load_job_config(kind: str, path: str | Path | Traversable | None, overrides:
 
 
 # ---------------------------------------------------------------------------------------------
-# The two tasks: how a batch becomes a loss
-# ---------------------------------------------------------------------------------------------
-
-def video_tensor(batch: Batch, device: torch.device) -> torch.Tensor:
-    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float in [-1, 1]."""
-    x = torch.from_numpy(batch.video).to(device, non_blocking=True)
-    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
-
-
-class VAETask:
-    """Stage 1: reconstruction (L1/L2) + KL; tracks latent statistics to normalise latents later."""
-
-    def __init__(self, cfg: VAEJobConfig, device: torch.device):
-        self.cfg = cfg
-        self.model = CausalVAE(cfg.model).to(device)
-        self.device = device
-
-    def metadata(self) -> dict[str, str]:
-        return {"format": "recap.vae", "config": json.dumps(to_dict(self.cfg.model))}
-
-    def tokens(self, batch: Batch) -> int:
-        return batch.video.shape[0] * batch.video.shape[1] * batch.video.shape[2] * batch.video.shape[3]
-
-    def check_bucket(self, batch: Batch) -> None:
-        s = self.cfg.model.spatial_compression
-        if batch.bucket.width % s or batch.bucket.height % s:
-            raise ValueError(f"bucket {batch.bucket.name}: width and height must be multiples of {s}")
-
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator, step: int):
-        x = video_tensor(batch, self.device)
-        recon, mean, logvar = model(x, generator=gen)
-        recon = recon.float()
-        l1 = (recon - x).abs().mean()
-        l2 = F.mse_loss(recon, x)
-        kl = kl_loss(mean.float(), logvar.float())
-        loss = self.cfg.loss.l1 * l1 + self.cfg.loss.l2 * l2 + self.cfg.loss.kl * kl
-        self.update_latent_stats(mean.detach().float(), step)
-        return loss, None, None, {"l1": l1.item(), "kl": kl.item(), "psnr": psnr(recon.detach(), x)}
-
-    @torch.no_grad()
-    def update_latent_stats(self, mean: torch.Tensor, step: int) -> None:
-        """Running mean/std of the posterior mean: DiT latents are (z - shift) * scale ~ unit variance."""
-        m = self.model
-        momentum = max(0.01, 1.0 / (step + 1))
-        m.latent_shift.lerp_(mean.mean(), momentum)
-        var = 1.0 / m.latent_scale.pow(2)
-        var = var + momentum * (mean.var() - var)
-        m.latent_scale.copy_(var.clamp_min(1e-8).rsqrt())
-
-
-class DiTTask:
-    """Stage 2: rectified flow on the frozen autoencoder's latents, conditioned on captions."""
-
-    def __init__(self, cfg: DiTJobConfig, device: torch.device):
-        self.cfg, self.device = cfg, device
-        self.vae = load_autoencoder(cfg.vae).to(device).eval()
-        self.text = TextEncoder(cfg.text.encoder, cfg.text.max_length).to(device)
-        self.model = DiT(cfg.model, in_channels=self.vae.latent_channels, text_dim=self.text.dim).to(device)
-
-    def metadata(self) -> dict[str, str]:
-        return {"format": "recap.dit", "config": json.dumps(to_dict(self.cfg.model)),
-                "in_channels": str(self.vae.latent_channels), "text_dim": str(self.text.dim),
-                "text": json.dumps(to_dict(self.cfg.text)), "vae": json.dumps(to_dict(self.cfg.vae)),
-                "flow": json.dumps(to_dict(self.cfg.flow))}
-
-    def latent_grid(self, batch: Batch) -> tuple[int, int, int]:
-        b = batch.bucket
-        s = self.vae.spatial_compression
-        return self.model.token_grid((self.vae.latent_frames(b.frames), b.height // s, b.width // s))
-
-    def check_bucket(self, batch: Batch) -> None:
-        b, s = batch.bucket, self.vae.spatial_compression
-        ph, pw = self.cfg.model.patch_size[1:]
-        if b.width % (s * pw) or b.height % (s * ph):
-            raise ValueError(f"bucket {b.name}: width/height must be multiples of {s * pw}/{s * ph} "
-                             f"(autoencoder x{s}, patch {self.cfg.model.patch_size})")
-        self.latent_grid(batch)
-
-    def tokens(self, batch: Batch) -> int:
-        return batch.video.shape[0] * math.prod(self.latent_grid(batch))
-
-    def loss(self, model: nn.Module, batch: Batch, gen: torch.Generator, step: int):
-        flow = self.cfg.flow
-        with torch.no_grad():
-            latents = self.vae.encode(video_tensor(batch, self.device)).float()
-        n, frames = latents.shape[0], latents.shape[2]
-        drop = torch.rand(n, generator=gen) < flow.caption_dropout
-        captions = ["" if d else c for c, d in zip(batch.captions, drop.tolist())]
-        context, context_mask = self.text(captions)
-        shift = resolution_shift(math.prod(self.latent_grid(batch)), flow)
-        t = sample_timesteps(n, flow, shift, gen).to(self.device)
-        noise = torch.randn(latents.shape, generator=gen).to(self.device)
-        cond = sample_condition_masks(n, frames, flow, gen).to(self.device)
-        per_sample = flow_loss(model, latents, context, context_mask, t, noise, cond)
-        return per_sample.mean(), per_sample.detach(), t, {}
-
-
-# ---------------------------------------------------------------------------------------------
 # Helpers of the loop
 # ---------------------------------------------------------------------------------------------
-
-def setup_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     if step < warmup:
@@ -249,38 +146,51 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+class EMA:
+    """Exponential moving average of a model's weights, one fused `_foreach_lerp_` per step."""
+
+    def __init__(self, ema: nn.Module, model: nn.Module):
+        self.ema_params, self.params = list(ema.parameters()), list(model.parameters())
+        self.ema_buffers, self.buffers = list(ema.buffers()), list(model.buffers())
+
+    @torch.no_grad()
+    def update(self, decay: float) -> None:
+        torch._foreach_lerp_(self.ema_params, self.params, 1.0 - decay)
+        if self.buffers:
+            torch._foreach_copy_(self.ema_buffers, self.buffers)
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().float(), 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
-def rng_state(gen: torch.Generator) -> dict[str, Any]:
-    state = {"generator": gen.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(gen: torch.Generator, state: dict[str, Any]) -> None:
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def gather(obj: Any, world: int) -> list[Any]:
-    if world == 1:
-        return [obj]
-    out: list[Any] = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+    EMA(ema, model).update(decay)
 
 
 TIMESTEP_BINS = (0.25, 0.5, 0.75, 1.0)
+
+
+class Window:
+    """What a logging window adds up, on the device: read back only when it is logged."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.edges = torch.tensor(TIMESTEP_BINS, device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = torch.zeros((), device=self.device)
+        self.bin_loss = torch.zeros(len(TIMESTEP_BINS), device=self.device)
+        self.bin_count = torch.zeros(len(TIMESTEP_BINS), device=self.device)
+        self.n, self.tokens, self.data_wait = 0, 0, 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, per_sample: torch.Tensor | None, t: torch.Tensor | None, tokens: int) -> None:
+        self.loss += loss.detach().float()
+        self.n += 1
+        self.tokens += tokens
+        if t is not None and per_sample is not None:
+            index = torch.bucketize(t.float(), self.edges).clamp_(max=len(TIMESTEP_BINS) - 1)
+            self.bin_loss.index_add_(0, index, per_sample.float())
+            self.bin_count.index_add_(0, index, torch.ones_like(per_sample, dtype=torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,55 +201,91 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
     rank, world, device = setup_distributed()
     out = Path(out)
     is_main = rank == 0
+
+    def say(message: str) -> None:
+        if is_main:
+            tqdm.write(message, file=sys.stderr)
+
     if not cfg.data.shards:
-        raise ConfigError("data.shards is empty: pass --data SHARDS")
+        raise TrainSetupError("no training data: pass --data SHARDS (exported shards or a latent cache)")
     shards = list_shards(cfg.data.shards, cfg.data.split)
+    last = latest_checkpoint(out)
+    if last is not None and not resume:
+        raise TrainSetupError(f"{out} already has checkpoints (last: {last.name}): pass --resume to continue "
+                              "that run, or choose a new --out")
 
     # Model, EMA, optimizer, schedule (identical initialisation on every rank).
     torch.manual_seed(cfg.train.seed)
-    task = VAETask(cfg, device) if kind == "vae" else DiTTask(cfg, device)
+    task = VAETask(cfg, device, shards) if kind == "vae" else DiTTask(cfg, device, shards)
     model = task.model
     if kind == "dit":
         model.grad_checkpointing = cfg.train.activation_checkpointing
     ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema_update = EMA(ema, model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps)
+                            weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps,
+                            fused=True if device.type == "cuda" else None)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
         s, cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio))
-    gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + rank)
+    gens = Generators.seeded(cfg.train.seed * 1_000_003 + rank, device)
     loader = BucketLoader(shards, cfg.data.batch_size, seed=cfg.train.seed, rank=rank, world_size=world,
                           shuffle_buffer=cfg.data.shuffle_buffer, bucket_batch_sizes=cfg.data.bucket_batch_sizes,
                           buckets=cfg.data.buckets or None, prefetch=cfg.data.prefetch)
 
-    # Resume: weights, optimizer, schedule, this rank's RNG and data position.
+    # Resume: weights, optimizer, schedule, this rank's RNG and data position, from the newest
+    # checkpoint that loads (a damaged newer one is named, set aside and skipped).
     start_step = 0
-    ckpt = latest_checkpoint(out)
-    if ckpt is not None and not resume:
-        raise FileExistsError(f"{out} already has checkpoints: pass --resume, or choose a new --out")
-    if resume and ckpt is None and is_main:
-        print(f"no checkpoint in {out}: starting from scratch", file=sys.stderr)
-    if ckpt is not None:
-        model.load_state_dict(load_weights(ckpt / "model.safetensors")[0])
-        ema.load_state_dict(load_weights(ckpt / "ema.safetensors")[0])
-        state = load_state(ckpt)
+    found = load_latest_valid(out, warn=say) if resume else None
+    if resume and found is None:
+        say(f"no checkpoint in {out}: starting from scratch")
+    if found is not None:
+        ckpt, model_sd, ema_sd, state, damaged = found
+        model.load_state_dict(model_sd)
+        ema.load_state_dict(ema_sd)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_step = int(state["step"])
         if state["world_size"] == world:
-            set_rng_state(gen, state["ranks"][rank]["rng"])
+            gens.load_state(state["ranks"][rank]["rng"], cfg.train.seed * 1_000_003 + rank + start_step)
             loader.load_state_dict(state["ranks"][rank]["loader"])
         else:   # a different world size cannot replay the same per-rank streams: start a fresh epoch
-            print(f"resuming on {world} ranks from {state['world_size']}: the data order changes",
-                  file=sys.stderr)
-            gen.manual_seed(cfg.train.seed * 1_000_003 + rank + start_step)
+            say(f"resuming on {world} ranks from {state['world_size']}: the data order changes")
+            gens.reseed(cfg.train.seed * 1_000_003 + rank + start_step)
             loader.load_state_dict({"epoch": max(r["loader"]["epoch"] for r in state["ranks"]) + 1, "batches": 0})
-        if is_main:
-            print(f"resumed from {ckpt} at step {start_step}", file=sys.stderr)
+        if world > 1:
+            dist.barrier()          # every rank has read the checkpoints before any is moved
+        for bad in damaged if is_main else []:
+            say(f"set the damaged checkpoint aside as {set_aside(bad)}")
+        say(f"resumed from {ckpt} at step {start_step}")
 
+    compiled = cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
+    if compiled:
+        task.compile()
     train_model: nn.Module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                              enabled=device.type == "cuda" and cfg.train.precision == "bf16")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16_autocast(cfg, device))
+
+    # Memory per step, per bucket: every bucket known now, the others when they first come.
+    limit = int(cfg.train.max_memory_gb * GB) if cfg.train.max_memory_gb else device_memory(device)
+    checked: set[str] = set()
+
+    def check_memory(name: str) -> None:
+        checked.add(name)
+        bucket = Bucket.parse(name)
+        size = cfg.data.bucket_batch_sizes.get(name, cfg.data.batch_size)
+        estimate = task.memory(bucket, size)
+        say(f"bucket {name}: {estimate.describe()}; {limit / GB:.1f} GB available on {device}")
+        if estimate.total > limit:
+            raise TrainSetupError(
+                f"bucket {name} needs ~{estimate.total / GB:.1f} GB per step ({estimate.tokens_per_sample:,} tokens "
+                f"per sample, batch {size}), more than the {limit / GB:.1f} GB available on {device}: lower "
+                f"data.bucket_batch_sizes.{name} (or data.batch_size), leave the bucket out with data.buckets, "
+                + ("turn on train.activation_checkpointing, " if kind == "dit"
+                   and not cfg.train.activation_checkpointing else "") + "or export smaller buckets")
+
+    known = cfg.data.buckets or (sorted(task.cache_buckets) if kind == "dit" else [])
+    for name in known:
+        check_memory(name)
 
     writer = metrics_file = bar = None
     if is_main:
@@ -355,86 +301,96 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
             metrics_path.write_text("".join(line + "\n" for line in kept))
         metrics_file = open(metrics_path, "a")
         bar = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train {kind}", dynamic_ncols=True)
-        print(f"{kind}: {count_params(model) / 1e6:.2f}M parameters, {len(shards)} shards, "
-              f"{world} rank(s) on {device}", file=sys.stderr)
+        source = "a latent cache" if kind == "dit" and task.cached_only else f"{len(shards)} shards"
+        say(f"{kind}: {count_params(model) / 1e6:.2f}M parameters, {source}, {world} rank(s) on {device}"
+            + (", compiled" if compiled else ""))
 
     end_step = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
-    window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter(),
-              "bins": [[0.0, 0] for _ in TIMESTEP_BINS]}
+    window = Window(device)
     model.train()
     data = iter(loader)
     step = start_step
-    while step < end_step:
-        batch = next(data)
-        task.check_bucket(batch)
-        try:
-            with autocast:
-                loss, per_sample, t, extra = task.loss(train_model, batch, gen, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        except torch.OutOfMemoryError as e:
-            raise RuntimeError(f"out of memory at step {step} on bucket {batch.bucket.name} with batch "
-                               f"size {len(batch.captions)}: lower data.bucket_batch_sizes."
-                               f"{batch.bucket.name}") from e
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-        opt.step()
-        sched.step()
-        update_ema(ema, model, min(cfg.train.ema_decay, (1 + step) / (10 + step)))
-        step += 1
+    try:
+        while step < end_step:
+            waited = time.perf_counter()
+            batch = next(data)
+            window.data_wait += time.perf_counter() - waited
+            task.check_bucket(batch)
+            first_of_bucket = batch.bucket.name not in checked
+            if first_of_bucket:
+                check_memory(batch.bucket.name)
+                started = time.perf_counter()
+            try:
+                with autocast:
+                    loss, per_sample, t, extra = task.loss(train_model, batch, gens, step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            except torch.OutOfMemoryError as e:
+                raise RuntimeError(f"out of memory at step {step} on bucket {batch.bucket.name} with batch "
+                                   f"size {len(batch)}: lower data.bucket_batch_sizes."
+                                   f"{batch.bucket.name}") from e
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+            opt.step()
+            sched.step()
+            ema_update.update(min(cfg.train.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            window.add(loss, per_sample, t, task.tokens(batch))
+            if first_of_bucket and compiled:   # the step that compiled (or recompiled) for this shape
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                say(f"first step on bucket {batch.bucket.name} (compiling): {time.perf_counter() - started:.1f} s")
 
-        window["loss"] += loss.item()
-        window["n"] += 1
-        window["tokens"] += task.tokens(batch)
-        if t is not None:
-            for lo, value in zip(t.tolist(), per_sample.tolist()):
-                i = next(k for k, edge in enumerate(TIMESTEP_BINS) if lo <= edge)
-                window["bins"][i][0] += value
-                window["bins"][i][1] += 1
-        if step % cfg.train.log_every == 0 or step == end_step:
-            stats = torch.tensor([window["loss"], window["n"], window["tokens"], sum(loader.skipped.values())],
-                                 dtype=torch.float64)
-            if world > 1:
-                dist.all_reduce(stats)
-            elapsed = time.perf_counter() - window["t0"]
-            record = {"step": step, "loss": stats[0].item() / stats[1].item(), "lr": sched.get_last_lr()[0],
-                      "grad_norm": grad_norm.item(), "tokens_per_s": stats[2].item() / elapsed,
-                      "skipped": int(stats[3].item()), "bucket": batch.bucket.name, **extra}
+            if step % cfg.train.log_every == 0 or step == end_step:   # the only steps that read the device
+                stats = torch.stack([window.loss.double(), *(torch.tensor(float(v), dtype=torch.float64, device=device)
+                                     for v in (window.n, window.tokens, sum(loader.skipped.values())))])
+                bins = torch.stack([window.bin_loss, window.bin_count]).double()
+                if world > 1:
+                    dist.all_reduce(stats)
+                    dist.all_reduce(bins)
+                stats, bins = stats.tolist(), bins.tolist()
+                elapsed = time.perf_counter() - window.t0
+                record = {"step": step, "loss": stats[0] / stats[1], "lr": sched.get_last_lr()[0],
+                          "grad_norm": grad_norm.item(), "tokens_per_s": stats[2] / elapsed,
+                          "skipped": int(stats[3]), "bucket": batch.bucket.name,
+                          "data_wait": window.data_wait / elapsed, **{k: float(v) for k, v in extra.items()}}
+                if device.type == "cuda":
+                    record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / GB
+                if is_main:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "data_wait", *extra):
+                        writer.add_scalar(f"train/{key}", record[key], step)
+                    writer.add_scalar("data/skipped_samples", record["skipped"], step)
+                    for total, count, edge in zip(*bins, TIMESTEP_BINS):
+                        if count:
+                            writer.add_scalar(f"loss_by_t/t<={edge:.2f}", total / count, step)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", skipped=record["skipped"])
+                window.reset()
             if is_main:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-                for key in ("loss", "lr", "grad_norm", "tokens_per_s", *extra):
-                    writer.add_scalar(f"train/{key}", record[key], step)
-                writer.add_scalar("data/skipped_samples", record["skipped"], step)
-                for (total, count), edge in zip(window["bins"], TIMESTEP_BINS):
-                    if count:
-                        writer.add_scalar(f"loss_by_t/t<={edge:.2f}", total / count, step)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", skipped=record["skipped"])
-            window = {"loss": 0.0, "n": 0, "tokens": 0, "t0": time.perf_counter(),
-                      "bins": [[0.0, 0] for _ in TIMESTEP_BINS]}
+                bar.update(1)
+
+            if step % cfg.train.ckpt_every == 0 or step == end_step:
+                ranks = gather({"rng": gens.state(), "loader": loader.state_dict()}, world)
+                if is_main:
+                    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "world_size": world, "ranks": ranks, "kind": kind}
+                    save_checkpoint(out, step, {"model": model.state_dict(), "ema": ema.state_dict()},
+                                    task.metadata(), state, cfg.train.keep_last)
+                if world > 1:
+                    dist.barrier()
+    finally:   # also when a step fails: the loader thread stops, logs are flushed, the bar ends
+        data.close()
         if is_main:
-            bar.update(1)
-
-        if step % cfg.train.ckpt_every == 0 or step == end_step:
-            ranks = gather({"rng": rng_state(gen), "loader": loader.state_dict()}, world)
-            if is_main:
-                state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "world_size": world, "ranks": ranks, "kind": kind}
-                save_checkpoint(out, step, {"model": model.state_dict(), "ema": ema.state_dict()},
-                                task.metadata(), state, cfg.train.keep_last)
-            if world > 1:
-                dist.barrier()
-
-    data.close()   # stops the loader thread
-    if is_main:
-        bar.close()
-        writer.close()
-        metrics_file.close()
-        if loader.skipped:
-            print(f"skipped samples: {dict(loader.skipped)}", file=sys.stderr)
+            bar.close()
+            writer.close()
+            metrics_file.close()
+    if is_main and loader.skipped:
+        say(f"skipped samples: {dict(loader.skipped)}")
     if world > 1:
         dist.destroy_process_group()
     return 0
 
 
 __all__ = ["main", "load_job_config", "VAEJobConfig", "DiTJobConfig", "DataConfig", "OptimConfig",
-           "LoopConfig", "TextConfig", "VAELossConfig", "warmup_cosine", "JOB_CONFIGS"]
+           "LoopConfig", "TextConfig", "VAELossConfig", "warmup_cosine", "JOB_CONFIGS", "TrainSetupError",
+           "VAETask", "DiTTask", "EMA", "update_ema"]

@@ -8,6 +8,7 @@ from the trainer but never the other way round.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -21,6 +22,14 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key is unknown, ill-typed or out of range; the message names the key."""
+
+
+class MissingKeys(ConfigError):
+    """A section lacks keys that have no default."""
+
+    def __init__(self, where: str, missing: list[str]):
+        super().__init__(f"{where or 'config'}: missing required key(s) {', '.join(missing)}")
+        self.missing = missing
 
 
 def load_config(cls: type[T], path: str | Path | Traversable | None = None, overrides: list[str] | None = None,
@@ -93,13 +102,19 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise ConfigError(f"unknown config key {key!r} (known here: {', '.join(sorted(fields))})")
+    missing = [name for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise MissingKeys(where, missing)
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
         kwargs[name] = _coerce(hints[name], value, key)
     try:
         obj = cls(**kwargs)
-    except ConfigError:
+    except ConfigError as e:     # a range check of the section: say which section, if it does not
+        if where and not str(e).startswith(where):
+            raise ConfigError(f"{where}: {e}") from None
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where or 'config'}: {e}") from e
@@ -155,7 +170,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         _, vt = get_args(tp) or (Any, Any)
-        return {k: _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
+        out = {}
+        for k, v in value.items():
+            try:
+                out[k] = _coerce(vt, v, f"{key}.{k}")
+            except MissingKeys as e:   # most likely a typo: `filters.moton.min` makes a new entry
+                others = ", ".join(sorted(str(o) for o in value if o != k)) or "none"
+                raise ConfigError(f"{key}.{k}: no such entry (known: {others}); a new entry needs "
+                                  f"{', '.join(e.missing)}") from None
+        return out
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true/false, got {value!r}")
@@ -165,10 +188,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        given = value
         if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string: a number field means a number
             value = _float_or_none(value)
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {given!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {given!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -8,12 +8,14 @@ is a one-frame video and images and videos share the latent space.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from trainer.checkpoint import latest_checkpoint
+from trainer.runtime import randn
 from trainer.typedconfig import ConfigError, from_dict, to_dict
 
 
@@ -55,11 +58,12 @@ class CausalConv3d(nn.Conv3d):
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1)):
         super().__init__(cin, cout, kernel, stride=stride, padding=(0, kernel // 2, kernel // 2))
         self.time_pad = kernel - 1
+        self.cpu_path: bool | None = None   # None: by the input's device (memory estimates set it on meta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, T, H, W)
         if self.time_pad:
             x = torch.cat([x[:, :, :1].expand(-1, -1, self.time_pad, -1, -1), x], dim=2)
-        if x.is_cuda:
+        if not (x.device.type == "cpu" if self.cpu_path is None else self.cpu_path):
             return super().forward(x)
         # CPU: the same convolution as a 2D one over stacked frame windows (several times faster
         # than PyTorch's CPU conv3d); weights stay in Conv3d layout
@@ -82,7 +86,10 @@ class ChannelRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps) * self.weight
+        # statistics in float32, output in the input's dtype (under autocast the weight is cast to
+        # it, not the activations promoted to float32)
+        rms = torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
+        return x * rms * self.weight.to(x.dtype)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -207,7 +214,7 @@ class CausalVAE(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """Training pass: (reconstruction cropped to T, mean, logvar)."""
         mean, logvar = self.encode_dist(x)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        noise = randn(mean.shape, generator, mean.device, mean.dtype)   # generator on any device
         z = mean + torch.exp(0.5 * logvar) * noise
         return self.decode_raw(z)[:, :, : x.shape[2]], mean, logvar
 
@@ -218,10 +225,22 @@ class CausalVAE(nn.Module):
         return (mean - self.latent_shift) * self.latent_scale
 
     @torch.no_grad()
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Video -> normalised posterior mean (exactly `encode`) and log-variance."""
+        mean, logvar = self.encode_dist(x)
+        return (mean - self.latent_shift) * self.latent_scale, logvar + 2 * self.latent_scale.log()
+
+    @torch.no_grad()
     def decode(self, z: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         """Normalised latent -> video in [-1, 1], cropped to `frames` when given."""
         video = self.decode_raw(z / self.latent_scale + self.latent_shift).clamp(-1, 1)
         return video[:, :, :frames] if frames is not None else video
+
+
+def video_tensor(video: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A batch of videos (B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float in [-1, 1] on `device`."""
+    x = torch.from_numpy(video).to(device, non_blocking=True)
+    return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
 
 
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -247,6 +266,9 @@ class PixelSpace(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x, None
 
     def decode(self, z: torch.Tensor, frames: int | None = None) -> torch.Tensor:
         return z.clamp(-1, 1)[:, :, :frames] if frames is not None else z.clamp(-1, 1)
@@ -285,6 +307,11 @@ class DiffusersVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return (self.vae.encode(x).latent_dist.mode() - self.shift) * self.scale
+
+    @torch.no_grad()
+    def encode_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.vae.encode(x).latent_dist
+        return (dist.mode() - self.shift) * self.scale, dist.logvar + 2 * torch.log(self.scale)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, frames: int | None = None) -> torch.Tensor:
@@ -342,5 +369,67 @@ def load_autoencoder(source: AutoencoderSource) -> nn.Module:
     return load_vae(source.path)
 
 
+@dataclass(frozen=True)
+class LatentGeometry:
+    """What the DiT needs of an autoencoder's latent space, known without loading it."""
+
+    latent_channels: int
+    temporal_compression: int
+    spatial_compression: int
+
+    def latent_frames(self, frames: int) -> int:
+        return 1 + math.ceil((frames - 1) / self.temporal_compression)
+
+    @classmethod
+    def of(cls, autoencoder: nn.Module) -> "LatentGeometry":
+        return cls(int(autoencoder.latent_channels), int(autoencoder.temporal_compression),
+                   int(autoencoder.spatial_compression))
+
+
+def resolve_source(source: AutoencoderSource) -> AutoencoderSource:
+    """The exact weights a source names today: a recap run directory becomes the EMA file of its
+    last checkpoint, local paths become absolute; hub ids stay as given."""
+    if source.kind == "pixel":
+        return AutoencoderSource(kind="pixel")
+    path = Path(source.path).expanduser()
+    if source.kind == "recap":
+        if path.is_dir():
+            ckpt = latest_checkpoint(path)
+            if ckpt is None:
+                raise FileNotFoundError(f"VAE run {source.path} has no checkpoint")
+            path = ckpt / "ema.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"VAE {source.path} not found (vae.path: a `recap train vae` run or its .safetensors)")
+        return AutoencoderSource(kind="recap", path=str(path.resolve()))
+    return AutoencoderSource(kind="diffusers", path=str(path.resolve()) if path.exists() else source.path,
+                             subfolder=source.subfolder)
+
+
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+
+
+def fingerprint(source: AutoencoderSource) -> str:
+    """16 hex chars naming the weights behind `source` (a recap VAE: its file's bytes; a local
+    diffusers folder: its config and file sizes; a hub id: the id), so latents made by another
+    autoencoder are recognised."""
+    resolved = resolve_source(source)
+    h = hashlib.sha256(json.dumps([resolved.kind, resolved.subfolder]).encode())
+    folder = Path(resolved.path) / resolved.subfolder if resolved.kind == "diffusers" else None
+    if resolved.kind == "recap":
+        _hash_file(h, Path(resolved.path))
+    elif folder is not None and folder.is_dir():
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(folder)}:{f.stat().st_size}".encode())
+            if f.suffix == ".json":
+                h.update(f.read_bytes())
+    else:
+        h.update(resolved.path.encode())
+    return h.hexdigest()[:16]
+
+
 __all__ = ["VAEConfig", "CausalVAE", "CausalConv3d", "PixelSpace", "DiffusersVAE", "AutoencoderSource",
-           "load_autoencoder", "save_vae", "load_vae", "kl_loss", "psnr"]
+           "LatentGeometry", "load_autoencoder", "resolve_source", "fingerprint", "save_vae", "load_vae",
+           "kl_loss", "psnr", "video_tensor"]

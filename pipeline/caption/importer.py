@@ -72,15 +72,18 @@ def overlap(clip_start: float, clip_end: float, start: float | None, end: float 
 
 def import_captions(lib_root: str | Path, path: str | Path, min_overlap: float = 0.5) -> ImportSummary:
     """Store the captions of `path` for the clips they cover as one new caption version."""
-    path = Path(path)
+    lib = Library(lib_root)
+    with lib.lock("caption"):
+        return _import(lib, Path(path), min_overlap)
+
+
+def _import(lib: Library, path: Path, min_overlap: float) -> ImportSummary:
     lines = read_caption_lines(path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     params = {"min_overlap": min_overlap}
     spec = {"backend": IMPORT_BACKEND, "model_id": path.name, "revision": None, "prompt_id": IMPORT_BACKEND,
             "prompt_sha": sha[:16], "params": params}
     summary = ImportSummary(version=version_id(spec), lines=len(lines))
-
-    lib = Library(lib_root)
     video_of_uri = {uri: video_id for video_id, uri in lib.source_uris().items()}
     clips = lib.read("clips", ["clip_id", "video_id", "start_s", "end_s"]).to_pylist()
     by_video: dict[str, list[dict[str, Any]]] = {}

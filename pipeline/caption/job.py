@@ -79,9 +79,16 @@ def run_caption(lib_root: str | Path, cfg: CaptionJobConfig, where: str | None =
 
     Raises MissingModelError (or RequestError for the openai backend) before writing anything
     when the model cannot be loaded; `backend` injects an already loaded one (runs in-process)."""
+    lib = Library(lib_root)
+    with lib.lock("caption"):
+        return _run_caption(lib, cfg, where, all_clips, limit, progress, backend)
+
+
+def _run_caption(lib: Library, cfg: CaptionJobConfig, where: str | None, all_clips: bool, limit: int | None,
+                 progress: bool, backend: Any) -> CaptionSummary:
     t0 = time.perf_counter()
-    lib_root = str(Path(lib_root).resolve())
-    store = CaptionStore(lib_root)
+    lib_root = str(lib.root.resolve())
+    store = lib.captions
     signals = cfg.model.backend == "signals"
     spec = signal_spec() if signals else version_spec(cfg, load_prompt(cfg.prompt.id))
     summary = CaptionSummary(version=version_id(spec))
@@ -97,7 +104,7 @@ def run_caption(lib_root: str | Path, cfg: CaptionJobConfig, where: str | None =
             # the signal caption has no model and costs microseconds a clip: Ray would only add its start
             execution = dataclasses.replace(execution, executor="local")
         if execution.executor == "ray":
-            _preflight(cfg)
+            preflight(cfg)
         stages = caption_stages(cfg, lib_root, backend)
         bar = tqdm(total=len(todo), unit="clip", disable=not progress or signals, file=sys.stderr,
                    dynamic_ncols=True)
@@ -105,8 +112,11 @@ def run_caption(lib_root: str | Path, cfg: CaptionJobConfig, where: str | None =
             bar.update(1)
             bar.set_postfix(tok_s=f"{summary.output_tokens / max(time.perf_counter() - t0, 1e-6):.1f}")
         bar.close()
-    if store.default() is None and summary.by_status.get("ok"):
-        store.set_default(summary.version)  # the first version written is what export uses until changed
+    if store.default() is None and any(v["version"] == summary.version and v["counts"].get("ok")
+                                       for v in store.versions()):
+        # the first version written is what export uses until changed (also when a crash came
+        # between its last captions and this mark: the rerun has nothing new to caption)
+        store.set_default(summary.version)
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 
@@ -125,9 +135,10 @@ def _commit(store: CaptionStore, rows: Iterable[dict[str, Any]], every: int,
     store.append(pending)
 
 
-def _preflight(cfg: CaptionJobConfig) -> None:
-    """Fail before starting Ray when the model cannot be found (nothing is written)."""
+def preflight(cfg: CaptionJobConfig) -> None:
+    """Fail before any work when the model cannot be found (MissingModelError, or RequestError
+    for a server that does not answer): nothing is written."""
     if cfg.model.backend == "transformers":
-        resolve_model(cfg.model.id, cfg.model.revision)
+        resolve_model(cfg.model.id, cfg.model.revision, cfg.model.allow_download)
     elif cfg.model.backend == "openai":
         make_backend(cfg)

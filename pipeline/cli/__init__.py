@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import importlib.metadata
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "export": "pipeline.cli.export",
     "index": "pipeline.cli.index",
     "search": "pipeline.cli.search",
+    "serve": "pipeline.cli.serve",
     "train": "trainer.cli",
     "sample": "trainer.sample_cli",
 }
@@ -40,6 +43,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="recap",
         description="Curate raw web video into a clip library, captions, search and training shards.",
     )
+    parser.add_argument("--version", action="version", version=f"recap {importlib.metadata.version('recap')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         doc = command_doc(module_name)
@@ -61,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        sys.stdout.flush()              # a closed pipe shows here, not at exit
+        return status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`recap info LIB | head`): stop quietly, and let the interpreter's
+        # final flush of stdout go nowhere instead of raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

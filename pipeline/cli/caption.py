@@ -60,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: from the config (transformers)")
     p.add_argument("--prompt", help="prompt template: dense (default), short, or a path to a .txt file")
     p.add_argument("--base-url", help="openai backend: server URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--allow-download", action="store_true",
+                   help="fetch a hub model that is not in the local Hugging Face cache (default: offline)")
     p.add_argument("--where", metavar="EXPR", help="only clips matching this filter expression, e.g. 'duration_s > 3 and not passed'")
     p.add_argument("--all", action="store_true", dest="all_clips", help="ignore the filter view: consider every clip")
     p.add_argument("--limit", type=int, metavar="N", help="caption at most N clips this run")
@@ -95,10 +97,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.from_file:
         return import_from(args, store, fail)
+    if args.limit is not None and args.limit < 1:
+        return fail(f"--limit must be at least 1, got {args.limit}")
 
     overrides = list(args.overrides)
     for key, value in (("model.backend", args.backend), ("model.id", args.model), ("prompt.id", args.prompt),
-                       ("openai.base_url", args.base_url)):
+                       ("openai.base_url", args.base_url), ("model.allow_download", args.allow_download or None)):
         if value is not None:
             overrides.insert(0, f"{key}={value}")
     try:
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                               progress=not args.quiet)
     except (MissingModelError, RequestError) as e:
         return fail(f"{e}\nnothing was written.")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, LibraryError) as e:
         return fail(str(e))
     if args.make_default and summary.captioned:
         store.set_default(summary.version)
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 def import_from(args: argparse.Namespace, store: CaptionStore, fail) -> int:
     try:
         summary = import_captions(args.library, args.from_file)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, LibraryError) as e:
         return fail(str(e))
     if args.make_default and (summary.matched_clips or summary.already):
         store.set_default(summary.version)

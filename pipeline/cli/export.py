@@ -26,6 +26,7 @@ from pipeline.export.buckets import load_buckets
 from pipeline.export.config import load_export_config
 from pipeline.export.job import run_export
 from pipeline.export.selection import ExportError
+from pipeline.library import LibraryError
 from trainer.typedconfig import ConfigError
 
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                              caption_version=args.caption_version, selection=args.selection, buckets=buckets, cfg=cfg,
                              buckets_file=args.buckets, progress=not args.no_progress,
                              command=" ".join(shlex.quote(a) for a in ["recap", *sys.argv[1:]]))
-    except (ConfigError, ExportError) as e:
+    except (ConfigError, ExportError, LibraryError) as e:
         print(f"recap export: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(summary.lines()))

@@ -20,6 +20,7 @@ import time
 
 from pipeline.filters.config import load_filter_config
 from pipeline.filters.evaluate import reason_counts, run_filters
+from pipeline.library import LibraryError
 from pipeline.library.views import VIEW_PATH
 from trainer.typedconfig import ConfigError
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_filter_config(args.config, args.overrides)
         view, missing = run_filters(args.library, cfg)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, LibraryError) as e:
         print(f"recap filter: error: {e}", file=sys.stderr)
         return 2
     n, kept = view.num_rows, int(sum(view.column("passed").to_pylist()))

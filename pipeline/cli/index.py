@@ -6,9 +6,16 @@ new filter result) updated, removed ones deleted. Milvus Lite (LIB/milvus.db) by
 --milvus-uri for a Milvus server. Reruns only embed what changed.
 
   --check   compare Milvus with Parquet and report missing, extra and stale rows; change nothing
-            (exit status 1 when they differ)
+            (exit status 1 when they differ, or when the store is damaged)
   --repair  make Milvus match Parquet without embedding anything new (e.g. after --check, or to
-            rebuild a dropped collection without loading a model)
+            rebuild a dropped collection without loading a model); a Milvus Lite store is removed
+            and rebuilt from Parquet whatever state it is in (a damaged Lite store found by a plain
+            `recap index` is rebuilt too)
+
+Milvus Lite admits one process: while another one holds LIB/milvus.db, this waits up to
+milvus.lock_wait_s, then says which process it is (searches do not need the store).
+Exit status: 0 done, 1 --check found differences, 2 usage or config error, nothing to index
+(no captions and no visual embedder), or the store is busy or unreachable.
 
 Examples:
   recap index lib
@@ -23,7 +30,7 @@ import argparse
 import sys
 import time
 
-from index.api import ClipIndex
+from index.api import ClipIndex, SearchError
 from index.embedders import EmbedderError
 from index.store import StoreError
 from pipeline.embed import load_index_config, run_index
@@ -60,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
                 rec = index.check()
         else:
             rec = run_index(args.library, load_index_config(args.config, args.overrides), embed=not args.repair,
-                            milvus_uri=args.milvus_uri, token=args.token)
-    except (ConfigError, FileNotFoundError, StoreError, EmbedderError) as e:
+                            milvus_uri=args.milvus_uri, token=args.token, rebuild=args.repair)
+    except (ConfigError, FileNotFoundError, StoreError, EmbedderError, SearchError) as e:
         print(f"recap index: error: {e}", file=sys.stderr)
         return 2
     if args.check:
@@ -74,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
         if ids:
             shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
             print(f"  {what:<8} {len(ids):>7}  {shown}")
-    if rec.schema_changed:
+    if rec.damaged:
+        print(f"  store    {rec.damaged}" if args.check else "  store    was damaged: rebuilt from Parquet")
+    elif rec.schema_changed:
         print("  collection " + ("missing, or its fields differ from the library's columns" if args.check
-                                 else "created (new, or the library's columns changed)"))
+                                 else "created (new, rebuilt, or the library's columns changed)"))
     for name, n in rec.unembedded.items():
         if n:
             print(f"  {name}: {n} clips without a vector (no caption yet, or not embedded yet)")

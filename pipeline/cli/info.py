@@ -52,18 +52,22 @@ def summary_lines(lib: Library) -> list[str]:
                      f"e.g. {Path(damaged[0]['uri']).name}: {damaged[0]['decode_warnings']}")
     lines.append(f"  errors  {len(errors):>6}" + ("   " + ", ".join(
         f"{k}={v}" for k, v in Counter(e["error_type"] for e in errors).most_common()) if errors else ""))
-    lines += _view_lines(lib.root) + _caption_lines(lib.captions)
+    lines += _view_lines(lib) + _caption_lines(lib.captions)
     return lines
 
 
-def _view_lines(root: Path) -> list[str]:
-    found = read_view(root)
+def _view_lines(lib: Library) -> list[str]:
+    found = read_view(lib.root)
     if found is None:
         return ["  filter  (no view yet: run `recap filter`)"]
     view = found[0]
     kept = sum(view.column("passed").to_pylist())
     reasons = ", ".join(f"{k}={v}" for k, v in list(reason_counts(view).items())[:5])
-    return [f"  passed  {kept:>6}   of {view.num_rows}" + (f"; rejected for {reasons}" if reasons else "")]
+    lines = [f"  passed  {kept:>6}   of {view.num_rows}" + (f"; rejected for {reasons}" if reasons else "")]
+    if lib.view_is_stale():
+        lines.append("  warning: the filter view is older than the newest clips (they count as not passed): "
+                     "run `recap filter`")
+    return lines
 
 
 def _caption_lines(store: CaptionStore) -> list[str]:

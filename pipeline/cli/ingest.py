@@ -6,7 +6,10 @@ fsspec URL (s3://, gs://, https://, ...; staged through a size-bounded local cac
 
 Rerunning the same command resumes: sources already handled are skipped, and a crash or
 kill -9 loses nothing but the batch in flight. Bad inputs become rows in LIB/errors/ and the
-job goes on; the exit status is 0 when every source succeeded, 3 when some failed.
+job goes on; a source that takes longer than sources.timeout_s (or sources.cpu_timeout_s of
+CPU) is given up as an error row. Exit status: 0 when every source succeeded, 3 when some
+failed or the library has no clips, 2 for a usage, config or Ray start error (then nothing
+is written).
 
 Examples:
   recap ingest videos/ --out lib
@@ -53,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(summary.lines()))
     if summary.failed:
         print(f"{summary.failed} source(s) failed: see {args.out}/errors/", file=sys.stderr)
+    if summary.failed or not summary.library_clips:
         return EXIT_SOME_FAILED
     return 0

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from pipeline.filters.report import build_report
+from pipeline.library import LibraryError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         index = build_report(args.library, args.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, LibraryError) as e:
         print(f"recap report: error: {e}", file=sys.stderr)
         return 2
     print(f"report: {index}")

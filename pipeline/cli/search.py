@@ -2,16 +2,22 @@
 
 Modes: `caption` (the text against caption embeddings), `visual` (against CLIP/SigLIP frame
 embeddings, through the model's text tower), `hybrid` (both, fused by reciprocal rank), `auto`
-(every kind of vector the index has). --like CLIP_ID finds clips close to that clip.
+(every kind of vector the index has). --like CLIP_ID finds clips close to that clip (any unique
+prefix of its id will do, as with git commits).
 
---where takes the filter language shared by recap: comparisons (== != < <= > >=), `in [...]`,
-`not in [...]`, `is null`, bool fields on their own (`passed`, `duplicate`), and/or/not, parentheses.
+--where takes the filter language shared by recap (`recap export` and `recap caption` take the same
+fields): comparisons (== != < <= > >=), `in [...]`, `not in [...]`, `is null`, bool fields on their
+own (`passed`, `duplicate`), and/or/not, parentheses.
+
+On Milvus Lite, a library of up to milvus.exact_max_clips clips is searched by an exact scan of its
+Parquet vectors in this process (the same hits as Lite, and no wait while `recap index` holds the
+store); a Milvus server, or a larger library, through Milvus.
 
 Examples:
   recap search lib "a dog running on a beach at sunset"
   recap search lib "traffic at night" --top-k 20 --where 'duration_s > 3 and not duplicate'
   recap search lib "slow pan over mountains" --where 'camera_motion in ["pan_left", "pan_right"]' --json
-  recap search lib --like 3f2a9c0d11e4b7a2 --mode caption
+  recap search lib --like 3f2a9c0d --mode caption
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from trainer.typedconfig import ConfigError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common(p)
     p.add_argument("text", nargs="?", help="what to look for (omit with --like)")
-    p.add_argument("--like", metavar="CLIP_ID", help="find clips similar to this clip")
+    p.add_argument("--like", metavar="CLIP_ID", help="find clips similar to this clip (a unique prefix of its id will do)")
     p.add_argument("--top-k", type=int, default=10, metavar="K", help="results to return (default 10)")
     p.add_argument("--where", metavar="EXPR", help="filter, e.g. 'duration_s > 3 and not duplicate'")
     p.add_argument("--mode", choices=["auto", "caption", "visual", "hybrid"], default="auto",

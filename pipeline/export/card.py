@@ -15,6 +15,7 @@ import yaml
 
 from pipeline.export.buckets import bucket_table
 from pipeline.library.files import atomic_write_bytes, atomic_write_table
+from pipeline.plots import histogram_bins
 from trainer.shards import Bucket
 
 if TYPE_CHECKING:
@@ -74,8 +75,8 @@ def _histograms(out: Path, manifest: pa.Table) -> list[tuple[str, str]]:
         fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
         groups = [[v for v, s in zip(values, split) if s == name_] for name_ in ("train", "val")]
         labels = [f"{n} ({len(g)})" for n, g in zip(("train", "val"), groups)]
-        bins = min(30, max(5, len(set(values))))
-        ax.hist([g for g in groups], bins=bins, stacked=True, label=labels, color=["#4878a8", "#e08a3c"])
+        ax.hist([g for g in groups], bins=histogram_bins(values), stacked=True, label=labels,
+                color=["#4878a8", "#e08a3c"])
         ax.set_xlabel(title)
         ax.set_ylabel("samples")
         ax.legend(frameon=False)

@@ -28,10 +28,11 @@ from tqdm import tqdm
 from pipeline.export.buckets import BucketConfig
 from pipeline.export.card import write_card, write_manifest
 from pipeline.export.config import ExportConfig
-from pipeline.export.plan import ShardPlan, plan_export
-from pipeline.export.selection import ExportError, select
+from pipeline.export.plan import Plan, ShardPlan, plan_export
+from pipeline.export.selection import ExportError, Selection, select
 from pipeline.export.writer import STATE, WriteShardStage
 from pipeline.library.files import atomic_write_bytes
+from pipeline.library.tables import locked
 from pipeline.stages import run_stages
 from trainer.typedconfig import to_dict
 
@@ -61,8 +62,8 @@ class ExportSummary:
 
 
 def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
-    """Create or reopen SHARDS; returns the shards already done. Refuses a folder that holds
-    something else, or another export."""
+    """Create or reopen SHARDS; returns the shards already done. Refuses another export's folder
+    (a folder holding something else is refused before this, by run_export)."""
     state = out / STATE
     job_path = state / "job.json"
     if job_path.exists():
@@ -70,8 +71,6 @@ def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
         if old.get("fingerprint") != fingerprint:
             raise ExportError(f"{out} holds another export (plan {old.get('fingerprint')}, this one is {fingerprint}: "
                               "the selection, captions or settings differ); export to a new folder or remove it")
-    elif out.exists() and any(p for p in out.iterdir()):
-        raise ExportError(f"{out} exists, is not empty and is not an export of this plan; choose another --out")
     (state / "done").mkdir(parents=True, exist_ok=True)
     for stray in out.glob(".*.tmp"):           # a shard cut short by a crash
         stray.unlink(missing_ok=True)
@@ -89,13 +88,15 @@ def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
 
 
 def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: bool) -> None:
-    bar = tqdm(total=len(todo), unit="shard", disable=not progress)
-    failed = 0
+    bar = tqdm(total=sum(len(s.samples) for s in todo), unit="sample", disable=not progress)
+    failed = shards = 0
     stage = WriteShardStage(out, cfg.execution.cpus_per_task)
     for row in run_stages([stage], [{"shard": shard} for shard in todo], cfg.execution, one_block_per_batch=True):
-        failed += len(row["record"]["errors"])
-        bar.update(1)
-        bar.set_postfix(samples=len(row["record"]["samples"]), failed=failed)
+        record = row["record"]
+        failed += len(record["errors"])
+        shards += 1
+        bar.update(len(record["samples"]) + len(record["errors"]))
+        bar.set_postfix(shards=f"{shards}/{len(todo)}", failed=failed)
     bar.close()
 
 
@@ -128,6 +129,15 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
            "args": {"where": where, "query": query, "top_k": top_k if query else None, "selection": selection,
                     "caption_version": caption_version, "buckets_file": buckets_file},
            "config": to_dict(cfg), "buckets": to_dict(buckets)}
+    if not (out / STATE / "job.json").exists() and out.exists() and any(p.name != STATE for p in out.iterdir()):
+        raise ExportError(f"{out} exists, is not empty and is not an export of this plan; choose another --out")
+    (out / STATE).mkdir(parents=True, exist_ok=True)
+    with locked(out / STATE / "lock", f"exporting to {out}"):   # two exports to one folder: one refused
+        return _export(root, out, sel, plan, job, buckets, cfg, progress, log, t0)
+
+
+def _export(root: Path, out: Path, sel: Selection, plan: Plan, job: dict[str, Any], buckets: BucketConfig,
+            cfg: ExportConfig, progress: bool, log, t0: float) -> ExportSummary:
     done = _prepare_out(out, plan.fingerprint, job)
     todo = [s for s in plan.shards if s.name not in done]
     if done:

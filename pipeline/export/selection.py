@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from index.api import ClipIndex, SearchError
 from index.catalog import compile_for_schema
+from index.store import StoreError
 from index.where import WhereError
 from pipeline.embed import load_index_config
 from pipeline.library import Library, LibraryError
@@ -68,6 +69,9 @@ def select(root: str | Path, where: str | None = None, query: str | None = None,
         raise ExportError(str(e)) from None
     steps = [("clips in the library", t.num_rows)]
     notes: list[str] = []
+    if lib.view_is_stale() and "passed" in t.column_names:
+        notes.append("the filter view is older than the newest clips, which count as not passed: "
+                     "run `recap filter` first to judge them")
     if selection:
         try:
             chosen_ids = read_selection(root, selection)
@@ -110,10 +114,10 @@ def _query_scores(root: Path, query: str, top_k: int, where: str | None, columns
     parts = [f"({where})"] if where else []
     try:
         with ClipIndex(root, load_index_config()) as index:
-            fields = index.fields() if index.store.exists() else {}
+            fields = index.fields()
             parts += [p for p, name in (("passed", "passed"), ("not duplicate", "duplicate")) if name in fields]
             hits = index.search(query, top_k=top_k, where=" and ".join(parts) or None)
-    except (SearchError, ValueError) as e:
+    except (SearchError, StoreError, ValueError) as e:
         raise ExportError(f"--query: {e}") from None
     return {h.clip_id: h.score for h in hits}
 

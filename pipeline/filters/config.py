@@ -18,6 +18,10 @@ class FilterRule:
     enabled: bool = True
     null: Literal["pass", "reject"] = "pass"          # what a missing measurement does
 
+    def __post_init__(self) -> None:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ConfigError(f"filter on {self.column}: min {self.min:g} is above max {self.max:g}")
+
 
 @dataclass
 class DedupConfig:

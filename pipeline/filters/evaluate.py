@@ -92,11 +92,13 @@ def needed_columns(cfg: FilterConfig) -> list[str]:
 def run_filters(lib_root: str | Path, cfg: FilterConfig) -> tuple[pa.Table, list[str]]:
     """Evaluate and write the view; returns it and the rules skipped for lack of a column."""
     declared = set(table_schema("clips").names)
-    clips = Library(lib_root).clips([c for c in needed_columns(cfg) if c in declared])
+    lib = Library(lib_root)
+    newest = lib.newest_batch()        # before reading: a batch committed meanwhile leaves the view stale
+    clips = lib.clips([c for c in needed_columns(cfg) if c in declared])
     missing = [f"{name} ({rule.column})" for name, rule in cfg.filters.items()
                if rule.enabled and rule.column not in declared]
     view = evaluate(clips, cfg)
-    write_view(lib_root, view, to_dict(cfg))
+    write_view(lib_root, view, to_dict(cfg), newest)
     return view, missing
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ import pyarrow as pa
 from PIL import Image
 
 from pipeline.filters.config import FilterConfig, from_saved_config, load_filter_config
-from pipeline.filters.evaluate import evaluate, reason_counts
+from pipeline.filters.evaluate import DUPLICATE, evaluate, reason_counts
 from pipeline.library import Library
 from pipeline.library.views import read_view
+from pipeline.plots import histogram_bins
 from trainer.typedconfig import to_dict
 
 # numeric signals shown as histograms: column -> (title, log scale)
@@ -81,15 +83,16 @@ def _thresholds(cfg: FilterConfig, column: str) -> list[tuple[str, float]]:
 def plot_histogram(path: Path, values: np.ndarray, title: str, log: bool, thresholds: list[tuple[str, float]],
                    n_total: int) -> None:
     fig, ax = plt.subplots(figsize=(4.2, 2.8), dpi=100)
-    if values.size:
+    if values.size and np.ptp(values) == 0:    # one value for every clip: say it, an axis around it means nothing
+        ax.text(0.5, 0.5, f"every measured clip: {values[0]:g}", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xticks([])
+    elif values.size:
         if log:
-            positive = values[values > 0]
-            lo = max(positive.min(), 1e-3) if positive.size else 1e-3
-            bins = np.geomspace(lo, max(values.max(), lo * 10), 40)
-            ax.hist(np.clip(values, lo, None), bins=bins, color="#4c72b0")
+            bins = histogram_bins(values, most=40, log=True)
+            ax.hist(np.clip(values, bins[0], None), bins=bins, color="#4c72b0")
             ax.set_xscale("log")
         else:
-            ax.hist(values, bins=40, color="#4c72b0")
+            ax.hist(values, bins=histogram_bins(values, most=40), color="#4c72b0")
         for label, x in thresholds:
             ax.axvline(x, color="#c44e52", linestyle="--", linewidth=1.5)
             ax.text(x, ax.get_ylim()[1] * 0.95, f" {label}={x:g}", color="#c44e52", fontsize=7, va="top",
@@ -140,28 +143,46 @@ def thumbnail(path: Path, t_s: float, width: int = 192) -> np.ndarray | None:
         return None
 
 
-def clip_thumbnail(lib_root: Path, clip: dict[str, Any], video_uris: dict[str, str]) -> np.ndarray | None:
-    """The middle frame of a clip: from its file when it has one, else from the source video."""
-    mid_frames = (clip.get("end_frame", 0) - clip.get("start_frame", 0)) / 2
-    fps = clip.get("fps") or 25.0
+def clip_media(lib: Library, clip: dict[str, Any], video_uris: dict[str, str]) -> tuple[Path | None, float]:
+    """Where to see a clip and from when: its own file (checked to lie inside the library), else
+    its source video at the clip's start; (None, 0) when neither is there."""
     if clip.get("path"):
-        t = ((clip.get("file_start_frame") or 0) + mid_frames) / fps
-        image = thumbnail(lib_root / clip["path"], t)
-        if image is not None:
-            return image
+        path = lib.media_path(clip["path"])
+        if path.exists():
+            return path, (clip.get("file_start_frame") or 0) / (clip.get("fps") or 25.0)
     uri = video_uris.get(clip.get("video_id"))
     if uri and Path(uri).exists():
-        return thumbnail(Path(uri), (clip.get("start_s") or 0) + (clip.get("duration_s") or 0) / 2)
-    return None
+        return Path(uri), clip.get("start_s") or 0.0
+    return None, 0.0
+
+
+def clip_thumbnail(lib: Library, clip: dict[str, Any], video_uris: dict[str, str]) -> np.ndarray | None:
+    """The middle frame of a clip: from its file when it has one, else from the source video."""
+    path, start = clip_media(lib, clip, video_uris)
+    return thumbnail(path, start + (clip.get("duration_s") or 0) / 2) if path else None
+
+
+def _example(lib: Library, clip: dict[str, Any], uris: dict[str, str], out: Path, caption: str) -> str:
+    """One clip as a figure: its thumbnail, linked to its file (or its source at its start time)."""
+    image = clip_thumbnail(lib, clip, uris)
+    text = f"<figcaption><code>{html.escape(clip['clip_id'])}</code>{caption}</figcaption>"
+    if image is None:
+        return f'<figure><div class="nothumb">no media</div>{text}</figure>'
+    name = f"thumbs/{clip['clip_id']}.jpg"     # ids are checked by the library: a plain file name
+    Image.fromarray(image).save(out / name, quality=85)
+    path, start = clip_media(lib, clip, uris)
+    href = Path(os.path.relpath(path, out)).as_posix() + (f"#t={start:.2f}" if start else "")
+    return f'<figure><a href="{html.escape(href)}"><img src="{name}"></a>{text}</figure>'
 
 
 def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write `index.html` and its PNGs to `out_dir` (default LIB/report); return the HTML path."""
     matplotlib.use("Agg")   # files only, whatever display the machine has
     lib_root = Path(lib_root)
+    lib = Library(lib_root)
+    data = load_report_data(lib_root)      # not a library, or no clips: fail before writing anything
     out = Path(out_dir) if out_dir else lib_root / "report"
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
-    data = load_report_data(lib_root)
     clips, view, cfg = data.clips, data.view, data.cfg
     n = clips.num_rows
     by_id = {cid: i for i, cid in enumerate(clips.column("clip_id").to_pylist())}
@@ -172,7 +193,8 @@ def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Pat
     sections: list[str] = []
 
     # summary
-    n_videos = len(set(clips.column("video_id").to_pylist()))
+    n_videos = lib.read("videos", ["video_id"]).num_rows          # as `recap info` counts them
+    with_clips = len(set(clips.column("video_id").to_pylist()))
     hours = float(np.nansum(_values(clips, "duration_s"))) / 3600 if "duration_s" in clips.column_names else 0.0
     kept_hours = float(np.nansum(np.asarray(clips.column("duration_s").to_pylist(), float)[passed])) / 3600 \
         if "duration_s" in clips.column_names else 0.0
@@ -189,7 +211,7 @@ def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Pat
     sections.append(f"""
 <h2>Summary</h2>
 <table class="kv">
-<tr><th>clips</th><td>{n}</td></tr><tr><th>videos</th><td>{n_videos}</td></tr>
+<tr><th>clips</th><td>{n}</td></tr><tr><th>videos</th><td>{n_videos} ({with_clips} with clips)</td></tr>
 <tr><th>clip hours</th><td>{hours:.2f}</td></tr>
 <tr><th>passing</th><td>{int(passed.sum())} clips ({100 * passed.mean() if n else 0:.1f}%), {kept_hours:.2f} h</td></tr>
 <tr><th>duplicates</th><td>{int(view.column('duplicate_of').is_valid().to_numpy(zero_copy_only=False).sum())}</td></tr>
@@ -229,23 +251,23 @@ def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Pat
         figs.append(f'<img src="hist_{column}.png">')
     sections.append('<h2>Signals (dashed: filter thresholds)</h2><div class="grid">' + "".join(figs) + "</div>")
 
-    # examples per rejection reason
-    uris = Library(lib_root).source_uris()
+    # examples per rejection reason (a duplicate beside the clip kept in its place)
+    uris = lib.source_uris()
+    row_of = {cid: i for i, cid in enumerate(clips.column("clip_id").to_pylist())}
     strips = []
     for reason in counts:
         picks = [i for i, r in enumerate(reasons) if reason in r][:EXAMPLES_PER_REASON]
         cells = []
         for i in picks:
             clip = clips.slice(i, 1).to_pylist()[0]
-            image = clip_thumbnail(lib_root, clip, uris)
-            caption = html.escape(f"{clip['clip_id'][:12]} · {_reason_value(reason, clip, cfg, view, i)}"
-                                  f" · {', '.join(reasons[i])}")
-            if image is None:
-                cells.append(f'<figure><div class="nothumb">no media</div><figcaption>{caption}</figcaption></figure>')
-                continue
-            name = f"thumbs/{clip['clip_id']}.jpg"
-            Image.fromarray(image).save(out / name, quality=85)
-            cells.append(f'<figure><img src="{name}"><figcaption>{caption}</figcaption></figure>')
+            why = html.escape(f"{_reason_value(reason, clip, cfg, view, i)} · {', '.join(reasons[i])}")
+            cell = _example(lib, clip, uris, out, why)
+            kept = view.column("duplicate_of")[i].as_py() if reason == DUPLICATE else None
+            if kept in row_of:
+                cell = (f'<div class="pair">{cell}'
+                        + _example(lib, clips.slice(row_of[kept], 1).to_pylist()[0], uris, out, "kept instead")
+                        + "</div>")
+            cells.append(cell)
         strips.append(f'<h3>{html.escape(reason)} <small>({counts[reason]} clips)</small></h3>'
                       f'<div class="strip">{"".join(cells)}</div>')
     sections.append("<h2>Examples per rejection reason</h2>" + ("".join(strips) or "<p>No clip rejected.</p>"))
@@ -258,7 +280,9 @@ h1 {{ margin: 0 0 4px; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 4
 table {{ border-collapse: collapse; margin: 8px 0; }} td, th {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; font-size: 13px; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 8px; }}
 .strip {{ display: flex; gap: 8px; flex-wrap: wrap; }}
-figure {{ margin: 0; width: 192px; }} figcaption {{ font-size: 11px; color: #555; word-break: break-all; }}
+figure {{ margin: 0; width: 192px; }} figcaption {{ font-size: 11px; color: #555; overflow-wrap: break-word; }}
+figcaption code {{ display: block; white-space: nowrap; overflow-x: auto; }}
+.pair {{ display: flex; gap: 4px; padding: 4px; background: #f3f3f3; }}
 .nothumb {{ width: 192px; height: 108px; background: #eee; color: #888; display: flex; align-items: center; justify-content: center; }}
 pre {{ background: #f6f6f6; padding: 8px; font-size: 11px; max-height: 240px; overflow: auto; }}
 </style></head><body>

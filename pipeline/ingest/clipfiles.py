@@ -37,6 +37,7 @@ import av
 import numpy as np
 
 from pipeline.ingest.config import ClipsConfig
+from pipeline.ingest.decode import PresentationTimes
 from pipeline.ingest.probe import main_video_stream
 from pipeline.library.files import TMP_SUFFIX
 
@@ -409,10 +410,16 @@ def _encode_group(container, group: list[_Plan], cfg: ClipsConfig) -> None:
     vstream.codec_context.flush_buffers()     # after a seek
     pending = sorted(group, key=lambda p: p.start_pts)
     encoders: dict[Path, _Encoder] = {}
-    for frame in container.decode(vstream):
-        pts = frame.pts
-        if pts is None:
-            continue
+    rate = vstream.guessed_rate or vstream.average_rate or Fraction(25)
+    times = PresentationTimes(vstream.codec_context, float(tb), float(1 / rate))   # as the decode pass timed them
+
+    def frames():
+        for frame in container.decode(vstream):
+            yield from times.push(frame)
+        yield from times.flush()
+
+    for frame, t in frames():
+        pts = round(t / tb)
         for plan in pending:
             if plan.start_pts <= pts <= plan.end_pts:
                 enc = encoders.get(plan.clip.out_stem)

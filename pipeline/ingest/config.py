@@ -1,4 +1,8 @@
-"""Typed ingest configuration; defaults live in `configs/ingest.yaml` and in these dataclasses."""
+"""Typed ingest configuration; defaults live in `configs/ingest.yaml` and in these dataclasses.
+
+Every value is checked when the config is loaded (ranges, choices), and a bad one fails naming its
+key: a job never starts with a value that would fail per video, hang, or quietly do nonsense.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,12 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.ingest.signals.config import SignalsConfig
-from pipeline.stages.execution import ExecutionConfig
+from pipeline.stages.execution import ExecutionConfig, check_range
 from trainer.typedconfig import ConfigError, load_with_defaults
+
+# libx264's presets, fastest first
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 
 
 @dataclass
@@ -20,10 +28,13 @@ class DecodeConfig:
     skip_loop_filter: bool = True
     analysis_width: int = 160        # frames are downscaled once to this width for analysis
     max_analysis_height: int = 160   # ... and capped at this height (tall/rotated video)
+    max_pixels: int = 8192 * 8192    # larger pictures are refused at probe time (`too_large`), before any is decoded
 
     def __post_init__(self) -> None:
-        if self.threads < 0 or self.analysis_width < 16 or self.max_analysis_height < 16:
-            raise ConfigError("decode: threads must be >= 0 and analysis sizes >= 16")
+        check_range("decode.threads", self.threads, 0, 256)
+        check_range("decode.analysis_width", self.analysis_width, 16, 4096)
+        check_range("decode.max_analysis_height", self.max_analysis_height, 16, 4096)
+        check_range("decode.max_pixels", self.max_pixels, 64 * 64, 2**31 - 1)
 
 
 @dataclass
@@ -42,20 +53,30 @@ class ShotsConfig:
     fade_min_step: float = 0.01      # each fade frame moves at least this (relative) towards black
     dissolve_min_frames: int = 3     # shortest blend (frames strictly between two shots) that is a dissolve
     dissolve_max_frames: int = 60    # longest one looked for (at most 63)
-    dissolve_structure: float = 0.4  # structure change across a dissolve window, at least,
-    dissolve_color: float = 0.35     # ... and colour-histogram change (0-1) across it, at least,
-    dissolve_structure_contrast: float = 0.4  # ... exceeding the change over the windows around it by this,
-    dissolve_color_contrast: float = 0.3      # ... or colour-histogram change exceeding theirs by this
+    # a dissolve candidate: a structure change across the window of at least dissolve_structure,
+    # with a colour change of at least dissolve_color or a structure change that clearly exceeds the
+    # windows around it (dissolve_structure_contrast / dissolve_color_contrast); then it must fit
+    # a blend of the frames on either side (pipeline/ingest/shots.py)
+    dissolve_structure: float = 0.4
+    dissolve_color: float = 0.35
+    dissolve_structure_contrast: float = 0.4
+    dissolve_color_contrast: float = 0.3
     min_shot_frames: int = 4         # content shorter than this between two gradual transitions is
                                      # part of them
 
     def __post_init__(self) -> None:
-        if not 0 < self.dissolve_min_frames <= self.dissolve_max_frames <= 63:
-            raise ConfigError("shots: need 0 < dissolve_min_frames <= dissolve_max_frames <= 63")
-        if self.flash_max_frames < 0 or self.flash_max_frames > 4:
-            raise ConfigError("shots.flash_max_frames must be in 0..4")
-        if not 0 < self.black_fraction <= 1:
-            raise ConfigError("shots.black_fraction must be in (0, 1]")
+        # thresholds have no upper bound: one above any possible score turns that detector off
+        for key, low, high in [("cut_threshold", 0, None), ("cut_structure", 0, None), ("cut_contrast", 0, None),
+                               ("flash_max_frames", 0, 4), ("black_luma", 0, 255), ("flat_std", 0, None),
+                               ("fade_min_frames", 1, None), ("fade_min_step", 0, 1), ("dissolve_min_frames", 1, 63),
+                               ("dissolve_max_frames", 1, 63), ("dissolve_structure", 0, None), ("dissolve_color", 0, None),
+                               ("dissolve_structure_contrast", 0, None), ("dissolve_color_contrast", 0, None),
+                               ("min_shot_frames", 1, None)]:
+            check_range(f"shots.{key}", getattr(self, key), low, high)
+        check_range("shots.black_fraction", self.black_fraction, 0, 1, above=True)
+        if self.dissolve_min_frames > self.dissolve_max_frames:
+            raise ConfigError(f"shots.dissolve_min_frames ({self.dissolve_min_frames}) must be <= "
+                              f"shots.dissolve_max_frames ({self.dissolve_max_frames})")
 
 
 @dataclass
@@ -66,14 +87,24 @@ class ClipsConfig:
     mode: Literal["reference", "remux", "encode"] = "remux"
     encode_width: int | None = None  # encode mode: target width (height keeps aspect, even)
     encode_fps: float | None = None  # encode mode: target frame rate (None keeps the source rate)
-    encode_crf: int = 20
-    encode_preset: str = "veryfast"  # libx264 speed/size trade-off (ultrafast ... veryslow)
+    encode_crf: int = 20             # libx264 quality: 0 (lossless) ... 51 (worst)
+    encode_preset: str = "veryfast"  # libx264 speed/size trade-off (X264_PRESETS: ultrafast ... veryslow)
 
     def __post_init__(self) -> None:
-        if self.min_seconds <= 0 or self.max_seconds < self.min_seconds:
-            raise ConfigError("clips: need 0 < min_seconds <= max_seconds")
-        if self.margin_frames < 0:
-            raise ConfigError("clips.margin_frames must be >= 0")
+        check_range("clips.min_seconds", self.min_seconds, 0, 24 * 3600, above=True)
+        check_range("clips.max_seconds", self.max_seconds, 0, 24 * 3600, above=True)
+        if self.max_seconds < self.min_seconds:
+            raise ConfigError(f"clips.max_seconds ({self.max_seconds:g}) must be >= clips.min_seconds "
+                              f"({self.min_seconds:g})")
+        check_range("clips.margin_frames", self.margin_frames, 0, 10_000)
+        if self.mode not in ("reference", "remux", "encode"):
+            raise ConfigError(f"clips.mode: {self.mode!r} is not one of ['reference', 'remux', 'encode']")
+        check_range("clips.encode_width", self.encode_width, 16, 16384, optional=True)
+        check_range("clips.encode_fps", self.encode_fps, 0, 1000, above=True, optional=True)
+        check_range("clips.encode_crf", self.encode_crf, 0, 51)
+        if self.encode_preset not in X264_PRESETS:
+            raise ConfigError(f"clips.encode_preset: {self.encode_preset!r} is not a libx264 preset "
+                              f"(one of {', '.join(X264_PRESETS)})")
 
 
 @dataclass
@@ -83,7 +114,22 @@ class SourcesConfig:
     extensions: list[str] = field(default_factory=lambda: [
         ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".flv", ".wmv", ".mpg",
         ".mpeg", ".3gp", ".ogv"])
-    retry_errors: bool = False       # on rerun, try again sources that failed before
+    retry_errors: bool = False       # on rerun, try again sources recorded as bad input (`error`) too
+    # Budget of one source, fetch to clip files: past it the source becomes an error row (`timeout`)
+    # and the job goes on; 0 = no limit. A hostile file (a decoder spinning on crafted data, a server
+    # that never finishes) costs at most this much.
+    timeout_s: float = 3600.0        # wall-clock seconds
+    cpu_timeout_s: float = 7200.0    # CPU seconds, all threads of the process that ingests it
+
+    def __post_init__(self) -> None:
+        check_range("sources.cache_max_gb", self.cache_max_gb, 0, above=True)
+        check_range("sources.timeout_s", self.timeout_s, 0)
+        check_range("sources.cpu_timeout_s", self.cpu_timeout_s, 0)
+        if self.cpu_timeout_s and self.cpu_timeout_s < 1:
+            raise ConfigError(f"sources.cpu_timeout_s: must be 0 (no limit) or >= 1, got {self.cpu_timeout_s!r}")
+        bad = [e for e in self.extensions if not (len(e) > 1 and e.startswith(".") and "/" not in e)]
+        if bad or not self.extensions:
+            raise ConfigError(f"sources.extensions: each must look like '.mp4', got {bad or self.extensions!r}")
 
 
 @dataclass
@@ -92,6 +138,10 @@ class AfterIngestConfig:
     caption: bool = False               # caption the new clips (recap caption) in the same job
     caption_config: str | None = None   # caption job YAML layered over configs/captioner.yaml
     caption_set: list[str] = field(default_factory=list)  # captioner --set overrides
+
+    def __post_init__(self) -> None:
+        if self.caption_config and not Path(self.caption_config).expanduser().is_file():
+            raise ConfigError(f"after.caption_config: no such file: {self.caption_config}")
 
 
 @dataclass

@@ -11,7 +11,9 @@ Python work is kept to a few small OpenCV calls on numpy views of the decoder's 
 
 from __future__ import annotations
 
-import os
+import heapq
+import math
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 from pipeline.ingest.analysis import AnalysisFrame, FrameAnalyzer
 from pipeline.ingest.config import DecodeConfig
 from pipeline.ingest.signals.series import DetailSchedule
+from pipeline.stages.execution import available_cpus
 
 # 8-bit planar YUV layouts whose planes we can read directly (chroma size is read per plane).
 PLANAR_YUV8 = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
@@ -52,6 +55,8 @@ class DecodeResult:
     decode_errors: int = 0         # packets the decoder rejected (skipped, not counted as frames)
     corrupt_frames: int = 0        # frames the decoder flagged corrupt but still produced
     dropped_frames: int = 0        # frames whose PTS did not advance (damaged stream): left out
+    relabeled: bool = False        # the stream's own timestamps came in decode order (AVI with
+                                   # B-frames): its packets cannot be cut by PTS (see PresentationTimes)
     truncated: bool = False        # demuxing stopped early on a read error
     declared_end_s: float | None = None  # where the container says the file ends (any stream), if it says
 
@@ -85,14 +90,6 @@ class DecodeResult:
     def duration_s(self) -> float:
         """Span from the first frame's PTS to the end of the last frame."""
         return self.end_s - float(self.pts_s[0]) if self.n_frames else 0.0
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (respects affinity masks set by Ray or containers)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def analysis_size(width: int, height: int, sar: Fraction | None, cfg: DecodeConfig) -> tuple[int, int]:
@@ -168,6 +165,60 @@ def _is_variable(pts_s: np.ndarray) -> bool:
     return bool(np.max(np.abs(durations - median)) > VFR_TOLERANCE * median)
 
 
+class PresentationTimes:
+    """Gives decoded frames their presentation times, in seconds.
+
+    A decoder hands frames out in presentation order, but the timestamps it attaches can be a
+    permutation of the right ones: AVI has no PTS, so its demuxer's guesses follow decode order,
+    and a B-frame stream comes out labelled 1, 2, 3, 5, 4, 6, 8, 7, ... So a frame waits until as
+    many frames as the decoder can reorder have followed it, and takes the smallest timestamp seen:
+    the right one (with no reordering, its own). A time already passed (or taken) is damage, not
+    reordering: that frame is left out and counted."""
+
+    def __init__(self, ctx, time_base: float, step_s: float):
+        self.ctx = ctx
+        self.tb = time_base
+        self.step_s = step_s               # assumed duration of a frame that has no timestamp
+        self.waiting: deque[av.VideoFrame] = deque()
+        self.labels: list[float] = []      # heap of the waiting frames' timestamps
+        self.newest = -math.inf
+        self.last = -math.inf              # the last time handed out
+        self.dropped = 0
+        self.relabeled = False
+
+    def push(self, frame: av.VideoFrame) -> list[tuple[av.VideoFrame, float]]:
+        """Frames ready to use, with their times, after `frame` arrives."""
+        if frame.pts is not None:
+            t = frame.pts * self.tb
+        else:
+            t = self.newest + self.step_s if self.newest > -math.inf else 0.0
+        if t <= self.last or t in self.labels:
+            self.dropped += 1
+            return []
+        self.newest = max(self.newest, t)
+        heapq.heappush(self.labels, t)
+        self.waiting.append(frame)
+        ready = []
+        while len(self.waiting) > self._depth():
+            ready.append(self._pop())
+        return ready
+
+    def flush(self) -> list[tuple[av.VideoFrame, float]]:
+        return [self._pop() for _ in range(len(self.waiting))]
+
+    def _pop(self) -> tuple[av.VideoFrame, float]:
+        frame, t = self.waiting.popleft(), heapq.heappop(self.labels)
+        if frame.pts is not None and frame.pts * self.tb != t:
+            self.relabeled = True
+        self.last = t
+        return frame, t
+
+    def _depth(self) -> int:
+        """How many frames the decoder may hold back to reorder (FFmpeg's has_b_frames)."""
+        depth = getattr(self.ctx, "reorder_depth", None)   # PyAV >= 15; older ones give only a bool
+        return int(depth) if depth is not None else 2 * bool(self.ctx.has_b_frames)
+
+
 def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAnalyzer],
                 detail: tuple[float, int] | None = None) -> DecodeResult:
     """Decode the first video stream of `path` once, feeding every analyzer each frame in order.
@@ -208,9 +259,24 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         step_s = 1.0 / float(rate) if rate else 1.0 / 30.0
 
         pts: list[float] = []
-        errors = corrupt = dropped = 0
+        errors = corrupt = 0
         truncated = False
         pix_fmt = ctx.pix_fmt or ""
+        times = PresentationTimes(ctx, tb, step_s)
+
+        def analyze(frame: av.VideoFrame, t: float) -> None:
+            nonlocal corrupt, pix_fmt
+            corrupt += frame.is_corrupt
+            pix_fmt = frame.format.name
+            bgr, luma = shrink(frame)
+            big = None
+            if schedule is not None and schedule.due(t):
+                big = detail_shrink(frame)[0]
+            af = AnalysisFrame(index=len(pts), pts_s=t, bgr=bgr, luma=luma, detail=big)
+            pts.append(t)
+            for analyzer in analyzers:
+                analyzer.update(af)
+
         packets = container.demux(stream)
         while True:
             try:
@@ -226,25 +292,12 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
                 errors += 1
                 frames = []
             for frame in frames:
-                if frame.pts is not None:
-                    t = frame.pts * tb
-                else:  # no timestamp: assume the nominal frame duration
-                    t = pts[-1] + step_s if pts else 0.0
-                if pts and t <= pts[-1]:
-                    dropped += 1
-                    continue
-                corrupt += frame.is_corrupt
-                pix_fmt = frame.format.name
-                bgr, luma = shrink(frame)
-                big = None
-                if schedule is not None and schedule.due(t):
-                    big = detail_shrink(frame)[0]
-                af = AnalysisFrame(index=len(pts), pts_s=t, bgr=bgr, luma=luma, detail=big)
-                pts.append(t)
-                for analyzer in analyzers:
-                    analyzer.update(af)
+                for ready, t in times.push(frame):
+                    analyze(ready, t)
             if packet is None:
                 break
+        for ready, t in times.flush():
+            analyze(ready, t)
         declared_end_s = ((container.start_time or 0) + container.duration) / av.time_base \
             if container.duration else None
 
@@ -259,5 +312,6 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         n_frames=n, pts_s=pts_s, time_base=time_base, fps=avg_fps,
         is_vfr=_is_variable(pts_s), width=ctx.width, height=ctx.height,
         analysis_size=(aw, ah), pix_fmt=pix_fmt, codec=ctx.name, threads=threads,
-        decode_errors=errors, corrupt_frames=corrupt, dropped_frames=dropped, truncated=truncated,
+        decode_errors=errors, corrupt_frames=corrupt, dropped_frames=times.dropped, truncated=truncated,
+        relabeled=times.relabeled,
         declared_end_s=declared_end_s)

@@ -1,11 +1,16 @@
 """The ingest job: sources stream through `IngestStage` (one task per video) on the stage runner;
 the driver commits their rows to the library in batches.
 
-Tasks are bounded in flight, so memory stays bounded however many sources there are. The same
+Tasks are bounded in flight, so memory stays bounded however many sources there are. Each source
+runs in a child process of its worker, within `sources.timeout_s` and `sources.cpu_timeout_s`
+(`pipeline.ingest.sandbox`): a hostile input becomes an error row, never a hang. The same
 content under two names is processed once: across runs the library's `sources/` and `videos/`
 tables say what is done, and within a run a worker claims a content hash (`RunClaims`) before
 doing any work on it. After the new videos are committed, the stages that read the library run:
 the filter view, then (optionally) captions.
+
+Everything that can refuse the job (sources, config, the aesthetic model, Ray) is checked before
+the library folder is created: a job that ingests nothing leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -19,20 +24,24 @@ from typing import Any
 
 from tqdm import tqdm
 
-from pipeline.caption.config import load_caption_config
-from pipeline.caption.job import run_caption
-from pipeline.filters.config import load_filter_config
+from captioner.model import MissingModelError
+from captioner.openai_backend import RequestError
+from pipeline.caption.config import CaptionJobConfig, load_caption_config
+from pipeline.caption.job import preflight, run_caption
+from pipeline.filters.config import from_saved_config, load_filter_config
 from pipeline.filters.evaluate import run_filters
 from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.result import SourceResult, error_result
+from pipeline.ingest.sandbox import close_shared_runner
+from pipeline.ingest.signals.aesthetic import check_model
 from pipeline.ingest.sources import expand_sources
-from pipeline.ingest.worker import SourceResult, error_result, ingest_source
-from pipeline.library import Library
-from pipeline.library.claims import RunClaims
+from pipeline.ingest.stage import IngestStage
+from pipeline.library import Library, LibraryError
 from pipeline.library.files import utcnow
-from pipeline.library.views import VIEW_PATH
-from pipeline.stages import Resources, Row, Stage, run_stages
-from pipeline.stages.runner import cluster_cpus, worker_node
-from trainer.typedconfig import to_dict
+from pipeline.library.views import read_view
+from pipeline.stages import Resources, run_stages
+from pipeline.stages.runner import check_resources, cluster_cpus
+from trainer.typedconfig import ConfigError, to_dict
 
 
 @dataclass
@@ -46,6 +55,7 @@ class IngestSummary:
     video_seconds: float = 0.0
     wall_seconds: float = 0.0
     errors_by_type: dict[str, int] = field(default_factory=dict)
+    library_clips: int = 0        # clips in the library after the run (0: nothing to work on: exit 3)
 
     def lines(self) -> list[str]:
         speed = self.video_seconds / self.wall_seconds if self.wall_seconds else 0.0
@@ -57,6 +67,9 @@ class IngestSummary:
         ]
         if self.errors_by_type:
             out.append("failures: " + ", ".join(f"{k}={v}" for k, v in sorted(self.errors_by_type.items())))
+        if not self.library_clips:
+            out.append("the library has no clips: every source failed, or every video was shorter than "
+                       "clips.min_seconds after clips.margin_frames (see errors/ and the videos' n_clips)")
         return out
 
     def count(self, result: SourceResult) -> None:
@@ -72,32 +85,6 @@ class IngestSummary:
                 self.errors_by_type[err["error_type"]] = self.errors_by_type.get(err["error_type"], 0) + 1
 
 
-class IngestStage(Stage):
-    """One source in, its `SourceResult` out: fetch, hash, claim, probe, the decode pass (shots and
-    signals), clip files. Signals are frame analyzers inside the decode pass, not a stage of their
-    own: a separate stage would have to decode again or ship every frame between processes."""
-
-    name = "ingest"
-    reads = ("uri",)
-    adds = ("result",)
-    max_retries = 1      # a file that crashes the decoder's process is tried twice at most
-
-    def __init__(self, cfg: IngestConfig, lib_root: Path, claims: RunClaims, resources: Resources):
-        self.cfg = cfg
-        self.lib_root = str(lib_root)
-        self.claims = claims
-        self.resources = resources
-
-    def process(self, batch: list[Row]) -> list[Row]:
-        out = []
-        for row in batch:
-            result = ingest_source(row["uri"], self.cfg, self.lib_root, claim=self.claims.claim)
-            for video in result.rows.get("videos", []):
-                video["worker_node"] = worker_node()
-            out.append({"uri": row["uri"], "result": result})
-        return out
-
-
 def plan_resources(cfg: IngestConfig, n_sources: int, cpus_available: float) -> tuple[float, int]:
     """CPUs per task and decoder threads: with few videos each gets several cores (so one long
     video still uses the machine), with many each gets one (parallel videos scale better)."""
@@ -110,22 +97,71 @@ def plan_resources(cfg: IngestConfig, n_sources: int, cpus_available: float) -> 
 
 def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, progress: bool = True,
                command: str | None = None) -> IngestSummary:
-    """Ingest `sources` (source arguments, expanded here) into the library at `lib_root`."""
+    """Ingest `sources` (source arguments, expanded here) into the library at `lib_root`.
+
+    Raises SourceError, ConfigError (RayStartError among them) or LibraryError before anything is
+    written; a new library folder is created only once all of those checks passed."""
     t0 = time.perf_counter()
-    lib = Library(lib_root, write=True)
     items = expand_sources(sources, cfg.sources)
-    handled = lib.handled_sources()
-    todo = [s.uri for s in items if handled.get(s.uri, "failed") == "failed"]
-    summary = IngestSummary(sources=len(items), skipped=len(items) - len(todo))
-    if todo:
-        _ingest(lib, todo, cfg, summary, progress, t0)
-    if summary.ingested or not (lib.root / VIEW_PATH).exists():
-        _after_ingest(lib.root, cfg, progress)
-    summary.wall_seconds = time.perf_counter() - t0
-    lib.record_run({"at": utcnow().isoformat(), "command": command, "config": to_dict(cfg),
-                    "summary": dataclasses.asdict(summary)})
-    lib.close()
+    if cfg.signals.enabled:
+        check_model(cfg.signals.aesthetic)
+    if cfg.after.caption:     # a bad caption config or a missing model fails now, not after the whole ingest
+        _check_caption_model(load_caption_config(cfg.after.caption_config, cfg.after.caption_set))
+    lib = Library(lib_root, write=True) if _is_library(lib_root) else None
+    try:
+        todo = _todo(lib, [s.uri for s in items], cfg)
+        if todo and cfg.execution.executor == "ray":
+            # start (or join) Ray and check the tasks fit its nodes: a failure leaves no library behind
+            cpus, _ = plan_resources(cfg, len(todo), cluster_cpus(cfg.execution))
+            check_resources([IngestStage(cfg, Path(lib_root), None, Resources(cpus=cpus))])
+        if lib is None:
+            lib = Library(lib_root, write=True)
+            todo = _todo(lib, [s.uri for s in items], cfg)
+        summary = IngestSummary(sources=len(items), skipped=len(items) - len(todo))
+        if todo:
+            _ingest(lib, todo, cfg, summary, progress, t0)
+        summary.library_clips = lib.read("clips", ["clip_id"]).num_rows
+        # a library without clips has no view to refresh (and nothing to caption)
+        if summary.library_clips and (summary.ingested or lib.view_is_stale()):
+            _after_ingest(lib.root, cfg, progress)
+        summary.wall_seconds = time.perf_counter() - t0
+        lib.record_run({"at": utcnow().isoformat(), "command": command, "config": to_dict(cfg),
+                        "summary": dataclasses.asdict(summary)})
+    finally:
+        if lib is not None:
+            lib.close()
+        close_shared_runner()    # a local run's sandbox child (a Ray worker's goes with the worker)
     return summary
+
+
+def _check_caption_model(caption_cfg: CaptionJobConfig) -> None:
+    if caption_cfg.model.backend == "signals":
+        return
+    if caption_cfg.model.backend == "transformers" and not caption_cfg.model.id:
+        raise ConfigError("after.caption: no caption model configured: add it to the ingest config, e.g. "
+                          "--set 'after.caption_set=[\"model.id=HF_ID_OR_FOLDER\"]' (or \"model.backend=signals\")")
+    try:
+        preflight(caption_cfg)
+    except (MissingModelError, RequestError) as e:
+        raise ConfigError(f"after.caption: {e}") from None
+
+
+def _is_library(root: str | Path) -> bool:
+    try:
+        Library(root)
+        return True
+    except LibraryError:
+        return False
+
+
+def _todo(lib: Library | None, uris: list[str], cfg: IngestConfig) -> list[str]:
+    """Sources an earlier run has not handled: new ones, `failed` ones (something unexpected), and
+    with `sources.retry_errors` those recorded as bad input too."""
+    if lib is None:
+        return uris
+    handled = lib.handled_sources()
+    again = {"failed", "error"} if cfg.sources.retry_errors else {"failed"}
+    return [u for u in uris if handled.get(u, "failed") in again]
 
 
 def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSummary, progress: bool,
@@ -172,7 +208,10 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
 def _after_ingest(lib_root: Path, cfg: IngestConfig, progress: bool) -> None:
     """The stages that read the committed library: the filter view, then (optionally) captions."""
     if cfg.after.filter:
-        view, _ = run_filters(lib_root, load_filter_config())
+        # the thresholds of the view being refreshed (`recap filter --set ...` stays in force)
+        found = read_view(lib_root)
+        filters = from_saved_config(found[1]) if found and found[1] else load_filter_config()
+        view, _ = run_filters(lib_root, filters)
         print(f"filter view: {sum(view.column('passed').to_pylist())} of {view.num_rows} clips pass", file=sys.stderr)
     if cfg.after.caption:
         caption_cfg = load_caption_config(cfg.after.caption_config, cfg.after.caption_set)

@@ -2,20 +2,41 @@
 
 `probe` also decodes the first frame, because a header can look fine on a file that cannot be
 decoded; and it tells the user what is wrong with a bad file through `ProbeError.kind`.
+
+Hostile files are refused before they cost anything: only regular files are opened (a FIFO or a
+device could block forever), playlists that make FFmpeg open other files or URLs (ffconcat, HLS,
+DASH) are not opened at all, still images are not videos, and a picture larger than
+`max_pixels` (a 20 KB file whose SPS claims 16000x16000 would cost minutes and gigabytes) is
+refused from the stream header, with FFmpeg's own words when the decoder refuses it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 
+from pipeline.ingest.sources import local_file_problem
+
 ERROR_KINDS = ("empty_file", "truncated", "not_a_video", "no_video_stream", "unsupported_codec",
-               "permission_denied", "not_found")
+               "permission_denied", "not_found", "too_large", "unsafe_input")
+DEFAULT_MAX_PIXELS = 8192 * 8192   # DCI 8K (8192x4320) and 360-degree 8K (7680x7680) fit
+
+# Text files FFmpeg would follow to other files or URLs: never opened (ffconcat with a relative
+# name reads any file it names; HLS/DASH fetch URLs).
+_PLAYLISTS: list[tuple[bytes, str]] = [(b"ffconcat", "an ffconcat playlist"), (b"#EXTM3U", "an HLS playlist"),
+                                       (b"#EXT-X-", "an HLS playlist")]
+_PLAYLIST_FORMATS = {"concat": "an ffconcat playlist", "hls": "an HLS playlist", "dash": "a DASH manifest",
+                     "ffmetadata": "an FFmpeg metadata file", "sdp": "an SDP session description"}
+_PICTURE_SIZE = re.compile(r"Picture size (\d+)x(\d+)")
 
 # Leading bytes of containers FFmpeg reads; a file that starts like one of them but will not open
 # is a damaged or truncated video, not "some other file".
@@ -70,45 +91,114 @@ class ProbeInfo:
         return asdict(self)
 
 
-def probe(path: str | os.PathLike) -> ProbeInfo:
-    """Probe a local video file; raise `ProbeError` if it cannot be ingested."""
+def probe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> ProbeInfo:
+    """Probe a local video file; raise `ProbeError` if it cannot be ingested.
+
+    `max_pixels`: larger pictures are refused (`too_large`) before any is decoded. `name`: what
+    messages call the file (the URL of a staged remote source; default: the path)."""
     path = Path(path)
-    size = _check_readable(path)
+    label = name or str(path)
+    size = _check_readable(path, label)
     try:
-        container = av.open(str(path), metadata_errors="replace")
+        container = _open(path, max_pixels)
     except PermissionError as exc:
-        raise ProbeError("permission_denied", f"{path}: permission denied") from exc
+        raise ProbeError("permission_denied", f"{label}: permission denied") from exc
     except av.FFmpegError as exc:
-        raise _unopenable(path, size, exc) from exc
+        raise _unopenable(path, label, size, exc, max_pixels) from exc
     with container:
-        return _probe_open(path, size, container)
+        return _probe_open(path, label, size, container, max_pixels)
 
 
-def _check_readable(path: Path) -> int:
+def _open(path: Path, max_pixels: int, options: dict[str, str] | None = None) -> av.container.InputContainer:
+    # the decoders of FFmpeg's own stream probing get the limit too: they never allocate a huge
+    # picture; nested opens (a playlist that slipped through) may read local files only
+    return av.open(str(path), metadata_errors="replace", options={"max_pixels": str(max_pixels), **(options or {})},
+                   container_options={"protocol_whitelist": "file"})
+
+
+@contextmanager
+def _ffmpeg_log() -> Iterator[list]:
+    """FFmpeg's error messages while the block runs, as (level, name, text). Only for single-threaded
+    work: PyAV's log callback can deadlock against FFmpeg's decoder threads (why PyAV keeps FFmpeg
+    quiet by default)."""
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
     try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ProbeError("not_found", f"{path}: no such file") from None
-    except PermissionError:
-        raise ProbeError("permission_denied", f"{path}: permission denied (cannot reach the file)") from None
-    if not path.is_file():
-        raise ProbeError("not_a_video", f"{path}: not a regular file")
+        with av.logging.Capture(local=False) as logs:
+            yield logs
+    finally:
+        av.logging.set_level(previous)
+
+
+def _ffmpeg_log_of_failure(path: Path, max_pixels: int) -> list:
+    """What FFmpeg says when it opens `path` and decodes its first frame, on one thread: called
+    once something failed, to give the decoder's real reason instead of a guess."""
+    with _ffmpeg_log() as log:
+        try:
+            with _open(path, max_pixels, {"threads": "1"}) as container:
+                if container.streams.video:
+                    stream = main_video_stream(container)
+                    stream.codec_context.thread_count = 1
+                    for i, packet in enumerate(container.demux(stream)):
+                        if next(iter(packet.decode()), None) is not None or i > _FIRST_FRAME_PACKETS:
+                            break
+        except (av.FFmpegError, OSError, ValueError):
+            pass
+    return list(log)
+
+
+def _ffmpeg_says(log: list) -> str:
+    """The last few distinct FFmpeg messages, for a person ('' when there are none)."""
+    texts: list[str] = []
+    for _, _, text in log:
+        text = text.strip()
+        if text and text not in texts:
+            texts.append(text)
+    return "; ".join(texts[-3:])
+
+
+def _refused_size(label: str, log: list, max_pixels: int) -> ProbeError | None:
+    """`too_large` when FFmpeg refused a picture size (over `max_pixels`, or beyond any decoder)."""
+    for _, _, text in log:
+        m = _PICTURE_SIZE.search(text)
+        if m:
+            w, h = int(m.group(1)), int(m.group(2))
+            limit = (f"over the limit of {max_pixels} pixels (decode.max_pixels)" if w * h > max_pixels
+                     else "which the decoder refuses")
+            return ProbeError("too_large", f"{label}: the video's pictures are {w}x{h}, {limit} "
+                                           f"(FFmpeg: {text.strip()})")
+    return None
+
+
+def _check_readable(path: Path, label: str) -> int:
+    """The file's size; ProbeError unless it is a non-empty regular file we may read. Only the
+    type is checked before reading: a FIFO or a device would block or never end."""
+    problem = local_file_problem(path)
+    if problem is not None:
+        raise ProbeError(problem[0], f"{label}: {problem[1]}")
     try:
-        with open(path, "rb") as f:
-            f.read(1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except PermissionError:
-        raise ProbeError("permission_denied", f"{path}: permission denied (cannot read the file)") from None
+        raise ProbeError("permission_denied", f"{label}: permission denied (cannot read the file)") from None
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(fd).st_size
+        head = f.read(64)
     if size == 0:
-        raise ProbeError("empty_file", f"{path}: file is empty (0 bytes)")
+        raise ProbeError("empty_file", f"{label}: file is empty (0 bytes)")
+    for magic, what in _PLAYLISTS:
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(magic):
+            raise ProbeError("unsafe_input", f"{label}: {what}, not a video file: it makes FFmpeg open the files "
+                                             "or URLs it names, so recap does not read it")
     return size
 
 
-def _unopenable(path: Path, size: int, exc: Exception) -> ProbeError:
+def _unopenable(path: Path, label: str, size: int, exc: Exception, max_pixels: int) -> ProbeError:
     looks_like = _container_signature(path)
+    said = _ffmpeg_says(_ffmpeg_log_of_failure(path, max_pixels)) or _ffmpeg_text(exc)
     if looks_like:
-        return ProbeError("truncated", f"{path}: starts like a {looks_like} file but cannot be read: "
-                                       f"truncated or damaged ({size} bytes; FFmpeg: {_ffmpeg_text(exc)})")
-    return ProbeError("not_a_video", f"{path}: not a video file FFmpeg can read ({_ffmpeg_text(exc)})")
+        return ProbeError("truncated", f"{label}: starts like a {looks_like} file but cannot be read: "
+                                       f"truncated or damaged ({size} bytes; FFmpeg: {said})")
+    return ProbeError("not_a_video", f"{label}: not a video file FFmpeg can read ({said})")
 
 
 def _container_signature(path: Path) -> str | None:
@@ -134,22 +224,33 @@ def _ffmpeg_text(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def _probe_open(path: Path, size: int, container: av.container.InputContainer) -> ProbeInfo:
+def _probe_open(path: Path, label: str, size: int, container: av.container.InputContainer,
+                max_pixels: int) -> ProbeInfo:
+    fmt = container.format.name
+    if fmt in _PLAYLIST_FORMATS:
+        raise ProbeError("unsafe_input", f"{label}: {_PLAYLIST_FORMATS[fmt]}, not a video file")
+    if fmt.endswith("_pipe") or fmt == "image2":   # png_pipe, jpeg_pipe, ...: FFmpeg's still-image readers
+        codec = container.streams.video[0].codec_context.name if container.streams.video else fmt[:-5]
+        raise ProbeError("not_a_video", f"{label}: a still image ({codec}), not a video")
     if not container.streams.video:
         audio = [_codec_name(s) for s in container.streams.audio if s.codec_context]
         # FFmpeg reads some random files as raw audio: believe it only for a real audio file
         if audio and (_container_signature(path) or _audio_signature(path)):
             raise ProbeError("no_video_stream",
-                             f"{path}: audio only ({', '.join(audio)}), no video stream")
-        raise ProbeError("not_a_video", f"{path}: no video or audio stream "
-                                        f"(FFmpeg read it as '{container.format.name}')")
+                             f"{label}: audio only ({', '.join(audio)}), no video stream")
+        raise ProbeError("not_a_video", f"{label}: no video or audio stream "
+                                        f"(FFmpeg read it as '{fmt}')")
     stream = main_video_stream(container)
     cc = stream.codec_context
     if cc is None:
-        raise ProbeError("unsupported_codec", f"{path}: the video codec is not supported "
+        raise ProbeError("unsupported_codec", f"{label}: the video codec is not supported "
                                               f"(no decoder for it in this FFmpeg build)")
-    _check_index_within_file(path, size, stream)
-    first, deltas = _scan_start(path, container, stream)
+    if cc.width * cc.height > max_pixels:
+        raise ProbeError("too_large", f"{label}: the video's pictures are {cc.width}x{cc.height}, over the limit "
+                                      f"of {max_pixels} pixels (decode.max_pixels)")
+    cc.options = {**cc.options, "max_pixels": str(max_pixels)}   # a header that lied is caught by the decoder
+    _check_index_within_file(path, label, size, stream)
+    first, deltas = _scan_start(path, label, container, stream, max_pixels)
 
     tb = stream.time_base
     start_pts = stream.start_time if stream.start_time is not None else (first.pts or 0)
@@ -192,7 +293,7 @@ def main_video_stream(container) -> av.video.stream.VideoStream:
     return next((s for s in videos if not s.disposition & av.stream.Disposition.attached_pic), videos[0])
 
 
-def _check_index_within_file(path: Path, size: int, stream: av.video.stream.VideoStream) -> None:
+def _check_index_within_file(path: Path, label: str, size: int, stream: av.video.stream.VideoStream) -> None:
     """A sample table that points past the end of the file means the file was cut short.
 
     (MP4 with the index at the front opens fine when truncated; only this shows it.)"""
@@ -203,11 +304,11 @@ def _check_index_within_file(path: Path, size: int, stream: av.video.stream.Vide
     last = max((entries[i] for i in range(max(0, n - 64), n)), key=lambda e: e.pos)
     end = last.pos + last.size
     if last.pos >= 0 and end > size:
-        raise ProbeError("truncated", f"{path}: file is truncated: its index needs {end} bytes, "
+        raise ProbeError("truncated", f"{label}: file is truncated: its index needs {end} bytes, "
                                       f"the file has {size} ({100 * size / end:.0f}%)")
 
 
-def _scan_start(path: Path, container, stream) -> tuple[av.VideoFrame, np.ndarray]:
+def _scan_start(path: Path, label: str, container, stream, max_pixels: int) -> tuple[av.VideoFrame, np.ndarray]:
     """Decode the first frame, and collect the PTS of the first few hundred packets on the way.
 
     Returns the frame and the PTS steps between consecutive frames in presentation order."""
@@ -225,15 +326,21 @@ def _scan_start(path: Path, container, stream) -> tuple[av.VideoFrame, np.ndarra
         if first is None:  # drain the decoder: a tiny file may hold a single frame
             first = next(iter(stream.codec_context.decode(None)), None)
     except av.error.DecoderNotFoundError as exc:
-        raise ProbeError("unsupported_codec", f"{path}: the video codec is not supported "
+        raise ProbeError("unsupported_codec", f"{label}: the video codec is not supported "
                                               f"({_ffmpeg_text(exc)})") from exc
     except av.FFmpegError as exc:
         if first is None:
-            raise ProbeError("truncated", f"{path}: the video data cannot be decoded: truncated or "
-                                          f"damaged ({_ffmpeg_text(exc)})") from exc
+            log = _ffmpeg_log_of_failure(path, max_pixels)
+            raise _refused_size(label, log, max_pixels) or ProbeError(
+                "truncated", f"{label}: the video data cannot be decoded: truncated or "
+                             f"damaged ({_ffmpeg_says(log) or _ffmpeg_text(exc)})") from exc
         # damaged later on: the decode pass will find out where; judge the rate from what was read
     if first is None:
-        raise ProbeError("truncated", f"{path}: no video frame could be decoded: truncated or damaged")
+        log = _ffmpeg_log_of_failure(path, max_pixels)
+        said = _ffmpeg_says(log)
+        raise _refused_size(label, log, max_pixels) or ProbeError(
+            "truncated", f"{label}: no video frame could be decoded: truncated or damaged"
+                         + (f" (FFmpeg: {said})" if said else ""))
     ordered = np.unique(np.asarray(pts, dtype=np.int64))
     # B-frame reordering can leave the last few PTS of the window missing: drop that tail
     return first, np.diff(ordered[: max(0, len(ordered) - 8)])

@@ -10,7 +10,8 @@ brightness, contrast, how much of the frame is dark, and, against a ring buffer 
 - colour `H(a, b)` = half the L1 distance of coarse 3-D colour histograms (0..1). Objects moving
   inside a shot barely move it; a dissolve between shots moves it steadily.
 
-`detect_shots` then works on those arrays alone (264 bytes per frame):
+It also keeps each frame's 16x9 colour thumbnail, to test a dissolve as a blend of two shots.
+`detect_shots` then works on those arrays alone (568 bytes per frame):
 
 1. black / flat frames (mostly dark, or no contrast at all) are transitions;
 2. fades: the contrast ramps monotonically into or out of a black / flat run, or down to a
@@ -18,11 +19,13 @@ brightness, contrast, how much of the frame is dark, and, against a ring buffer 
 3. hard cuts: ContentDetector's score and a structure jump together, larger than the frames
    on either side (fast motion changes every frame, a cut only one), and not undone within
    `flash_max_frames` (a flash, an explosion, a camera strobe returns to the same picture);
-4. dissolves: over a window of k frames structure and colour both change like at a cut, spread
-   out, while the k frames before and after the window change clearly less. Requiring the
-   colour change keeps fast or bouncing motion (structure changes at a varying pace, colours
-   stay) from looking like a dissolve; a dissolve between two shots of the same palette is
-   the price.
+4. dissolves: candidates are windows of k frames over which structure (and colour, or the
+   structure clearly more than around) changes like at a cut, spread out, while the k frames
+   before and after change clearly less. Fast motion, a focus pull or someone passing the lens
+   can do that too, so a candidate must also be a blend: each frame is (1 - w) * the last
+   frame before + w * the first frame after, plus little else, with w rising along a straight
+   or eased ramp. The ramp fit also gives the dissolve's extent, to a frame or two (widening
+   by a share of the length instead, as an earlier version did, made ranges up to 3x too long).
 
 Whatever is not a transition is shot content. Frame indices are 0-based decode order, ends
 exclusive; a cut is a zero-length transition at the first frame of the new shot.
@@ -46,8 +49,20 @@ LAGS = tuple(range(1, 25)) + (28, 32, 40, 48, 56, 64)
 LAG_INDEX = {k: i for i, k in enumerate(LAGS)}
 COLOR_THUMB = (40, 22)   # the colour histogram is taken on this small copy (cheaper, same result)
 HIST_BINS = 4            # per channel: 4x4x4 joint BGR histogram
-BLEND_EDGE = 0.15        # a dissolve frame differs in colour from both shots by this share of
-                         # the shots' own difference (the rest is added back as a margin)
+BLEND_THUMB = (16, 9)    # colour thumbnail kept per frame (432 bytes) to test a dissolve as a blend
+# A dissolve's frames are a blend of the frames either side. What the blend leaves unexplained,
+# as a share of those two frames' difference (worst frame), is at most BLEND_RESIDUAL (real
+# dissolves <= 0.24; a focus pull, a whip pan, someone passing the lens >= 0.37), or
+# MOTION_RESIDUAL where both shots move fast and the colours change like at a cut; less what the
+# shots' own motion explains, at most BLEND_EXCESS in both cases. bench/shots_eval.py --dev.
+BLEND_RESIDUAL = 0.3
+MOTION_RESIDUAL = 0.7
+BLEND_EXCESS = 0.2
+RAMP_ERR = 0.12          # rms distance of the blend weights from a straight or eased ramp
+EDGE_STILL = 0.01        # an end frame blended less than this (and than the ramp says) is shot content
+EDGE_GROW = 2            # at most this many frames added at an end that steps like the ramp
+DRIFT_GAP = 2            # frames next to a fitted blend not trusted to show the shot's own motion
+LINEAR_LIGHT = ((np.arange(256) / 255.0) ** 2.2 * 255).astype(np.float32)   # gamma-coded -> linear
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,7 @@ class FeatureArrays:
     dark_frac: np.ndarray   # (n,) fraction of pixels at or below the black level
     structure: np.ndarray   # (n, len(LAGS)) S(t - k, t); NaN where t - k < 0
     color: np.ndarray       # (n, len(LAGS)) H(t - k, t); NaN where t - k < 0
-    hist: np.ndarray        # (n, HIST_BINS**3) float16 colour histogram, for H between any two frames
+    thumb: np.ndarray       # (n, BLEND_THUMB w*h*3) uint8 colour thumbnail, for the blend fit
 
     @property
     def n(self) -> int:
@@ -112,13 +127,10 @@ class FeatureArrays:
     def h(self, t: int, k: int) -> float:
         return float(self.color[t, LAG_INDEX[k]])
 
-    def h_pair(self, a: int, b: int) -> float:
-        return 0.5 * float(np.abs(self.hist[a].astype(np.float32) - self.hist[b].astype(np.float32)).sum())
-
 
 class ShotDetector:
     """FrameAnalyzer collecting what `detect_shots` needs. Memory: a 64-frame ring of 32x18
-    thumbnails and histograms, plus 264 bytes per frame (~30 MB for an hour at 30 fps)."""
+    thumbnails and histograms, plus 568 bytes per frame (~61 MB for an hour at 30 fps)."""
 
     name = "shots"
 
@@ -132,14 +144,14 @@ class ShotDetector:
         self._hist = np.zeros((ring, HIST_BINS ** 3), np.float32)
         self._lags = np.asarray(LAGS)
         self._n = 0
-        # per-frame rows, grown by doubling: content, luma mean, luma std, dark share | S | H | hist
+        # per-frame rows, grown by doubling: content, luma mean, luma std, dark share | S | H | thumbnail
         self._scalars = np.zeros((1024, 4), np.float32)
         self._structure = np.zeros((1024, len(LAGS)), np.float16)
         self._color = np.zeros((1024, len(LAGS)), np.float16)
-        self._hists = np.zeros((1024, HIST_BINS ** 3), np.float16)
+        self._thumbs = np.zeros((1024, BLEND_THUMB[0] * BLEND_THUMB[1] * 3), np.uint8)
 
     def _grow(self) -> None:
-        for name in ("_scalars", "_structure", "_color", "_hists"):
+        for name in ("_scalars", "_structure", "_color", "_thumbs"):
             old = getattr(self, name)
             new = np.zeros((2 * len(old), old.shape[1]), old.dtype)
             new[:len(old)] = old
@@ -160,6 +172,7 @@ class ShotDetector:
         small = cv2.resize(bgr, COLOR_THUMB, interpolation=cv2.INTER_AREA)
         hist = cv2.calcHist([small], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
         hist /= hist.sum()
+        self._thumbs[i] = cv2.resize(small, BLEND_THUMB, interpolation=cv2.INTER_AREA).ravel()
 
         m = int(np.searchsorted(self._lags, min(i, self._ring - 1), side="right"))  # lags with a frame
         self._structure[i, m:] = np.nan
@@ -172,7 +185,6 @@ class ShotDetector:
             self._color[i, :m] = 0.5 * np.abs(self._hist[prev] - hist).sum(axis=1)
         slot = i % self._ring
         self._z[slot], self._flat[slot], self._hist[slot] = z, tstd < MIN_THUMB_STD, hist
-        self._hists[i] = hist
         self._n = i + 1
 
     def finish(self, decoded: object = None) -> ShotResult:
@@ -186,7 +198,7 @@ class ShotDetector:
             content=sc[:, 0], luma_mean=sc[:, 1], luma_std=sc[:, 2], dark_frac=sc[:, 3],
             structure=self._structure[:n].astype(np.float32),
             color=self._color[:n].astype(np.float32),
-            hist=self._hists[:n].copy(),
+            thumb=self._thumbs[:n].copy(),
         )
 
 
@@ -200,9 +212,11 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _fade_ramp(f: FeatureArrays, anchor: int, step: int, level: float, cfg: ShotsConfig,
-               stop: int) -> int:
-    """Frames next to a black/flat run (at `anchor`, walking by `step` = -1 or +1, never to
-    `stop`) whose look moves steadily towards the run's: the fade ramp. Returns its length."""
+               stop: int) -> tuple[int, int]:
+    """The fade ramp next to a black/flat run (at `anchor`, walking by `step` = -1 or +1, never
+    to `stop`): the frames whose look moves steadily towards the run's. Returns (steps, frames):
+    each step is a frame further from the run's look than its neighbour towards the run; the last
+    such frame is where the fade begins, still the clean shot, unless the video ends there."""
     def away(j: int) -> float:   # how far frame j's look is from the flat run's
         return abs(f.luma_mean[j] - level) + f.luma_std[j]
 
@@ -211,11 +225,11 @@ def _fade_ramp(f: FeatureArrays, anchor: int, step: int, level: float, cfg: Shot
     while j != stop:
         cur = away(j)
         if cur <= prev * (1 + cfg.fade_min_step) + 0.5:
-            break
+            return length, max(length - 1, 0)
         length += 1
         prev = cur
         j += step
-    return length
+    return length, length
 
 
 def _cut_candidates(f: FeatureArrays, cfg: ShotsConfig, flashes: np.ndarray) -> list[int]:
@@ -254,12 +268,14 @@ def _flash_frames(f: FeatureArrays, cfg: ShotsConfig) -> np.ndarray:
     return mask
 
 
-def _dissolve_candidates(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -> list[tuple[float, int, int]]:
-    """(score, first, end) of windows (last frame of one shot .. first frame of the next)
-    across which structure and colour change like at a cut, while the equally long windows
-    before and after change clearly less. The score (how far the change across stands above
-    the change around) peaks at windows just spanning the dissolve: smaller ones miss part of
-    the change, larger ones compare more motion around."""
+def _dissolve_candidates(f: FeatureArrays, cfg: ShotsConfig,
+                         busy: np.ndarray) -> list[tuple[float, int, int, bool]]:
+    """(score, first, end, colour changed) of windows (last frame of one shot .. first frame of
+    the next) across which structure changes like at a cut, and colour too or the structure
+    clearly more than around, while the equally long windows before and after change clearly
+    less. The score (how far the change across stands above the change around) peaks at windows
+    just spanning the dissolve: smaller ones miss part of the change, larger ones compare more
+    motion around. Motion can pass these tests too: `_blend_fit` decides."""
     n = f.n
     out = []
     for k in LAGS:
@@ -271,56 +287,233 @@ def _dissolve_candidates(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -
         t = np.arange(2 * k, n - k)                     # window (t - k, t], both neighbours exist
         s_gain = (s[t] - np.maximum(s[t - k], s[t + k])) / cfg.dissolve_structure_contrast
         h_gain = (h[t] - np.maximum(h[t - k], h[t + k])) / cfg.dissolve_color_contrast
-        hit = (s[t] >= cfg.dissolve_structure) & (h[t] >= cfg.dissolve_color) & ((s_gain >= 1) | (h_gain >= 1))
-        for t_end, score in zip(t[hit], (s_gain + h_gain)[hit]):
+        coloured = h[t] >= cfg.dissolve_color
+        # two shots of one palette: the structure alone must stand out
+        hit = (s[t] >= cfg.dissolve_structure) & (coloured | (s_gain >= 1)) & ((s_gain >= 1) | (h_gain >= 1))
+        for t_end, score, col in zip(t[hit], (s_gain + h_gain)[hit], coloured[hit]):
             a = int(t_end) - k   # last frame of the outgoing shot
             if not busy[a:t_end + 1].any():
-                out.append((float(score), a + 1, int(t_end)))
+                out.append((float(score), a + 1, int(t_end), bool(col)))
     return out
 
 
 def _dissolves(f: FeatureArrays, cfg: ShotsConfig, busy: np.ndarray) -> list[tuple[int, int]]:
     """Dissolve frame ranges: the best-scoring candidate windows that do not overlap a better
-    one, each narrowed to the frames that look like neither shot."""
+    one, where the frames are a blend of the shot before and the shot after (`_blend_fit`)."""
     taken = busy.copy()
     found = []
-    for _, a, b in sorted(_dissolve_candidates(f, cfg, busy), reverse=True):
+    for _, a, b, coloured in sorted(_dissolve_candidates(f, cfg, busy), reverse=True):
         if taken[a:b].any():
             continue
-        p, q = _blend_extent(f, a, b, busy)
-        if not _returns(f, p, q, cfg):
-            found.append((p, q))
-        taken[min(a, p):max(b, q)] = True
+        taken[a:b] = True
+        fit = _blend_fit(f, a, b, busy)
+        margin = None if fit is None else fit.margin(coloured)
+        if margin is None or _returns(f, fit.p, fit.q, cfg) or _comes_back(f, fit.p, fit.q, busy):
+            continue
+        p, q = max(fit.p - margin, 0), min(fit.q + margin, f.n)
+        found.append((p, q))
+        taken[p:q] = True
     return found
 
 
-def _blend_extent(f: FeatureArrays, a: int, b: int, busy: np.ndarray) -> tuple[int, int]:
-    """The frames around window [a, b) that are noticeably unlike both shots' frames. The
-    window is padded first (by a quarter, not into other transitions): with the sparse long
-    lags the best window can be a little shorter than the dissolve."""
-    pad = max(2, (b - a) // 4)
+@dataclass
+class BlendFit:
+    """Frames [p, q) as a blend of frame p - 1 (weight 1 - w) and frame q (weight w), w rising
+    along a ramp; the numbers that say whether it is one."""
+
+    p: int            # first blend frame
+    q: int            # first frame of the new shot (exclusive end)
+    ramp_err: float   # rms distance of the weights from the fitted ramp, around [p, q)
+    residual: float   # worst frame: what the blend leaves unexplained, as a share of |x_q - x_p-1|
+    excess: float     # worst frame: the same, less what the two shots' own motion explains
+
+    def margin(self, coloured: bool) -> int | None:
+        """Frames to add at each end of this dissolve, or None when it is not one. `coloured`:
+        the candidate window's colours changed like at a cut."""
+        if self.ramp_err > RAMP_ERR or self.excess > BLEND_EXCESS:
+            return None
+        # a long blend's faintest frames (a weight within ~2% of 0 or 1) hide in the shots' motion
+        margin = round((self.q - self.p) / 25)
+        if self.residual <= BLEND_RESIDUAL:
+            return margin          # a clean blend
+        if coloured and self.residual <= MOTION_RESIDUAL:
+            return margin + 1      # a blend of two fast-moving shots: its ends are less sure
+        return None
+
+
+def _blend_fit(f: FeatureArrays, a: int, b: int, busy: np.ndarray) -> BlendFit | None:
+    """Where around candidate window [a, b) one picture blends into another, and how well the
+    frames there are explained as that blend. The ramp is fitted at three scales (the thumbnail,
+    and averages over blocks of it, which the shots' own motion disturbs less; a blend stays a
+    blend at any scale) and the closest fit is kept; the blend is then tested on the thumbnail,
+    in gamma-coded values and in linear light (editors blend in either)."""
+    span = 2 * (b - a) + 16                       # all the fit may look at: work on that stretch only
+    w0, w1 = max(0, a - span), min(f.n, b + span)
+    thumb = f.thumb[w0:w1]
+    fine = thumb.astype(np.float32)
+    near = busy[w0:w1]
+    best = None
+    for x in (fine, _pooled(fine, 3, 8), _pooled(fine, 3, 4)):
+        fit = _ramp_at(x, a - w0, b - w0, near)
+        if fit is not None and (best is None or fit[2] < best[2]):
+            best = fit
+    if best is None:
+        return None
+    p, q, err = best
+    tests = [_unexplained(y, near, p, q) for y in (fine, LINEAR_LIGHT[thumb])]
+    return BlendFit(p + w0, q + w0, err, min(r for r, _ in tests), min(e for _, e in tests))
+
+
+def _pooled(x: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Thumbnails (m, 9*16*3) averaged over blocks down to rows x cols (which divide 9 x 16)."""
+    w, h = BLEND_THUMB
+    return x.reshape(len(x), rows, h // rows, cols, w // cols, 3).mean(axis=(2, 4)).reshape(len(x), -1)
+
+
+def _ramp_at(x: np.ndarray, a: int, b: int, busy: np.ndarray) -> tuple[int, int, float] | None:
+    """(p, q, rms error) of the blend ramp around [a, b) in the frames x. Each frame is written
+    as (1 - w) * first + w * last (a reference frame on each side) and a ramp is fitted to the
+    weights w; the fit is redone with references just clear of the ramp until they agree (a far
+    reference drifts with the shot's own motion)."""
+    lo, hi = _region(a, b, busy, pad=max(4, (b - a) // 2 + 2))
+    first, last = lo - 1, hi
+    for _ in range(4):
+        if hi - lo < 1 or first < 0 or last >= len(x):
+            return None
+        w, _ = _weights(x[lo:hi], x[first], x[last])
+        p, q, err, ramp = _ramp_fit(w)
+        at = lo                                    # w[i] is frame at + i
+        p, q = at + p, at + q
+        # one frame clear of the ramp, so that the next fit may still move its ends
+        lo, hi = _region(p, q, busy, pad=max(3, (q - p) // 3))
+        refs = (max(p - 2, lo - 1), min(q + 1, hi))
+        if (first, last) == refs:
+            break
+        first, last = refs
+    p0, q0 = _edges(w, ramp, p - at, q - at)
+    return at + p0, at + q0, err
+
+
+def _edges(w: np.ndarray, ramp: np.ndarray, p: int, q: int) -> tuple[int, int]:
+    """The fitted ramp's ends [p, q) (indices into the weights w) checked frame by frame: an end
+    frame that has not started to change is shot content; a frame just outside that steps like
+    the ramp does is a blend frame (the shots' own motion, seen along the blend, can hide the
+    ramp's faint ends from the least-squares fit)."""
+    while q - p > 2 and w[p] < min(EDGE_STILL, 0.3 * ramp[p]):
+        p += 1
+    while q - p > 2 and 1 - w[q - 1] < min(EDGE_STILL, 0.3 * (1 - ramp[q - 1])):
+        q -= 1
+    step = 1 / (q - p + 1)                      # the ramp's mean step
+    before, after = np.abs(np.diff(w[:p])), np.abs(np.diff(w[q:]))
+    for _ in range(EDGE_GROW):
+        if p < 2 or w[p - 1] - w[p - 2] < max(0.3 * step, 3 * np.median(before) if len(before) > 2 else 0):
+            break
+        p -= 1
+    for _ in range(EDGE_GROW):
+        if q + 1 >= len(w) or w[q + 1] - w[q] < max(0.3 * step, 3 * np.median(after) if len(after) > 2 else 0):
+            break
+        q += 1
+    return p, q
+
+
+def _region(a: int, b: int, busy: np.ndarray, pad: int) -> tuple[int, int]:
+    """[lo, hi) around [a, b), `pad` frames wider on each side, not into other transitions: the
+    reference frames lo - 1 and hi are shot content."""
+    n = len(busy)
     lo, hi = a, b
     while lo > 1 and a - lo < pad and not busy[lo - 2]:
         lo -= 1
-    while hi < f.n - 1 and hi - b < pad and not busy[hi + 1]:
+    while hi < n - 1 and hi - b < pad and not busy[hi + 1]:
         hi += 1
-    first, last = lo - 1, hi                     # reference frames, one in each shot
-    whole = f.h_pair(first, last)
-    hist = f.hist[lo:hi].astype(np.float32)
-    to_first = 0.5 * np.abs(hist - f.hist[first].astype(np.float32)).sum(axis=1)
-    to_last = 0.5 * np.abs(hist - f.hist[last].astype(np.float32)).sum(axis=1)
-    between = np.flatnonzero((to_first > BLEND_EDGE * whole) & (to_last > BLEND_EDGE * whole))
-    if whole <= 0 or len(between) == 0:
-        return a, b
-    p, q = lo + int(between[0]), lo + int(between[-1]) + 1
-    # frames within BLEND_EDGE of either end are still blends: widen by that share (+2)
-    margin = int(np.ceil(BLEND_EDGE * (q - p))) + 2
-    for _ in range(margin):
-        if p > 1 and not busy[p - 2]:
-            p -= 1
-        if q < f.n - 1 and not busy[q + 1]:
-            q += 1
-    return p, q
+    return lo, hi
+
+
+def _weights(x: np.ndarray, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of x as (1 - w) * first + w * last + rest: (w, |rest| / |last - first|)."""
+    d = last - first
+    dd = float(d @ d)
+    if dd <= 0:
+        return np.zeros(len(x)), np.full(len(x), np.inf)
+    rel = x - first
+    w = rel @ d / dd
+    rest = np.linalg.norm(rel - w[:, None] * d[None, :], axis=1) / np.sqrt(dd)
+    return w, rest
+
+
+def _ramp_fit(w: np.ndarray) -> tuple[int, int, float, np.ndarray]:
+    """The ramp closest to the weights w (least squares over every p < q, both shapes): 0 before
+    p, shape((t - p + 1) / (q - p + 1)) on [p, q), 1 from q on. Returns p, q, rms error and the
+    ramp. Shapes: straight, or eased in and out (3u^2 - 2u^3), the curves editors' dissolves use.
+
+    Every (p, q) is scored at once from prefix sums: with i = t - p + 1 and c = 1 / (q - p + 1),
+    the cross term sum(w * ramp) needs sum(w * i^k) (k = 1..3), which expands into prefix sums
+    of w * t^j."""
+    m = len(w)
+    t = np.arange(m, dtype=np.float64)
+    pre = [np.concatenate([[0.0], np.cumsum(w * t ** j)]) for j in range(4)]   # sum over [0, k) of w t^j
+    w2 = np.concatenate([[0.0], np.cumsum(w * w)])
+    tail = np.concatenate([np.cumsum(((1 - w) ** 2)[::-1])[::-1], [0.0]])     # sum over [k, m) of (1-w)^2
+    p = np.arange(m)[:, None]
+    q = np.arange(m + 1)[None, :]
+    n_in = np.maximum(q - p, 1)
+    c = 1.0 / (n_in + 1)
+    tj = [pj[q] - pj[p] for pj in pre]
+    s = (p - 1).astype(np.float64)
+    s1 = tj[1] - s * tj[0]                                          # sum of w * i
+    s2 = tj[2] - 2 * s * tj[1] + s ** 2 * tj[0]                     # ... * i^2
+    s3 = tj[3] - 3 * s * tj[2] + 3 * s ** 2 * tj[1] - s ** 3 * tj[0]
+    i = np.arange(1, m + 1, dtype=np.float64)
+    pw = [np.concatenate([[0.0], np.cumsum(i ** k)])[n_in] for k in range(7)]   # sum of i^k, i = 1..L
+    inside = w2[q] - w2[p]
+    linear = inside - 2 * c * s1 + c ** 2 * pw[2]
+    eased = inside - 2 * (3 * c ** 2 * s2 - 2 * c ** 3 * s3) + \
+        9 * c ** 4 * pw[4] - 12 * c ** 5 * pw[5] + 4 * c ** 6 * pw[6]
+    best = None
+    for shape, mid in ((_linear, linear), (_eased, eased)):
+        sse = np.where(q > p, w2[p] + mid + tail[q], np.inf)
+        k = int(np.argmin(sse))
+        if best is None or sse.flat[k] < best[0]:
+            best = (float(sse.flat[k]), k // (m + 1), k % (m + 1), shape)
+    sse, p0, q0, shape = best
+    ramp = shape(np.clip((t - p0 + 1) / (q0 - p0 + 1), 0, 1))
+    return p0, q0, float(np.sqrt(max(sse, 0.0) / m)), ramp
+
+
+def _linear(u: np.ndarray) -> np.ndarray:
+    return u
+
+
+def _eased(u: np.ndarray) -> np.ndarray:
+    return u * u * (3 - 2 * u)
+
+
+def _unexplained(x: np.ndarray, busy: np.ndarray, p: int, q: int) -> tuple[float, float]:
+    """How far frames [p, q) stray from a blend of frames p - 1 and q, as a share of those two
+    frames' difference (the worst frame): as it is, and less what the two shots' own motion
+    would carry each of them over as many frames (a dissolve between moving shots)."""
+    w, rest = _weights(x[p:q], x[p - 1], x[q])
+    d = float(np.linalg.norm(x[q] - x[p - 1]))
+    if d == 0:
+        return np.inf, np.inf
+    own = (1 - w) * _drift(x, busy, p - 1, -1, q - p) + w * _drift(x, busy, q, +1, q - p)[::-1]
+    return float(rest.max()), float(((rest * d - own) / d).max())
+
+
+def _drift(x: np.ndarray, busy: np.ndarray, ref: int, step: int, m: int) -> np.ndarray:
+    """How far the shot's own motion carries it in 1..m frames, measured on its clean frames
+    beyond `ref` (walking by `step` away from the transition). The DRIFT_GAP frames next to the
+    transition are skipped: where a fit ends early they may still be part of it."""
+    for _ in range(DRIFT_GAP):
+        if 0 <= ref + step < len(x) and not busy[ref + step]:
+            ref += step
+    out = np.zeros(m)
+    last = ref
+    for j in range(1, m + 1):
+        t = ref + step * j
+        if 0 <= t < len(x) and not busy[t]:
+            last = t
+        out[j - 1] = np.linalg.norm(x[last] - x[ref])
+    return out
 
 
 def _returns(f: FeatureArrays, p: int, q: int, cfg: ShotsConfig) -> bool:
@@ -332,6 +525,20 @@ def _returns(f: FeatureArrays, p: int, q: int, cfg: ShotsConfig) -> bool:
     if lag is None:
         return False
     return f.s(q, lag) < cfg.dissolve_structure / 2 and f.h(q, lag) < cfg.dissolve_color / 2
+
+
+def _comes_back(f: FeatureArrays, p: int, q: int, busy: np.ndarray) -> bool:
+    """The picture some frames before [p, q) is back as many frames after it: something passed
+    in front of the camera (or the camera swung away and back), no new shot began."""
+    x = f.thumb
+    d = float(np.linalg.norm(x[q].astype(np.float32) - x[p - 1]))
+    for k in range(1, 4 * (q - p) + 9):
+        i, j = p - 1 - k, q + k
+        if i < 0 or j >= f.n or busy[i] or busy[j]:
+            break
+        if np.linalg.norm(x[j].astype(np.float32) - x[i]) < 0.5 * d:
+            return True
+    return False
 
 
 def detect_shots(features: ShotDetector | FeatureArrays, cfg: ShotsConfig) -> ShotResult:
@@ -351,12 +558,12 @@ def detect_shots(features: ShotDetector | FeatureArrays, cfg: ShotsConfig) -> Sh
         kind[a:b] = run_kind
         level = float(np.median(f.luma_mean[a:b]))
         if a > 0:
-            r = _fade_ramp(f, a, -1, level, cfg, stop=-1)
-            if r >= cfg.fade_min_frames:
+            steps, r = _fade_ramp(f, a, -1, level, cfg, stop=-1)
+            if steps >= cfg.fade_min_frames:
                 ramps.append((a - r, a))
         if b < n:
-            r = _fade_ramp(f, b - 1, +1, level, cfg, stop=n)
-            if r >= cfg.fade_min_frames:
+            steps, r = _fade_ramp(f, b - 1, +1, level, cfg, stop=n)
+            if steps >= cfg.fade_min_frames:
                 ramps.append((b, b + r))
     # a fade out straight into a fade in dips to dark without a black frame: the darkest
     # frame, with steady ramps on both sides, anchors the fade
@@ -366,8 +573,8 @@ def detect_shots(features: ShotDetector | FeatureArrays, cfg: ShotsConfig) -> Sh
                 and f.luma_mean[t] <= 1.5 * cfg.black_luma):
             before = _fade_ramp(f, t, -1, float(f.luma_mean[t]), cfg, stop=-1)
             after = _fade_ramp(f, t, +1, float(f.luma_mean[t]), cfg, stop=n)
-            if min(before, after) >= cfg.fade_min_frames:
-                ramps.append((t - before, t + 1 + after))
+            if min(before[0], after[0]) >= cfg.fade_min_frames:
+                ramps.append((t - before[1], t + 1 + after[1]))
     for a, b in ramps:
         kind[a:b] = np.where(kind[a:b] == "", "fade", kind[a:b])
 

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import socket
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ _HASH_CHUNK = 1 << 20
 class SourceError(Exception):
     """A source that cannot be used; the message names it and says why.
 
-    `kind`: "bad_argument" (a SOURCE argument or manifest the user must fix), or for a remote
-    fetch "not_found", "permission_denied", "unreachable", "unsupported_url", "fetch_failed"."""
+    `kind`: "bad_argument" (a SOURCE argument or manifest the user must fix), or for one source "not_found", "permission_denied",
+    "not_a_video" (a folder), "unsafe_input" (a pipe or device: reading it could block forever),
+    "unreachable", "unsupported_url", "too_large" (bigger than the staging cache), "fetch_failed"."""
 
     def __init__(self, message: str, kind: str = "bad_argument") -> None:
         super().__init__(message)
@@ -78,9 +80,7 @@ def _expand_one(arg: str, extensions: set[str]) -> list[Source]:
         arg = _file_url_path(arg)
     path = Path(arg).expanduser()
     if path.is_dir():
-        # hidden files are skipped, as a glob does: macOS "._x.mp4" sidecars, our own ".part" files
-        found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        found = _walk_videos(arg, path, extensions)
         if not found:
             raise SourceError(f"{arg}: directory has no video files (looked for {_ext_list(extensions)})")
         return [_local(p) for p in found]
@@ -94,9 +94,55 @@ def _expand_one(arg: str, extensions: set[str]) -> list[Source]:
         if not found:
             raise SourceError(f"{arg}: pattern matches no video files (looked for {_ext_list(extensions)})")
         return [_local(p) for p in found]
-    if path.exists() or path.is_symlink():
-        raise SourceError(f"{arg}: not a regular file, directory or manifest")
-    raise SourceError(f"{arg}: no such file or directory")
+    problem = local_file_problem(path)
+    if problem is not None:
+        raise SourceError(f"{arg}: {problem[1]}")
+    raise SourceError(f"{arg}: not a regular file, directory or manifest")
+
+
+def _walk_videos(arg: str, root: Path, extensions: set[str]) -> list[Path]:
+    """Video files under `root`, sorted. Hidden files and folders are skipped, as a glob does
+    (macOS "._x.mp4" sidecars, our own ".part" files). A folder that cannot be listed is an
+    error naming it: skipping it silently would report "no video files", or lose its videos."""
+    def unreadable(exc: OSError) -> None:
+        reason = "permission denied" if isinstance(exc, PermissionError) else _reason(exc)
+        raise SourceError(f"{arg}: cannot list {exc.filename}: {reason}")
+
+    found = []
+    for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            p = Path(folder) / name
+            if not name.startswith(".") and p.suffix.lower() in extensions and p.is_file():
+                found.append(p)
+    return sorted(found)
+
+
+def local_file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
+    """(kind, reason) when `path` is not a regular file that can be read, else None. Only the
+    file's type is looked at, never its bytes: a FIFO or a device would block or never end."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "not_found", f"broken symbolic link (to {os.readlink(path)}): no such file"
+        return "not_found", "no such file"
+    except PermissionError:
+        return "permission_denied", "permission denied (a folder on its path cannot be entered)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "not_found", "symbolic link loop: it never reaches a file"
+        if exc.errno == errno.ENAMETOOLONG:
+            return "not_found", "file name too long"
+        return "not_found", _reason(exc)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "not_a_video", "a directory, not a video file"
+    what = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "a special file")
+    return "unsafe_input", f"{what}, not a regular file: reading it could block or never end"
 
 
 def _expand_remote(url: str, extensions: set[str]) -> list[Source]:
@@ -292,7 +338,16 @@ class StagingCache:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{self._PART}")
         try:
             with fsspec.open(uri, "rb") as src, open(tmp, "wb") as dst:
+                # the limit holds while streaming: a server that sends no length (or never ends)
+                # cannot fill the disk
+                size = getattr(src, "size", None)
+                if isinstance(size, int) and size > self.max_bytes:
+                    raise self._too_large(uri, f"it is {size} bytes")
+                written = 0
                 while chunk := src.read(_HASH_CHUNK):
+                    written += len(chunk)
+                    if written > self.max_bytes:
+                        raise self._too_large(uri, f"stopped after {written} bytes")
                     dst.write(chunk)
             try:
                 os.link(tmp, path)      # atomic publish; fails if another process won the race
@@ -305,6 +360,11 @@ class StagingCache:
             raise SourceError(f"{uri}: cannot download: {reason}", kind) from exc
         finally:
             tmp.unlink(missing_ok=True)
+
+
+    def _too_large(self, uri: str, detail: str) -> SourceError:
+        return SourceError(f"{uri}: larger than the staging cache ({self.max_bytes} bytes, sources.cache_max_gb): "
+                           f"{detail}", "too_large")
 
 
 def _fetch_failure(exc: BaseException) -> tuple[str, str]:
@@ -380,9 +440,16 @@ def _remove_if_unused(path: Path) -> bool:
 
 
 def content_hash(path: str | os.PathLike) -> str:
-    """`video_id`: BLAKE2b-128 of the whole file, 32 hex chars; same bytes, same id, any name."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
+    """`video_id`: BLAKE2b-128 of the whole file, 32 hex chars; same bytes, same id, any name.
+
+    Only a regular file is read (SourceError otherwise): the file is opened without blocking and
+    its type checked on the open descriptor, so a FIFO swapped in after a check cannot hang it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            kind, reason = local_file_problem(path) or ("unsafe_input", "not a regular file")
+            raise SourceError(f"{path}: {reason}", kind)
+        h = hashlib.blake2b(digest_size=16)
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()

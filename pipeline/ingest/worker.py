@@ -7,10 +7,10 @@ A failure at any stage becomes an `errors` row naming the stage; nothing raises 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +20,13 @@ from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.decode import decode_pass
 from pipeline.ingest.plan import clip_id, frame_end_times, plan_clips
 from pipeline.ingest.probe import ProbeError, probe
+from pipeline.ingest.result import SourceResult, error_result
+from pipeline.ingest.result import source_row as _source_row
 from pipeline.ingest.shots import ShotDetector, detect_shots
 from pipeline.ingest.signals import clip_signals, make_analyzers
-from pipeline.ingest.sources import SourceError, StagingCache, content_hash
+from pipeline.ingest.sources import SourceError, StagingCache, content_hash, local_file_problem
 from pipeline.library import media_dir
 from pipeline.library.files import utcnow
-
-
-@dataclass
-class SourceResult:
-    uri: str
-    outcome: str                                   # ingested | duplicate | error | failed
-    video_id: str | None = None
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    video_seconds: float = 0.0
-
-    @property
-    def n_clips(self) -> int:
-        return len(self.rows.get("clips", []))
 
 
 class SourceFailure(Exception):
@@ -49,41 +38,67 @@ class SourceFailure(Exception):
 
 
 def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
-                  claim: Callable[[str, str], bool] | None = None) -> SourceResult:
+                  claim: Callable[[str, str], bool] | None = None,
+                  on_stage: Callable[[str, str | None], None] | None = None) -> SourceResult:
     """Ingest one source; `claim(video_id, uri)` returns False when another worker (or an earlier
-    run) already owns that content, which makes this source a duplicate."""
+    run) already owns that content, which makes this source a duplicate. `on_stage(stage,
+    video_id)` is told where the work is (the sandbox names it when a budget runs out).
+
+    Messages name the source as given (the URL of a remote one, never its staged copy)."""
     lib_root = Path(lib_root)
     video_id: str | None = None
     stage = "fetch"
+    path: Path | None = None
+
+    def enter(name: str) -> None:
+        nonlocal stage
+        stage = name
+        if on_stage is not None:
+            on_stage(name, video_id)
+
     try:
+        enter("fetch")
         with StagingCache(Path(cfg.sources.cache_dir or lib_root / ".cache"),
                           int(cfg.sources.cache_max_gb * 1e9)) as cache:
             try:
                 path = cache.fetch(uri)
             except SourceError as e:
                 raise SourceFailure("fetch", e.kind, str(e)) from e
-            stage = "hash"
+            # the file's type before its bytes: a FIFO or a device would block or never end
+            problem = local_file_problem(path)
+            if problem is not None:
+                raise SourceFailure("fetch", problem[0], f"{uri}: {problem[1]}")
+            enter("hash")
             try:
                 video_id = content_hash(path)
             except PermissionError as e:
                 raise SourceFailure("hash", "permission_denied", f"cannot read {uri}: permission denied") from e
+            except SourceError as e:
+                raise SourceFailure("hash", e.kind, str(e)) from e
             if claim is not None and not claim(video_id, uri):
                 return SourceResult(uri, "duplicate", video_id,
                                     {"sources": [_source_row(uri, video_id, "duplicate")]})
-            stage = "ingest"
-            return _ingest_file(uri, path, video_id, cfg, lib_root)
+            return _ingest_file(uri, path, video_id, cfg, lib_root, enter)
     except SourceFailure as e:
-        return error_result(uri, video_id, e.stage, e.kind, e.message)
+        return error_result(uri, video_id, e.stage, e.kind, _named(e.message, path, uri))
     except Exception as e:  # noqa: BLE001 - an unexpected failure is recorded and retried on rerun
         tb = traceback.extract_tb(e.__traceback__)[-1]
         where = f" ({Path(tb.filename).name}:{tb.lineno})" if tb else ""
-        return error_result(uri, video_id, stage, type(e).__name__, f"{e}{where}", outcome="failed")
+        return error_result(uri, video_id, stage, type(e).__name__, _named(f"{e}{where}", path, uri),
+                            outcome="failed")
 
 
-def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_root: Path) -> SourceResult:
+def _named(message: str, path: Path | None, uri: str) -> str:
+    """`message` with a staged copy's path replaced by the source's URL."""
+    return message.replace(str(path), uri) if path is not None and str(path) != uri else message
+
+
+def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_root: Path,
+                 enter: Callable[[str], None]) -> SourceResult:
     t0 = time.perf_counter()
+    enter("probe")
     try:
-        info = probe(path)
+        info = probe(path, max_pixels=cfg.decode.max_pixels, name=uri)
     except ProbeError as e:
         raise SourceFailure("probe", e.kind, str(e)) from e
 
@@ -94,6 +109,7 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
     # CPU time that decoding, shot detection and then clip writing leave idle.
     signals = BackgroundAnalyzers(signal_analyzers) if signal_analyzers else None
     try:
+        enter("decode")
         try:
             decoded = decode_pass(path, cfg.decode, [shot_detector, signals] if signals else [shot_detector],
                                   detail=detail)
@@ -108,11 +124,17 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
         planned = plan_clips([(s.start_frame, s.end_frame) for s in shots], pts, cfg.clips)
         ids = [clip_id(video_id, c.start_frame, c.end_frame) for c in planned]
         files: list[Any] = [None] * len(planned)
-        if cfg.clips.mode != "reference" and planned:
+        enter("clips")
+        clips_cfg = cfg.clips
+        if decoded.relabeled and clips_cfg.mode == "remux":
+            # its packets carry decode-order times (AVI with B-frames): a stream copy cut by them
+            # would show frames out of order, so these clips are encoded, frame-exact
+            clips_cfg = dataclasses.replace(clips_cfg, mode="encode")
+        if clips_cfg.mode != "reference" and planned:
             out_dir = media_dir(lib_root, video_id)
             out_dir.mkdir(parents=True, exist_ok=True)
             files = write_clips(path, [(c.start_frame, c.end_frame, out_dir / cid) for c, cid in zip(planned, ids)],
-                                pts, cfg.clips)
+                                pts, clips_cfg)
     finally:
         signals_error = signals.close() if signals else None
     if signals_error is not None:
@@ -127,7 +149,7 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
             "start_frame": c.start_frame, "end_frame": c.end_frame, "n_frames": c.n_frames,
             "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
             "fps": c.n_frames / (end_s - start_s) if end_s > start_s else decoded.fps,
-            "width": width, "height": height, "clip_mode": cfg.clips.mode,
+            "width": width, "height": height, "clip_mode": clips_cfg.mode,
             "path": str(Path(f.path).relative_to(lib_root)) if f else None,
             "file_start_frame": f.file_start_frame if f else None,
             "file_n_frames": f.n_frames if f else None,
@@ -154,15 +176,3 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
     rows = {"videos": [video_row], "shots": shot_rows, "clips": clip_rows,
             "sources": [_source_row(uri, video_id, "ingested")]}
     return SourceResult(uri, "ingested", video_id, rows, video_row["duration_s"])
-
-
-def _source_row(uri: str, video_id: str | None, outcome: str) -> dict[str, Any]:
-    return {"uri": uri, "video_id": video_id, "outcome": outcome, "at": utcnow()}
-
-
-def error_result(uri: str, video_id: str | None, stage: str, kind: str, message: str,
-                  outcome: str = "error") -> SourceResult:
-    """`error`: the input is bad (not retried); `failed`: something unexpected (retried on rerun)."""
-    error = {"source": uri, "video_id": video_id, "stage": stage, "error_type": kind,
-             "message": message, "at": utcnow()}
-    return SourceResult(uri, outcome, video_id, {"errors": [error], "sources": [_source_row(uri, video_id, outcome)]})

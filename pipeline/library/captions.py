@@ -13,9 +13,7 @@ latest wins.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.library.files import TMP_SUFFIX, atomic_write_bytes, atomic_write_table, new_batch_id, utcnow
+from pipeline.library.files import atomic_write_bytes, atomic_write_table, new_batch_id, remove_stale_temp_files, utcnow
 from pipeline.library.schema import CAPTION_SCHEMA
 
 FOLDER = "captions"
 DEFAULT_FILE = "default.json"
 FINAL = ("ok", "flagged")     # statuses a rerun does not redo; `error` rows are retried
-
-STALE_TMP_S = 600  # far longer than writing one part takes
-
 
 class CaptionStore:
     """Read and append caption rows of one library; mark the default version."""
@@ -41,13 +36,6 @@ class CaptionStore:
 
     def parts(self) -> list[Path]:
         return sorted(self.root.glob("part-*.parquet"))
-
-    def _remove_stale_temp_files(self) -> None:
-        """A crash mid-write leaves only a temp file; a young one may be another process's write."""
-        for stray in self.root.glob(f"*{TMP_SUFFIX}"):
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - stray.stat().st_mtime > STALE_TMP_S:
-                    stray.unlink(missing_ok=True)
 
     def read(self, version: str | None = None, columns: list[str] | None = None, latest: bool = True) -> pa.Table:
         """Rows of `version` (all versions when None); with `latest`, one row per (clip, version)."""
@@ -81,7 +69,7 @@ class CaptionStore:
         if not rows:
             return None
         self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_temp_files()
+        remove_stale_temp_files(self.root)
         batch = new_batch_id()
         now = utcnow()
         for row in rows:

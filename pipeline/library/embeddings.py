@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, new_batch_id, read_parts
+from pipeline.library.files import atomic_write_table, new_batch_id, read_parts, remove_stale_temp_files
 from pipeline.library.schema import embedding_schema
 
 EMBEDDINGS = "embeddings"
@@ -59,6 +59,7 @@ def write_embeddings(root: str | Path, name: str, model_id: str, clip_ids: list[
                       "input_hash": pa.array(hashes, pa.string())}, schema=embedding_schema(dim))
     folder = embeddings_dir(root, name)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(folder)
     path = folder / f"part-{new_batch_id()}.parquet"
     atomic_write_table(path, table.replace_schema_metadata(meta))
     return path

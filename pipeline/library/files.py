@@ -3,6 +3,7 @@ time-sortable batch ids so that parts list in write order."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TMP_SUFFIX = ".tmp"
+STALE_TMP_S = 600     # far longer than writing one file takes: an older temp file is a crash's leftover
 
 _last_batch_us = 0
 
@@ -34,6 +36,18 @@ def utcnow() -> datetime:
 def temp_path(path: Path) -> Path:
     """A hidden sibling of `path` to write before renaming into place (recovery removes leftovers)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}{TMP_SUFFIX}")
+
+
+def remove_stale_temp_files(folder: Path) -> int:
+    """Remove what a crash mid-write left in `folder` (temp files older than STALE_TMP_S; a young
+    one may be another process's write in progress); returns how many."""
+    removed = 0
+    for stray in folder.glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - stray.stat().st_mtime > STALE_TMP_S:
+                stray.unlink()
+                removed += 1
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

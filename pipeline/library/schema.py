@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
+CLIP_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")   # what a clip id may be (it names files: no paths)
 
 # ---- the clip columns the signals add (measured in ingest's decode pass), all nullable -------------
 CAMERA_CLASSES = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "shaky")
@@ -153,7 +154,7 @@ ERROR_COLUMNS = [
     Column("source", pa.string(), "Source uri that failed."),
     Column("video_id", pa.string(), "Content hash when it could be computed.", True),
     Column("stage", pa.string(), "Where it failed: `stage` (fetch), `probe`, `decode`, `detect`, `clips`, ..."),
-    Column("error_type", pa.string(), "Machine-readable kind, e.g. `empty_file`, `truncated`, `not_a_video`, `no_video_stream`, `unsupported_codec`, `permission_denied`, `not_found`, `unreachable`."),
+    Column("error_type", pa.string(), "Machine-readable kind, e.g. `empty_file`, `truncated`, `not_a_video`, `no_video_stream`, `unsupported_codec`, `permission_denied`, `not_found`, `unreachable`, `too_large` (picture over `decode.max_pixels`, download over the cache), `unsafe_input` (FIFO, device, playlist), `timeout` (over `sources.timeout_s` / `cpu_timeout_s`), `worker_crashed`."),
     Column("message", pa.string(), "What went wrong, for a person."),
     Column("at", pa.timestamp("ms", tz="UTC"), "When it happened."),
     COMMIT,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, utcnow
+from pipeline.library.files import atomic_write_table, remove_stale_temp_files, utcnow
 from pipeline.library.schema import SELECTION_SCHEMA
 
 SELECTIONS = "selections"
@@ -28,6 +28,7 @@ def write_selection(lib_root: str | Path, name: str, clip_ids: list[str]) -> Pat
     """Save `clip_ids` (duplicates dropped, order kept) as selection `name`, replacing it."""
     path = selection_path(lib_root, name)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent)
     ids = list(dict.fromkeys(clip_ids))
     now = utcnow()
     atomic_write_table(path, pa.table({"clip_id": ids, "added_at": [now] * len(ids)}, schema=SELECTION_SCHEMA))

@@ -15,10 +15,12 @@ Writes and resume:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,10 @@ import pyarrow.compute as pc
 
 from pipeline.library.captions import CaptionStore
 from pipeline.library.claims import CLAIMS, RunClaims
+from pipeline.library.embeddings import embeddings_dir
 from pipeline.library.files import TMP_SUFFIX, atomic_write_bytes, atomic_write_table, new_batch_id, read_parts, utcnow
-from pipeline.library.schema import SCHEMA_VERSION, TABLES, table_schema
-from pipeline.library.views import read_view
+from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
+from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 
 COMMITS = "_commits"
 MEDIA = "media"
@@ -51,20 +54,31 @@ def media_dir(root: str | Path, video_id: str) -> Path:
     return Path(root) / MEDIA / video_id[:2] / video_id
 
 
-def _take_writer_lock(root: Path) -> int:
-    """An exclusive flock on LIB/.writer.lock: one writing process per library at a time. The
-    kernel drops it when the process dies, so a kill -9 never leaves a stale lock."""
-    fd = os.open(root / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+def take_lock(path: Path, what: str) -> int:
+    """An exclusive flock on `path` (created if needed): one holder at a time does `what` (a
+    second open, even in the same process, is refused). The kernel drops it when the process
+    dies, so a kill -9 never leaves a stale lock. Returns the descriptor to release."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise LibraryError(f"another recap process (pid {holder}) is writing to {root}; "
-                           "wait for it to finish, or stop it and rerun") from None
+        raise LibraryError(f"another recap process (pid {holder}) is {what}; wait for it to finish, "
+                           "or stop it and rerun") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
+
+
+@contextlib.contextmanager
+def locked(path: Path, what: str) -> Iterator[None]:
+    """`take_lock` for the length of a block."""
+    fd = take_lock(path, what)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class Library:
@@ -90,18 +104,23 @@ class Library:
             raise LibraryError(f"{self.root} is not a recap library (no library.json); run `recap ingest` first")
         self.meta = meta
         self.captions = CaptionStore(self.root)
-        self._lock_fd: int | None = None
+        self._lock: int | None = None
         if write:
-            self._lock_fd = _take_writer_lock(self.root)
+            self._lock = take_lock(self.root / ".writer.lock", f"writing to {self.root}")
             for name in [*TABLES, COMMITS, MEDIA]:
                 (self.root / name).mkdir(exist_ok=True)
             self.recover()
 
     def close(self) -> None:
         """Release the writer lock (also released when the process ends, however it ends)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def lock(self, job: str) -> contextlib.AbstractContextManager[None]:
+        """One `recap <job>` at a time writes to this library (e.g. two captioning runs would do
+        the same GPU work twice); a second is refused with a clear message."""
+        return locked(self.root / f".{job}.lock", f"running `recap {job}` on {self.root}")
 
     def __enter__(self) -> "Library":
         return self
@@ -131,11 +150,17 @@ class Library:
                     removed += 1
         if (self.root / CLAIMS).exists():   # only a writer claims, and we hold the writer lock
             shutil.rmtree(self.root / CLAIMS, ignore_errors=True)
+        # clip files of a video whose rows were never committed (a crash between the two)
+        videos = self.video_ids()
+        for folder in (self.root / MEDIA).glob("*/*"):
+            if folder.is_dir() and folder.name not in videos:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
         return removed
 
     # ---- writing --------------------------------------------------------------------------
     def _require_writer(self) -> None:
-        if self._lock_fd is None:
+        if self._lock is None:
             raise LibraryError(f"{self.root} was opened read-only")
 
     def commit(self, rows: dict[str, list[dict[str, Any]]]) -> str | None:
@@ -192,11 +217,55 @@ class Library:
         return dict(zip(t.column("video_id").to_pylist(), t.column("uri").to_pylist()))
 
     def clips(self, columns: list[str] | None = None) -> pa.Table:
-        """The committed clips (FileNotFoundError when there are none yet: nothing to work on)."""
+        """The committed clips (FileNotFoundError when there are none yet: nothing to work on).
+        Ids and clip-file paths are checked here, for every reader: an id names files, and a path
+        must stay inside the library (LibraryError names the first bad row of a tampered table)."""
         clips = self.read("clips", columns)
         if clips.num_rows == 0:
             raise FileNotFoundError(f"{self.root}: no committed clips (run `recap ingest` first)")
+        if "clip_id" in clips.column_names:
+            bad = next((c for c in clips.column("clip_id").to_pylist() if not CLIP_ID.fullmatch(c)), None)
+            if bad is not None:
+                raise LibraryError(f"{self.root}/clips: clip id {bad!r} is not an id (letters, digits, '_', '-')")
+        if "path" in clips.column_names:
+            for path in clips.column("path").drop_null().to_pylist():
+                self.media_path(path)
         return clips
+
+    def media_path(self, relative: str) -> Path:
+        """A clip file named by a `clips.path` value, refused (LibraryError) unless it lies inside
+        the library: no absolute paths, no `..`, no symlink that leads out."""
+        root = self.root.resolve()
+        path = (root / relative).resolve()
+        if Path(relative).is_absolute() or not path.is_relative_to(root):
+            raise LibraryError(f"{self.root}/clips: clip path {relative!r} is outside the library")
+        return path
+
+    def signature(self, embedders: Iterable[str] = ()) -> tuple:
+        """What the clip table (and the vectors of `embedders`) is read from: names, sizes and
+        times of the committed parts, captions, view and embeddings, and the default caption
+        version. Equal signatures mean nothing a reader sees has changed."""
+        files = [*self.parts("clips"), *self.parts("videos"), *self.captions.parts(), self.root / VIEW_PATH]
+        for name in embedders:
+            folder = embeddings_dir(self.root, name)
+            files += sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        stats = []
+        for f in files:
+            try:
+                st = f.stat()
+                stats.append((str(f), st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                stats.append((str(f), None))
+        return (self.captions.default(), *stats)
+
+    def newest_batch(self) -> str | None:
+        """The most recently committed batch (batch ids sort in write order)."""
+        return max(self.committed_batches(), default=None)
+
+    def view_is_stale(self) -> bool:
+        """The filter view judged fewer batches than are committed (or there is none)."""
+        seen = view_source_batch(self.root)
+        return seen is None or seen < (self.newest_batch() or "")
 
     def clip_table(self, caption_version: str = "", columns: list[str] | None = None) -> pa.Table:
         """One row per committed clip, sorted by clip_id: the clip columns that are scalars (or

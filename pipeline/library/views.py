@@ -20,20 +20,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table
+from pipeline.library.files import atomic_write_table, remove_stale_temp_files
 from pipeline.library.schema import VIEW_SCHEMA
 
 VIEW_PATH = Path("views") / "filters.parquet"
 
 
-def write_view(lib_root: str | Path, view: pa.Table, config: dict[str, Any]) -> Path:
-    """Atomically replace the view; `config` is the filter config that made it (as a dict)."""
+def write_view(lib_root: str | Path, view: pa.Table, config: dict[str, Any], source_batch: str | None = None) -> Path:
+    """Atomically replace the view; `config` is the filter config that made it (as a dict) and
+    `source_batch` the newest committed batch of clips it judged (what says when it is stale)."""
     path = Path(lib_root) / VIEW_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path.parent)
     meta = {b"recap.filters": json.dumps(config).encode(),
-            b"recap.created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()}
+            b"recap.created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode(),
+            b"recap.source_batch": (source_batch or "").encode()}
     atomic_write_table(path, view.cast(VIEW_SCHEMA).replace_schema_metadata(meta))
     return path
+
+
+def view_source_batch(lib_root: str | Path) -> str | None:
+    """The newest committed batch the current view judged ('' for a view older than that record,
+    None when there is no view)."""
+    path = Path(lib_root) / VIEW_PATH
+    if not path.exists():
+        return None
+    return (pq.read_schema(path).metadata or {}).get(b"recap.source_batch", b"").decode()
 
 
 def read_view(lib_root: str | Path) -> tuple[pa.Table, dict[str, Any]] | None:

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
 
 from trainer.typedconfig import ConfigError
+
+
+def check_range(key: str, value: float | None, low: float | None = None, high: float | None = None, *,
+                above: bool = False, optional: bool = False) -> None:
+    """ConfigError naming `key` unless `value` is a finite number in [low, high] (`above`: > low).
+    `optional`: None is allowed too. Every config section checks its values with this at load,
+    so a bad value fails before any work, not in a traceback (or a hang) later."""
+    if value is None and optional:
+        return
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+    section, _, name = key.rpartition(".")
+    where = f"{section}: {name}" if section else name      # "execution: actors >= 1 (got 0)"
+    if low is not None and (value <= low if above else value < low):
+        raise ConfigError(f"{where} {'>' if above else '>='} {low:g} (got {value!r})")
+    if high is not None and value > high:
+        raise ConfigError(f"{where} <= {high:g} (got {value!r})")
 
 
 @dataclass
@@ -22,12 +40,19 @@ class ExecutionConfig:
     commit_every_seconds: float = 20.0  # ... or after this long, whichever comes first
 
     def __post_init__(self) -> None:
-        if self.cpus_per_task < 0 or self.max_tasks_in_flight < 0:
-            raise ConfigError("execution: cpus_per_task and max_tasks_in_flight must be >= 0")
-        if self.actors < 1 or self.cpus_per_actor <= 0 or self.gpus_per_actor < 0:
-            raise ConfigError("execution: actors >= 1, cpus_per_actor > 0, gpus_per_actor >= 0")
-        if self.commit_every < 1 or not self.commit_every_seconds > 0:
-            raise ConfigError("execution: commit_every >= 1 and commit_every_seconds > 0")
+        # upper bounds are sanity limits; what a cluster can hold is checked once Ray runs
+        # (pipeline.stages.runner.check_resources), before anything is scheduled
+        check_range("execution.cpus_per_task", self.cpus_per_task, 0, 4096)
+        check_range("execution.max_tasks_in_flight", self.max_tasks_in_flight, 0, 1_000_000)
+        check_range("execution.actors", self.actors, 1, 4096)
+        check_range("execution.cpus_per_actor", self.cpus_per_actor, 0, 4096, above=True)
+        check_range("execution.gpus_per_actor", self.gpus_per_actor, 0, 64)
+        check_range("execution.commit_every", self.commit_every, 1)
+        check_range("execution.commit_every_seconds", self.commit_every_seconds, 0, above=True)
+        if self.executor not in ("ray", "local"):
+            raise ConfigError(f"execution.executor: {self.executor!r} is not one of ['ray', 'local']")
+        if self.ray_address != self.ray_address.strip():
+            raise ConfigError(f"execution.ray_address: {self.ray_address!r} has spaces around it")
 
 
 def available_cpus() -> int:

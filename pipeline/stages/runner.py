@@ -6,26 +6,39 @@ process, one batch after another (`execution.executor: local`, for small jobs, t
 
 Rows travel between Ray workers pickled in one binary Arrow column, so a stage may hand on any
 Python value (arrays of frames, result objects) without declaring an Arrow schema. This module is
-also the one place that starts or joins Ray.
+also the one place that starts or joins Ray (`init_ray`): a start that fails is retried with a
+longer wait, then reported in one line (`RayStartError`) with every process it left stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
+import re
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
+import psutil
 import pyarrow as pa
 
 from pipeline.stages.base import Row, Stage
 from pipeline.stages.execution import ExecutionConfig, available_cpus
+from trainer.typedconfig import ConfigError
 
 ROW = "row"            # the one column of the Arrow blocks: a pickled row
 MAX_BLOCKS = 1000      # input blocks when the first stage's batches are many
+START_ATTEMPTS = 2     # a local Ray that did not come up is started once more, waiting twice as long
+GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"   # Ray's own wait for its GCS (30 s by default)
+
+
+class RayStartError(ConfigError):
+    """Ray could not be started or joined. A ConfigError, so every job's command reports it in one
+    line with exit status 2 (what must change is the machine, the cluster or `--ray-address`)."""
 
 
 def run_stages(stages: list[Stage], items: list[Row], execution: ExecutionConfig, *,
@@ -67,7 +80,11 @@ def _run_local(stages: list[Stage], items: list[Row]) -> Iterator[Row]:
 
 # ---- on Ray ------------------------------------------------------------------------------------------
 def init_ray(address: str = "") -> None:
-    """Start a fresh local Ray (never join a stray cluster silently), or join `address`."""
+    """Start a fresh local Ray (never join a stray cluster silently), or join `address`.
+
+    A local start that fails (Ray gives up on its own daemons under heavy load: "The current node
+    timed out during startup") stops every process it started and is tried again with Ray's GCS
+    wait doubled; joining is tried once. Either failure raises `RayStartError`, one line."""
     import ray  # lazy: Ray costs seconds to import, and local jobs never need it
 
     if ray.is_initialized():
@@ -77,11 +94,103 @@ def init_ray(address: str = "") -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": True}
+    # what Ray logs while a start fails is a screen of errors from its daemons: the one line of
+    # RayStartError says it instead
+    kwargs: dict[str, Any] = {"logging_level": logging.CRITICAL, "log_to_driver": True}
     if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", include_dashboard=False, **kwargs)
+        before = _descendants()
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ... for a cluster it cannot join
+            _stop_started(before)
+            raise RayStartError(f"cannot join the Ray cluster at {address!r}: {_first_line(e)} (start one with "
+                                "`ray start --head` and give its address, or leave out --ray-address to start a "
+                                "local Ray)") from None
+        logging.getLogger("ray").setLevel(logging.WARNING)
+        return
+    wait_s = int(os.environ.get(GCS_WAIT_ENV, "30")) if os.environ.get(GCS_WAIT_ENV, "30").isdigit() else 30
+    for attempt in range(START_ATTEMPTS):
+        before = _descendants()
+        try:
+            with _env(GCS_WAIT_ENV, str(wait_s) if attempt else os.environ.get(GCS_WAIT_ENV)):
+                ray.init(address="local", include_dashboard=False, **kwargs)
+            logging.getLogger("ray").setLevel(logging.WARNING)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises bare Exception for a start that timed out
+            error = e
+            _stop_started(before)
+            wait_s *= 2
+    raise RayStartError(f"Ray did not start on this machine (tried {START_ATTEMPTS} times): {_first_line(error)}; "
+                        "is the machine overloaded or short of memory or /tmp space? Every process it started "
+                        "was stopped") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` (left alone when None) for the block."""
+    old = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _stop_started(before: set[int]) -> None:
+    """Stop what a failed start left running: Ray's state in this process, the processes it
+    spawned (new descendants of this one) and any daemon of its session that was re-parented
+    when its parent died (Ray names a session after the driver's pid: session_<date>_<pid>)."""
+    import ray  # lazy: see init_ray
+
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+    me = os.getpid()
+    session = re.compile(rf"session_[0-9_-]+_{me}(?![0-9])")
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.pid != me and p not in left and any(session.search(a) for a in p.info["cmdline"] or ()):
+                left.append(p)
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def check_resources(stages: list[Stage]) -> None:
+    """ConfigError naming the key when a stage asks more of one worker than the largest node of
+    the running Ray cluster has: Ray would wait for such a node forever."""
+    import ray  # lazy: see init_ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU", "memory")}
+    for stage in stages:
+        per = "actor" if stage.actors else "task"
+        res = stage.resources
+        gpus_key = "execution.gpus_per_actor" if stage.actors else f"GPUs of a {stage.name} task"
+        for need, kind, key in [(res.cpus, "CPU", f"execution.cpus_per_{per}"), (res.gpus, "GPU", gpus_key),
+                                (res.memory, "memory", f"memory of a {stage.name} {per}")]:
+            if need and need > largest[kind] + 1e-9:
+                unit = " bytes" if kind == "memory" else f" {kind}s"
+                raise ConfigError(f"{key}: the '{stage.name}' stage asks for {need:g}{unit} per {per}, but the largest "
+                                  f"node of this Ray cluster has {largest[kind]:g}: it could never be scheduled")
 
 
 def cluster_cpus(execution: ExecutionConfig) -> float:
@@ -155,6 +264,7 @@ def ray_dataset(stages: list[Stage], items: list[Row], execution: ExecutionConfi
     import ray.data  # lazy: see init_ray
 
     init_ray(execution.ray_address)
+    check_resources(stages)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False

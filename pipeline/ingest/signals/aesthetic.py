@@ -22,6 +22,28 @@ import numpy as np
 
 from pipeline.ingest.signals.config import AestheticConfig
 from pipeline.ingest.signals.series import DetailSchedule, SampleList
+from trainer.typedconfig import ConfigError
+
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+def check_model(cfg: AestheticConfig) -> None:
+    """ConfigError naming `signals.aesthetic.model` unless the model can be loaded without a
+    download: a local folder, or an HF id already in the Hugging Face cache. Called where a job
+    starts, so a missing model fails once, before any video, not once per video after decoding."""
+    if not cfg.model:
+        return
+    local = Path(cfg.model).expanduser()
+    if local.is_dir():
+        return
+    if local.exists() or not _HF_ID.match(cfg.model):
+        raise ConfigError(f"signals.aesthetic.model: {cfg.model!r} is not a model folder nor a Hugging Face id")
+    # lazy: huggingface_hub is only needed when an aesthetic model is configured
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(cfg.model, "config.json"), str):
+        raise ConfigError(f"signals.aesthetic.model: {cfg.model!r} is not a local folder and not in the Hugging "
+                          f"Face cache: fetch it first (`hf download {cfg.model}`) or give the path of a copy")
 
 
 def load_head(path: str | Path, activation: str = "none"):

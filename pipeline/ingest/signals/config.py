@@ -1,10 +1,16 @@
-"""Typed configuration of the clip signals (the `signals:` section of the ingest config)."""
+"""Typed configuration of the clip signals (the `signals:` section of the ingest config); every
+value is range-checked at load, naming its key."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from pipeline.stages.execution import check_range
 from trainer.typedconfig import ConfigError
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 @dataclass
@@ -18,8 +24,11 @@ class MotionConfig:
     shaky_ratio: float = 1.5      # ... that is also this many times the steady motion: shaky
 
     def __post_init__(self) -> None:
-        if self.flow_width < 16 or self.flow_step < 1:
-            raise ConfigError("signals.motion: flow_width >= 16 and flow_step >= 1")
+        check_range("signals.motion.flow_width", self.flow_width, 16, 1024)
+        check_range("signals.motion.flow_step", self.flow_step, 1, 1000)
+        for key in ("static_max", "zoom_min", "shaky_min"):
+            check_range(f"signals.motion.{key}", getattr(self, key), 0)
+        check_range("signals.motion.shaky_ratio", self.shaky_ratio, 0, above=True)
 
 
 @dataclass
@@ -30,12 +39,23 @@ class ExposureConfig:
     frozen_min_run: int = 6       # ... and a frame is frozen inside a run of at least this many repeats
                                   # (shorter runs are duplicated frames of low-fps / pulldown sources)
 
+    def __post_init__(self) -> None:
+        check_range("signals.exposure.black_luma", self.black_luma, 0, 255)
+        check_range("signals.exposure.blank_std", self.blank_std, 0)
+        check_range("signals.exposure.frozen_diff", self.frozen_diff, 0)
+        check_range("signals.exposure.frozen_min_run", self.frozen_min_run, 1)
+
 
 @dataclass
 class BarsConfig:
     max_luma: float = 24.0        # a bar row/column is darker than this on average ...
     max_std: float = 8.0          # ... and this flat
     min_share: float = 0.01       # bars thinner than this share of the side are ignored
+
+    def __post_init__(self) -> None:
+        check_range("signals.bars.max_luma", self.max_luma, 0, 255)
+        check_range("signals.bars.max_std", self.max_std, 0)
+        check_range("signals.bars.min_share", self.min_share, 0, 0.5)
 
 
 @dataclass
@@ -48,8 +68,10 @@ class TextConfig:
     max_chars: int = 500          # stored text is cut to this length
 
     def __post_init__(self) -> None:
-        if self.every_s <= 0 or self.det_width < 32:
-            raise ConfigError("signals.text: every_s > 0 and det_width >= 32")
+        check_range("signals.text.every_s", self.every_s, 0, above=True)
+        check_range("signals.text.det_width", self.det_width, 32, 4096)
+        check_range("signals.text.min_score", self.min_score, 0, 1)
+        check_range("signals.text.max_chars", self.max_chars, 1)
 
 
 @dataclass
@@ -65,9 +87,16 @@ class AestheticConfig:
         if bool(self.model) != bool(self.head):
             raise ConfigError("signals.aesthetic: set both model and head, or neither")
         if self.head_activation not in ("none", "relu"):
-            raise ConfigError("signals.aesthetic.head_activation: none or relu")
-        if self.every_s <= 0 or self.batch_size < 1:
-            raise ConfigError("signals.aesthetic: every_s > 0 and batch_size >= 1")
+            raise ConfigError(f"signals.aesthetic.head_activation: {self.head_activation!r} is not one of "
+                              "['none', 'relu']")
+        check_range("signals.aesthetic.every_s", self.every_s, 0, above=True)
+        check_range("signals.aesthetic.batch_size", self.batch_size, 1, 4096)
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"signals.aesthetic.device: {self.device!r} is not cpu, cuda, cuda:N or mps")
+        # a missing model would otherwise fail once per video, after all the decoding; the model
+        # itself is checked where the job starts (pipeline.ingest.signals.aesthetic.check_model)
+        if self.head and not Path(self.head).expanduser().is_file():
+            raise ConfigError(f"signals.aesthetic.head: no such file: {self.head}")
 
 
 @dataclass
@@ -84,5 +113,7 @@ class SignalsConfig:
     aesthetic: AestheticConfig = field(default_factory=AestheticConfig)
 
     def __post_init__(self) -> None:
-        if self.detail_every_s <= 0 or self.detail_width < 64 or self.phash_frames < 1 or self.phash_every < 1:
-            raise ConfigError("signals: detail_every_s > 0, detail_width >= 64, phash_frames and phash_every >= 1")
+        check_range("signals.detail_every_s", self.detail_every_s, 0, above=True)
+        check_range("signals.detail_width", self.detail_width, 64, 4096)
+        check_range("signals.phash_frames", self.phash_frames, 1, 1000)
+        check_range("signals.phash_every", self.phash_every, 1, 10_000)

@@ -1,0 +1,99 @@
+"""The `recap serve` app: the JSON API under /api, the pages (/ and /stats, plain files from
+`static/`), the report folder under /report, and the errors every route shares."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from index.api import SearchError
+from index.config import IndexConfig
+from index.embedders import EmbedderError
+from index.store import StoreError
+from index.where import WhereError
+from pipeline.library import LibraryError
+from pipeline.serve.api import router
+from pipeline.serve.catalog import BadRequest, Catalog, NotFound
+from pipeline.serve.media import ReportBuilder, ui_dir
+
+STATIC = Path(str(files("pipeline.serve") / "static"))
+
+# exception -> HTTP status; the body is always {"detail": message}
+ERRORS: list[tuple[type[Exception], int, str]] = [
+    (WhereError, 400, "where: "),
+    (BadRequest, 400, ""),
+    (NotFound, 404, ""),
+    (SearchError, 400, "search: "),
+    (LibraryError, 403, ""),            # a clip path that leads out of the library
+    (StoreError, 503, "index: "),
+    (EmbedderError, 503, "embedder: "),
+]
+
+
+def _handler(status: int, prefix: str):
+    async def handle(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"{prefix}{e}"}, status_code=status)
+    return handle
+
+
+class Headers:
+    """Headers on every response: no MIME sniffing, no framing by other sites."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] += [(b"x-content-type-options", b"nosniff"),
+                                       (b"x-frame-options", b"SAMEORIGIN")]
+            await send(message)
+        await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+
+def create_app(lib_root: str | Path, config: IndexConfig, milvus_uri: str | None = None, token: str | None = None,
+               allowed_hosts: list[str] | None = None, bind: str = "") -> FastAPI:
+    """The app for one library (LibraryError when the folder is not one). `allowed_hosts` limits the
+    Host header (a loopback server refuses names it does not answer to: DNS rebinding)."""
+    cat = Catalog(lib_root, config, milvus_uri=milvus_uri, token=token)
+    folder = ui_dir(Path(lib_root))
+    (folder / "report").mkdir(parents=True, exist_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        cat.close()
+
+    app = FastAPI(title="recap serve", version="1",
+                  description="Browse, search, watch and select the clips of one recap library. Every list is "
+                              "paged with a hard cap per request; `where` takes recap's one filter language.",
+                  lifespan=lifespan)
+    app.state.catalog = cat
+    app.state.ui_dir = folder
+    app.state.report = ReportBuilder(Path(lib_root), folder / "report")
+    app.state.bind = bind
+    for exc, status, prefix in ERRORS:
+        app.add_exception_handler(exc, _handler(status, prefix))
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/report", StaticFiles(directory=folder / "report", html=True, check_dir=False), name="report")
+
+    @app.get("/", include_in_schema=False)
+    def index_page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/stats", include_in_schema=False)
+    def stats_page() -> FileResponse:
+        return FileResponse(STATIC / "stats.html", headers={"Cache-Control": "no-cache"})
+
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
+    app.add_middleware(Headers)
+    return app

@@ -1,0 +1,102 @@
+"""Where a training or caching process runs: its rank, device and random generators.
+
+Two generators per rank: `host` (CPU) draws the decisions the host acts on (caption dropout,
+condition masks), `device` (on the rank's device) draws noise and timesteps where they are used,
+so nothing waits on a copy. On a CPU run they are one generator (the draws of earlier versions). A draw never mixes devices: a CUDA generator cannot fill a CPU tensor
+nor a CPU generator a CUDA one, so `randn`/`rand` draw on the generator's own device and move.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """(rank, world_size, device); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def gather(obj: Any, world: int) -> list[Any]:
+    """Every rank's `obj`, in rank order (all ranks must call it)."""
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
+          device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise for a tensor on `device`, drawn in float32 on the generator's device
+    (the same numbers whatever `device` and `dtype` are)."""
+    where = generator.device if generator is not None else device
+    return torch.randn(tuple(shape), generator=generator, device=where).to(device, dtype, non_blocking=True)
+
+
+def rand(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None,
+         device: torch.device | str) -> torch.Tensor:
+    """Uniform [0, 1) draws for `device` from a generator on any device (as `randn`)."""
+    where = generator.device if generator is not None else device
+    return torch.rand(tuple(shape), generator=generator, device=where).to(device, non_blocking=True)
+
+
+@dataclass
+class Generators:
+    """A rank's two generators (see the module docstring)."""
+
+    host: torch.Generator
+    device: torch.Generator
+
+    @classmethod
+    def seeded(cls, seed: int, device: torch.device) -> "Generators":
+        host = torch.Generator().manual_seed(seed)
+        on_device = host if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed + 7919)
+        return cls(host, on_device)
+
+    def reseed(self, seed: int) -> None:
+        self.host.manual_seed(seed)
+        if self.device is not self.host:
+            self.device.manual_seed(seed + 7919)
+
+    def state(self) -> dict[str, Any]:
+        """Plain tensors and containers (checkpoints load with `weights_only=True`)."""
+        state = {"generator": self.host.get_state(), "device_generator": self.device.get_state(),
+                 "torch": torch.get_rng_state(), "python": random.getstate()}
+        if self.device.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device.device)
+        return state
+
+    def load_state(self, state: dict[str, Any], fallback_seed: int) -> None:
+        self.host.set_state(state["generator"])
+        if self.device is self.host:
+            pass
+        elif "device_generator" in state and state["device_generator"].numel() == self.device.get_state().numel():
+            self.device.set_state(state["device_generator"])
+        else:   # a checkpoint from before the device generator, or from a CPU run: a fresh stream
+            self.device.manual_seed(fallback_seed + 7919)
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        if "cuda" in state and self.device.device.type == "cuda":
+            state_cuda = state["cuda"]
+            if isinstance(state_cuda, (list, tuple)):   # older checkpoints kept every visible GPU's
+                state_cuda = state_cuda[self.device.device.index or 0]
+            torch.cuda.set_rng_state(state_cuda, self.device.device)
+
+
+__all__ = ["setup_distributed", "gather", "randn", "rand", "Generators"]
