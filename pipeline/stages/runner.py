@@ -94,6 +94,7 @@ def init_ray(address: str = "") -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
     # what Ray logs while a start fails is a screen of errors from its daemons: the one line of
     # RayStartError says it instead
     kwargs: dict[str, Any] = {"logging_level": logging.CRITICAL, "log_to_driver": True}
