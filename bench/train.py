@@ -13,6 +13,11 @@ Modes, each on synthetic data of the bucket's shape (random weights: speed does 
            measured; data wait is the share of that time spent waiting on the loader
   cache    the same loop on a latent cache of those shards (`recap train cache`)
   loader   the shard loader alone: samples/s it delivers, and per CPU core it used
+  ddp      the model step as the trainer runs it with train.parallel=ddp: DDP-wrapped, bf16
+           autocast, fused AdamW; under `torchrun --nproc-per-node N bench/train.py --modes ddp fsdp`
+           on N GPUs (each rank its own batch; rank 0 prints)
+  fsdp     the same with train.parallel=fsdp: FSDP2 per block, bf16 all-gathers, fp32 reduce-scatter,
+           foreach AdamW on the shards; on one process a group of one, so FSDP's own code path runs
 
 MFU = analytic training FLOPs (bench/trainer_flops.py: matmuls, 3x forward) / step time / peak,
 against the datasheet's dense bf16 peak and against a bf16 matmul ceiling measured here. The
@@ -24,8 +29,10 @@ memory estimate (trainer/memory.py) fits in 85% of the device.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -33,6 +40,9 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,7 +53,9 @@ from trainer_flops import dit_forward_flops, training_step_flops  # noqa: E402
 from trainer.cache import CacheSettings, build_cache  # noqa: E402
 from trainer.dit import DiT, DiTConfig, count_params  # noqa: E402
 from trainer.memory import GB, STATE_BYTES_PER_PARAM, device_memory, dit_step, encode_transient  # noqa: E402
+from trainer.parallel import clip_grad_norm, shard_model  # noqa: E402
 from trainer.rf import flow_loss  # noqa: E402
+from trainer.runtime import init_distributed  # noqa: E402
 from trainer.shards import Bucket, BucketLoader, list_shards  # noqa: E402
 from trainer.synthetic import write_synthetic_shards  # noqa: E402
 from trainer.train import EMA, load_job_config, main  # noqa: E402
@@ -158,6 +170,62 @@ def model_step(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int, de
             "peak_gb": torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None}
 
 
+def parallel_step(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int, steps: int, warmup: int,
+                  compiled: bool, parallel: str) -> dict:
+    """Seconds per model step with the model wrapped as the trainer wraps it (`ddp` or `fsdp`), on
+    every rank of the process group (one of one when not under torchrun)."""
+    rank, world, device, _ = init_distributed()
+    if not dist.is_initialized():      # one process: a group of one, so DDP and FSDP run their own code
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                init_method=f"tcp://127.0.0.1:{29500 + os.getpid() % 1000}", rank=0, world_size=1)
+    c, t, h, w = latent
+    torch.manual_seed(0)
+    model = DiT(cfg, in_channels=c, text_dim=TEXT_DIM).to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    if compiled:
+        for block in model.blocks:
+            block.compile()
+    bf16 = device.type == "cuda"
+    if parallel == "fsdp":
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+        for module in (model, ema):
+            shard_model(module, module.blocks, mesh, bf16, cpu_offload=False)
+        train_model: torch.nn.Module = model
+    else:
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if bf16 and parallel == "ddp" else None,
+                            foreach=True if parallel == "fsdp" else None)
+    ema_update, params = EMA(ema, model), list(model.parameters())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+    x = torch.randn(batch, c, t, h, w, device=device)
+    ctx = torch.randn(batch, TEXT_TOKENS, TEXT_DIM, device=device)
+    mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.bool, device=device)
+    tt, noise, cond = torch.rand(batch, device=device), torch.randn_like(x), torch.zeros(batch, t, device=device)
+
+    def one() -> None:
+        with autocast:
+            loss = flow_loss(train_model, x, ctx, mask, tt, noise, cond).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_grad_norm(params, 1.0, device)
+        opt.step()
+        ema_update.update(0.999)
+
+    for _ in range(warmup):
+        one()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None
+    dist.destroy_process_group()
+    return {"step_s": step_s, "ranks": world, "rank": rank, "params_M": count_params(model) / 1e6, "peak_gb": peak}
+
+
 def write_data(work: Path, bucket: str, samples: int, vae_cfg: VAEConfig | None) -> tuple[Path, Path | None]:
     """Synthetic shards of `bucket` and an untrained VAE of `vae_cfg`, made once per work folder."""
     shards = work / f"shards_{bucket}_{samples}"
@@ -241,7 +309,7 @@ def main_bench() -> None:
     parser.add_argument("--buckets", nargs="+", default=["256x256x33", "512x288x65"] if cuda else ["32x32x9"],
                         help="WxHxF buckets")
     parser.add_argument("--modes", nargs="+", default=["step", "online", "cache", "loader"],
-                        choices=["step", "online", "cache", "loader"])
+                        choices=["step", "online", "cache", "loader", "ddp", "fsdp"])
     parser.add_argument("--batch", type=int, default=0, help="per-step batch (0: on a GPU the largest that fits, else 4)")
     parser.add_argument("--steps", type=int, default=20 if cuda else 6, help="measured steps")
     parser.add_argument("--warmup", type=int, default=5 if cuda else 2,
@@ -291,6 +359,11 @@ def main_bench() -> None:
                 r = model_step(cfg, latent, batch, device, args.steps, args.warmup, use_compile)
                 rows.append({**base, "mode": "step", **r, **mfu(r["step_s"])})
                 print(json.dumps(rows[-1]), flush=True)
+            for parallel in [m for m in args.modes if m in ("ddp", "fsdp")]:
+                r = parallel_step(cfg, latent, batch, args.steps, args.warmup, use_compile, parallel)
+                if r["rank"] == 0:
+                    rows.append({**base, "mode": f"step {parallel} x{r['ranks']}", **r, **mfu(r["step_s"])})
+                    print(json.dumps(rows[-1]), flush=True)
             data = vae_path = None
             if {"online", "cache", "loader"} & set(args.modes):
                 data, vae_path = write_data(work, name, 2 * batch, vae_cfg)
@@ -313,6 +386,8 @@ def main_bench() -> None:
                     if folder.exists():
                         rows.append({**base, "mode": f"loader ({kind})", **loader_speed(folder, batch, 2 * args.steps)})
                         print(json.dumps(rows[-1]), flush=True)
+    if int(os.environ.get("RANK", "0")):     # under torchrun: rank 0 reports
+        return
     analytic = analytic_rows()
     table(rows, analytic)
     if args.json:

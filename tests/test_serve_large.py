@@ -4,7 +4,6 @@ search over all of it (speed is measured by bench/serve.py, not asserted here)."
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,6 +5,9 @@
 - `state.pt`: optimizer, scheduler, step, and per-rank RNG and data position, plain tensors and
   containers only, so `torch.load(weights_only=True)` reads it.
 
+A run whose weights are sharded (FSDP) writes the same folders in the sharded format of
+`trainer/sharded.py` (`dcp/`, `state.pt`, `meta.json`); both load here, either into any mesh.
+
 A checkpoint is written into a hidden temporary directory and renamed into place, so a crash
 never leaves a half checkpoint that resume would pick; only the last N are kept. A checkpoint
 damaged afterwards (a truncated file, a bad header, a garbage `state.pt`) is found when it is
@@ -26,7 +29,7 @@ from safetensors.torch import load_file, save_file
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -56,10 +59,15 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str,
     if final.exists():                     # re-saving the same step (e.g. after a resume)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
+    prune(run_dir, keep_last)
+    return final
+
+
+def prune(run_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints."""
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -98,11 +106,21 @@ def _damage(path: Path, e: Exception) -> CheckpointError:
     return CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
 
 
-def load_checkpoint(checkpoint_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-    """(model weights, EMA weights, state) of one checkpoint; CheckpointError names a bad file."""
+Weights = dict[str, torch.Tensor]
+
+
+def load_checkpoint(checkpoint_dir: str | Path) -> tuple[Weights | None, Weights | None, dict[str, Any]]:
+    """(model weights, EMA weights, state) of one checkpoint; CheckpointError names a bad file.
+    A sharded checkpoint is checked and its state read, and its weights are None: they load
+    straight into the (sharded or whole) modules with `trainer.sharded.load_sharded`."""
     ckpt = Path(checkpoint_dir)
-    weights = []
-    for name in WEIGHT_FILES:
+    weights: list[Weights | None] = []
+    if (ckpt / "dcp").is_dir():
+        # lazy: torch.distributed.checkpoint only for runs that wrote sharded checkpoints
+        from trainer.sharded import check_sharded
+        check_sharded(ckpt)
+        weights = [None, None]
+    for name in WEIGHT_FILES if not weights else ():
         try:
             weights.append(load_file(str(ckpt / name)))
         except Exception as e:   # safetensors raises its own error types for every kind of damage
@@ -111,13 +129,14 @@ def load_checkpoint(checkpoint_dir: str | Path) -> tuple[dict[str, torch.Tensor]
         state = load_state(ckpt)
     except Exception as e:       # zip, unpickling and EOF errors of a damaged file
         raise _damage(ckpt / "state.pt", e) from e
-    if not isinstance(state, dict) or not {"step", "optimizer", "scheduler", "ranks"} <= set(state):
+    needed = {"step", "scheduler", "ranks"} | ({"optimizer"} if weights[0] is not None else set())
+    if not isinstance(state, dict) or not needed <= set(state):
         raise CheckpointError(f"{ckpt / 'state.pt'} is not a recap training state")
     return weights[0], weights[1], state
 
 
 def load_latest_valid(run_dir: str | Path, warn: Callable[[str], object] = print
-                      ) -> tuple[Path, dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any], list[Path]] | None:
+                      ) -> tuple[Path, Weights | None, Weights | None, dict[str, Any], list[Path]] | None:
     """The newest checkpoint that loads: (its dir, model weights, EMA weights, state, the newer
     damaged ones). None when the run has no checkpoint; CheckpointError when none loads."""
     damaged: list[Path] = []
@@ -144,5 +163,5 @@ def set_aside(checkpoint_dir: Path) -> Path:
     return target
 
 
-__all__ = ["save_checkpoint", "list_checkpoints", "latest_checkpoint", "load_weights", "load_state",
+__all__ = ["save_checkpoint", "prune", "fsync_dir", "Weights", "list_checkpoints", "latest_checkpoint", "load_weights", "load_state",
            "CheckpointError", "load_checkpoint", "load_latest_valid", "set_aside"]

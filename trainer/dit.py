@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,9 @@ from torch.utils.checkpoint import checkpoint
 
 from trainer.checkpoint import latest_checkpoint, load_weights
 from trainer.typedconfig import ConfigError, from_dict
+
+if TYPE_CHECKING:
+    from trainer.parallel import ContextParallel
 
 # name -> (depth, hidden_size, num_heads); parameter counts are in BENCHMARKS.md
 DIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -154,6 +157,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
+        # set on the spacetime/spatial self-attention of a context-parallel run: x holds this
+        # rank's slice of the tokens, and heads are swapped for tokens around the attention
+        self.context_parallel: ContextParallel | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -169,7 +175,12 @@ class Attention(nn.Module):
             cos, sin = rope[0][:, None], rope[1][:, None]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         attn_mask = mask[:, None, None, :] if mask is not None else None
+        cp = self.context_parallel
+        if cp is not None:    # (N, heads, L/n, hd) -> (N, heads/n, L, hd): the whole clip, some heads
+            q, k, v = cp.heads_to_sequence(q), cp.heads_to_sequence(k), cp.heads_to_sequence(v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if cp is not None:
+            out = cp.sequence_to_heads(out)
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
 
 
@@ -247,7 +258,9 @@ class DiT(nn.Module):
         self.patch_size = tuple(config.patch_size)
         d, heads = config.hidden_size, config.num_heads
         self.head_dim = d // heads
-        self.grad_checkpointing = False     # set by the trainer (train.activation_checkpointing)
+        self.grad_checkpointing = False     # set by the trainer (train.activation_checkpointing) ...
+        self.checkpoint_every = 1           # ... for every k-th block (0, k, 2k, ...)
+        self.context_parallel: ContextParallel | None = None   # set by `enable_context_parallel`
         # +1 input channel: the condition mask (1 where a latent frame is given clean)
         self.x_embedder = nn.Conv3d(in_channels + 1, d, kernel_size=self.patch_size, stride=self.patch_size)
         self.t_embedder = TimestepEmbedder(d)
@@ -290,6 +303,12 @@ class DiT(nn.Module):
         nn.init.constant_(self.final_layer.linear.weight, 0)
         nn.init.constant_(self.final_layer.linear.bias, 0)
 
+    def enable_context_parallel(self, cp: ContextParallel | None) -> None:
+        """Run on this rank's slice of each frame's tokens (trainer/parallel.py); None: the whole clip."""
+        self.context_parallel = cp
+        for block in self.blocks:
+            block.attn.context_parallel = cp    # spacetime or spatial; temporal attention stays local
+
     def token_grid(self, latent_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """(T, H, W) of latents -> (T', H', W') of tokens; raises if a patch does not divide it."""
         if any(n % p for n, p in zip(latent_shape, self.patch_size)):
@@ -314,6 +333,9 @@ class DiT(nn.Module):
         b, _, frames, height, width = x.shape
         pt = self.patch_size[0]
         grid = self.token_grid((frames, height, width))
+        # inputs follow the weights' dtype (bf16 under FSDP mixed precision; timesteps stay fp32)
+        dtype = self.x_embedder.weight.dtype
+        x, context = x.to(dtype), context.to(dtype)
         if cond_mask is None:
             cond_mask = torch.zeros(b, frames, device=x.device, dtype=x.dtype)
         mask_channel = cond_mask.to(x.dtype)[:, None, :, None, None].expand(b, 1, frames, height, width)
@@ -325,16 +347,23 @@ class DiT(nn.Module):
         if self.pooled_embedder is not None:
             keep = context_mask.to(context.dtype)[..., None]
             pooled = (context * keep).sum(1) / keep.sum(1).clamp(min=1)       # (B, text_dim)
-            c = c + self.pooled_embedder(pooled)[:, None, None]
+            c = c + self.pooled_embedder(pooled)[:, None, None].to(c.dtype)
         mod = self.t_block(c).unflatten(-1, (-1, c.shape[-1]))               # (B, T', 1, n_mod, D)
         context = self.y_embedder(context)                                   # (B, L, D)
         rope = rope_3d(grid, self.head_dim, self.config.rope_theta, device=x.device)
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training:
+        cp = self.context_parallel
+        if cp is not None:    # this rank's slice of every frame's tokens, and of their positions
+            cp.check_tokens(x.shape[2])
+            x = cp.shard(x, 2).contiguous()
+            rope = (cp.shard(rope[0], 1).contiguous(), cp.shard(rope[1], 1).contiguous())
+        for i, block in enumerate(self.blocks):
+            if self.grad_checkpointing and self.training and i % self.checkpoint_every == 0:
                 x = checkpoint(block, x, mod, context, context_mask, rope, use_reentrant=False)
             else:
                 x = block(x, mod, context, context_mask, rope)
         x = self.final_layer(x, c)                                           # (B, T', S, p*C)
+        if cp is not None:    # every rank of the group gets the whole prediction for the loss
+            x = cp.gather(x, 2)
         return self.unpatchify(x, grid)
 
 
@@ -343,16 +372,23 @@ def count_params(model: nn.Module) -> int:
 
 
 def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
-    """A DiT from a `recap train dit` run directory (its last checkpoint's `weights`: ema or model)
-    or a checkpoint's .safetensors file. Returns the model (eval mode) and the file's metadata,
-    which also names the text encoder, the autoencoder and the flow settings it was trained with."""
+    """A DiT from a `recap train dit` run directory (its last checkpoint's `weights`: ema or model;
+    sharded checkpoints too) or a checkpoint's .safetensors file. Returns the model (eval mode) and
+    the file's metadata, which also names the text encoder, the autoencoder and the flow settings it was trained with."""
     file = Path(path)
+    state: dict[str, torch.Tensor] | None = None
     if file.is_dir():
         ckpt = latest_checkpoint(file)
         if ckpt is None:
             raise FileNotFoundError(f"no checkpoint in {file}")
         file = ckpt / f"{weights}.safetensors"
-    state, meta = load_weights(file)
+        if not file.exists() and (ckpt / "dcp").is_dir():   # a sharded (FSDP) run, not exported yet
+            # lazy: torch.distributed.checkpoint only for sharded runs
+            from trainer.sharded import load_sharded_weights
+            tensors, meta = load_sharded_weights(ckpt, (weights,))
+            state, file = tensors[weights], ckpt
+    if state is None:
+        state, meta = load_weights(file)
     if meta.get("format") != "recap.dit":
         raise ValueError(f"{file} is not a recap DiT checkpoint (format {meta.get('format')!r})")
     model = DiT(from_dict(DiTConfig, json.loads(meta["config"])), int(meta["in_channels"]), int(meta["text_dim"]))

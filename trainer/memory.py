@@ -7,6 +7,11 @@ CPU (flash for CPU) keeps, so attention is counted as those kernels save it: q, 
 and a log-sum-exp per query row. bf16 autocast is modelled by a bf16 model plus the bf16 copies
 of the weights that autocast keeps. To that come the float32 training states (weights,
 gradients, two AdamW moments, the EMA copy) and the batch itself.
+
+Across ranks: FSDP divides the states by the number of ranks (none stay on the GPU with CPU
+offload) and adds the blocks it gathers whole for a moment (the current one, the next one
+prefetched, and their gradients before the reduce-scatter); context parallelism runs the forward
+on one rank's slice of the tokens, with the all-to-alls stood in for by shape changes.
 """
 
 from __future__ import annotations
@@ -92,9 +97,52 @@ def _param_ids(model: torch.nn.Module) -> set[int]:
     return {id(p) for p in model.parameters()}
 
 
+class _Reshaped(torch.autograd.Function):
+    """An all-to-all or gather on the meta device: a new shape, and a place in the graph."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        ctx.shape = x.shape
+        return x.new_empty(shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.new_empty(ctx.shape), None
+
+
+class MetaContextParallel:
+    """`trainer.parallel.ContextParallel` as rank 0 of `size` sees shapes, without communicating."""
+
+    def __init__(self, size: int):
+        self.size, self.rank = size, 0
+
+    def check_tokens(self, tokens_per_frame: int) -> None:
+        if tokens_per_frame % self.size:
+            raise ValueError(f"{tokens_per_frame} tokens per frame do not split between {self.size} ranks")
+
+    def shard(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        return x.chunk(self.size, dim=dim)[0]
+
+    def heads_to_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, length, d = x.shape
+        return _Reshaped.apply(x, (n, h // self.size, length * self.size, d))
+
+    def sequence_to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, length, d = x.shape
+        return _Reshaped.apply(x, (n, h * self.size, length // self.size, d))
+
+    def gather(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = list(x.shape)
+        shape[dim] *= self.size
+        return _Reshaped.apply(x, tuple(shape))
+
+
 def dit_step(model_cfg: DiTConfig, in_channels: int, text_dim: int, latent_shape: tuple[int, int, int],
-             batch: int, text_tokens: int, bf16: bool, checkpointing: bool, input_bytes: int = 0) -> MemoryEstimate:
-    """One DiT training step on latents of shape (T, H, W) per sample."""
+             batch: int, text_tokens: int, bf16: bool, checkpointing: bool, input_bytes: int = 0,
+             shards: int = 1, context_parallel: int = 1, cpu_offload: bool = False,
+             checkpoint_every: int = 1) -> MemoryEstimate:
+    """One DiT training step on latents of shape (T, H, W) per sample, on one rank: `shards` > 1
+    is FSDP over that many ranks, `context_parallel` the ranks each sample's tokens are split over."""
     dtype = torch.bfloat16 if bf16 else torch.float32
     with torch.device("meta"):
         model = DiT(model_cfg, in_channels, text_dim).to(dtype).train()
@@ -104,17 +152,28 @@ def dit_step(model_cfg: DiTConfig, in_channels: int, text_dim: int, latent_shape
         t, cond = torch.empty(batch, dtype=dtype), torch.zeros(batch, latent_shape[0], dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
     grid = model.token_grid(latent_shape)
+    if context_parallel > 1:
+        model.enable_context_parallel(MetaContextParallel(context_parallel))
 
     def step() -> torch.Tensor:
         return flow_loss(model, x, ctx, mask, t, torch.empty_like(x), cond)
 
     acts = saved_bytes(step, _param_ids(model))
     if checkpointing:   # block inputs only, plus one block's activations while it is recomputed
-        model.grad_checkpointing = True
+        model.grad_checkpointing, model.checkpoint_every = True, checkpoint_every
         acts = saved_bytes(step, _param_ids(model)) + acts // max(1, model_cfg.depth)
-    if bf16:
-        acts += 2 * params   # autocast's bf16 copies of the weights, kept for backward
-    return MemoryEstimate(math.prod(grid), batch, STATE_BYTES_PER_PARAM * params, acts, input_bytes)
+    if shards <= 1:
+        if bf16:
+            acts += 2 * params   # autocast's bf16 copies of the weights, kept for backward
+        return MemoryEstimate(math.prod(grid), batch, STATE_BYTES_PER_PARAM * params, acts, input_bytes)
+    # FSDP: a shard of the states; whole for a moment: this block and the prefetched next one,
+    # the root (embedders, final layer), and one block's gradients before the reduce-scatter
+    per = 2 if bf16 else 4
+    block = sum(p.numel() for p in model.blocks[0].parameters())
+    root = params - block * len(model.blocks)
+    gathered = (2 * block + root) * per + block * (per + 4)
+    states = 0 if cpu_offload else -(-STATE_BYTES_PER_PARAM * params // shards)
+    return MemoryEstimate(math.prod(grid), batch, states + gathered, acts, input_bytes)
 
 
 def vae_step(vae_cfg: VAEConfig, frames: int, height: int, width: int, batch: int, bf16: bool,
@@ -155,5 +214,5 @@ def device_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available + psutil.Process().memory_info().rss
 
 
-__all__ = ["MemoryEstimate", "dit_step", "vae_step", "encode_transient", "device_memory", "saved_bytes", "GB",
+__all__ = ["MemoryEstimate", "MetaContextParallel", "dit_step", "vae_step", "encode_transient", "device_memory", "saved_bytes", "GB",
            "STATE_BYTES_PER_PARAM"]

@@ -19,17 +19,29 @@ import torch.distributed as dist
 
 def setup_distributed() -> tuple[int, int, torch.device]:
     """(rank, world_size, device); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank, world, device, _ = init_distributed()
     return rank, world, device
+
+
+def init_distributed(device: torch.device | None = None) -> tuple[int, int, torch.device, bool]:
+    """(rank, world_size, device, whether this call made the process group). Under torchrun the
+    group is made here from the environment; under Ray Train it exists already, and `device`
+    is the one Ray assigned this worker."""
+    if dist.is_initialized():     # Ray Train (or a caller) made the group
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    made = world > 1 and not dist.is_initialized()
+    if made:
+        # CUDA: NCCL for tensors on the GPU, gloo for the few on the host (the background
+        # checkpoint writer, gathered RNG states)
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device, made
 
 
 def gather(obj: Any, world: int) -> list[Any]:
@@ -99,4 +111,4 @@ class Generators:
             torch.cuda.set_rng_state(state_cuda, self.device.device)
 
 
-__all__ = ["setup_distributed", "gather", "randn", "rand", "Generators"]
+__all__ = ["setup_distributed", "init_distributed", "gather", "randn", "rand", "Generators"]

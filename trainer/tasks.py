@@ -29,6 +29,7 @@ from trainer.typedconfig import to_dict
 from trainer.vae import CausalVAE, LatentGeometry, fingerprint, kl_loss, load_autoencoder, video_tensor
 
 if TYPE_CHECKING:
+    from trainer.parallel import Layout
     from trainer.train import DiTJobConfig, VAEJobConfig
 
 
@@ -63,7 +64,7 @@ class VAETask:
         if batch.bucket.width % s or batch.bucket.height % s:
             raise ValueError(f"bucket {batch.bucket.name}: width and height must be multiples of {s}")
 
-    def memory(self, bucket: Bucket, batch_size: int) -> MemoryEstimate:
+    def memory(self, bucket: Bucket, batch_size: int, layout: Layout | None = None) -> MemoryEstimate:
         return vae_step(self.cfg.model, bucket.frames, bucket.height, bucket.width, batch_size,
                         bf16_autocast(self.cfg, self.device), cpu=self.device.type == "cpu")
 
@@ -164,16 +165,25 @@ class DiTTask:
         if b.width % (s * pw) or b.height % (s * ph):
             raise ValueError(f"bucket {b.name}: width/height must be multiples of {s * pw}/{s * ph} "
                              f"(autoencoder x{s}, patch {self.cfg.model.patch_size})")
-        self.latent_grid(batch)
+        self.check_split(b, self.model.context_parallel.size if self.model.context_parallel is not None else 1)
         want = (self.geometry.latent_channels, *self.latent_shape(b))
         if batch.latents is not None and tuple(batch.latents.shape[1:]) != want:
             raise TrainSetupError(f"cached latents of bucket {b.name} have shape {tuple(batch.latents.shape[1:])}, "
                                   f"this autoencoder makes {want}")
 
+    def check_split(self, bucket: Bucket, cp: int) -> None:
+        """The bucket's token grid exists and, under context parallelism, each frame's tokens split evenly."""
+        _, h, w = self.model.token_grid(self.latent_shape(bucket))
+        if cp > 1 and (h * w) % cp:
+            raise TrainSetupError(f"bucket {bucket.name}: train.context_parallel={cp} splits each frame's {h * w} "
+                                  f"tokens ({h} x {w}) between ranks, and {h * w} is not a multiple of {cp}: leave "
+                                  "the bucket out (data.buckets) or choose a context_parallel that divides it")
+
     def tokens(self, batch: Batch) -> int:
         return len(batch) * math.prod(self.latent_grid(batch))
 
-    def memory(self, bucket: Bucket, batch_size: int) -> MemoryEstimate:
+    def memory(self, bucket: Bucket, batch_size: int, layout: Layout | None = None) -> MemoryEstimate:
+        """Per rank: `layout` says how many ranks shard the states (FSDP) and split the tokens."""
         bf16 = bf16_autocast(self.cfg, self.device)
         latent = self.latent_shape(bucket)
         n_latent = batch_size * self.geometry.latent_channels * math.prod(latent)
@@ -182,8 +192,13 @@ class DiTTask:
             inputs += batch_size * bucket.frames * bucket.height * bucket.width * 3 * (1 + 4)
             config = self.vae.config if isinstance(self.vae, CausalVAE) else None
             inputs += encode_transient(config, bucket.frames, bucket.height, bucket.width, batch_size, bf16)
+        train = self.cfg.train
+        self.check_split(bucket, layout.cp if layout is not None else 1)
         return dit_step(self.cfg.model, self.geometry.latent_channels, self.text_dim, latent, batch_size,
-                        self.cfg.text.max_length, bf16, self.cfg.train.activation_checkpointing, inputs)
+                        self.cfg.text.max_length, bf16, train.activation_checkpointing, inputs,
+                        shards=layout.world if layout is not None and layout.mesh is not None else 1,
+                        context_parallel=layout.cp if layout is not None else 1, cpu_offload=train.cpu_offload,
+                        checkpoint_every=train.activation_checkpointing_every)
 
     def compile(self) -> None:
         # block by block: the Python around them (token grid, RoPE tables) stays eager, and a new

@@ -71,6 +71,9 @@ class TextEncoder(nn.Module):
         super().__init__()
         # lazy: transformers takes ~1 s to import; only this model path needs it
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()    # no "Loading weights" bar on every training or sampling run
         path = resolve_text_encoder(name_or_path)
         self.name = name_or_path
         try:

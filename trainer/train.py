@@ -1,9 +1,11 @@
 """Training: stage 1 the video VAE, stage 2 the DiT on its latents. One loop for both.
 
-Run on one process (`recap train dit ...`) or many (`torchrun --nproc-per-node N -m trainer.cli dit
-...`): DDP over NCCL on GPUs, gloo on CPU. Every rank reads its own share of the shards; all
-randomness comes from per-rank generators saved in each checkpoint, so a resumed run continues
-with exactly the losses the uninterrupted run would have had.
+Run on one process (`recap train dit ...`) or many (`--launcher torchrun` or `--launcher ray`,
+trainer/launch.py): DDP or FSDP2 over NCCL on GPUs, gloo on CPU, optionally with context
+parallelism (trainer/parallel.py). Every data-parallel rank reads its own share of the shards;
+all randomness comes from per-rank generators saved in each checkpoint, so a resumed run
+continues with exactly the losses the uninterrupted run would have had. FSDP runs write sharded
+checkpoints (trainer/sharded.py), which resume on any number of ranks.
 
 What a batch's loss is lives in `trainer/tasks.py` (VAE, DiT on shards or a latent cache). On a
 GPU the model step runs without waiting on the host: noise and timesteps are drawn on the device,
@@ -32,8 +34,18 @@ from tqdm import tqdm
 from trainer.checkpoint import latest_checkpoint, load_latest_valid, save_checkpoint, set_aside
 from trainer.dit import DiTConfig, count_params
 from trainer.memory import GB, device_memory
+from trainer.parallel import (
+    ContextParallel,
+    ParallelError,
+    check_heads,
+    clip_grad_norm,
+    local,
+    make_layout,
+    shard_model,
+)
 from trainer.rf import FlowConfig
-from trainer.runtime import Generators, gather, setup_distributed
+from trainer.runtime import Generators, gather, init_distributed
+from trainer.sharded import ShardedCheckpointer, load_sharded, load_whole_into_sharded
 from trainer.shards import Bucket, BucketLoader, list_shards
 from trainer.tasks import DiTTask, TrainSetupError, VAETask, bf16_autocast
 from trainer.text import DEFAULT_TEXT_ENCODER
@@ -58,6 +70,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or any(v < 1 for v in self.bucket_batch_sizes.values()):
             raise ConfigError("data: batch sizes must be >= 1")
+        if self.shuffle_buffer < 0 or self.prefetch < 0:
+            raise ConfigError("data: shuffle_buffer and prefetch must be >= 0")
 
 
 @dataclass
@@ -70,6 +84,12 @@ class OptimConfig:
     min_lr_ratio: float = 0.1           # cosine decays to lr * min_lr_ratio at the last step
     grad_clip: float = 1.0              # max global grad norm; 0 = no clipping
 
+    def __post_init__(self) -> None:
+        if self.lr < 0 or not all(0 <= b < 1 for b in self.betas) or self.eps <= 0:   # lr 0: an untrained baseline
+            raise ConfigError("optim: lr >= 0, 0 <= betas < 1 and eps > 0")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or self.grad_clip < 0:
+            raise ConfigError("optim: weight_decay >= 0, warmup_steps >= 0, 0 <= min_lr_ratio <= 1, grad_clip >= 0")
+
 
 @dataclass
 class LoopConfig:
@@ -77,7 +97,12 @@ class LoopConfig:
     seed: int = 0
     ema_decay: float = 0.9999
     precision: Literal["bf16", "fp32"] = "bf16"   # bf16 autocast on GPU; CPU always runs fp32
-    activation_checkpointing: bool = False        # recompute DiT block activations in backward
+    activation_checkpointing: bool = False        # recompute DiT block activations in backward ...
+    activation_checkpointing_every: int = 1       # ... of every k-th block (1: all; 2: half of them)
+    parallel: Literal["ddp", "fsdp"] = "ddp"      # whole model per rank, or FSDP2-sharded per DiT block
+    cpu_offload: bool = False                     # fsdp: keep the shards (weights, grads, AdamW) in host memory
+    context_parallel: int = 1                     # ranks that split each sample's tokens (Ulysses all-to-all)
+    async_checkpoint: bool | None = None          # fsdp: write checkpoints in the background (null: on CUDA)
     compile: bool | None = None         # torch.compile the model (null: on CUDA yes, on CPU no)
     max_memory_gb: float = 0.0          # refuse a bucket whose step needs more (0: the device's memory)
     log_every: int = 10
@@ -92,6 +117,10 @@ class LoopConfig:
             raise ConfigError("train.ema_decay must be in [0, 1)")
         if self.max_memory_gb < 0:
             raise ConfigError("train.max_memory_gb must be >= 0")
+        if self.activation_checkpointing_every < 1 or self.context_parallel < 1:
+            raise ConfigError("train.activation_checkpointing_every and train.context_parallel must be >= 1")
+        if self.cpu_offload and self.parallel != "fsdp":
+            raise ConfigError("train.cpu_offload needs train.parallel: fsdp")
 
 
 @dataclass
@@ -147,7 +176,8 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class EMA:
-    """Exponential moving average of a model's weights, one fused `_foreach_lerp_` per step."""
+    """Exponential moving average of a model's weights, one fused `_foreach_lerp_` per step (on
+    this rank's shards when both are FSDP-sharded alike)."""
 
     def __init__(self, ema: nn.Module, model: nn.Module):
         self.ema_params, self.params = list(ema.parameters()), list(model.parameters())
@@ -155,7 +185,7 @@ class EMA:
 
     @torch.no_grad()
     def update(self, decay: float) -> None:
-        torch._foreach_lerp_(self.ema_params, self.params, 1.0 - decay)
+        torch._foreach_lerp_(local(self.ema_params), local(self.params), 1.0 - decay)
         if self.buffers:
             torch._foreach_copy_(self.ema_buffers, self.buffers)
 
@@ -197,10 +227,15 @@ class Window:
 # Main
 # ---------------------------------------------------------------------------------------------
 
-def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
-    rank, world, device = setup_distributed()
+def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = False,
+         device: torch.device | None = None) -> int:
+    """Train `kind` into `out`. `resume`: continue from the run's last checkpoint; "auto" (what
+    the launchers pass their workers, so a restarted worker group resumes): when there is one.
+    `device`: the one a launcher assigned (Ray Train), else the LOCAL_RANK-th GPU or the CPU."""
+    rank, world, device, made_group = init_distributed(device)
     out = Path(out)
     is_main = rank == 0
+    tcfg = cfg.train
 
     def say(message: str) -> None:
         if is_main:
@@ -208,49 +243,84 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
 
     if not cfg.data.shards:
         raise TrainSetupError("no training data: pass --data SHARDS (exported shards or a latent cache)")
+    if kind == "vae" and (tcfg.parallel == "fsdp" or tcfg.context_parallel > 1):
+        raise TrainSetupError("train.parallel: fsdp and train.context_parallel are for the DiT: the VAE trains with ddp")
     shards = list_shards(cfg.data.shards, cfg.data.split)
     last = latest_checkpoint(out)
     if last is not None and not resume:
         raise TrainSetupError(f"{out} already has checkpoints (last: {last.name}): pass --resume to continue "
                               "that run, or choose a new --out")
+    fsdp = tcfg.parallel == "fsdp"
+    if tcfg.cpu_offload and device.type != "cuda":
+        raise TrainSetupError("train.cpu_offload moves the FSDP shards from the GPU to host memory, and this run "
+                              f"has no GPU ({device}): leave it off")
+    try:
+        if kind == "dit":
+            check_heads(cfg.model.num_heads, tcfg.context_parallel)
+        layout = make_layout(rank, world, device, tcfg.context_parallel, made_group, fsdp and world > 1)
+    except ParallelError as e:
+        raise TrainSetupError(str(e)) from e
+    cp = layout.cp
 
     # Model, EMA, optimizer, schedule (identical initialisation on every rank).
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(tcfg.seed)
     task = VAETask(cfg, device, shards) if kind == "vae" else DiTTask(cfg, device, shards)
     model = task.model
     if kind == "dit":
-        model.grad_checkpointing = cfg.train.activation_checkpointing
+        model.grad_checkpointing = tcfg.activation_checkpointing
+        model.checkpoint_every = tcfg.activation_checkpointing_every
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    ema_update = EMA(ema, model)
+    if cp > 1:
+        model.enable_context_parallel(ContextParallel(layout.cp_group))
+    compiled = tcfg.compile if tcfg.compile is not None else device.type == "cuda"
+    if compiled:     # before sharding: FSDP's hooks go around each compiled block
+        task.compile()
+    bf16 = bf16_autocast(cfg, device)
+    if layout.mesh is not None:
+        for module in (model, ema):
+            shard_model(module, module.blocks, layout.mesh, bf16, tcfg.cpu_offload)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                             weight_decay=cfg.optim.weight_decay, eps=cfg.optim.eps,
-                            fused=True if device.type == "cuda" else None)
+                            fused=True if device.type == "cuda" and layout.mesh is None else None,
+                            foreach=True if layout.mesh is not None else None)
+    ema_update = EMA(ema, model)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(
-        s, cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.min_lr_ratio))
-    gens = Generators.seeded(cfg.train.seed * 1_000_003 + rank, device)
-    loader = BucketLoader(shards, cfg.data.batch_size, seed=cfg.train.seed, rank=rank, world_size=world,
+        s, cfg.optim.warmup_steps, tcfg.steps, cfg.optim.min_lr_ratio))
+    # data and randomness follow the data-parallel rank: a context-parallel group shares both
+    gens = Generators.seeded(tcfg.seed * 1_000_003 + layout.dp_rank, device)
+    loader = BucketLoader(shards, cfg.data.batch_size, seed=tcfg.seed, rank=layout.dp_rank, world_size=layout.dp,
                           shuffle_buffer=cfg.data.shuffle_buffer, bucket_batch_sizes=cfg.data.bucket_batch_sizes,
                           buckets=cfg.data.buckets or None, prefetch=cfg.data.prefetch)
+    checkpointer = ShardedCheckpointer(out, rank, tcfg.async_checkpoint if tcfg.async_checkpoint is not None
+                                       else device.type == "cuda") if fsdp else None
 
     # Resume: weights, optimizer, schedule, this rank's RNG and data position, from the newest
     # checkpoint that loads (a damaged newer one is named, set aside and skipped).
     start_step = 0
     found = load_latest_valid(out, warn=say) if resume else None
-    if resume and found is None:
+    if resume is True and found is None:
         say(f"no checkpoint in {out}: starting from scratch")
     if found is not None:
         ckpt, model_sd, ema_sd, state, damaged = found
-        model.load_state_dict(model_sd)
-        ema.load_state_dict(ema_sd)
-        opt.load_state_dict(state["optimizer"])
+        if model_sd is None:          # sharded: each rank reads what its shards need
+            load_sharded(ckpt, model, ema, opt)
+        elif layout.mesh is not None:
+            load_whole_into_sharded(model, ema, opt, model_sd, ema_sd, state["optimizer"])
+        else:
+            model.load_state_dict(model_sd)
+            ema.load_state_dict(ema_sd)
+            opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start_step = int(state["step"])
-        if state["world_size"] == world:
-            gens.load_state(state["ranks"][rank]["rng"], cfg.train.seed * 1_000_003 + rank + start_step)
-            loader.load_state_dict(state["ranks"][rank]["loader"])
-        else:   # a different world size cannot replay the same per-rank streams: start a fresh epoch
-            say(f"resuming on {world} ranks from {state['world_size']}: the data order changes")
-            gens.reseed(cfg.train.seed * 1_000_003 + rank + start_step)
+        old_cp = int(state.get("context_parallel", 1))
+        old_dp = int(state.get("data_parallel", state["world_size"]))
+        if old_dp == layout.dp:       # the same data-parallel ranks: each continues its own streams
+            mine = state["ranks"][layout.dp_rank * old_cp]
+            gens.load_state(mine["rng"], tcfg.seed * 1_000_003 + layout.dp_rank + start_step)
+            loader.load_state_dict(mine["loader"])
+        else:   # a different data-parallel size cannot replay the same per-rank streams: start a fresh epoch
+            say(f"resuming on {layout.dp} data-parallel rank(s) from {old_dp}: the data order changes")
+            gens.reseed(tcfg.seed * 1_000_003 + layout.dp_rank + start_step)
             loader.load_state_dict({"epoch": max(r["loader"]["epoch"] for r in state["ranks"]) + 1, "batches": 0})
         if world > 1:
             dist.barrier()          # every rank has read the checkpoints before any is moved
@@ -258,22 +328,21 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
             say(f"set the damaged checkpoint aside as {set_aside(bad)}")
         say(f"resumed from {ckpt} at step {start_step}")
 
-    compiled = cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
-    if compiled:
-        task.compile()
-    train_model: nn.Module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16_autocast(cfg, device))
+    train_model: nn.Module = model
+    if world > 1 and layout.mesh is None:
+        train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
+    params = list(model.parameters())
 
     # Memory per step, per bucket: every bucket known now, the others when they first come.
-    limit = int(cfg.train.max_memory_gb * GB) if cfg.train.max_memory_gb else device_memory(device)
+    limit = int(tcfg.max_memory_gb * GB) if tcfg.max_memory_gb else device_memory(device)
     checked: set[str] = set()
 
     def check_memory(name: str) -> None:
         checked.add(name)
         bucket = Bucket.parse(name)
         size = cfg.data.bucket_batch_sizes.get(name, cfg.data.batch_size)
-        estimate = task.memory(bucket, size)
+        estimate = task.memory(bucket, size, layout)
         say(f"bucket {name}: {estimate.describe()}; {limit / GB:.1f} GB available on {device}")
         if estimate.total > limit:
             raise TrainSetupError(
@@ -281,7 +350,9 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
                 f"per sample, batch {size}), more than the {limit / GB:.1f} GB available on {device}: lower "
                 f"data.bucket_batch_sizes.{name} (or data.batch_size), leave the bucket out with data.buckets, "
                 + ("turn on train.activation_checkpointing, " if kind == "dit"
-                   and not cfg.train.activation_checkpointing else "") + "or export smaller buckets")
+                   and not tcfg.activation_checkpointing else "")
+                + ("shard the model (train.parallel: fsdp) or split samples (train.context_parallel), "
+                   if kind == "dit" and world > 1 else "") + "or export smaller buckets")
 
     known = cfg.data.buckets or (sorted(task.cache_buckets) if kind == "dit" else [])
     for name in known:
@@ -300,12 +371,14 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
                     if line.strip() and json.loads(line)["step"] <= start_step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
         metrics_file = open(metrics_path, "a")
-        bar = tqdm(total=cfg.train.steps, initial=start_step, desc=f"train {kind}", dynamic_ncols=True)
+        bar = tqdm(total=tcfg.steps, initial=start_step, desc=f"train {kind}", dynamic_ncols=True)
         source = "a latent cache" if kind == "dit" and task.cached_only else f"{len(shards)} shards"
-        say(f"{kind}: {count_params(model) / 1e6:.2f}M parameters, {source}, {world} rank(s) on {device}"
+        mesh = f" ({tcfg.parallel} x {layout.dp}, context parallel {cp})" if cp > 1 else \
+            (f" ({tcfg.parallel})" if world > 1 or fsdp else "")
+        say(f"{kind}: {count_params(model) / 1e6:.2f}M parameters, {source}, {world} rank(s){mesh} on {device}"
             + (", compiled" if compiled else ""))
 
-    end_step = min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
+    end_step = min(tcfg.steps, tcfg.stop_at or tcfg.steps)
     window = Window(device)
     model.train()
     data = iter(loader)
@@ -324,25 +397,29 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
                 with autocast:
                     loss, per_sample, t, extra = task.loss(train_model, batch, gens, step)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # a context group's ranks each back-propagate their token slice of the same loss:
+                # scaled by cp, the mean over all ranks of DDP/FSDP is the sum over the group
+                (loss * cp if cp > 1 else loss).backward()
             except torch.OutOfMemoryError as e:
                 raise RuntimeError(f"out of memory at step {step} on bucket {batch.bucket.name} with batch "
                                    f"size {len(batch)}: lower data.bucket_batch_sizes."
                                    f"{batch.bucket.name}") from e
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
+            grad_norm = clip_grad_norm(params, cfg.optim.grad_clip or float("inf"), device)
             opt.step()
             sched.step()
-            ema_update.update(min(cfg.train.ema_decay, (1 + step) / (10 + step)))
+            ema_update.update(min(tcfg.ema_decay, (1 + step) / (10 + step)))
             step += 1
-            window.add(loss, per_sample, t, task.tokens(batch))
+            window.add(loss, per_sample, t, task.tokens(batch) // cp)
+            if checkpointer is not None:
+                checkpointer.poll()
             if first_of_bucket and compiled:   # the step that compiled (or recompiled) for this shape
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 say(f"first step on bucket {batch.bucket.name} (compiling): {time.perf_counter() - started:.1f} s")
 
-            if step % cfg.train.log_every == 0 or step == end_step:   # the only steps that read the device
+            if step % tcfg.log_every == 0 or step == end_step:   # the only steps that read the device
                 stats = torch.stack([window.loss.double(), *(torch.tensor(float(v), dtype=torch.float64, device=device)
-                                     for v in (window.n, window.tokens, sum(loader.skipped.values())))])
+                                     for v in (window.n, window.tokens, sum(loader.skipped.values()) / cp))])
                 bins = torch.stack([window.bin_loss, window.bin_count]).double()
                 if world > 1:
                     dist.all_reduce(stats)
@@ -351,7 +428,7 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
                 elapsed = time.perf_counter() - window.t0
                 record = {"step": step, "loss": stats[0] / stats[1], "lr": sched.get_last_lr()[0],
                           "grad_norm": grad_norm.item(), "tokens_per_s": stats[2] / elapsed,
-                          "skipped": int(stats[3]), "bucket": batch.bucket.name,
+                          "skipped": int(round(stats[3])), "bucket": batch.bucket.name,
                           "data_wait": window.data_wait / elapsed, **{k: float(v) for k, v in extra.items()}}
                 if device.type == "cuda":
                     record["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / GB
@@ -369,15 +446,19 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
             if is_main:
                 bar.update(1)
 
-            if step % cfg.train.ckpt_every == 0 or step == end_step:
+            if step % tcfg.ckpt_every == 0 or step == end_step:
                 ranks = gather({"rng": gens.state(), "loader": loader.state_dict()}, world)
-                if is_main:
-                    state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "world_size": world, "ranks": ranks, "kind": kind}
+                state = {"step": step, "scheduler": sched.state_dict(), "world_size": world, "data_parallel": layout.dp,
+                         "context_parallel": cp, "parallel": tcfg.parallel, "ranks": ranks, "kind": kind}
+                if checkpointer is not None:     # every rank writes its shards
+                    checkpointer.save(step, model, ema, opt, task.metadata(), state, tcfg.keep_last)
+                elif is_main:
                     save_checkpoint(out, step, {"model": model.state_dict(), "ema": ema.state_dict()},
-                                    task.metadata(), state, cfg.train.keep_last)
-                if world > 1:
+                                    task.metadata(), {**state, "optimizer": opt.state_dict()}, tcfg.keep_last)
+                if world > 1 and checkpointer is None:
                     dist.barrier()
+        if checkpointer is not None:
+            checkpointer.wait()          # the last checkpoint is on disk before the run ends
     finally:   # also when a step fails: the loader thread stops, logs are flushed, the bar ends
         data.close()
         if is_main:
@@ -386,7 +467,8 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool = False) -> int:
             metrics_file.close()
     if is_main and loader.skipped:
         say(f"skipped samples: {dict(loader.skipped)}")
-    if world > 1:
+    if made_group:
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 

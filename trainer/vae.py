@@ -359,6 +359,9 @@ class AutoencoderSource:
             raise ConfigError(f"vae.kind: {self.kind!r} is not one of ['recap', 'diffusers', 'pixel']")
         if self.kind != "pixel" and not self.path:
             raise ConfigError(f"vae.path is required for vae.kind={self.kind!r}")
+        if self.kind == "pixel" and (self.path or self.subfolder):
+            raise ConfigError("vae.path is set but vae.kind is 'pixel' (no autoencoder): set vae.kind=recap "
+                              "or diffusers to use it, or drop vae.path")
 
 
 def load_autoencoder(source: AutoencoderSource) -> nn.Module:
