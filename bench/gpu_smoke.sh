@@ -80,6 +80,20 @@ SIZE="${BUCKET%x*}"
 echo "largest bucket: $BUCKET"
 BUCKETS=(--set "data.buckets=[$BUCKET]")
 
+step "loader: pinned batches copy to the GPU"
+"$PY" - "$WORK/shards" <<'PYEOF'
+import sys, torch
+from trainer.shards import BucketLoader, list_shards
+from trainer.tasks import host_tensor
+if torch.cuda.is_available():   # page-locked memory needs CUDA: a CPU-only (TINY) run skips this step
+    loader = BucketLoader(list_shards(sys.argv[1]), batch_size=2, seed=0, shuffle_buffer=4, pin_memory=True)
+    for _, batch in zip(range(3), loader):
+        pinned = host_tensor(batch, "video")
+        assert pinned.is_pinned() and pinned.data_ptr() == batch.video.ctypes.data
+        assert torch.equal(pinned.to("cuda", non_blocking=True).cpu(), torch.from_numpy(batch.video))
+    print("pinned batches: ok")
+PYEOF
+
 step "train vae"
 "${RECAP[@]}" train vae --config "$VAE_CONFIG" --data "$WORK/shards" --out "$WORK/vae" "${COMMON[@]}" "${BUCKETS[@]}"
 

@@ -16,6 +16,18 @@ For each length it generates (once, cached in bench/out/) a 1080p H.264 file, th
 and prints wall-time ratios to ffmpeg (for the worker cases also the video's own time, without
 the per-process imports and model loads a Ray worker pays once) and peak RSS (largest single process, and the sum over
 the whole process tree for the CLI runs, Ray's daemons included).
+
+    .venv/bin/python bench/ingest.py --corpus --repeats 3
+
+Corpus mode: many short web-like files (24 by default: half 640x360, half 1280x720, 10-20 s, cuts
+every 2-5 s; made once, cached in bench/out/corpus/), the way users feel ingest. Interleaved:
+  ffmpeg       decode-only of every file, `-threads 1`, two files at a time (the floor on 2 cores)
+  recap        `recap ingest CORPUS --out LIB` with the default config (signals on, filter view)
+  recap-ray    the same with `--set execution.executor=ray` (a local Ray started by the job)
+  360p/720p +/- signals   `recap ingest` of one resolution's half, signals on and off: their share
+  fixed        `recap ingest` of one 3 s 360p file, minus its own ffmpeg decode: the cost of a run
+Wall time, CPU seconds of the whole process tree (every descendant, Ray's daemons included) and
+the process tree's peak RSS.
 """
 
 from __future__ import annotations
@@ -23,8 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,10 +54,15 @@ BIN = Path(sys.executable).parent
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Wall time, peak RSS of the largest process and of the whole process tree (sampled)."""
+    """Wall time; CPU seconds of the whole process tree: the larger of what the kernel accounts
+    for the descendants that were reaped (our sandbox children are; Ray's workers are reaped by
+    the raylet and may be killed instead) and the sum of every process's own CPU as last sampled;
+    peak RSS of the largest process and of the whole process tree (sampled)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     peak_one = peak_tree = 0
+    cpu_seen: dict[int, float] = {}
     done = threading.Event()
 
     def sample() -> None:
@@ -55,6 +74,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
                 for p in procs:
                     try:
                         rss.append(p.memory_info().rss)
+                        times = p.cpu_times()
+                        cpu_seen[p.pid] = times.user + times.system
                     except psutil.Error:
                         pass
                 peak_one, peak_tree = max(peak_one, max(rss, default=0)), max(peak_tree, sum(rss))
@@ -70,7 +91,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, floa
     t.join()
     if proc.returncode not in (0,):
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err.decode()[-2000:]}")
-    result = {"wall_s": wall, "peak_rss_mb": peak_one / 2**20, "peak_tree_rss_mb": peak_tree / 2**20}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = max((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime), sum(cpu_seen.values()))
+    result = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_one / 2**20, "peak_tree_rss_mb": peak_tree / 2**20}
     last = out.decode().strip().splitlines()[-1:] or [""]
     if last[0].startswith("{"):
         result.update(json.loads(last[0]))  # the worker snippet's own split: setup vs the video
@@ -182,16 +205,149 @@ def _print_row(row: dict) -> None:
           f"({100 * (s['wall_s'] / w['wall_s'] - 1):.1f}% for a cold process, OCR engine load included)")
 
 
+# ---- corpus mode ----------------------------------------------------------------------------------
+CORPUS_SIZES = {"360p": (640, 360), "720p": (1280, 720)}
+
+
+def corpus(files: int, seed: int = 0) -> dict[str, Path]:
+    """Folders of short benchmark videos per resolution (files / 2 each, 10-20 s), made once."""
+    import random
+
+    from pipeline.samples.corpus import write_benchmark_video
+
+    rng = random.Random(seed)
+    root = OUT / f"corpus_{files}_{seed}"
+    folders = {}
+    for i, (name, (w, h)) in enumerate(CORPUS_SIZES.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(files // len(CORPUS_SIZES)):
+            seconds = rng.uniform(10, 20)
+            path = folder / f"v{k:02d}.mp4"
+            if not path.exists():
+                print(f"generating {path} ({seconds:.1f} s) ...", file=sys.stderr)
+                partial = path.with_name(f".{path.stem}.partial.mp4")
+                write_benchmark_video(partial, seconds=seconds, width=w, height=h, seed=seed * 1000 + i * 100 + k)
+                partial.rename(path)
+        folders[name] = folder
+    tiny = root / "tiny" / "three_seconds.mp4"
+    if not tiny.exists():
+        tiny.parent.mkdir(parents=True, exist_ok=True)
+        write_benchmark_video(tiny, seconds=3, width=640, height=360, seed=seed)
+    folders["tiny"] = tiny.parent
+    return folders
+
+
+def ffmpeg_all(paths: list[Path], at_once: int = 2) -> dict[str, float]:
+    """Decode-only of every file with ffmpeg, `at_once` processes at a time, one thread each."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    todo, running = list(paths), []
+    while todo or running:
+        while todo and len(running) < at_once:
+            running.append(subprocess.Popen(["ffmpeg", "-v", "error", "-threads", "1", "-i", str(todo.pop()),
+                                             "-f", "null", "-"]))
+        running[0].wait()
+        running = [p for p in running if p.poll() is None]
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": time.perf_counter() - t0,
+            "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
+
+
+def run_corpus(files: int, repeats: int) -> dict:
+    folders = corpus(files)
+    videos = sorted(p for name in CORPUS_SIZES for p in folders[name].glob("*.mp4"))
+    whole = folders["360p"].parent / "all"
+    whole.mkdir(exist_ok=True)
+    for p in videos:     # one folder holding every file, as a user's corpus would
+        link = whole / f"{p.parent.name}_{p.name}"
+        if not link.exists():
+            link.symlink_to(p)
+
+    def ingest(source: Path, *sets: str) -> list[str]:
+        args = [a for s in sets for a in ("--set", s)]
+        return [str(BIN / "recap"), "ingest", str(source), "--out", tempfile.mkdtemp(dir=OUT), "--no-progress", *args]
+
+    def failure(cmd: list[str]) -> str:
+        """What the library of a failed run says about its sources."""
+        import pyarrow.parquet as pq
+
+        lib = Path(cmd[cmd.index("--out") + 1])
+        rows = [r for f in sorted((lib / "errors").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+        return "\n".join(f"{r.get('uri')}: {r.get('error_type')}: {r.get('message')}" for r in rows[:5])
+
+    def measure_ok(cmd: list[str]) -> dict[str, float]:
+        try:
+            return measure(cmd)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{failure(cmd)}") from None
+
+    cases = {
+        "ffmpeg": lambda: ffmpeg_all(videos),
+        "recap": lambda: measure_ok(ingest(whole)),
+        "recap-ray": lambda: measure_ok(ingest(whole, "execution.executor=ray")),
+        "360p +signals": lambda: measure_ok(ingest(folders["360p"])),
+        "360p -signals": lambda: measure_ok(ingest(folders["360p"], "signals.enabled=false")),
+        "720p +signals": lambda: measure_ok(ingest(folders["720p"])),
+        "720p -signals": lambda: measure_ok(ingest(folders["720p"], "signals.enabled=false")),
+        "fixed": lambda: measure_ok(ingest(folders["tiny"])),
+        "fixed-ffmpeg": lambda: ffmpeg_all(list(folders["tiny"].glob("*.mp4")), 1),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in cases}
+    try:
+        for r in range(repeats):  # interleaved: a change in machine load hits every case alike
+            for name, case in cases.items():
+                runs[name].append(case())
+                print(f"  run {r + 1} {name}: {runs[name][-1]['wall_s']:.2f} s", file=sys.stderr)
+    finally:
+        for d in OUT.glob("tmp*"):
+            shutil.rmtree(d, ignore_errors=True)
+    median = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in runs.items()}
+    video_s = sum(float(json.loads(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(p)],
+        capture_output=True, text=True, check=True).stdout)["format"]["duration"]) for p in videos)
+    result = {"files": len(videos), "video_seconds": video_s, "repeats": repeats, "load": os.getloadavg(),
+              "median": median, "runs": runs}
+    _print_corpus(result)
+    return result
+
+
+def _print_corpus(result: dict) -> None:
+    m = result["median"]
+    ff = m["ffmpeg"]
+    print(f"\ncorpus: {result['files']} files, {result['video_seconds']:.0f} s of video, medians of "
+          f"{result['repeats']} interleaved runs (load at the end {result['load'][0]:.1f})")
+    print(f"  {'case':<15} {'wall s':>8} {'x ffmpeg':>9} {'CPU s':>8} {'x ffmpeg':>9} {'tree peak MB':>13}")
+    for name in ("ffmpeg", "recap", "recap-ray"):
+        r = m[name]
+        peak = f"{r['peak_tree_rss_mb']:13.0f}" if "peak_tree_rss_mb" in r else f"{'':13}"
+        print(f"  {name:<15} {r['wall_s']:8.2f} {r['wall_s'] / ff['wall_s']:9.2f} {r['cpu_s']:8.2f} "
+              f"{r['cpu_s'] / ff['cpu_s']:9.2f} {peak}")
+    for res in CORPUS_SIZES:
+        on, off = m[f"{res} +signals"], m[f"{res} -signals"]
+        print(f"  {res}: signals add {100 * (on['cpu_s'] / off['cpu_s'] - 1):.0f}% CPU "
+              f"({off['cpu_s']:.2f} -> {on['cpu_s']:.2f} CPU-s for the run, {off['wall_s']:.2f} -> {on['wall_s']:.2f} s wall)")
+    fixed = m["fixed"]["wall_s"] - m["fixed-ffmpeg"]["wall_s"]
+    print(f"  fixed cost of a run: {fixed:.2f} s wall ({m['fixed']['cpu_s']:.2f} CPU-s, one 3 s file; "
+          f"peak tree {m['fixed']['peak_tree_rss_mb']:.0f} MB); with Ray: recap-ray - recap = "
+          f"{m['recap-ray']['wall_s'] - m['recap']['wall_s']:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", action="store_true", help="corpus mode (see above) instead of single long files")
+    ap.add_argument("--files", type=int, default=24, help="corpus mode: number of files")
     ap.add_argument("--seconds", type=int, nargs="+", default=[60, 120])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", nargs="+", metavar="CASE", help="only these cases (ffmpeg always runs: it is the "
                     "baseline), e.g. --cases worker +signals")
     args = ap.parse_args()
-    results = run(args.seconds, args.threads, args.repeats, args.cases)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.corpus:
+        (OUT / "ingest_corpus.json").write_text(json.dumps(run_corpus(args.files, args.repeats), indent=2))
+        return
+    results = run(args.seconds, args.threads, args.repeats, args.cases)
     (OUT / "ingest.json").write_text(json.dumps(results, indent=2))
 
 

@@ -14,15 +14,26 @@ cost and recall@10 against brute force, with and without a filter. With FLAT, re
 - `numpy`: the scan alone, on an array already in memory;
 - `cold CLI`: one `recap search LIB TEXT --where ...` process, start to exit.
 
+With `--build`, the collection build instead: `recap index LIB --repair` (`run_index`: nothing to
+embed, the Lite store removed and built again from the library's Parquet) against raw pymilvus
+`MilvusClient.insert` of the same rows (row dicts made from the same Parquet, `milvus.batch_rows` a
+call, their making not timed) into a collection of the same schema; each in its own process (so
+peak RSS is its own), interleaved, `--reps` times; rows/s by wall clock and per CPU-second
+(user+sys of the process, Lite's in-process server included).
+
   python bench/search.py                                   # 10k and 100k, FLAT and IVF_FLAT on Lite
   python bench/search.py --sizes 100000 --index FLAT --queries 50
   python bench/search.py --uri http://milvus:19530 --index HNSW
+  python bench/search.py --build --reps 3                  # build: recap vs raw insert, 10k and 100k
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -38,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.api import ClipIndex, input_hash, model_id_of  # noqa: E402
 from index.embedders import embed_query, query_encoder  # noqa: E402
-from index.store import MilvusStore, ScalarSpec, has_field, vector_field  # noqa: E402
+from index.store import MilvusStore, ScalarSpec, has_field, rows_of, vector_field  # noqa: E402
 from index.where import compile_where, fields_of  # noqa: E402
-from pipeline.embed import load_index_config  # noqa: E402
+from pipeline.embed import load_index_config, run_index  # noqa: E402
 from pipeline.library import Library  # noqa: E402
 from pipeline.library.embeddings import write_embeddings  # noqa: E402
 
@@ -228,7 +239,89 @@ def bench_recap(root: Path, cfg, x: np.ndarray, mask: np.ndarray, expr: str, arg
     return out
 
 
+def cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: ru_maxrss would keep the forking parent's across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_child(mode: str, root: Path) -> dict:
+    """One build, in this (fresh) process: `recap` = `recap index ROOT --repair`; `raw` = the same
+    rows inserted with `MilvusClient.insert` into a new Lite store beside the library."""
+    cfg = load_index_config(overrides=["embedders.visual.enabled=false"])
+    import pymilvus  # noqa: F401  (imported before the baseline RSS, as both modes need it)
+    rss_before = peak_rss_mb()
+    if mode == "recap":
+        c, t = cpu_s(), time.perf_counter()
+        rec = run_index(root, cfg, rebuild=True, log=lambda *_: None)
+        cpu, wall, rows = cpu_s() - c, time.perf_counter() - t, rec.rows
+    else:
+        raw_db = root.parent / "raw.db"
+        shutil.rmtree(raw_db, ignore_errors=True)
+        cfg.milvus.uri = str(raw_db)
+        cpu = wall = 0.0
+        with ClipIndex(root, cfg) as index, index.desired() as want:
+            store = index.store
+            store.create(want.scalars, want.dims)
+            fields = store.fields()
+            for batch in want.source.batches(cfg.milvus.batch_rows):
+                rows = rows_of(batch, fields)              # made from the same Parquet; not timed
+                c, t = cpu_s(), time.perf_counter()
+                store.client.insert(store.collection, rows)
+                cpu, wall = cpu + cpu_s() - c, wall + time.perf_counter() - t
+            c, t = cpu_s(), time.perf_counter()
+            store.client.flush(store.collection)
+            cpu, wall = cpu + cpu_s() - c, wall + time.perf_counter() - t
+            rows = store.count()
+        shutil.rmtree(raw_db, ignore_errors=True)
+    return dict(mode=mode, rows=rows, wall_s=wall, cpu_s=cpu, rss_before_mb=rss_before, peak_rss_mb=peak_rss_mb())
+
+
+def bench_build(args) -> None:
+    """recap's build against raw pymilvus inserts of the same rows, interleaved, each in its own process."""
+    results = []
+    for n in args.sizes:
+        x, duration, motion = make_data(n, args.dim, np.random.default_rng(n))
+        lib_root = Path(tempfile.mkdtemp(prefix="recap-bench-build-")) / "lib"
+        make_library(lib_root, x, duration, motion, load_index_config(overrides=["embedders.visual.enabled=false"]))
+        del x, duration, motion
+        runs: dict[str, list[dict]] = {"recap": [], "raw": []}
+        for rep in range(args.reps):
+            for mode in (("recap", "raw") if rep % 2 == 0 else ("raw", "recap")):
+                out = subprocess.run([sys.executable, __file__, "--build-child", mode, str(lib_root)], cwd=ROOT,
+                                     capture_output=True, text=True)
+                assert out.returncode == 0, out.stderr[-3000:]
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                assert r["rows"] == n, r
+                print(dict(n=n, rep=rep, **r), flush=True)
+                runs[mode].append(r)
+        for mode, rs in runs.items():
+            med = {k: float(np.median([r[k] for r in rs])) for k in ("wall_s", "cpu_s", "rss_before_mb", "peak_rss_mb")}
+            results.append(dict(n=n, mode=mode, **med))
+        shutil.rmtree(lib_root.parent, ignore_errors=True)
+    print(f"\nMedians of {args.reps} interleaved runs, each in its own process; load average at the end "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs:\n")
+    print("| clips | path | wall s | rows/s (wall) | CPU s | rows per CPU-s | vs raw (CPU) | RSS before MB | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    raw_cpu = {r["n"]: r["cpu_s"] for r in results if r["mode"] == "raw"}
+    for r in results:
+        label = "recap index --repair" if r["mode"] == "recap" else "raw MilvusClient.insert"
+        print(f"| {r['n']:,} | {label} | {r['wall_s']:.1f} | {r['n'] / r['wall_s']:,.0f} | {r['cpu_s']:.1f} | "
+              f"{r['n'] / r['cpu_s']:,.0f} | {raw_cpu[r['n']] / r['cpu_s']:.2f}x | {r['rss_before_mb']:.0f} | "
+              f"{r['peak_rss_mb']:.0f} |")
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--build-child":
+        print(json.dumps(build_child(sys.argv[2], Path(sys.argv[3]))))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--index", default="FLAT,IVF_FLAT", help="comma-separated index types")
@@ -240,7 +333,12 @@ def main() -> None:
     p.add_argument("--nlist", type=int, default=1024)
     p.add_argument("--nprobe", type=int, default=64)
     p.add_argument("--uri", default="", help="Milvus server; default a Milvus Lite file in a temp folder")
+    p.add_argument("--build", action="store_true", help="benchmark the collection build instead (see above)")
+    p.add_argument("--reps", type=int, default=3, help="--build: runs of each path per size")
     args = p.parse_args()
+    if args.build:
+        bench_build(args)
+        return
     rng = np.random.default_rng(0)
     results, recaps = [], []
     for n in args.sizes:

@@ -16,11 +16,27 @@ time. The OCR models are loaded before timing (a worker loads them once, not per
 --mv compares the motion score with the codec's own motion vectors (decoder flag
 `flags2=+export_mvs`): extra CPU of each over its decode, and the Spearman rank correlation of
 their per-second motion over the file (do both rank the same seconds as moving?).
+
+--worker measures what matters for short, small videos: the CPU-seconds of a whole warm ingest
+worker per video (`ingest_source`: hash, probe, decode pass with shot detection, clip files,
+clips.mode=remux), with signals off ("worker") and on ("+signals"), on benchmark files of
+`--seconds` at each of `--sizes` (360 -> 640x360, ...). Each code tree (this one and every
+`--compare ROOT`, e.g. an unpacked `git archive HEAD`) gets one long-lived worker process (as a
+Ray worker's sandbox child: imports and the OCR engine load once, then a warm-up video), and
+the runs are interleaved (repeat -> file -> tree -> case) so a change in machine load hits every
+case alike; CPU-seconds are user + sys of the worker process, all its threads, per video (median).
+
+    .venv/bin/python bench/signals.py --worker --sizes 360 720 1080 --seconds 15 --repeats 7 \
+        --compare /tmp/recap-before
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -33,7 +49,8 @@ import av  # noqa: E402
 
 from pipeline.ingest import decode as decode_mod  # noqa: E402
 from pipeline.ingest.config import DecodeConfig  # noqa: E402
-from pipeline.ingest.signals import SignalsConfig, clip_signals, make_analyzers  # noqa: E402
+from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers  # noqa: E402
+from pipeline.ingest.signals.config import SignalsConfig  # noqa: E402
 from pipeline.ingest.signals.text import load_ocr  # noqa: E402
 
 
@@ -149,6 +166,151 @@ def compare_motion_vectors(path: Path, threads: int) -> None:
     print(f"  Spearman rank correlation of per-second motion: {rho:.3f}")
 
 
+# One long-lived worker per code tree: reads "FILE<TAB>OVERRIDES-JSON" lines, ingests FILE into a
+# fresh library and answers with this process's CPU-seconds (all threads) and wall time for it.
+SERVE_SNIPPET = """
+import json, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+from pipeline.ingest.config import load_ingest_config
+from pipeline.ingest.worker import ingest_source
+from pipeline.ingest.signals.text import load_ocr
+load_ocr()
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    path, overrides = line.rstrip("\\n").split("\\t")
+    cfg = load_ingest_config(None, json.loads(overrides))
+    with tempfile.TemporaryDirectory() as lib:
+        c0, w0 = time.process_time(), time.perf_counter()
+        r = ingest_source(path, cfg, lib)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    assert r.outcome == "ingested", r.rows
+    keep = ("start_frame", "end_frame", "motion_score", "camera_motion", "camera_shake", "colorfulness",
+            "brightness", "sharpness", "text_area", "ocr_text", "phash", "bars")
+    clips = [{k: c.get(k) for k in keep} for c in r.rows["clips"]]
+    print(json.dumps({"cpu_s": cpu, "wall_s": wall, "clips": clips}), flush=True)
+"""
+
+
+class TreeWorker:
+    """A warm ingest worker process running the code of one source tree."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE_SNIPPET, str(root)], cwd=str(root),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, PYTHONPATH=str(root)))
+        assert json.loads(self.proc.stdout.readline())["ready"]
+
+    def ingest(self, path: Path, overrides: list[str]) -> dict:
+        self.proc.stdin.write(f"{path}\t{json.dumps(overrides)}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the worker for {self.root} died on {path}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def benchmark_file(height: int, seconds: float) -> Path:
+    """The ingest benchmark video (hard cuts every 2-5 s, moving texture) at 16:9 `height`p."""
+    from pipeline.samples.corpus import write_benchmark_video
+
+    width = int(round(height * 16 / 9 / 2)) * 2
+    path = ROOT / "bench" / "out" / f"bench_{height}p_{seconds:g}s.mp4"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        print(f"writing {path} ...", flush=True)
+        partial = path.with_name(f".{path.stem}.partial.mp4")
+        write_benchmark_video(partial, seconds, width=width, height=height)
+        partial.rename(path)
+    return path
+
+
+def worker_benchmark(sizes: list[int], seconds: float, threads: int, repeats: int, compare: list[Path],
+                     extra: list[Path], variant: list[str]) -> None:
+    files = [benchmark_file(h, seconds) for h in sizes] + [f.resolve() for f in extra]
+    base = [f"decode.threads={threads}", "clips.mode=remux"]
+    cases = {"worker": [*base, "signals.enabled=false"], "+signals": base}
+    if variant:  # a third case: signals with these overrides too (e.g. signals.text.stretch=false)
+        cases["+signals " + " ".join(variant)] = [*base, *variant]
+    trees = {"this tree": ROOT, **{str(c): c for c in compare}}
+    print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
+    workers = {name: TreeWorker(root) for name, root in trees.items()}
+    cpu: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    values: dict[tuple[str, str], list[dict]] = {}   # (file, tree) -> the clips' signal values
+    try:
+        def tree_cases(tree: str) -> dict[str, list[str]]:  # the variant's keys may be new: this tree only
+            return cases if tree == "this tree" else {k: cases[k] for k in ("worker", "+signals")}
+
+        for f in files:  # warm-up: first-use costs (code paths, allocator) stay out of the numbers
+            for tree, w in workers.items():
+                for overrides in tree_cases(tree).values():
+                    w.ingest(f, overrides)
+        for r in range(repeats):
+            for f in files:
+                for tree, w in workers.items():
+                    for case, overrides in tree_cases(tree).items():
+                        result = w.ingest(f, overrides)
+                        cpu[(f.name, tree, case)].append(result["cpu_s"])
+                        if case == "+signals":
+                            values[(f.name, tree)] = result["clips"]
+            print(f"  repeat {r + 1}/{repeats} done, load average {os.getloadavg()[0]:.1f}", flush=True)
+    finally:
+        for w in workers.values():
+            w.close()
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(f"\nCPU-seconds per video in a warm worker, median of {repeats} interleaved runs, "
+          f"{threads} decoder thread(s), {seconds:g} s files")
+    print("(the minimum over runs is the least disturbed by other processes on a shared machine)")
+    print("| file | code | case | worker, CPU-s | with signals, CPU-s | signals add | signals add, minima |")
+    print("|---|---|---|---|---|---|---|")
+    for f in files:
+        for tree in trees:
+            runs = cpu[(f.name, tree, "worker")]
+            w, w_min = statistics.median(runs), min(runs)
+            for case in list(tree_cases(tree))[1:]:
+                s, s_min = statistics.median(cpu[(f.name, tree, case)]), min(cpu[(f.name, tree, case)])
+                print(f"| {f.name} | {tree} | {case} | {w:.3f} | {s:.3f} | **{100 * (s / w - 1):+.0f}%** "
+                      f"| {100 * (s_min / w_min - 1):+.0f}% |")
+    for tree in list(trees)[1:]:
+        compare_values(files, values, "this tree", tree)
+
+
+NUMERIC = ("motion_score", "camera_shake", "colorfulness", "brightness", "sharpness", "text_area")
+CATEGORICAL = ("camera_motion", "ocr_text", "phash", "bars")
+
+
+def compare_values(files: list[Path], values: dict[tuple[str, str], list[dict]], new: str, old: str) -> None:
+    """How the clips' signal values of `new` differ from `old`'s on the same clips, per file:
+    Spearman rank correlation of each numeric column (1.000 = same order), share of equal values."""
+    import numpy as np
+
+    print(f"\nsignal values on the same clips, {new} against {old}: Spearman rho (numeric) or same/all")
+    print("| file | clips | " + " | ".join(NUMERIC + CATEGORICAL) + " |")
+    print("|---|---|" + "---|" * (len(NUMERIC) + len(CATEGORICAL)))
+    for f in files:
+        a, b = values[(f.name, old)], values[(f.name, new)]
+        if [(c["start_frame"], c["end_frame"]) for c in a] != [(c["start_frame"], c["end_frame"]) for c in b]:
+            print(f"| {f.name} | clips differ: not comparable |")
+            continue
+        cells = []
+        for col in NUMERIC:
+            pairs = [(x[col], y[col]) for x, y in zip(a, b) if x[col] is not None and y[col] is not None]
+            x, y = (np.array(v, float) for v in zip(*pairs)) if pairs else (np.array([]), np.array([]))
+            if len(x) and np.allclose(x, y, rtol=1e-6, atol=1e-9):
+                cells.append("same")
+            elif len(x) >= 3 and np.std(x) > 0 and np.std(y) > 0:
+                cells.append(f"{np.corrcoef(_ranks(x), _ranks(y))[0, 1]:.3f}")
+            else:
+                cells.append("n/a")
+        for col in CATEGORICAL:
+            cells.append(f"{sum(x[col] == y[col] for x, y in zip(a, b))}/{len(a)}")
+        print(f"| {f.name} | {len(a)} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", nargs="?", type=Path)
@@ -156,7 +318,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--mv", action="store_true", help="only compare Farneback with codec motion vectors")
+    p.add_argument("--worker", action="store_true", help="CPU-seconds per video of a warm ingest worker, "
+                   "signals off and on, at each of --sizes")
+    p.add_argument("--sizes", type=int, nargs="+", default=[360, 720, 1080], help="--worker: frame heights")
+    p.add_argument("--repeats", type=int, default=7, help="--worker: interleaved runs per case")
+    p.add_argument("--compare", type=Path, nargs="*", default=[], metavar="ROOT",
+                   help="--worker: also measure the code tree at ROOT (e.g. an unpacked `git archive HEAD`) "
+                   "and compare its clips' signal values with this tree's")
+    p.add_argument("--files", type=Path, nargs="*", default=[], metavar="VIDEO",
+                   help="--worker: more videos to measure beside the benchmark files (e.g. ones with text)")
+    p.add_argument("--variant", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="--worker: a third case, signals with these config overrides too")
     args = p.parse_args()
+    if args.worker:
+        worker_benchmark(args.sizes, args.seconds, args.threads, args.repeats, args.compare, args.files,
+                         args.variant)
+        return
     path = args.file
     if path is None:
         from pipeline.samples.corpus import write_benchmark_video

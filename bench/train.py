@@ -12,7 +12,7 @@ Modes, each on synthetic data of the bucket's shape (random weights: speed does 
            VAE-encoded and text-encoded on the fly, 2 x --steps steps of which the second half is
            measured; data wait is the share of that time spent waiting on the loader
   cache    the same loop on a latent cache of those shards (`recap train cache`)
-  loader   the shard loader alone: samples/s it delivers, and per CPU core it used
+  loader   the shard loader alone (bench/loader.py's loader_speed): samples/s it delivers, and per CPU-second
   ddp      the model step as the trainer runs it with train.parallel=ddp: DDP-wrapped, bf16
            autocast, fused AdamW; under `torchrun --nproc-per-node N bench/train.py --modes ddp fsdp`
            on N GPUs (each rank its own batch; rank 0 prints)
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from loader import loader_speed, synthetic_shards  # noqa: E402
 from trainer_flops import dit_forward_flops, training_step_flops  # noqa: E402
 
 from trainer.cache import CacheSettings, build_cache  # noqa: E402
@@ -56,8 +57,7 @@ from trainer.memory import GB, STATE_BYTES_PER_PARAM, device_memory, dit_step, e
 from trainer.parallel import clip_grad_norm, shard_model  # noqa: E402
 from trainer.rf import flow_loss  # noqa: E402
 from trainer.runtime import init_distributed  # noqa: E402
-from trainer.shards import Bucket, BucketLoader, list_shards  # noqa: E402
-from trainer.synthetic import write_synthetic_shards  # noqa: E402
+from trainer.shards import Bucket  # noqa: E402
 from trainer.train import EMA, load_job_config, main  # noqa: E402
 from trainer.vae import AutoencoderSource, CausalVAE, VAEConfig, save_vae  # noqa: E402
 
@@ -228,9 +228,7 @@ def parallel_step(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int,
 
 def write_data(work: Path, bucket: str, samples: int, vae_cfg: VAEConfig | None) -> tuple[Path, Path | None]:
     """Synthetic shards of `bucket` and an untrained VAE of `vae_cfg`, made once per work folder."""
-    shards = work / f"shards_{bucket}_{samples}"
-    if not shards.exists():
-        write_synthetic_shards(shards, [bucket], per_bucket=samples, seed=0, samples_per_shard=max(1, samples // 4))
+    shards = synthetic_shards(work, bucket, samples)
     vae_path = None
     if vae_cfg is not None:
         vae_path = work / f"vae_{vae_cfg.channels}_{vae_cfg.spatial_compression}.safetensors"
@@ -259,18 +257,6 @@ def real_loop(data: Path, vae_path: Path | None, size: str, batch: int, steps: i
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     return {"tokens_per_s": last["tokens_per_s"], "data_wait": last["data_wait"], "wall_s": wall,
             "peak_gb": last.get("max_memory_gb")}
-
-
-def loader_speed(data: Path, batch: int, batches: int) -> dict:
-    """Samples/s the loader delivers, and per CPU core it kept busy (process CPU time / wall)."""
-    loader = BucketLoader(list_shards(data), batch_size=batch, shuffle_buffer=4, prefetch=2)
-    it = iter(loader)
-    next(it)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    n = sum(len(next(it)) for _ in range(batches))
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    it.close()
-    return {"samples_per_s": n / wall, "cores_used": cpu / wall, "samples_per_core_s": n / max(cpu, 1e-9)}
 
 
 def auto_batch(cfg: DiTConfig, latent: tuple[int, int, int, int], device: torch.device, vae_cfg: VAEConfig | None,
@@ -407,7 +393,7 @@ def table(rows: list[dict], analytic: list[dict]) -> None:
     for r in rows:
         if r["mode"].startswith("loader"):
             print(f"| {r['config']} | {r['bucket']} | {r['batch']} | {r['mode']} | - | {f(r['samples_per_s'])} | "
-                  f"{f(r['cores_used'], 2)} cores, {f(r['samples_per_core_s'])} samples/core-s | - | - | - | - |")
+                  f"{f(r['cores_used'], 2)} cores, {f(r['samples_per_cpu_s'])} samples/CPU-s | - | - | - | - |")
             continue
         split = (f"{f(r['forward_s'], 0, 1e3)}/{f(r['backward_s'], 0, 1e3)}/{f(r['optimizer_s'], 0, 1e3)}"
                  if "forward_s" in r else "-")

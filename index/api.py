@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,20 +31,9 @@ import pyarrow as pa
 from index import exact, lite
 from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig
 from index.embedders import query_encoder
+from index.rows import ClipPositions, RowSource, ScratchVectors, current_mask, load_vectors
 from index.search import Hit, Mode, NothingToIndex, SearchError, Searching
-from index.store import (
-    PK,
-    ROW_HASH,
-    VARCHAR_MAX,
-    MilvusStore,
-    ScalarSpec,
-    StoreBusy,
-    StoreDamaged,
-    StoreError,
-    has_field,
-    row_hash,
-    vector_field,
-)
+from index.store import PK, MilvusStore, ScalarSpec, StoreBusy, StoreDamaged, StoreError
 from index.where import WhereError
 from pipeline.library import Library, LibraryError
 from pipeline.library.embeddings import drop_other_models, read_embeddings, vectors_of, write_embeddings
@@ -52,6 +41,7 @@ from pipeline.library.embeddings import drop_other_models, read_embeddings, vect
 # columns of the clip table never written to Milvus (bookkeeping); every other scalar column is a
 # `--where` field, in search as in export and caption
 NOT_FILTERS = {"batch_id"}
+HASH_SLICE = 8192      # clips whose input hashes are computed at a time
 
 
 @dataclass
@@ -69,6 +59,16 @@ class Reconcile:
     @property
     def clean(self) -> bool:
         return not (self.missing or self.extra or self.stale or self.schema_changed or self.damaged)
+
+
+@dataclass
+class Desired:
+    """What the collection should hold, read from Parquet (`ClipIndex.desired`)."""
+    scalars: list[ScalarSpec]
+    dims: dict[str, int]                 # embedder -> vector dim (embedders with vectors only)
+    source: RowSource                    # the rows, a batch at a time
+    positions: ClipPositions             # clip_id -> row of the clip table
+    unembedded: dict[str, int]           # embedder -> clips without a current vector
 
 
 def input_hash(model_id: str, payload: str) -> str:
@@ -161,11 +161,12 @@ class ClipIndex(Searching):
 
     def stale_embeddings(self, clips: pa.Table, name: str) -> dict[str, str]:
         """clip_id -> input hash, for the clips whose vector of embedder `name` is missing or stale."""
-        mid = model_id_of(self.cfg.embedders[name])
-        want = {c: input_hash(mid, p) for c, p in self.payloads(clips, name).items()}
-        have = read_embeddings(self.root, name, mid)
-        have_hash = dict(zip(have.column("clip_id").to_pylist(), have.column("input_hash").to_pylist())) if have else {}
-        return {c: h for c, h in want.items() if have_hash.get(c) != h}
+        want = self.want_hashes(clips, name)
+        current = current_mask(self.root, name, model_id_of(self.cfg.embedders[name]),
+                               ClipPositions(clips.column(PK)), want)
+        stale = np.flatnonzero((want != b"-") & ~current)
+        ids = clips.column(PK).take(pa.array(stale)).to_pylist()
+        return dict(zip(ids, (h.decode() for h in want[stale])))
 
     def current_vectors(self, clips: pa.Table, name: str) -> tuple[list[str], np.ndarray] | None:
         """Clip ids and vectors of embedder `name` made from what the clips are now (a re-captioned
@@ -206,85 +207,102 @@ class ClipIndex(Searching):
                 f"then run `recap index {lib}`")
 
     # ---- Parquet -> rows -----------------------------------------------------------------------
-    def desired(self) -> tuple[list[ScalarSpec], dict[str, int], dict[str, dict[str, Any]], dict[str, int]]:
-        """What the collection should hold: scalar fields, vector dims, rows by clip_id, and the
-        number of clips each embedder has no vector for."""
+    def want_hashes(self, clips: pa.Table, name: str) -> np.ndarray:
+        """The input hash each clip's vector of embedder `name` must have, as bytes in clip order
+        (b"-" where the clip has nothing to embed); computed a slice of clips at a time."""
+        e = self.cfg.embedders[name]
+        mid = model_id_of(e)
+        out = []
+        for lo in range(0, clips.num_rows, HASH_SLICE):
+            part = clips.slice(lo, HASH_SLICE)
+            payloads = self.payloads(part, name)
+            out.append(np.array([input_hash(mid, payloads[c]).encode() if c in payloads else b"-"
+                                 for c in part.column(PK).to_pylist()], dtype="S24"))
+        return np.concatenate(out) if out else np.zeros(0, "S24")
+
+    @contextmanager
+    def desired(self) -> Iterator[Desired]:
+        """What the collection should hold (scalar fields, vector dims, a source of row batches, the
+        number of clips each embedder has no vector for); its scratch files are removed on exit."""
         clips = self.clip_table()
         scalars = [ScalarSpec(f.name, k) for f in clips.schema
                    if f.name != PK and (k := _kind(f.type)) and f.name not in NOT_FILTERS]
-        ids = clips.column(PK).to_pylist()
-        rows = {c: {PK: c} for c in ids}
-        for s in scalars:
-            limit = VARCHAR_MAX.get(s.name, 1024) if s.kind == "string" else None
-            for c, v in zip(ids, clips.column(s.name).to_pylist()):
-                if limit and v is not None and len(v.encode()) > limit:     # Milvus counts bytes
-                    v = v.encode()[:limit].decode(errors="ignore")
-                rows[c][s.name] = v
-        dims: dict[str, int] = {}
+        positions = ClipPositions(clips.column(PK))
+        vectors: dict[str, ScratchVectors] = {}
         unembedded: dict[str, int] = {}
-        for name in self.cfg.enabled():
-            found = self.current_vectors(clips, name)
-            vecs = dict(zip(found[0], found[1])) if found else {}
-            unembedded[name] = sum(c not in vecs for c in ids)
-            if not found:
-                continue
-            dims[name] = found[1].shape[1]
-            for c in ids:
-                v = vecs.get(c)
-                rows[c][has_field(name)] = v is not None
-                rows[c][vector_field(name)] = v
-        for r in rows.values():
-            r[ROW_HASH] = row_hash(r)
-            for name in dims:
-                if r[vector_field(name)] is not None:
-                    r[vector_field(name)] = r[vector_field(name)].tolist()
-        return scalars, dims, rows, unembedded
+        try:
+            for name, e in self.cfg.enabled().items():
+                found = load_vectors(self.root, name, model_id_of(e), positions, self.want_hashes(clips, name))
+                unembedded[name] = clips.num_rows - (int(found.present.sum()) if found else 0)
+                if found is not None:
+                    vectors[name] = found
+            yield Desired(scalars, {n: v.dim for n, v in vectors.items()}, RowSource(clips, scalars, vectors),
+                          positions, unembedded)
+        finally:
+            for v in vectors.values():
+                v.close()
+
+    def _diff(self, want: Desired, rec: Reconcile) -> np.ndarray:
+        """Fill rec.missing/extra/stale by comparing row hashes; returns which clips to write."""
+        batch_rows = self.cfg.milvus.batch_rows
+        hashes = np.concatenate([np.array(b.hashes, dtype="S24")
+                                 for b in want.source.batches(batch_rows, hashes_only=True)] or [np.zeros(0, "S24")])
+        stored_ids, stored_hashes = self.store.row_hashes()
+        rows = want.positions.find(stored_ids)        # -1: a row of a clip the library no longer has
+        found = rows >= 0
+        held = np.zeros(len(hashes), bool)
+        held[rows[found]] = True
+        differs = np.zeros(len(hashes), bool)
+        old = np.array(stored_hashes.filter(pa.array(found)).to_pylist(), dtype="S24")
+        differs[rows[found]] = old != hashes[rows[found]]
+        ids = want.source.clips.column(PK)
+        rec.missing = ids.filter(pa.array(~held)).to_pylist()
+        rec.stale = ids.filter(pa.array(differs)).to_pylist()
+        rec.extra = sorted(stored_ids.filter(pa.array(~found)).to_pylist())
+        return ~held | differs
 
     # ---- check / repair / index -------------------------------------------------------------------
     def check(self) -> Reconcile:
         """Compare the collection with Parquet; change nothing. A damaged Lite store is reported in
         `damaged` (with everything counted as missing)."""
-        scalars, dims, rows, unembedded = self.desired()
-        rec = Reconcile(unembedded=unembedded, rows=len(rows))
-        lite_path = self.lite_path()
-        try:
-            if (lite_path is not None and not lite_path.exists()) or not self.store.exists():   # (opening Lite creates it)
-                rec.schema_changed = True
-                rec.missing = sorted(rows)
-                return rec
-            if self.store.describe() != self.store.wanted(scalars, dims):
-                rec.schema_changed = True
-            stored = self.store.row_hashes()
-        except StoreDamaged as e:
-            rec.damaged, rec.schema_changed, rec.missing = str(e), True, sorted(rows)
+        with self.desired() as want:
+            rec = Reconcile(unembedded=want.unembedded, rows=len(want.source))
+            every = want.source.clips.column(PK).to_pylist
+            lite_path = self.lite_path()
+            try:
+                if (lite_path is not None and not lite_path.exists()) or not self.store.exists():   # (opening Lite creates it)
+                    rec.schema_changed = True
+                    rec.missing = every()
+                    return rec
+                if self.store.describe() != self.store.wanted(want.scalars, want.dims):
+                    rec.schema_changed = True
+                self._diff(want, rec)
+            except StoreDamaged as e:
+                rec.damaged, rec.schema_changed, rec.missing, rec.extra, rec.stale = str(e), True, every(), [], []
             return rec
-        rec.missing = sorted(set(rows) - set(stored))
-        rec.extra = sorted(set(stored) - set(rows))
-        rec.stale = sorted(c for c in set(rows) & set(stored) if rows[c][ROW_HASH] != stored[c])
-        return rec
 
     def repair(self, log=print, rebuild: bool = False) -> Reconcile:
         """Make the collection match Parquet (recreating it when its fields changed); returns what
         was found before repairing. With `rebuild`, a Milvus Lite store is removed whatever state it
         is in and built again from Parquet; a Lite store found damaged is rebuilt in any case."""
-        scalars, dims, rows, unembedded = self.desired()
-        if not dims:
-            raise NothingToIndex(self.nothing_to_embed(self.clip_table()) or
-                                 "no clip has a vector yet (none could be embedded): nothing to index")
-        lite_path = self.lite_path()
-        if lite_path is not None and rebuild:
-            self._remove_lite(log, "rebuilding it from Parquet (--repair)")
-        try:
-            rec = self._sync(scalars, dims, rows, log)
-        except StoreDamaged as e:
-            if lite_path is None:
-                raise
-            self._remove_lite(log, f"rebuilding it from Parquet (it was damaged: {e.why})")
-            rec = self._sync(scalars, dims, rows, log)
-            rec.damaged = str(e)
-        rec.unembedded = unembedded
-        rec.rebuilt = rebuild or bool(rec.damaged)
-        return rec
+        with self.desired() as want:
+            if not want.dims:
+                raise NothingToIndex(self.nothing_to_embed(self.clip_table()) or
+                                     "no clip has a vector yet (none could be embedded): nothing to index")
+            lite_path = self.lite_path()
+            if lite_path is not None and rebuild:
+                self._remove_lite(log, "rebuilding it from Parquet (--repair)")
+            try:
+                rec = self._sync(want, log)
+            except StoreDamaged as e:
+                if lite_path is None:
+                    raise
+                self._remove_lite(log, f"rebuilding it from Parquet (it was damaged: {e.why})")
+                rec = self._sync(want, log)
+                rec.damaged = str(e)
+            rec.unembedded = want.unembedded
+            rec.rebuilt = rebuild or bool(rec.damaged)
+            return rec
 
     def _remove_lite(self, log, why: str) -> None:
         path = self.lite_path()
@@ -301,31 +319,29 @@ class ClipIndex(Searching):
             raise StoreError(str(e)) from e
         log(f"Milvus Lite store: {done}; {why}")
 
-    def _sync(self, scalars, dims, rows, log) -> Reconcile:
+    def _sync(self, want: Desired, log) -> Reconcile:
         store = self.store
-        rec = Reconcile(rows=len(rows))
-        if not store.exists() or store.describe() != store.wanted(scalars, dims):
+        rec = Reconcile(rows=len(want.source))
+        batch_rows = self.cfg.milvus.batch_rows
+        if not store.exists() or store.describe() != store.wanted(want.scalars, want.dims):
             rec.schema_changed = True
             if store.exists():
                 log("collection fields differ from the library's columns: rebuilding it")
             store.drop()
-            store.create(scalars, dims)
-            stored: dict[str, str] = {}
+            store.create(want.scalars, want.dims)
+            rec.missing = want.source.clips.column(PK).to_pylist()
+            for batch in want.source.batches(batch_rows):
+                store.write(batch, replace=False)      # a new collection: nothing to replace
         else:
-            stored = store.row_hashes()
-        rec.missing = sorted(set(rows) - set(stored))
-        rec.extra = sorted(set(stored) - set(rows))
-        rec.stale = sorted(c for c in set(rows) & set(stored) if rows[c][ROW_HASH] != stored[c])
-        if rec.extra:
-            store.delete(rec.extra)
-        if stored:
-            store.upsert([rows[c] for c in rec.missing + rec.stale])
-        elif rec.missing:
-            store.insert([rows[c] for c in rec.missing])    # a new collection: nothing to replace
+            keep = self._diff(want, rec)
+            if rec.extra:
+                store.delete(rec.extra)
+            for batch in want.source.batches(batch_rows, keep=keep):
+                store.write(batch, replace=True)
         store.flush()
         # a Lite store that loses rows while being written is not "repaired" (a server may count late)
-        if store.is_lite and (held := store.count()) != len(rows):
-            raise store.damaged(f"it holds {held} rows after the sync, the library {len(rows)} clips")
+        if store.is_lite and (held := store.count()) != rec.rows:
+            raise store.damaged(f"it holds {held} rows after the sync, the library {rec.rows} clips")
         return rec
 
 __all__ = ["ClipIndex", "Hit", "Mode", "NothingToIndex", "Reconcile", "SearchError", "WhereError"]

@@ -15,7 +15,6 @@ Milvus Lite's folder is a cache of Parquet: a store that fails to open or read i
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -23,12 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from index import lite
 from index.config import INDEX_PARAM_KEYS, SEARCH_PARAM_KEYS, MilvusConfig
 
 PK = "clip_id"
 ROW_HASH = "row_hash"
 VARCHAR_MAX = {"caption": 65535, "ocr_text": 65535, "source": 4096, "path": 4096}
+# Milvus scalar type -> the ScalarField slot a request carries it in, and the Arrow type it is sent as
+SCALAR_SLOTS = {"INT64": ("long_data", pa.int64()), "DOUBLE": ("double_data", pa.float64()),
+                "VARCHAR": ("string_data", pa.string()), "BOOL": ("bool_data", pa.bool_())}
 
 
 class StoreError(RuntimeError):
@@ -65,16 +70,16 @@ class ScalarSpec:
     kind: str    # int, float, string, bool
 
 
-def row_hash(row: dict[str, Any]) -> str:
-    """Digest of a row as written (scalars and vector bytes), for staleness checks."""
-    h = hashlib.blake2b(digest_size=12)
-    for k in sorted(row):
-        v = row[k]
-        if hasattr(v, "tobytes"):
-            h.update(k.encode() + b"=" + v.tobytes())
-        else:
-            h.update(k.encode() + b"=" + json.dumps(v, default=str).encode())
-    return h.hexdigest()
+@dataclass
+class RowBatch:
+    """Rows of the collection, column-wise (built by `index.rows`, written by `MilvusStore.write`)."""
+    ids: pa.Array
+    scalars: dict[str, pa.Array]                          # field -> values
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]]     # embedder -> (vectors, present)
+    hashes: list[str]                                     # row_hash of each row
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class MilvusStore:
@@ -92,6 +97,7 @@ class MilvusStore:
         self.index_type = cfg.lite_index if self.is_lite else cfg.server_index
         self.notify = notify
         self._described: dict[str, Any] | None = None
+        self._fields: list[dict[str, Any]] | None = None
         self._loaded = False
         self._connect()
 
@@ -201,6 +207,7 @@ class MilvusStore:
             index.add_index(field_name=vector_field(name), index_type=self.index_type, metric_type="COSINE",
                             params=params)
         self._described = None
+        self._fields = None
         self._loaded = False
         self._call("create the collection", self.client.create_collection, self.collection, schema=schema,
                    index_params=index)
@@ -209,6 +216,7 @@ class MilvusStore:
         if self.exists():
             self._call("drop the collection", self.client.drop_collection, self.collection)
         self._described = None
+        self._fields = None
         self._loaded = False
 
     # ---- writing --------------------------------------------------------------------------------
@@ -228,6 +236,46 @@ class MilvusStore:
             n += self._call("insert", self.client.insert, self.collection, batch)["insert_count"]
         return n
 
+    def write(self, batch: RowBatch, replace: bool) -> int:
+        """One batch of rows built column-wise (`index.rows`), as one request: an insert into a new
+        collection, else an upsert (`replace`). The request is made here from the Arrow and NumPy
+        columns; pymilvus' own path turns every row dict into fields value by value (~30% of the
+        time of a Lite build)."""
+        send = self._sender(replace)
+        if send is None:                 # a pymilvus without the columnar entry point: rows it is
+            rows = rows_of(batch, self.fields())
+            return self.upsert(rows) if replace else self.insert(rows)
+        # lazy: pymilvus takes ~0.8 s to import; only store operations need it
+        from pymilvus.grpc_gen import milvus_pb2
+
+        request = (milvus_pb2.UpsertRequest if replace else milvus_pb2.InsertRequest)(
+            collection_name=self.collection, num_rows=len(batch))
+        request.fields_data.extend(field_data(f, column_of(batch, f)) for f in self.fields())
+        res = self._call("upsert" if replace else "insert", send, request)
+        return res.upsert_count if replace else res.insert_count
+
+    def _sender(self, replace: bool) -> Callable[[Any], Any] | None:
+        """A call sending a prepared Insert/Upsert request, through pymilvus' connection handler (the
+        path its ORM takes with `insert_param`); None when this pymilvus lacks it."""
+        try:
+            conn = self.client._get_connection()
+            context = self.client._generate_call_context()
+            method = conn.upsert if replace else conn.batch_insert
+        except AttributeError:
+            return None
+        info = {"fields": self.fields()}
+        key = "upsert_param" if replace else "insert_param"
+        # no deadline, as pymilvus' own insert: a batch that fills Lite's memtable flushes it (seconds)
+        return lambda request: method(self.collection, [], timeout=None, context=context, schema=info,
+                                      **{key: request})
+
+    def fields(self) -> list[dict[str, Any]]:
+        """The collection's fields as Milvus describes them (name, type, nullable, params)."""
+        if self._fields is None:
+            info = self._call("describe the collection", self.client.describe_collection, self.collection)
+            self._fields = info["fields"]
+        return self._fields
+
     def delete(self, ids: list[str]) -> int:
         n = 0
         for i in range(0, len(ids), self.cfg.batch_rows):
@@ -239,17 +287,19 @@ class MilvusStore:
         self._call("flush", self.client.flush, self.collection)
 
     # ---- reading --------------------------------------------------------------------------------
-    def row_hashes(self) -> dict[str, str]:
-        """clip_id -> row_hash of every row in the collection."""
+    def row_hashes(self) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+        """clip_id and row_hash of every row in the collection (Arrow, a few bytes per row)."""
         it = self._call("read the collection", self.client.query_iterator, self.collection, batch_size=4000,
                         output_fields=[PK, ROW_HASH])
-        out: dict[str, str] = {}
+        ids: list[pa.Array] = []
+        hashes: list[pa.Array] = []
         while True:
             batch = self._call("read the collection", it.next)
             if not batch:
                 it.close()
-                return out
-            out.update((r[PK], r[ROW_HASH]) for r in batch)
+                return pa.chunked_array(ids, pa.string()), pa.chunked_array(hashes, pa.string())
+            ids.append(pa.array([r[PK] for r in batch], pa.string()))
+            hashes.append(pa.array([r[ROW_HASH] for r in batch], pa.string()))
 
     def get(self, ids: Iterable[str], fields: list[str]) -> list[dict[str, Any]]:
         return self._call("get rows", self.client.get, self.collection, ids=list(ids), output_fields=fields)
@@ -292,6 +342,71 @@ class MilvusStore:
             pass
         if self.is_lite:
             lite.closed(self.uri)
+
+
+def column_of(batch: RowBatch, f: dict[str, Any]) -> Any:
+    """The values of field `f` in a row batch: an Arrow array, or (vectors, present) for a vector."""
+    name = f["name"]
+    if name == PK:
+        return batch.ids
+    if name == ROW_HASH:
+        return pa.array(batch.hashes, pa.string())
+    if name.startswith("has_") and name[4:] in batch.vectors:
+        return pa.array(batch.vectors[name[4:]][1])
+    if name.endswith("_vec") and name[:-4] in batch.vectors:
+        return batch.vectors[name[:-4]]
+    return batch.scalars[name]
+
+
+def field_data(f: dict[str, Any], values: Any) -> Any:
+    """One field of a request, column-wise. Nullable fields send only their non-null values beside a
+    validity mask (what pymilvus sends and Milvus expects)."""
+    # lazy: pymilvus takes ~0.8 s to import; only store operations need it
+    from pymilvus.grpc_gen import schema_pb2
+
+    kind = f["type"].name
+    fd = schema_pb2.FieldData(type=int(f["type"]), field_name=f["name"])
+    nullable = f.get("nullable", False)
+    if kind == "FLOAT_VECTOR":
+        vectors, present = values
+        fd.vectors.dim = f["params"]["dim"]
+        if nullable:
+            fd.valid_data.extend(present.tolist())
+            vectors = vectors[present]
+        raw = np.ascontiguousarray(vectors, np.float32).tobytes()
+        # the packed `repeated float data = 1` parsed from its wire bytes: a copy, not a Python float
+        # per element (what `data.extend` would make)
+        fd.vectors.float_vector.SetInParent()
+        fd.vectors.float_vector.MergeFromString(b"\x0a" + _varint(len(raw)) + raw)
+        return fd
+    if nullable:
+        fd.valid_data.extend(values.is_valid().to_pylist())
+        values = values.drop_null()
+    slot, arrow_type = SCALAR_SLOTS[kind]
+    getattr(fd.scalars, slot).data.extend(values.cast(arrow_type).to_pylist())
+    return fd
+
+
+def rows_of(batch: RowBatch, fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row batch as row dicts (for a pymilvus without the columnar path)."""
+    cols = {}
+    for f in fields:
+        values = column_of(batch, f)
+        if f["type"].name == "FLOAT_VECTOR":
+            vectors, present = values
+            cols[f["name"]] = [v.tolist() if p else None for v, p in zip(vectors, present)]
+        else:
+            cols[f["name"]] = values.to_pylist()
+    return [dict(zip(cols, values)) for values in zip(*cols.values())]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _and(a: str, b: str) -> str:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from index.api import ClipIndex, NothingToIndex, Reconcile, model_id_of
 from index.config import EmbedderConfig, IndexConfig
@@ -112,7 +114,6 @@ def embed_library(index: ClipIndex, execution: ExecutionConfig, log: Callable[[s
     """Embed every clip whose vector is missing or stale, for each enabled embedder; returns how
     many clips each embedder was given."""
     clips = index.clip_table()
-    by_id = {r["clip_id"]: r for r in clips.to_pylist()}
     given: dict[str, int] = {}
     for name, e in index.cfg.enabled().items():
         stale = index.stale_embeddings(clips, name)
@@ -120,11 +121,15 @@ def embed_library(index: ClipIndex, execution: ExecutionConfig, log: Callable[[s
         if not stale:
             continue
         log(f"{name}: embedding {len(stale)} clips with {model_id_of(e)}")
+        # the stale clips' rows, with only the columns the stages read (not the whole table as dicts)
+        wanted = clips.filter(pc.is_in(clips.column("clip_id"), pa.array(list(stale), pa.string())))
         if e.kind == "text":
-            items = [{"clip_id": c, "hash": h, "text": by_id[c]["caption"]} for c, h in stale.items()]
+            items = [{"clip_id": r["clip_id"], "hash": stale[r["clip_id"]], "text": r["caption"]}
+                     for r in wanted.select(["clip_id", "caption"]).to_pylist()]
             stages: list[Stage] = [EmbedStage(e, execution)]
         else:
-            items = [dict(by_id[c], hash=h) for c, h in stale.items()]
+            cols = [c for c in ClipFramesStage.reads if c in wanted.column_names]
+            items = [dict(r, hash=stale[r["clip_id"]]) for r in wanted.select(cols).to_pylist()]
             stages = [ClipFramesStage(index.root, e.frames, execution.cpus_per_task, e.batch_size),
                       EmbedStage(e, execution)]
         done = 0
@@ -160,8 +165,11 @@ def run_index(lib_root: str | Path, cfg: IndexJobConfig, embed: bool = True, mil
             raise NothingToIndex(reason)
         try:
             # Lite: opening takes the store's lock (waiting for, then naming, another process holding
-            # it) before anything is embedded; a server that is unreachable fails here
-            index.store.exists()
+            # it) before anything is embedded; a server that is unreachable fails here. A Lite store
+            # about to be rebuilt is not loaded (its rows would sit in memory until it is removed)
+            store = index.store
+            if not (rebuild and index.lite_path() is not None):
+                store.exists()
         except StoreDamaged:
             if index.lite_path() is None:
                 raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -10,12 +11,14 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.ingest import decode
 from pipeline.ingest.analysis import AnalysisFrame
 from pipeline.ingest.config import DecodeConfig, load_ingest_config
-from pipeline.ingest.decode import DecodeError, analysis_size, decode_pass
+from pipeline.ingest.decode import DecodeError, analysis_size, decode_pass, decode_threads
 from pipeline.ingest.worker import ingest_source
 from pipeline.stages.execution import available_cpus
 from tests.avfiles import ffprobe, ffprobe_frame_count, frame_image, require_ffmpeg, write_video
+from trainer.typedconfig import ConfigError
 
 CFG = DecodeConfig(threads=2)
 
@@ -84,6 +87,38 @@ def test_frames_pts_and_analysis_size(tmp_path: Path) -> None:
     assert all(b > a for a, b in zip(means[::5], means[5::5]))
     assert f.bgr[:, -10:, 2].mean() > f.bgr[:, :10, 2].mean() + 30
     assert abs(float(f.bgr.mean(axis=2).mean()) - float(f.luma.mean())) < 25
+
+
+def test_small_frames_decode_on_one_thread(tmp_path: Path) -> None:
+    """720p and smaller decode on one thread whatever `threads` says (unless single_thread_pixels
+    is 0); larger frames use `threads`, 0 meaning one per CPU this process may use."""
+    many = DecodeConfig(threads=4)
+    assert decode_threads(many, 640, 360) == decode_threads(many, 1280, 720) == 1
+    assert decode_threads(many, 1920, 1080) == 4
+    assert decode_threads(DecodeConfig(threads=4, single_thread_pixels=0), 640, 360) == 4
+    assert decode_threads(DecodeConfig(), 1920, 1080) == available_cpus()
+    path = write(tmp_path / "small.mp4", gradient_frames(10, 320, 180), fps=25)
+    assert decode_pass(path, many, []).threads == 1
+    assert decode_pass(path, DecodeConfig(threads=3, single_thread_pixels=0), []).threads == 3
+
+
+def test_cuda_decoding_falls_back_to_the_cpu_with_the_same_frames(tmp_path: Path, capfd) -> None:
+    """`decode.device: cuda` decodes with NVDEC where there is one; elsewhere (these machines) the
+    file opens for the CPU decoder, the frames are the same, and one warning per process says so."""
+    path = write(tmp_path / "a.mp4", gradient_frames(20, 320, 180), fps=25)
+    decode._said_no_cuda.clear()
+    cpu, cpu_rec = decode_pass(path, CFG, [rec := Recorder()]), rec
+    cuda_cfg = dataclasses.replace(CFG, device="cuda")
+    cuda, cuda_rec = decode_pass(path, cuda_cfg, [rec := Recorder()]), rec
+    np.testing.assert_array_equal(cuda.pts_s, cpu.pts_s)
+    if cuda.device == "cpu":     # no CUDA decoder here: the CPU path, said once
+        assert all(np.array_equal(a.bgr, b.bgr) for a, b in zip(cpu_rec.frames, cuda_rec.frames))
+        decode_pass(path, cuda_cfg, [])
+        assert capfd.readouterr().err.count("decode.device=cuda") == 1
+    else:                        # NVDEC ignores skip_loop_filter: pictures agree closely, not bit for bit
+        assert all(np.abs(a.luma.astype(int) - b.luma).mean() < 3 for a, b in zip(cpu_rec.frames, cuda_rec.frames))
+    with pytest.raises(ConfigError, match="decode.device"):
+        DecodeConfig(device="gpu")
 
 
 def test_variable_frame_rate_pts(tmp_path: Path) -> None:

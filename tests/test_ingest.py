@@ -344,7 +344,8 @@ def test_ray_that_cannot_start_is_one_line_exit_2_and_leaves_nothing(tmp_path: P
     """Ray giving up on its own daemons (here: no time at all to wait for its GCS) gave a screen of
     errors, a traceback, exit 1, an empty library and Ray daemons left running."""
     env = dict(os.environ, RAY_gcs_server_port_wait_time_s="0")
-    proc = subprocess.Popen([*RECAP, "ingest", str(sample_corpus), "--out", str(tmp_path / "lib"), "--no-progress"],
+    proc = subprocess.Popen([*RECAP, "ingest", str(sample_corpus), "--out", str(tmp_path / "lib"), "--no-progress",
+                             "--set", "execution.executor=ray"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 2, stderr

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from pipeline.ingest.analysis import AnalysisFrame
-from pipeline.ingest.signals import DetailSchedule, SignalsConfig, clip_signals, make_analyzers
+from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
+from pipeline.ingest.signals.config import SignalsConfig, TextConfig
+from pipeline.ingest.signals.series import DetailSchedule
 from pipeline.ingest.signals.text import read_text as READ_TEXT
 
 FPS = 30.0
@@ -189,9 +191,12 @@ def test_text_overlay_is_found_and_read():
     assert plain["ocr_text"] == "" and plain["text_area"] == 0.0
 
 
-def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch):
+@pytest.mark.parametrize("stretch, expected_reads", [(False, 4), (True, 3)])
+def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch, stretch, expected_reads):
     """Regular readings every 2 s; a 1.2 s shot between two cuts holding only an odd-second
-    detail frame is read too, while detail frames inside longer shots take their shot's reading."""
+    detail frame is read too, while detail frames inside longer shots take their shot's reading.
+    With `text.stretch` on this 360p source regular readings are 4x farther apart (8 s): each
+    shot is read once."""
     from pipeline.ingest.signals import text
 
     reads = []
@@ -203,17 +208,52 @@ def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch):
         if title:
             cv2.putText(picture, title, (40, 300), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 5)
         frames += [picture] * n
-    cfg = SignalsConfig()
+    cfg = SignalsConfig(text=TextConfig(stretch=stretch))
     assert (cfg.detail_every_s, cfg.text.every_s) == (1.0, 2.0)
     a, b, c = analyse(frames, cfg, ranges=[(0, 75), (75, 111), (111, 180)])
     assert "SHORT" in b["ocr_text"].replace(" ", "").upper() and b["text_area"] > 0.02
     assert a["ocr_text"] == c["ocr_text"] == "" and a["text_area"] == c["text_area"] == 0.0
-    # detail frames at 0..5 s: read at 0, 2, 4 s (regular) and 3 s (the short shot); 1 s and 5 s inherit
-    assert len(reads) == 4
+    # detail frames at 0..5 s: at full rate read at 0, 2, 4 s (regular) and 3 s (the short shot),
+    # 1 s and 5 s inherit; stretched, at 0 s (regular), 3 s and 4 s (shots without a reading)
+    assert len(reads) == expected_reads
+
+
+def test_small_sources_sample_sparser_up_to_max_stretch():
+    """The sampled work is spaced out by full_rate_pixels / pixels on small sources, at most
+    max_stretch times; 1080p and larger (and full_rate_pixels 0) sample as configured."""
+    from trainer.typedconfig import ConfigError
+
+    cfg = SignalsConfig()
+    assert cfg.stretch((1920, 1080)) == cfg.stretch((3840, 2160)) == 1.0
+    assert cfg.stretch((1280, 720)) == pytest.approx(2.25)
+    assert cfg.stretch((640, 360)) == cfg.max_stretch == 4.0
+    assert SignalsConfig(full_rate_pixels=0).stretch((640, 360)) == 1.0
+    for bad in ({"max_stretch": 0.5}, {"full_rate_pixels": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            SignalsConfig(**bad)
+
+
+def test_spaced_flow_pairs_span_flow_step_and_read_the_same_speed():
+    """Spaced out (a 360p source: a pair every 8 frames), each pair still spans flow_step frames,
+    so a steady pan reads the same speed as with a pair every flow_step frames."""
+    from pipeline.ingest.signals.motion import MotionAnalyzer
+
+    frames = camera_clip("pan_left", n=45)
+    dense, sparse = (MotionAnalyzer(NO_TEXT.motion, pair_every=k) for k in (4, 8))
+    for i, f in enumerate(frames):
+        frame = make_frame(i, f)
+        dense.update(frame)
+        sparse.update(frame)
+    rows = sparse.pairs.window(0, 45)
+    assert list(rows[:, 4]) == [0, 8, 16, 24, 32, 40]  # the first frame of each pair (its second: +4)
+    a, b = dense.clip_signals(0, 45), sparse.clip_signals(0, 45)
+    assert b["camera_motion"] == a["camera_motion"] == "pan_left"
+    assert b["camera_dx"] == pytest.approx(a["camera_dx"], rel=0.1)
+    assert b["motion_score"] == pytest.approx(a["motion_score"], rel=0.1)
 
 
 def test_every_column_present_and_aesthetic_null_without_weights():
-    from pipeline.ingest.signals import SIGNAL_COLUMNS
+    from pipeline.library.schema import SIGNAL_COLUMNS
 
     (row,) = analyse(camera_clip("static", n=20), NO_TEXT)
     assert set(row) == {name for name, _, _ in SIGNAL_COLUMNS}
@@ -252,6 +292,12 @@ def test_background_analyzers_see_every_frame_in_order_and_hand_back_errors():
     for f in frames:
         background.update(f)
     assert background.close() is None and rec.seen == list(range(200))
+
+    rec = Recorder()  # frames travel in batches of 16: the last, partial one is handed over by close()
+    background = BackgroundAnalyzers([rec], depth=64)
+    for f in frames[:199]:
+        background.update(f)
+    assert background.close() is None and rec.seen == list(range(199))
 
     failing = FailsOnFrame3()
     background = BackgroundAnalyzers([failing], depth=2)

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.ingest.signals import SignalsConfig, clip_signals, make_analyzers
 from pipeline.ingest.signals.aesthetic import AestheticScorer, load_head
+from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
+from pipeline.ingest.signals.config import SignalsConfig
 from trainer.typedconfig import ConfigError
 
 torch = pytest.importorskip("torch")
@@ -75,7 +76,7 @@ def frame_with_detail(index: int, bgr: np.ndarray, detail: np.ndarray | None):
 
 
 def test_clip_column_from_sampled_frames(tiny_weights):
-    from pipeline.ingest.signals import DetailSchedule
+    from pipeline.ingest.signals.series import DetailSchedule
 
     model_dir, head_path = tiny_weights
     cfg = SignalsConfig()

@@ -4,6 +4,7 @@ once per actor; a worker that dies loses its own batch only, and stages stay apa
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -60,6 +61,43 @@ def test_local_runs_every_stage_in_order_in_this_process():
     rows = list(run_stages([Square(), model], ITEMS, ExecutionConfig(executor="local")))
     assert [r["z"] for r in rows] == [i * i + 100 for i in range(6)]
     assert {r["pid"] for r in rows} == {os.getpid()} and model.loads == 1
+
+
+class Waiter(Stage):
+    """A concurrent CPU stage whose batches wait on each other: they finish only when `together`
+    batches are in process() at once (as ingest threads wait on their sandbox children)."""
+
+    name = "waiter"
+    concurrent = True
+
+    def __init__(self, together: int):
+        self.barrier = threading.Barrier(together, timeout=30)
+        self.lock = threading.Lock()
+        self.running = self.most = 0
+
+    def process(self, batch: list[Row]) -> list[Row]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.barrier.wait()
+        with self.lock:
+            self.running -= 1
+        return [dict(r, thread=threading.get_ident()) for r in batch]
+
+
+def test_local_runs_a_concurrent_stage_on_several_threads_never_more_than_allowed():
+    stage = Waiter(together=2)
+    rows = list(run_stages([stage], ITEMS, ExecutionConfig(executor="local", max_tasks_in_flight=2)))
+    assert sorted(r["x"] for r in rows) == list(range(6))
+    assert stage.most == 2 and len({r["thread"] for r in rows}) == 2
+
+
+def test_auto_is_local_without_an_address_and_ray_with_one():
+    assert not ExecutionConfig(executor="auto").uses_ray
+    assert ExecutionConfig(executor="auto", ray_address="auto").uses_ray
+    stage = Waiter(together=1)
+    rows = list(run_stages([stage, AddModel(1)], [{"x": 0, "y": 0}], ExecutionConfig(executor="auto")))
+    assert rows[0]["pid"] == os.getpid()
 
 
 def test_no_items_no_work():

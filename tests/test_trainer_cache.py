@@ -1,7 +1,8 @@
 """The latent cache (trainer/cache.py, `recap train cache`): a cached batch gives the DiT exactly
 the loss the same batch gives when encoded online, training from the cache loads no autoencoder
 or text encoder and follows the same curve, a cache made by another VAE or text encoder is
-refused, an interrupted build resumes, and several ranks split the shards between them."""
+refused, an interrupted build resumes, and several ranks (torchrun) or Ray actors split the shards
+between them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -173,6 +175,50 @@ def test_ranks_cache_disjoint_slices(world, tmp_path: Path):
     for name in one["shards"]:                            # the same samples, whichever rank made them
         keys = [[s.meta.key for s in iter_raw_samples(str(d / name), SkipCounter())] for d in (world["cache"], out)]
         assert keys[0] == keys[1]
+
+
+def shard_members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_ray_actors_make_the_one_process_cache_and_resume(world, tmp_path: Path, capsys):
+    """`--launcher ray` on a local Ray, 2 CPU workers: the same bytes as the one-process cache,
+    every shard; a rerun after an interruption encodes only the shard that is missing."""
+    out = tmp_path / "cache"
+    args = ("cache", "--config", str(CONFIGS / "dit_tiny.yaml"), "--data", str(world["shards"]), "--vae",
+            str(world["vae_a"]), "--batch-size", "3", "--out", str(out), "--launcher", "ray", "--num-workers", "2",
+            "--gpus-per-worker", "0")
+    assert run_cli(*args) == 0
+    assert "2 Ray worker(s): 3 of 3 shards encoded" in capsys.readouterr().err
+    one, two = (json.loads((d / MANIFEST).read_text()) for d in (world["cache"], out))
+    assert two["complete"] and {k: v for k, v in two.items() if k != "made_from"} == \
+        {k: v for k, v in one.items() if k != "made_from"}
+    assert (out / "null_text.safetensors").read_bytes() == (world["cache"] / "null_text.safetensors").read_bytes()
+    for name in one["shards"]:
+        assert shard_members(out / name) == shard_members(world["cache"] / name), name
+    # an interrupted build: one shard missing, the manifest unfinished
+    kept = out / "train-000000.tar"
+    kept_stat = kept.stat()
+    (out / "train-000001.tar").unlink()
+    (out / MANIFEST).write_text(json.dumps({**two, "complete": False}))
+    assert run_cli(*args) == 0
+    assert "1 of 3 shards encoded (2 already there)" in capsys.readouterr().err
+    assert kept.stat().st_mtime_ns == kept_stat.st_mtime_ns
+    assert shard_members(out / "train-000001.tar") == shard_members(world["cache"] / "train-000001.tar")
+    assert json.loads((out / MANIFEST).read_text()) == two
+
+
+def test_ray_cache_refuses_what_it_cannot_do_before_starting_ray(world, tmp_path: Path, capsys):
+    base = ("cache", "--config", str(CONFIGS / "dit_tiny.yaml"), "--launcher", "ray", "--gpus-per-worker", "0")
+    assert run_cli(*base, "--data", str(world["shards"]), "--vae", str(tmp_path / "missing.safetensors"),
+                   "--out", str(tmp_path / "a")) == 2
+    assert run_cli(*base, "--data", str(world["cache"]), "--vae", str(world["vae_a"]), "--out", str(tmp_path / "b")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "missing.safetensors" in err[0] and "already a latent cache" in err[1]
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_uncached_shards_beside_a_cache_are_encoded_online(world):

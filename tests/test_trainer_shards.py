@@ -17,7 +17,9 @@ from trainer.shards import (
     SampleMeta,
     ShardWriter,
     SkipCounter,
+    decode_into,
     decode_mp4,
+    default_decode_workers,
     encode_mp4,
     iter_raw_samples,
     list_shards,
@@ -25,6 +27,8 @@ from trainer.shards import (
     write_shard,
 )
 from trainer.synthetic import write_synthetic_shards
+from trainer.train import load_job_config
+from trainer.typedconfig import ConfigError
 
 BUCKETS = ["32x16x5", "16x16x1", "16x32x3"]
 
@@ -100,7 +104,8 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path):
+@pytest.mark.parametrize("workers", [1, 3])
+def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path, workers: int):
     frames = np.full((3, 16, 16, 3), 128, dtype=np.uint8)
     good = encode_mp4(frames, fps=8)
     with ShardWriter(tmp_path) as writer:
@@ -116,11 +121,18 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path: Path):
         _add(tar, "unknownkey.mp4", good)
         _add(tar, "unknownkey.json", json.dumps({"key": "unknownkey", "caption": "c", "bucket": "16x16x3",
                                                  "fps": 8, "colour": "red"}).encode())
-    loader = BucketLoader([str(path)], batch_size=2, seed=0, shuffle_buffer=1)
-    batches = [b for _, b in zip(range(2), loader)]
+    loader = BucketLoader([str(path)], batch_size=2, seed=0, shuffle_buffer=1, decode_workers=workers)
+    # epoch 0 is [ok0 ok1] [ok2 ok3] [garbage short]: the third batch is dropped whole, so the third
+    # batch handed over is epoch 1's first
+    batches = [b for _, b in zip(range(3), loader)]
+    assert loader.state.epoch == 1
     assert all(m.key.startswith("ok") for b in batches for m in b.metas)
-    assert sum(len(b.metas) for b in batches) == 4
-    assert loader.skipped == {"bad_video": 2, "missing_member": 1, "bad_json": 2}
+    assert sum(len(b.metas) for b in batches) == 6
+    # a batch's decode failures count when it is handed over; a shard's broken members when it is
+    # read (epoch 1's reader may be past them already)
+    assert loader.skipped["bad_video"] == 2
+    assert {k: v for k, v in loader.skipped.items() if k != "bad_video"} in (
+        {"missing_member": 1, "bad_json": 2}, {"missing_member": 2, "bad_json": 4})
 
 
 def test_truncated_shard_yields_its_complete_samples(tmp_path: Path):
@@ -171,3 +183,69 @@ def test_schema_rejects_bad_metadata():
     with pytest.raises(ValueError, match="split"):
         SampleMeta(key="a", caption="c", bucket="16x16x1", fps=8, split="test")
     assert Bucket.parse("320x192x33") == Bucket(320, 192, 33)
+
+
+def _batches(loader: BucketLoader, n: int) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    return [(tuple(m.key for m in b.metas), b.video.copy()) for _, b in zip(range(n), loader)]
+
+
+def test_decode_workers_give_the_same_batches(shard_dir: Path):
+    shards = list_shards(shard_dir)
+    one = _batches(BucketLoader(shards, batch_size=2, seed=5, shuffle_buffer=4, decode_workers=1), 14)
+    three = _batches(BucketLoader(shards, batch_size=2, seed=5, shuffle_buffer=4, decode_workers=3), 14)
+    assert [keys for keys, _ in one] == [keys for keys, _ in three]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(one, three))
+    # and each sample's pixels are what decode_mp4 gives for it alone
+    by_key = {s.meta.key: s.mp4 for url in shards for s in iter_raw_samples(url, SkipCounter())}
+    keys, video = three[3]
+    assert all(np.array_equal(video[i], decode_mp4(by_key[k])) for i, k in enumerate(keys))
+
+
+def test_loader_resumes_exactly_with_several_workers(shard_dir: Path):
+    shards = list_shards(shard_dir)
+    full = _batches(BucketLoader(shards, batch_size=2, seed=3, shuffle_buffer=4, decode_workers=3), 12)
+    first = BucketLoader(shards, batch_size=2, seed=3, shuffle_buffer=4, decode_workers=3, prefetch=1)
+    head = _batches(first, 5)
+    second = BucketLoader(shards, batch_size=2, seed=3, shuffle_buffer=4, decode_workers=2)
+    second.load_state_dict(first.state_dict())
+    resumed = head + _batches(second, 7)
+    assert [keys for keys, _ in resumed] == [keys for keys, _ in full]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(resumed, full))
+
+
+def test_a_bad_sample_inside_a_batch_leaves_the_others_in_order(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    clips = {f"ok{i}": rng.integers(0, 255, (3, 16, 16, 3), dtype=np.uint8) for i in range(3)}
+    with ShardWriter(tmp_path) as writer:
+        for key in ("ok0", "garbage", "ok1", "wrongsize", "ok2"):
+            mp4 = (encode_mp4(clips[key], fps=8) if key in clips else b"\x00" * 64 if key == "garbage"
+                   else encode_mp4(np.zeros((3, 32, 16, 3), dtype=np.uint8), fps=8))
+            writer.write(SampleMeta(key=key, caption=key, bucket="16x16x3", fps=8), mp4)
+    loader = BucketLoader([str(p) for p in writer.written], batch_size=5, seed=0, shuffle_buffer=1, decode_workers=3)
+    batch = next(iter(loader))
+    assert [m.key for m in batch.metas] == batch.captions == ["ok0", "ok1", "ok2"]
+    assert batch.video.shape == (3, 3, 16, 16, 3) and batch.video.flags.c_contiguous
+    for i, key in enumerate(batch.captions):
+        assert np.array_equal(batch.video[i], decode_mp4(encode_mp4(clips[key], fps=8)))
+    assert loader.skipped == {"bad_video": 2}
+
+
+def test_decode_into_fills_a_slot_or_refuses():
+    frames = np.random.default_rng(1).integers(0, 255, (4, 16, 32, 3), dtype=np.uint8)
+    mp4 = encode_mp4(frames, fps=8)
+    out = np.zeros((3, 16, 32, 3), dtype=np.uint8)
+    decode_into(mp4, out)
+    assert np.array_equal(out, decode_mp4(mp4)[:3])
+    with pytest.raises(ValueError, match="decoded 4 frames"):
+        decode_into(mp4, np.zeros((5, 16, 32, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="bucket wants 16x16"):
+        decode_into(mp4, np.zeros((3, 16, 16, 3), dtype=np.uint8))
+
+
+def test_decode_workers_config_is_checked_at_load():
+    assert load_job_config("dit", None, ["data.decode_workers=3"]).data.decode_workers == 3
+    with pytest.raises(ConfigError, match="decode_workers"):
+        load_job_config("dit", None, ["data.decode_workers=-1"])
+    with pytest.raises(ValueError, match="decode_workers"):
+        BucketLoader(["x.tar"], batch_size=1, decode_workers=-2)
+    assert BucketLoader(["x.tar"], batch_size=1).decode_workers == default_decode_workers() >= 1

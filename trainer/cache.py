@@ -3,6 +3,8 @@ the autoencoder nor the text encoder.
 
   recap train cache --data SHARDS --vae RUN_OR_ID --text-encoder ID --out CACHE
   torchrun --nproc-per-node 8 -m trainer.cli cache --data SHARDS ... --out CACHE   # a slice per rank
+  recap train cache --data SHARDS ... --out CACHE --launcher ray --ray-address auto --num-workers 16
+      # Ray actors (trainer/launch.py), each loading the models once and taking whole shards
   recap train dit --config configs/dit.yaml --data CACHE --out RUN
 
 CACHE holds one shard per input shard, under the same name, in which each sample is
@@ -251,6 +253,26 @@ class CacheEncoder:
             yield from self.encode(group)
 
 
+class CacheWorker:
+    """One worker of a cluster cache build (a Ray actor under `--launcher ray`): a `CacheEncoder`
+    on the device it was given (its GPU, else the CPU), made once, then whole shards."""
+
+    def __init__(self, source: AutoencoderSource, text_encoder: str, max_length: int, precision: str,
+                 settings: CacheSettings):
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.encoder = CacheEncoder(source, text_encoder, max_length, device, precision, settings)
+
+    def start(self, data: str) -> tuple[dict[str, Any], np.ndarray]:
+        """The manifest this worker's encoder gives a cache of `data`, and the empty caption's states."""
+        return self.encoder.manifest(data), self.encoder.states("").cpu().numpy()
+
+    def encode_shard(self, url: str, target: str) -> tuple[str, dict[str, int], dict[str, int]]:
+        """(cache shard name, bucket -> samples written, reason -> samples skipped)."""
+        skipped = SkipCounter()
+        buckets = self.encoder.encode_shard(url, target, skipped)
+        return Path(target).name, buckets, dict(skipped)
+
+
 def _decoded(sample: RawSample, url: str, skipped: SkipCounter) -> np.ndarray | None:
     bucket = Bucket.parse(sample.meta.bucket)
     try:
@@ -280,18 +302,22 @@ def _same_maker(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def start_cache(out: Path, encoder: CacheEncoder, data: str) -> dict[str, Any]:
-    """Open the cache folder `out` for `encoder` (once, before any shard): its manifest, marked
+    """Open the cache folder `out` for `encoder` (once, before any shard): see `open_cache`."""
+    return open_cache(out, encoder.manifest(data), encoder.states("").cpu().numpy())
+
+
+def open_cache(out: Path, manifest: dict[str, Any], null_states: np.ndarray) -> dict[str, Any]:
+    """Write the manifest of a cache about to be built (`CacheEncoder.manifest`), marked
     unfinished, and the empty caption's states. An unfinished cache of the same maker is
     continued (what it lists is kept); one of another maker is refused. Returns the manifest."""
-    manifest = encoder.manifest(data)
     existing = read_manifest(str(out))
     if existing is not None and not _same_maker(existing, manifest):
         raise CacheError(f"{out} holds a latent cache made by another autoencoder, text encoder or settings: "
                          "choose a new --out")
-    manifest["shard_buckets"] = dict((existing or {}).get("shard_buckets", {}))
+    manifest = {**manifest, "shard_buckets": dict((existing or {}).get("shard_buckets", {}))}
     out.mkdir(parents=True, exist_ok=True)
     _write_manifest(out, manifest)
-    null = np.ascontiguousarray(encoder.states("").cpu().numpy(), dtype=np.float32)
+    null = np.ascontiguousarray(null_states, dtype=np.float32)
     (out / NULL_TEXT).write_bytes(safetensors.numpy.save({"states": null}))
     return manifest
 
@@ -312,6 +338,17 @@ def finish_cache(out: Path, manifest: dict[str, Any], done: dict[str, dict[str, 
              "skipped": dict(skipped)}
     _write_manifest(out, final)
     return final
+
+
+def shard_name(url: str) -> str:
+    """A shard's name in the cache: its input's file name."""
+    return url.rsplit("/", 1)[-1]
+
+
+def report(out: Path, final: dict[str, Any], skipped: dict[str, int]) -> None:
+    print(f"latent cache {out}: {final['samples']} samples in {len(final['shards'])} shards "
+          f"({', '.join(f'{b}: {n}' for b, n in final['buckets'].items())})"
+          + (f"; skipped {dict(skipped)}" if skipped else ""), file=sys.stderr)
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
@@ -338,7 +375,7 @@ def build_cache(data: str, out: str | Path, source: AutoencoderSource, text_enco
     bar = tqdm(mine, desc=f"cache (rank {rank})" if world > 1 else "cache", unit="shard", dynamic_ncols=True,
                disable=None)
     for url in bar:
-        name = url.rsplit("/", 1)[-1]
+        name = shard_name(url)
         # a shard of an earlier, interrupted build is complete (renamed into place when it was)
         done[name] = None if (out / name).exists() else encoder.encode_shard(url, out / name, skipped)
         bar.set_postfix(samples=sum(sum(b.values()) for b in done.values() if b))
@@ -353,15 +390,14 @@ def build_cache(data: str, out: str | Path, source: AutoencoderSource, text_enco
         for r in results:
             skips.update(r["skipped"])
         final = finish_cache(out, manifest, {k: v for r in results for k, v in r["done"].items()}, dict(skips))
-        print(f"latent cache {out}: {final['samples']} samples in {len(final['shards'])} shards "
-              f"({', '.join(f'{b}: {n}' for b, n in final['buckets'].items())})"
-              + (f"; skipped {dict(skips)}" if skips else ""), file=sys.stderr)
+        report(out, final, dict(skips))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return 0
 
 
-__all__ = ["CacheError", "CacheSettings", "CacheEncoder", "build_cache", "start_cache", "finish_cache",
+__all__ = ["CacheError", "CacheSettings", "CacheEncoder", "CacheWorker", "build_cache", "start_cache", "open_cache",
+           "finish_cache", "shard_name", "report",
            "manifests_for", "check_cache", "load_null_text", "geometry_of", "caption_texts", "cache_folder",
            "read_manifest", "cache_inputs", "MANIFEST", "FORMAT"]

@@ -11,7 +11,8 @@ command on each with `--nnodes N --rdzv-endpoint HOST:PORT`), or `--launcher ray
 ADDR --num-workers W --gpus-per-worker G` (Ray Train); `--max-restarts` restarts failed workers
 from the last checkpoint. `--set train.parallel=fsdp` shards the DiT (FSDP2), and
 `--set train.context_parallel=N` splits each sample's tokens over N ranks. The cache splits its
-input shards between torchrun's ranks the same way. `cache` takes the autoencoder, text encoder
+input shards between torchrun's ranks the same way, or with `--launcher ray` hands them to W Ray
+actors (`--gpus-per-worker G` each) that load the models once. `cache` takes the autoencoder, text encoder
 and precision of a DiT config (configs/dit.yaml unless --config), or --vae/--text-encoder.
 Checkpoints go to RUN/checkpoints, TensorBoard logs to RUN/tb, per-step metrics to RUN/metrics.jsonl.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from trainer.cache import CacheError, CacheSettings, build_cache
 from trainer.checkpoint import CheckpointError
-from trainer.launch import check_out, default_nproc, exec_torchrun, run_ray, torchrun_command
+from trainer.launch import check_out, default_nproc, exec_torchrun, run_ray, run_ray_cache, torchrun_command
 from trainer.parallel import ParallelError
 from trainer.shards import NoBatchError
 from trainer.tasks import TrainSetupError
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)")
     parser.add_argument("--step", type=int, metavar="N", help="export-weights: that step's checkpoint (default: the last)")
-    launch = parser.add_argument_group("launching on several processes (vae, dit)")
+    launch = parser.add_argument_group("launching on several processes (vae, dit; cache: --launcher ray)")
     launch.add_argument("--launcher", choices=["none", "torchrun", "ray"], default="none",
                         help="none: this process (or the ranks torchrun started); torchrun: start torchrun; "
                              "ray: Ray Train workers")
@@ -65,10 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     launch.add_argument("--rdzv-id", default="recap", metavar="ID", help="torchrun: the job's rendezvous id")
     launch.add_argument("--max-restarts", type=int, default=3, metavar="N",
                         help="restarts of the worker group after a failure, each from the last checkpoint "
-                             "(torchrun --max-restarts, Ray Train FailureConfig; default 3)")
+                             "(torchrun --max-restarts, Ray Train FailureConfig; cache: restarts of each Ray "
+                             "worker, its shard redone; default 3)")
     launch.add_argument("--ray-address", default="", metavar="ADDR",
                         help="ray: a cluster ('auto' or host:port); empty starts a local Ray for the job")
-    launch.add_argument("--num-workers", type=int, default=1, metavar="W", help="ray: training workers (default 1)")
+    launch.add_argument("--num-workers", type=int, default=1, metavar="W", help="ray: training workers, or cache actors (default 1)")
     launch.add_argument("--gpus-per-worker", type=float, metavar="G",
                         help="ray: GPUs per worker (default: 1 when the cluster has GPUs, else 0)")
     launch.add_argument("--cpus-per-worker", type=float, default=1, metavar="C", help="ray: CPUs per worker (default 1)")
@@ -141,8 +143,15 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size < 1:
             raise ConfigError("--batch-size must be >= 1")
         source = vae_source(args.vae) if args.vae else cfg.vae
-        return build_cache(args.data, args.out, source, args.text_encoder or cfg.text.encoder, cfg.text.max_length,
-                           cfg.train.precision, CacheSettings(args.latents, args.dtype, args.batch_size))
+        encoder, settings = args.text_encoder or cfg.text.encoder, CacheSettings(args.latents, args.dtype, args.batch_size)
+        if args.launcher == "ray":    # Ray actors, each with the models loaded once, taking whole shards
+            return run_ray_cache(args.data, args.out, source, encoder, cfg.text.max_length, cfg.train.precision,
+                                 settings, args.ray_address, args.num_workers, args.gpus_per_worker,
+                                 args.cpus_per_worker, args.max_restarts)
+        if args.launcher == "torchrun":
+            raise ConfigError("recap train cache: start torchrun yourself (torchrun --nproc-per-node N -m trainer.cli "
+                              "cache ...), or use --launcher ray")
+        return build_cache(args.data, args.out, source, encoder, cfg.text.max_length, cfg.train.precision, settings)
     except USER_ERRORS as e:
         print(f"recap train {args.kind}: error: {e}", file=sys.stderr)
         return 2

@@ -122,6 +122,19 @@ def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float, device=None
     return full.cos().float(), full.sin().float()
 
 
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor, batch: int, factorized: bool,
+                dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The rotary tables every block uses, made once per forward in the dtype q and k have there
+    (bf16 under autocast), so no block casts or copies them: full attention (cos, sin) of shape
+    (1, T*S, hd/2); factorized, spatial (B*T, S, hd/2) then temporal (B*S, T, hd/2) ones."""
+    cos, sin = cos.to(dtype), sin.to(dtype)
+    t, s, half = cos.shape
+    if not factorized:
+        return cos.reshape(1, t * s, half), sin.reshape(1, t * s, half)
+    return (cos.repeat(batch, 1, 1), sin.repeat(batch, 1, 1),
+            cos.transpose(0, 1).repeat(batch, 1, 1), sin.transpose(0, 1).repeat(batch, 1, 1))
+
+
 def sincos_3d(grid: tuple[int, int, int], dim: int, theta: float, device=None) -> torch.Tensor:
     """(T, S, dim) fixed sin-cos absolute positions, added to the tokens when `model.abs_pos`."""
     full = axis_angles(grid, dim, theta, device)
@@ -129,10 +142,57 @@ def sincos_3d(grid: tuple[int, int, int], dim: int, theta: float, device=None) -
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (..., L, hd) by angles with cos/sin broadcastable to (..., L, hd/2)."""
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    """Rotate consecutive pairs of x (..., L, hd) by angles with cos/sin broadcastable to (..., L, hd/2),
+    in the wider of x's and the tables' dtypes: with tables in x's own dtype (`rope_tables`) there
+    is no round trip through float32 per layer; float32 tables rotate a bf16 x in float32."""
+    wide = torch.promote_types(x.dtype, cos.dtype)
+    pairs = x.unflatten(-1, (-1, 2))
+    x1, x2 = pairs[..., 0].to(wide), pairs[..., 1].to(wide)
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
     return out.to(x.dtype)
+
+
+# a padding key's extra head-dim column holds this (a real key's 0), facing a 1 in every query's:
+# with the padding keys zeroed, a padding score is -30000 / sqrt(head_dim) (<= -1875 for head_dim
+# <= 256), whose exp is exactly 0 in float32 unless every real key of the row scores below about
+# -1770 (-3640 at head_dim 64). Finite, so nothing turns NaN, and fp16-safe.
+KEY_PADDING_SCORE = -30000.0
+
+
+def key_padded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """SDPA of q (N, heads, Lq, hd) over the keys k, v (N, heads, Lk, hd) where mask (N, Lk) is
+    True, with no attn_mask (on CUDA a mask rules out the flash kernel): the padding enters the
+    scores through extra head-dim columns instead, q's = (1, 0, ...) and k's = (0 or
+    KEY_PADDING_SCORE, 0, ...), so a real key's score is unchanged (it gains 1 * 0) and a padding
+    key's weight is exactly 0. Columns go up to the next multiple of 8 (flash takes q, k and v of
+    one head size, and pads others itself) and are sliced off the output; the scale stays
+    1/sqrt(hd). Padding keys and values are zeroed first, so their contents never matter, and a
+    row with no real key gives 0, as masked SDPA does."""
+    n, heads, lq, hd = q.shape
+    extra = 8 - hd % 8
+
+    def columns(rows: int, first: torch.Tensor) -> torch.Tensor:   # (N or 1, heads, rows, extra)
+        tail = first.new_zeros(*first.shape, extra - 1)
+        return torch.cat([first.unsqueeze(-1), tail], dim=-1).expand(-1, heads, rows, extra)
+
+    keep = mask.to(k.dtype).unsqueeze(1)                                                 # (N, 1, Lk)
+    pad_score = (1 - keep) * KEY_PADDING_SCORE
+    q = torch.cat([q, columns(lq, q.new_ones(1, 1, 1)).expand(n, -1, -1, -1)], dim=-1)
+    k = torch.cat([k * keep.unsqueeze(-1), columns(k.shape[2], pad_score)], dim=-1)
+    v = torch.cat([v * keep.unsqueeze(-1).to(v.dtype), v.new_zeros(n, heads, v.shape[2], extra)], dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5).narrow(-1, 0, hd)
+
+
+def text_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of q over the keys where mask (N, Lk) is True (None: all). Where flash attention
+    can run (CUDA, fp16/bf16) the mask-free `key_padded_attention`; elsewhere SDPA with the mask,
+    which costs nothing there (CPU's flash kernel takes masks; fp32 CUDA has no flash kernel) while
+    the extra columns would (a 72-wide head for 64 is ~30% more CPU time per cross-attention)."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        return key_padded_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1).unsqueeze(1))   # (N, 1, 1, Lk)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +225,7 @@ class Attention(nn.Module):
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (N, L, D); context: (N, Lc, D) or None (self-attention); rope: cos/sin (N or 1, L, hd/2);
-        mask: (N, Lc) bool, True = attend."""
+        mask: (N, Lc) bool, True = attend, or None: every key."""
         n, length, dim = x.shape
         context = x if context is None else context
         split = lambda y: y.reshape(n, y.shape[1], self.num_heads, self.head_dim).transpose(1, 2)  # noqa: E731
@@ -174,11 +234,10 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope[0][:, None], rope[1][:, None]
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        attn_mask = mask[:, None, None, :] if mask is not None else None
         cp = self.context_parallel
         if cp is not None:    # (N, heads, L/n, hd) -> (N, heads/n, L, hd): the whole clip, some heads
             q, k, v = cp.heads_to_sequence(q), cp.heads_to_sequence(k), cp.heads_to_sequence(v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = text_attention(q, k, v, mask)
         if cp is not None:
             out = cp.sequence_to_heads(out)
         return self.proj(out.transpose(1, 2).reshape(n, length, dim))
@@ -211,23 +270,23 @@ class DiTBlock(nn.Module):
         self.num_mod = 9 if factorized else 6
         self.mod_table = nn.Parameter(torch.zeros(self.num_mod, hidden_size))
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """x: (B, T, S, D); mod: (B, T, 1, num_mod, D) shared modulation; rope: cos/sin (T, S, hd/2)."""
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
+                rope: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x: (B, T, S, D); mod: (B, T, 1, num_mod, D) shared modulation; context_mask: (B, Lc) or
+        None (no padding); rope: `rope_tables` (full: cos, sin; factorized: spatial then temporal)."""
         b, t, s, d = x.shape
         params = (mod + self.mod_table).unbind(dim=3)                     # each (B, T, 1, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = params[:6]
         h = modulate(self.norm1(x), shift_msa, scale_msa)
         if self.factorized:   # attention within each frame, then across frames at each position
-            h = self.attn(h.reshape(b * t, s, d), rope=(rope[0].repeat(b, 1, 1), rope[1].repeat(b, 1, 1)))
+            h = self.attn(h.reshape(b * t, s, d), rope=rope[:2])
             x = x + gate_msa * h.reshape(b, t, s, d)
             shift_t, scale_t, gate_t = params[6:]
             h = modulate(self.norm_t(x), shift_t, scale_t).transpose(1, 2).reshape(b * s, t, d)
-            rope_t = (rope[0].transpose(0, 1).repeat(b, 1, 1), rope[1].transpose(0, 1).repeat(b, 1, 1))
-            h = self.attn_t(h, rope=rope_t).reshape(b, s, t, d).transpose(1, 2)
+            h = self.attn_t(h, rope=rope[2:]).reshape(b, s, t, d).transpose(1, 2)
             x = x + gate_t * h
         else:                 # one attention over every token of the clip
-            h = self.attn(h.reshape(b, t * s, d), rope=(rope[0].reshape(1, t * s, -1), rope[1].reshape(1, t * s, -1)))
+            h = self.attn(h.reshape(b, t * s, d), rope=rope)
             x = x + gate_msa * h.reshape(b, t, s, d)
         x = x + self.cross_attn(self.norm2(x).reshape(b, t * s, d), context, mask=context_mask).reshape(b, t, s, d)
         x = x + gate_mlp * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
@@ -322,12 +381,13 @@ class DiT(nn.Module):
         x = torch.einsum("nthwopqc->nctohpwq", x)
         return x.reshape(x.shape[0], c, t * pt, h * ph, w * pw)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None,
                 cond_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the flow velocity.
 
         x: (B, C, T, H, W) noisy latents; t: (B, T) per-latent-frame timestep in [0, 1];
-        context: (B, L, text_dim) text token states; context_mask: (B, L) bool;
+        context: (B, L, text_dim) text token states; context_mask: (B, L) bool, True = a real token
+        (None: no padding);
         cond_mask: (B, T) 1 where the latent frame is a clean condition, or None.
         """
         b, _, frames, height, width = x.shape
@@ -345,17 +405,23 @@ class DiT(nn.Module):
             x = x + sincos_3d(grid, x.shape[-1], self.config.rope_theta, device=x.device).to(x.dtype)
         c = self.t_embedder(t[:, ::pt])[:, :, None]                          # (B, T', 1, D)
         if self.pooled_embedder is not None:
-            keep = context_mask.to(context.dtype)[..., None]
+            keep = (context_mask if context_mask is not None else context.new_ones(context.shape[:2]))
+            keep = keep.to(context.dtype)[..., None]
             pooled = (context * keep).sum(1) / keep.sum(1).clamp(min=1)       # (B, text_dim)
             c = c + self.pooled_embedder(pooled)[:, None, None].to(c.dtype)
         mod = self.t_block(c).unflatten(-1, (-1, c.shape[-1]))               # (B, T', 1, n_mod, D)
         context = self.y_embedder(context)                                   # (B, L, D)
-        rope = rope_3d(grid, self.head_dim, self.config.rope_theta, device=x.device)
+        cos, sin = rope_3d(grid, self.head_dim, self.config.rope_theta, device=x.device)
         cp = self.context_parallel
         if cp is not None:    # this rank's slice of every frame's tokens, and of their positions
             cp.check_tokens(x.shape[2])
             x = cp.shard(x, 2).contiguous()
-            rope = (cp.shard(rope[0], 1).contiguous(), cp.shard(rope[1], 1).contiguous())
+            cos, sin = cp.shard(cos, 1).contiguous(), cp.shard(sin, 1).contiguous()
+        # q and k's dtype in the blocks: autocast's (bf16) where it is on, else the weights'
+        kind = x.device.type
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        compute = torch.get_autocast_dtype(kind) if autocast else dtype
+        rope = rope_tables(cos, sin, b, self.config.attention == "factorized", compute)
         for i, block in enumerate(self.blocks):
             if self.grad_checkpointing and self.training and i % self.checkpoint_every == 0:
                 x = checkpoint(block, x, mod, context, context_mask, rope, use_reentrant=False)
@@ -396,4 +462,5 @@ def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
     return model.eval().requires_grad_(False), meta
 
 
-__all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "load_dit", "rope_3d", "sincos_3d", "apply_rope", "modulate"]
+__all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "load_dit", "rope_3d", "rope_tables", "sincos_3d", "apply_rope",
+           "key_padded_attention", "text_attention", "modulate"]

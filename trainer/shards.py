@@ -19,10 +19,11 @@ import sys
 import tarfile
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import av
 import fsspec
@@ -137,12 +138,33 @@ def decode_mp4(data: bytes, max_frames: int | None = None) -> np.ndarray:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(frame.to_ndarray(format="rgb24", threads=1))   # see decode_into
             if max_frames is not None and len(frames) >= max_frames:
                 break
     if not frames:
         raise ValueError("no video frames decoded")
     return np.stack(frames)
+
+
+def decode_into(data: bytes, out: np.ndarray) -> None:
+    """Decode MP4 bytes into `out`, a (T, H, W, 3) uint8 slot of a batch: exactly its first T frames,
+    as RGB, or ValueError (fewer frames, another size). One thread per clip, so several clips decode
+    side by side (PyAV releases the GIL in the decoder and in swscale)."""
+    t, h, w, _ = out.shape
+    n = 0
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        for frame in container.decode(stream):
+            if (frame.height, frame.width) != (h, w):
+                raise ValueError(f"frames are {frame.width}x{frame.height}, bucket wants {w}x{h}")
+            # threads=1: swscale's default (a thread per core) costs more CPU than it saves on a clip's
+            # frame; the YUV->RGB conversion lands in one copy into the batch (no list, no np.stack)
+            out[n] = frame.to_ndarray(format="rgb24", threads=1)
+            n += 1
+            if n == t:
+                return
+    raise ValueError(f"decoded {n} frames, bucket wants {t}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +367,10 @@ def _warn(message: str) -> None:
 class Batch:
     """One bucket's worth of samples: `video` is (B, T, H, W, 3) uint8; a batch from a latent cache
     has no video but `latents` (B, C, T', H', W'), `logvar` when the cache kept it, and `text`, each
-    caption's unpadded token states (L_i, D)."""
+    caption's unpadded token states (L_i, D). `pinned`: for a loader with `pin_memory`, the
+    page-locked torch tensor behind each of those arrays ("video", "latents", "logvar"): copy that
+    one to the GPU (`non_blocking`), so the copy is asynchronous and its memory is not reused
+    before the copy is done."""
 
     bucket: Bucket
     video: np.ndarray | None
@@ -354,6 +379,7 @@ class Batch:
     latents: np.ndarray | None = None
     logvar: np.ndarray | None = None
     text: list[np.ndarray] | None = None
+    pinned: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -367,6 +393,22 @@ class LoaderState:
     batches: int = 0
 
 
+def default_decode_workers() -> int:
+    """Decode threads per rank when not configured: the CPUs this process may run on, shared by
+    the ranks on this node (torchrun's LOCAL_WORLD_SIZE), at most 8 (a rank rarely needs more)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))))
+
+
+def _decode_sample(data: bytes, out: np.ndarray) -> str | None:
+    """Run in a decode worker: fill one batch slot; the reason on failure (counted by the consumer)."""
+    try:
+        decode_into(data, out)
+    except Exception as e:   # any decoder failure: this sample only, never the run
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 class BucketLoader:
     """Endless, deterministic stream of per-bucket batches for one rank.
 
@@ -374,23 +416,30 @@ class BucketLoader:
     are at least as many shards as ranks, else by sample); samples pass through a seeded shuffle
     buffer and collect per bucket; a bucket that reaches its batch size becomes a batch. Leftovers
     are dropped at the epoch's end, so an epoch's batches depend only on (seed, epoch, rank) and
-    `LoaderState` is enough to resume exactly. Videos are decoded only for batches that are used,
-    in a background thread; a sample that fails to decode or has the wrong shape is dropped from
-    its batch and counted in `skipped`.
+    `LoaderState` is enough to resume exactly. Videos are decoded only for batches that are used:
+    a background thread reads the shards and hands each batch's samples to `decode_workers`
+    threads, which decode them side by side straight into the batch's array (page-locked with
+    `pin_memory`); batches come out in order whatever the number of workers. A sample that fails
+    to decode or has the wrong shape is dropped from its batch and counted in `skipped` when the
+    batch is handed over (a shard's broken members count when it is read).
     """
 
     def __init__(self, shards: list[str], batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 256,
                  bucket_batch_sizes: dict[str, int] | None = None, buckets: list[str] | None = None,
-                 prefetch: int = 2):
+                 prefetch: int = 2, decode_workers: int = 0, pin_memory: bool = False):
         if not shards:
             raise ValueError("no shards given")
+        if decode_workers < 0:
+            raise ValueError("decode_workers must be >= 0 (0: one per CPU, see default_decode_workers)")
         self.shards, self.batch_size, self.seed = list(shards), batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer = shuffle_buffer
         self.bucket_batch_sizes = dict(bucket_batch_sizes or {})
         self.buckets = set(buckets) if buckets else None
-        self.prefetch = prefetch
+        self.prefetch = prefetch           # batches decoded (or being decoded) ahead of the consumer
+        self.decode_workers = decode_workers or default_decode_workers()
+        self.pin_memory = pin_memory
         self.state = LoaderState()
         self.skipped = SkipCounter()
         self._epoch_counts: Counter = Counter()   # bucket -> samples read this epoch (for errors)
@@ -466,31 +515,54 @@ class BucketLoader:
                 f"than a batch in every bucket: lower data.batch_size (or data.bucket_batch_sizes) to at "
                 f"most {most}{skipped}")
 
-    def _decode(self, bucket: Bucket, group: list[RawSample]) -> Batch | None:
-        if group[0].cached:
-            return self._load_latents(bucket, group)
-        videos, captions, metas = [], [], []
-        for sample in group:
-            try:
-                video = decode_mp4(sample.mp4, max_frames=bucket.frames)
-                if video.shape != (bucket.frames, bucket.height, bucket.width, 3):
-                    raise ValueError(f"decoded {video.shape[:3]}, bucket wants "
-                                     f"{(bucket.frames, bucket.height, bucket.width)}")
-            except Exception as e:   # any decoder failure: this sample only, never the run
-                self.skipped["bad_video"] += 1
-                _warn(f"skipping {sample.url}:{sample.meta.key}: {type(e).__name__}: {e}")
-                continue
-            videos.append(video)
-            captions.append(sample.meta.caption)
-            metas.append(sample.meta)
-        if not videos:
-            return None
-        return Batch(bucket, np.stack(videos), captions, metas)
+    def _empty(self, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Any]:
+        """A batch array, and the page-locked torch tensor it views when pinning (else None)."""
+        if not self.pin_memory:
+            return np.empty(shape, dtype), None
+        # lazy: torch only for a CUDA trainer's pinned batches; the exporter imports this module without it
+        import torch
+        tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
+        return tensor.numpy(), tensor
 
-    def _load_latents(self, bucket: Bucket, group: list[RawSample]) -> Batch | None:
-        """A batch of a latent cache: `{key}.safetensors` holds `mean`, maybe `logvar`, and
-        `text.0` (the states of the sample's caption; trainer/cache.py writes it)."""
-        means, logvars, texts, metas = [], [], [], []
+    def _start(self, bucket: Bucket, group: list[RawSample], pool: ThreadPoolExecutor) -> Callable[[], Batch | None]:
+        """Hand a raw batch to the decode workers; the function returned waits for them and gives
+        the batch (run by the consumer, so skips are counted and explained in batch order)."""
+        if group[0].cached:
+            future = pool.submit(self._load_latents, bucket, group)
+            return lambda: self._count_skips("bad_latents", *future.result())
+        video, pinned = self._empty((len(group), bucket.frames, bucket.height, bucket.width, 3), np.uint8)
+        futures = [pool.submit(_decode_sample, sample.mp4, video[i]) for i, sample in enumerate(group)]
+        return lambda: self._video_batch(bucket, group, [f.result() for f in futures], video, pinned)
+
+    def _video_batch(self, bucket: Bucket, group: list[RawSample], errors: list[str | None], video: np.ndarray,
+                     pinned: Any) -> Batch | None:
+        kept: list[RawSample] = []
+        for i, (sample, error) in enumerate(zip(group, errors)):
+            if error is not None:
+                self.skipped["bad_video"] += 1
+                _warn(f"skipping {sample.url}:{sample.meta.key}: {error}")
+                continue
+            if len(kept) < i:       # close the gap a skipped sample left: the batch stays one block
+                video[len(kept)] = video[i]
+            kept.append(sample)
+        n = len(kept)
+        if not n:
+            return None
+        metas = [sample.meta for sample in kept]
+        return Batch(bucket, video[:n], [m.caption for m in metas], metas,
+                     pinned={"video": pinned[:n]} if pinned is not None else {})
+
+    def _count_skips(self, reason: str, batch: Batch | None, failures: list[str]) -> Batch | None:
+        for failure in failures:
+            self.skipped[reason] += 1
+            _warn(failure)
+        return batch
+
+    def _load_latents(self, bucket: Bucket, group: list[RawSample]) -> tuple[Batch | None, list[str]]:
+        """A batch of a latent cache (run in a decode worker): `{key}.safetensors` holds `mean`,
+        maybe `logvar`, and `text.0` (the states of the sample's caption; trainer/cache.py writes
+        it). Also the samples skipped, explained."""
+        means, logvars, texts, metas, failures = [], [], [], [], []
         for sample in group:
             try:
                 tensors = safetensors.numpy.load(sample.latents)  # type: ignore[arg-type]
@@ -498,28 +570,34 @@ class BucketLoader:
                 if means and mean.shape != means[0].shape:
                     raise ValueError(f"latents {tuple(mean.shape)}, the batch has {tuple(means[0].shape)}")
             except Exception as e:   # a damaged record: this sample only, never the run
-                self.skipped["bad_latents"] += 1
-                _warn(f"skipping {sample.url}:{sample.meta.key}: {type(e).__name__}: {e}")
+                failures.append(f"skipping {sample.url}:{sample.meta.key}: {type(e).__name__}: {e}")
                 continue
             means.append(mean)
             logvars.append(tensors.get("logvar"))
             texts.append(text)
             metas.append(sample.meta)
         if not means:
-            return None
-        logvar = np.stack(logvars) if all(v is not None for v in logvars) else None
-        return Batch(bucket, None, [m.caption for m in metas], metas, latents=np.stack(means),
-                     logvar=logvar, text=texts)
+            return None, failures
+        batch = Batch(bucket, None, [m.caption for m in metas], metas, text=texts)
+        arrays = {"latents": means, "logvar": logvars if all(v is not None for v in logvars) else None}
+        for name, parts in arrays.items():
+            if parts is not None:
+                out, pinned = self._empty((len(parts), *parts[0].shape), parts[0].dtype)
+                setattr(batch, name, np.stack(parts, out=out))
+                if pinned is not None:
+                    batch.pinned[name] = pinned
+        return batch, failures
 
     def __iter__(self) -> Iterator[Batch]:
         """Yields decoded batches; `self.state` always describes the batches consumed so far."""
         q: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
         stop = threading.Event()
+        pool = ThreadPoolExecutor(self.decode_workers, thread_name_prefix="shard-decode")
 
         def produce() -> None:
             try:
                 for state, bucket, group in self._raw_batches():
-                    item = (state, self._decode(bucket, group))
+                    item = (state, self._start(bucket, group, pool))
                     while not stop.is_set():
                         try:
                             q.put(item, timeout=0.1)
@@ -535,9 +613,10 @@ class BucketLoader:
         thread.start()
         try:
             while True:
-                state, batch = q.get()
+                state, finish = q.get()
                 if state == "error":
-                    raise batch
+                    raise finish
+                batch = finish()
                 self.state = state
                 if batch is not None:   # every sample corrupt: the batch still counts as consumed
                     yield batch
@@ -549,6 +628,7 @@ class BucketLoader:
                 except queue.Empty:
                     pass
                 thread.join(timeout=0.05)
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.state.epoch, "batches": self.state.batches}
@@ -558,5 +638,5 @@ class BucketLoader:
 
 
 __all__ = ["SCHEMA_VERSION", "ShardError", "NoBatchError", "RawSample", "Bucket", "SampleMeta", "ShardWriter", "write_shard", "BucketLoader", "Batch",
-           "LoaderState", "SkipCounter", "encode_mp4", "decode_mp4", "list_shards", "shard_name",
+           "LoaderState", "SkipCounter", "encode_mp4", "decode_mp4", "decode_into", "default_decode_workers", "list_shards", "shard_name",
            "iter_raw_samples"]

@@ -43,6 +43,14 @@ def bf16_autocast(cfg: Any, device: torch.device) -> bool:
     return device.type == "cuda" and cfg.train.precision == "bf16"
 
 
+def host_tensor(batch: Batch, name: str) -> torch.Tensor:
+    """A batch's array ("video", "latents", "logvar") as a CPU tensor to copy to the device: the
+    page-locked one the loader filled when it pins (on CUDA: the copy is asynchronous, and the
+    pinned allocator keeps that memory until the copy is done), else one sharing the array."""
+    pinned = batch.pinned.get(name)
+    return pinned if pinned is not None else torch.from_numpy(getattr(batch, name))
+
+
 class VAETask:
     """Stage 1: reconstruction (L1/L2) + KL; tracks latent statistics to normalise latents later."""
 
@@ -73,7 +81,7 @@ class VAETask:
             part.compile()
 
     def loss(self, model: nn.Module, batch: Batch, gens: Generators, step: int):
-        x = video_tensor(batch.video, self.device)
+        x = video_tensor(host_tensor(batch, "video"), self.device)
         recon, mean, logvar = model(x, generator=gens.device)
         recon = recon.float()
         l1 = (recon - x).abs().mean()
@@ -210,15 +218,15 @@ class DiTTask:
         """(B, C, T, H, W) float32 normalised latents: cached, or encoded now."""
         logvar = None
         if batch.latents is not None:
-            latents = torch.from_numpy(batch.latents).to(self.device, non_blocking=True).float()
+            latents = host_tensor(batch, "latents").to(self.device, non_blocking=True).float()
             if batch.logvar is not None:
-                logvar = torch.from_numpy(batch.logvar).to(self.device, non_blocking=True).float()
+                logvar = host_tensor(batch, "logvar").to(self.device, non_blocking=True).float()
         else:
             if self.vae is None:
                 raise TrainSetupError("a batch of video came from a latent cache run: mixed data needs the "
                                       "autoencoder (every shard folder must be a cache, or none)")
             with torch.no_grad():
-                x = video_tensor(batch.video, self.device)
+                x = video_tensor(host_tensor(batch, "video"), self.device)
                 latents, logvar = self.vae.encode_posterior(x) if self.cfg.data.sample_posterior \
                     else (self.vae.encode(x), None)
             latents = latents.float()
@@ -250,4 +258,4 @@ class DiTTask:
         return per_sample.mean(), per_sample.detach(), t, {}
 
 
-__all__ = ["TrainSetupError", "VAETask", "DiTTask", "bf16_autocast"]
+__all__ = ["TrainSetupError", "VAETask", "DiTTask", "bf16_autocast", "host_tensor"]

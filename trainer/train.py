@@ -64,7 +64,8 @@ class DataConfig:
     bucket_batch_sizes: dict[str, int] = field(default_factory=dict)   # "WxHxF" -> batch size
     buckets: list[str] = field(default_factory=list)                   # train only these ([] = all)
     shuffle_buffer: int = 256
-    prefetch: int = 2                   # decoded batches kept ready by the loader thread
+    prefetch: int = 2                   # batches decoded (or being decoded) ahead of the step
+    decode_workers: int = 0             # threads decoding videos per rank (0: the CPUs / local ranks, at most 8)
     sample_posterior: bool = False      # DiT: latents drawn from the VAE posterior, not its mean
 
     def __post_init__(self) -> None:
@@ -72,6 +73,8 @@ class DataConfig:
             raise ConfigError("data: batch sizes must be >= 1")
         if self.shuffle_buffer < 0 or self.prefetch < 0:
             raise ConfigError("data: shuffle_buffer and prefetch must be >= 0")
+        if self.decode_workers < 0:
+            raise ConfigError("data.decode_workers must be >= 0 (0: one per CPU, at most 8)")
 
 
 @dataclass
@@ -290,7 +293,8 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = 
     gens = Generators.seeded(tcfg.seed * 1_000_003 + layout.dp_rank, device)
     loader = BucketLoader(shards, cfg.data.batch_size, seed=tcfg.seed, rank=layout.dp_rank, world_size=layout.dp,
                           shuffle_buffer=cfg.data.shuffle_buffer, bucket_batch_sizes=cfg.data.bucket_batch_sizes,
-                          buckets=cfg.data.buckets or None, prefetch=cfg.data.prefetch)
+                          buckets=cfg.data.buckets or None, prefetch=cfg.data.prefetch,
+                          decode_workers=cfg.data.decode_workers, pin_memory=device.type == "cuda")
     checkpointer = ShardedCheckpointer(out, rank, tcfg.async_checkpoint if tcfg.async_checkpoint is not None
                                        else device.type == "cuda") if fsdp else None
 

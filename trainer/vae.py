@@ -237,9 +237,9 @@ class CausalVAE(nn.Module):
         return video[:, :, :frames] if frames is not None else video
 
 
-def video_tensor(video: np.ndarray, device: torch.device | str) -> torch.Tensor:
+def video_tensor(video: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """A batch of videos (B, T, H, W, 3) uint8 -> (B, 3, T, H, W) float in [-1, 1] on `device`."""
-    x = torch.from_numpy(video).to(device, non_blocking=True)
+    x = (video if isinstance(video, torch.Tensor) else torch.from_numpy(video)).to(device, non_blocking=True)
     return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
 
 

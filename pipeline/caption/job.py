@@ -103,7 +103,7 @@ def _run_caption(lib: Library, cfg: CaptionJobConfig, where: str | None, all_cli
         if signals or backend is not None:
             # the signal caption has no model and costs microseconds a clip: Ray would only add its start
             execution = dataclasses.replace(execution, executor="local")
-        if execution.executor == "ray":
+        if execution.uses_ray:
             preflight(cfg)
         stages = caption_stages(cfg, lib_root, backend)
         bar = tqdm(total=len(todo), unit="clip", disable=not progress or signals, file=sys.stderr,

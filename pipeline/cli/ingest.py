@@ -11,6 +11,10 @@ CPU) is given up as an error row. Exit status: 0 when every source succeeded, 3 
 failed or the library has no clips, 2 for a usage, config or Ray start error (then nothing
 is written).
 
+Without --ray-address the job runs on this machine without Ray: one sandboxed process per video in
+flight, as many as the CPUs allow (execution.cpus_per_task, execution.max_tasks_in_flight). With
+--ray-address the videos are Ray tasks on that cluster.
+
 Examples:
   recap ingest videos/ --out lib
   recap ingest manifest.csv --out lib --set clips.mode=encode --set clips.max_seconds=8
@@ -39,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one config key, e.g. --set clips.max_seconds=8 (repeatable)")
     p.add_argument("--ray-address", metavar="ADDR",
-                   help="join an existing Ray cluster ('auto' or host:port); default: start a local one")
+                   help="run on this Ray cluster ('auto' or host:port); default: this machine without Ray, a "
+                        "sandboxed process per video in flight (--set execution.executor=ray starts a local Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
 
 

@@ -59,18 +59,22 @@ class BackgroundAnalyzers:
     Their work is mostly OpenCV and ONNX Runtime calls, which release the GIL, so it runs beside
     the decoder threads and the caller's own per-frame work; at a lower priority (`nice`, Linux
     only: elsewhere it runs at normal priority) it takes the cycles they leave idle instead of
-    slowing them down, and the queue (`depth` small analysis frames, a few MB) lets it fall
-    behind and catch up, also after the pass while the caller writes clip files. `close()` waits
-    for the queue to drain and returns the first error an analyzer hit (later frames are then
-    dropped, not analyzed), or None.
+    slowing them down, and the queue (`depth` small analysis frames: 512, ~17 s at 30 fps, ~35 MB,
+    so the decoder of a short video never waits for the analyzers) lets it fall behind and catch
+    up, also after the pass while the caller writes clip files. Frames travel in batches of
+    `batch` (one queue hand-off and thread wake-up per batch, not per frame). `close()` hands over the last
+    partial batch, waits for the queue to drain and returns the first error an analyzer hit
+    (later frames are then dropped, not analyzed), or None.
     """
 
     name = "background"
 
-    def __init__(self, analyzers: Sequence[FrameAnalyzer], depth: int = 256, nice: int = 10):
+    def __init__(self, analyzers: Sequence[FrameAnalyzer], depth: int = 512, nice: int = 10, batch: int = 16):
         self.analyzers = list(analyzers)
         self.nice = nice
-        self._queue: queue.Queue[AnalysisFrame | None] = queue.Queue(maxsize=depth)
+        self.batch = max(1, min(batch, depth))
+        self._pending: list[AnalysisFrame] = []
+        self._queue: queue.Queue[list[AnalysisFrame] | None] = queue.Queue(maxsize=max(1, depth // self.batch))
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="frame-analyzers", daemon=True)
         self._thread.start()
@@ -81,20 +85,27 @@ class BackgroundAnalyzers:
             os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.nice)
         except (AttributeError, OSError):
             pass
-        while (frame := self._queue.get()) is not None:
+        while (frames := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep draining so the producer never blocks on a dead consumer
             try:
-                for analyzer in self.analyzers:
-                    analyzer.update(frame)
+                for frame in frames:
+                    for analyzer in self.analyzers:
+                        analyzer.update(frame)
             except BaseException as err:  # noqa: BLE001 - handed to the caller by close()
                 self._error = err
 
     def update(self, frame: AnalysisFrame) -> None:
-        self._queue.put(frame)
+        self._pending.append(frame)
+        if len(self._pending) >= self.batch:
+            self._queue.put(self._pending)
+            self._pending = []
 
     def close(self) -> BaseException | None:
         if self._thread.is_alive():
+            if self._pending:
+                self._queue.put(self._pending)
+                self._pending = []
             self._queue.put(None)
             self._thread.join()
         return self._error

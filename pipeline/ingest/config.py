@@ -22,6 +22,14 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 @dataclass
 class DecodeConfig:
     threads: int = 0                 # decoder threads; 0 = one per CPU the task was given
+    # cpu: FFmpeg's software decoders; cuda: NVDEC through FFmpeg's hardware acceleration (frames
+    # copied back to host memory for analysis; a codec NVDEC cannot take, or a machine without a
+    # usable CUDA device, decodes on the CPU, said once per process)
+    device: str = "cpu"
+    # Frames of at most this many pixels (720p and smaller) decode on one thread whatever `threads`
+    # says: they decode fast anyway, frame threads cost ~10% more CPU on them, and a task's other
+    # CPUs serve other videos better. 0 = always `threads`.
+    single_thread_pixels: int = 1280 * 720
     # Skip the in-loop deblocking filter (H.264/HEVC/VP8/VP9): ~15-20% less decode CPU. Analysis
     # frames are downscaled 4-12x, which averages block edges away; clip files are untouched
     # (remux copies packets, encode decodes again at full quality).
@@ -32,6 +40,9 @@ class DecodeConfig:
 
     def __post_init__(self) -> None:
         check_range("decode.threads", self.threads, 0, 256)
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"decode.device: {self.device!r} is not one of ['cpu', 'cuda']")
+        check_range("decode.single_thread_pixels", self.single_thread_pixels, 0, 2**31 - 1)
         check_range("decode.analysis_width", self.analysis_width, 16, 4096)
         check_range("decode.max_analysis_height", self.max_analysis_height, 16, 4096)
         check_range("decode.max_pixels", self.max_pixels, 64 * 64, 2**31 - 1)

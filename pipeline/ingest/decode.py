@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,6 +23,7 @@ from typing import Sequence
 import av
 import cv2
 import numpy as np
+from av.codec.hwaccel import HWAccel
 
 from pipeline.ingest.analysis import AnalysisFrame, FrameAnalyzer
 from pipeline.ingest.config import DecodeConfig
@@ -52,6 +54,7 @@ class DecodeResult:
     pix_fmt: str
     codec: str
     threads: int                   # decoder threads used
+    device: str = "cpu"            # where it was decoded: "cpu", or "cuda" (NVDEC)
     decode_errors: int = 0         # packets the decoder rejected (skipped, not counted as frames)
     corrupt_frames: int = 0        # frames the decoder flagged corrupt but still produced
     dropped_frames: int = 0        # frames whose PTS did not advance (damaged stream): left out
@@ -103,6 +106,14 @@ def analysis_size(width: int, height: int, sar: Fraction | None, cfg: DecodeConf
         w = h * display_w / height
     even = lambda v: max(2, int(round(v / 2)) * 2)  # noqa: E731  (I420 needs even sizes)
     return even(w), even(h)
+
+
+def decode_threads(cfg: DecodeConfig, width: int, height: int) -> int:
+    """Decoder threads for frames of this size: one for small frames (`single_thread_pixels`),
+    else `threads` (0: one per CPU this process may use)."""
+    if 0 < width * height <= cfg.single_thread_pixels:
+        return 1
+    return cfg.threads or available_cpus()
 
 
 def _plane_array(plane) -> np.ndarray:
@@ -219,6 +230,28 @@ class PresentationTimes:
         return int(depth) if depth is not None else 2 * bool(self.ctx.has_b_frames)
 
 
+_said_no_cuda: list[str] = []    # the reason CUDA decoding is unavailable in this process, once said
+
+
+def open_for_decode(path: str | Path, device: str = "cpu") -> tuple[av.container.InputContainer, str]:
+    """The container opened for decoding, and where its frames will be decoded. `cuda` asks FFmpeg
+    for NVDEC (frames come back to host memory, so the analysis code is the same); where this
+    machine or this FFmpeg build has no CUDA decoder the file opens for the CPU, and a warning says
+    so once per process. A codec NVDEC cannot decode falls back to software inside FFmpeg."""
+    if device == "cuda":
+        try:
+            return av.open(str(path), hwaccel=HWAccel(device_type="cuda", allow_software_fallback=True)), "cuda"
+        except (av.error.FFmpegError, OSError) as err:
+            if not _said_no_cuda:
+                _said_no_cuda.append(str(err))
+                print(f"warning: decode.device=cuda: no CUDA decoder available ({err}); decoding on the CPU",
+                      file=sys.stderr)
+    try:
+        return av.open(str(path)), "cpu"
+    except (av.error.FFmpegError, OSError) as err:
+        raise DecodeError(f"cannot open {path}: {err}") from err
+
+
 def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAnalyzer],
                 detail: tuple[float, int] | None = None) -> DecodeResult:
     """Decode the first video stream of `path` once, feeding every analyzer each frame in order.
@@ -230,18 +263,15 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
     stream can make the decoder emit a frame out of time order, which is left out (and counted),
     because clip boundaries are found by PTS. Raises DecodeError when no frame can be decoded.
     """
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as err:
-        raise DecodeError(f"cannot open {path}: {err}") from err
+    container, device = open_for_decode(path, cfg.device)
     with container:
         if not container.streams.video:
             raise DecodeError(f"{path}: no video stream")
         stream = container.streams.video[0]
-        threads = cfg.threads or available_cpus()
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
         ctx = stream.codec_context
+        threads = decode_threads(cfg, ctx.width, ctx.height)
+        stream.thread_type = "AUTO"
+        ctx.thread_count = threads
         if cfg.skip_loop_filter:
             ctx.options = {**ctx.options, "skip_loop_filter": "all"}
         if not ctx.width or not ctx.height:
@@ -311,7 +341,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
     return DecodeResult(
         n_frames=n, pts_s=pts_s, time_base=time_base, fps=avg_fps,
         is_vfr=_is_variable(pts_s), width=ctx.width, height=ctx.height,
-        analysis_size=(aw, ah), pix_fmt=pix_fmt, codec=ctx.name, threads=threads,
+        analysis_size=(aw, ah), pix_fmt=pix_fmt, codec=ctx.name, threads=threads, device=device,
         decode_errors=errors, corrupt_frames=corrupt, dropped_frames=times.dropped, truncated=truncated,
         relabeled=times.relabeled,
         declared_end_s=declared_end_s)

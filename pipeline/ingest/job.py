@@ -24,10 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from captioner.model import MissingModelError
-from captioner.openai_backend import RequestError
 from pipeline.caption.config import CaptionJobConfig, load_caption_config
-from pipeline.caption.job import preflight, run_caption
 from pipeline.filters.config import from_saved_config, load_filter_config
 from pipeline.filters.evaluate import run_filters
 from pipeline.ingest.config import IngestConfig
@@ -110,10 +107,10 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
     lib = Library(lib_root, write=True) if _is_library(lib_root) else None
     try:
         todo = _todo(lib, [s.uri for s in items], cfg)
-        if todo and cfg.execution.executor == "ray":
-            # start (or join) Ray and check the tasks fit its nodes: a failure leaves no library behind
+        if todo:
+            # (start or join Ray and) check the tasks fit a node: a failure leaves no library behind
             cpus, _ = plan_resources(cfg, len(todo), cluster_cpus(cfg.execution))
-            check_resources([IngestStage(cfg, Path(lib_root), None, Resources(cpus=cpus))])
+            check_resources([IngestStage(cfg, Path(lib_root), None, Resources(cpus=cpus))], cfg.execution)
         if lib is None:
             lib = Library(lib_root, write=True)
             todo = _todo(lib, [s.uri for s in items], cfg)
@@ -135,6 +132,11 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
 
 
 def _check_caption_model(caption_cfg: CaptionJobConfig) -> None:
+    # the captioner's frame readers and backends cost the driver ~0.5 s and ~40 MB; only `after.caption` needs them
+    from captioner.model import MissingModelError  # lazy: see above
+    from captioner.openai_backend import RequestError  # lazy: see above
+    from pipeline.caption.job import preflight  # lazy: see above
+
     if caption_cfg.model.backend == "signals":
         return
     if caption_cfg.model.backend == "transformers" and not caption_cfg.model.id:
@@ -214,6 +216,8 @@ def _after_ingest(lib_root: Path, cfg: IngestConfig, progress: bool) -> None:
         view, _ = run_filters(lib_root, filters)
         print(f"filter view: {sum(view.column('passed').to_pylist())} of {view.num_rows} clips pass", file=sys.stderr)
     if cfg.after.caption:
+        from pipeline.caption.job import run_caption  # lazy: see _check_caption_model
+
         caption_cfg = load_caption_config(cfg.after.caption_config, cfg.after.caption_set)
         caption_cfg.execution.ray_address = caption_cfg.execution.ray_address or cfg.execution.ray_address
         result = run_caption(lib_root, caption_cfg, progress=progress)

@@ -22,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -137,22 +138,24 @@ def _discard_clip_files(lib_root: str | Path, video_id: str | None, stage: str) 
         shutil.rmtree(media_dir(lib_root, video_id), ignore_errors=True)
 
 
-_shared: SourceRunner | None = None
+_runners: dict[int, SourceRunner] = {}
+_runners_lock = threading.Lock()
 
 
 def shared_runner() -> SourceRunner:
-    """This process's runner (one child per Ray worker or driver, reused for every source)."""
-    global _shared
-    if _shared is None:
-        _shared = SourceRunner()
-    return _shared
+    """This thread's runner: one child per Ray worker, or per thread of a local run (which ingests
+    several sources at once, one per thread), reused for every source."""
+    with _runners_lock:
+        return _runners.setdefault(threading.get_ident(), SourceRunner())
 
 
 def close_shared_runner() -> None:
-    global _shared
-    if _shared is not None:
-        _shared.close()
-        _shared = None
+    """Stop every runner's child (a local run's; a Ray worker's children go with the worker)."""
+    with _runners_lock:
+        runners = list(_runners.values())
+        _runners.clear()
+    for runner in runners:
+        runner.close()
 
 
 # ---- the child ---------------------------------------------------------------------------------

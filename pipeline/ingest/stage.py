@@ -25,6 +25,7 @@ class IngestStage(Stage):
     reads = ("uri",)
     adds = ("result",)
     max_retries = 1      # a decoder crash takes the sandbox child only; a worker that dies anyway is tried twice
+    concurrent = True    # the work is in the calling thread's own sandbox child: a local run ingests several at once
 
     def __init__(self, cfg: IngestConfig, lib_root: Path, claims: RunClaims | None, resources: Resources):
         self.cfg = cfg

@@ -10,6 +10,7 @@ from these tables alone, without loading any model.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,31 @@ def read_embeddings(root: str | Path, name: str, model_id: str | None = None) ->
     ids = t.column("clip_id").to_pylist()
     last = {c: i for i, c in enumerate(ids)}       # later parts override earlier ones
     return t.take(pa.array(sorted(last.values()), pa.int64())) if t.num_rows else None
+
+
+def iter_embeddings(root: str | Path, name: str, model_id: str, batch_rows: int = 4096,
+                    columns: tuple[str, ...] = ("clip_id", "vector", "input_hash"),
+                    ) -> tuple[int, Iterator[pa.RecordBatch]] | None:
+    """The vector dim, and batches of `columns` (clip_id, vector, input_hash) of embedder `name`'s
+    parts made by `model_id`, oldest part first (a later row overrides an earlier one for the same
+    clip), read `batch_rows` at a time whatever a part's size (for memory bounded by a batch). None
+    when there are none."""
+    folder = embeddings_dir(root, name)
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    parts = [(p, m) for p in parts if (m := _part_meta(p)).get("model") == model_id]
+    if not parts:
+        return None
+    dim = int(parts[-1][1]["dim"])
+    schema = embedding_schema(dim)
+    schema = pa.schema([schema.field(c) for c in columns])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for path, _ in parts:
+            # without pre-buffering, a part is decoded a page at a time, not a whole row group at once
+            reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+            for b in reader.iter_batches(batch_size=batch_rows, columns=schema.names):
+                yield b.cast(schema)
+    return dim, batches()
 
 
 def write_embeddings(root: str | Path, name: str, model_id: str, clip_ids: list[str], vectors: np.ndarray,

@@ -40,6 +40,9 @@ class Stage(ABC):
     resources: Resources = Resources()      # per task, or per actor
     actors: int = 0                         # > 0: a pool of this many actors (model stages); 0: tasks
     max_retries: int = 2                    # a task whose worker died is tried again this often
+    # a local run may call process() on several threads at once: the work happens in child
+    # processes or in code that releases the GIL, and process() shares no unguarded state
+    concurrent: ClassVar[bool] = False
 
     def setup(self) -> None:
         """Load what is expensive (a model) once per worker, before its first batch."""

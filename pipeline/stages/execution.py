@@ -29,7 +29,10 @@ def check_range(key: str, value: float | None, low: float | None = None, high: f
 
 @dataclass
 class ExecutionConfig:
-    executor: Literal["ray", "local"] = "ray"  # ray: Ray Data; local: one process, no Ray (small jobs, tests)
+    # ray: Ray Data (a local Ray, or the cluster at ray_address); local: this process, no Ray (CPU
+    # stages that wait on child processes run several batches at once); auto: ray when a
+    # ray_address is given, else local (a job on one machine pays no Ray start-up or daemons)
+    executor: Literal["auto", "ray", "local"] = "ray"
     ray_address: str = ""            # "" starts a local Ray; "auto" or host:port joins a cluster
     cpus_per_task: float = 1.0       # CPU stages: CPUs each task asks for (ingest: 0 = share the cluster among the videos)
     max_tasks_in_flight: int = 0     # CPU stages: bound on concurrent tasks; 0 = as many as the CPUs allow
@@ -49,10 +52,23 @@ class ExecutionConfig:
         check_range("execution.gpus_per_actor", self.gpus_per_actor, 0, 64)
         check_range("execution.commit_every", self.commit_every, 1)
         check_range("execution.commit_every_seconds", self.commit_every_seconds, 0, above=True)
-        if self.executor not in ("ray", "local"):
-            raise ConfigError(f"execution.executor: {self.executor!r} is not one of ['ray', 'local']")
+        if self.executor not in ("auto", "ray", "local"):
+            raise ConfigError(f"execution.executor: {self.executor!r} is not one of ['auto', 'ray', 'local']")
         if self.ray_address != self.ray_address.strip():
             raise ConfigError(f"execution.ray_address: {self.ray_address!r} has spaces around it")
+
+    @property
+    def uses_ray(self) -> bool:
+        """Whether the job runs on Ray (`auto`: only when given a cluster to join)."""
+        return self.executor == "ray" or (self.executor == "auto" and bool(self.ray_address))
+
+    def local_workers(self, cpus_per_task: float | None = None) -> int:
+        """Batches a local run processes at once for a stage that allows it: `max_tasks_in_flight`,
+        else as many tasks of `cpus_per_task` CPUs as this machine's CPUs hold."""
+        if self.max_tasks_in_flight:
+            return self.max_tasks_in_flight
+        per = cpus_per_task if cpus_per_task is not None else self.cpus_per_task
+        return max(1, int(available_cpus() // max(per, 1e-9)))
 
 
 def available_cpus() -> int:

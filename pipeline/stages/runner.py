@@ -1,5 +1,7 @@
 """Run a job's stages: on Ray Data (CPU stages as tasks, model stages as actor pools) or in this
-process, one batch after another (`execution.executor: local`, for small jobs, tests and tools).
+process (`execution.executor: local`, or `auto` without a cluster address): one batch after
+another, except that a CPU stage marked `concurrent` (its work runs in child processes or releases
+the GIL) processes `execution.local_workers()` batches at once on threads.
 
     for row in run_stages([PrepareStage(...), ModelStage(...)], items, cfg.execution):
         ...                                    # output rows of the last stage, as they finish
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import pickle
 import re
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from itertools import islice
 from typing import Any
 
@@ -52,8 +56,8 @@ def run_stages(stages: list[Stage], items: list[Row], execution: ExecutionConfig
         raise ValueError("a job needs at least one stage")
     if not items:
         return iter(())
-    if execution.executor == "local":
-        return _run_local(stages, items)
+    if not execution.uses_ray:
+        return _run_local(stages, items, execution)
     return _run_ray(stages, items, execution, one_block_per_batch, tolerate_lost_batches)
 
 
@@ -69,12 +73,27 @@ def _processed(stage: Stage, rows: Iterable[Row]) -> Iterator[Row]:
         yield from stage.process(batch)
 
 
-def _run_local(stages: list[Stage], items: list[Row]) -> Iterator[Row]:
+def _processed_concurrently(stage: Stage, rows: Iterable[Row], workers: int) -> Iterator[Row]:
+    """`stage.process` on up to `workers` batches at once; output in the order batches finish.
+    At most `workers` batches are pending, so a long input is never read ahead."""
+    batches = _batches(rows, stage.batch_size)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=stage.name) as pool:
+        pending = {pool.submit(stage.process, b) for b in islice(batches, workers)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from future.result()
+                if (batch := next(batches, None)) is not None:
+                    pending.add(pool.submit(stage.process, batch))
+
+
+def _run_local(stages: list[Stage], items: list[Row], execution: ExecutionConfig) -> Iterator[Row]:
     for stage in stages:
         stage.setup()
     rows: Iterable[Row] = items
     for stage in stages:
-        rows = _processed(stage, rows)
+        workers = execution.local_workers(stage.resources.cpus) if stage.concurrent and not stage.actors else 1
+        rows = _processed_concurrently(stage, rows, workers) if workers > 1 else _processed(stage, rows)
     yield from rows
 
 
@@ -175,13 +194,20 @@ def _stop_started(before: set[int]) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def check_resources(stages: list[Stage]) -> None:
+def check_resources(stages: list[Stage], execution: ExecutionConfig) -> None:
     """ConfigError naming the key when a stage asks more of one worker than the largest node of
-    the running Ray cluster has: Ray would wait for such a node forever."""
-    import ray  # lazy: see init_ray
+    the Ray cluster has (Ray would wait for such a node forever), or, in a local run, more CPUs or
+    memory than this machine has (GPUs are the model's business there: it names its device)."""
+    if execution.uses_ray:
+        import ray  # lazy: see init_ray
 
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU", "memory")}
+        init_ray(execution.ray_address)
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        largest = {k: max((n.get(k, 0.0) for n in nodes), default=0.0) for k in ("CPU", "GPU", "memory")}
+        where = "the largest node of this Ray cluster"
+    else:
+        largest = {"CPU": float(available_cpus()), "GPU": math.inf, "memory": float(psutil.virtual_memory().total)}
+        where = "this machine"
     for stage in stages:
         per = "actor" if stage.actors else "task"
         res = stage.resources
@@ -190,13 +216,13 @@ def check_resources(stages: list[Stage]) -> None:
                                 (res.memory, "memory", f"memory of a {stage.name} {per}")]:
             if need and need > largest[kind] + 1e-9:
                 unit = " bytes" if kind == "memory" else f" {kind}s"
-                raise ConfigError(f"{key}: the '{stage.name}' stage asks for {need:g}{unit} per {per}, but the largest "
-                                  f"node of this Ray cluster has {largest[kind]:g}: it could never be scheduled")
+                raise ConfigError(f"{key}: the '{stage.name}' stage asks for {need:g}{unit} per {per}, but "
+                                  f"{where} has {largest[kind]:g}: it could never be scheduled")
 
 
 def cluster_cpus(execution: ExecutionConfig) -> float:
     """CPUs the job can use: the Ray cluster's (started or joined here), or this machine's."""
-    if execution.executor == "local":
+    if not execution.uses_ray:
         return float(available_cpus())
     import ray  # lazy: see init_ray
 
@@ -265,7 +291,7 @@ def ray_dataset(stages: list[Stage], items: list[Row], execution: ExecutionConfi
     import ray.data  # lazy: see init_ray
 
     init_ray(execution.ray_address)
-    check_resources(stages)
+    check_resources(stages, execution)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False

@@ -12,65 +12,15 @@ clip ranges are known. Two kinds of input:
   `DetailSchedule` says on which frames: the first at or after each multiple of the interval, so
   every clip at least that long gets one.
 
-`SIGNAL_COLUMNS` lists the clip columns produced, `make_analyzers` builds the analyzers for one
-video and `clip_signals` merges their answers for one clip (every column present, null where a
+On a source with fewer pixels than `full_rate_pixels` (1080p) the sampled work (regular OCR
+readings, flow pairs (at most 2x), colourfulness) is spaced out in proportion, up to `max_stretch`
+(4x): its decode costs that much less, while the signals' frames are the same size whatever the
+source.
+
+`SIGNAL_COLUMNS` (pipeline.library.schema) lists the clip columns produced; `analyzers.make_analyzers`
+builds the analyzers for one video and `analyzers.clip_signals` merges their answers for one clip (every column present, null where a
 signal could not be measured).
 """
 
-from __future__ import annotations
-
-from typing import Any, Protocol
-
-from pipeline.ingest.signals import aesthetic, bars, exposure, motion, phash, sharpness, text
-from pipeline.ingest.signals.config import (
-    AestheticConfig,
-    BarsConfig,
-    ExposureConfig,
-    MotionConfig,
-    SignalsConfig,
-    TextConfig,
-)
-from pipeline.ingest.signals.series import DetailSchedule
-from pipeline.library.schema import SIGNAL_COLUMNS
-
-
-class SignalAnalyzer(Protocol):
-    name: str
-    def update(self, frame) -> None: ...
-    def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]: ...
-
-
-def make_analyzers(cfg: SignalsConfig, source_size: tuple[int, int], scorer=None) -> list[SignalAnalyzer]:
-    """The analyzers for one video; `source_size` is its coded (width, height), for the bar crop.
-
-    `scorer` (an `aesthetic.AestheticScorer`) lets a worker load the aesthetic model once and
-    share it across videos; the OCR engine is shared per process already.
-    """
-    # imported here so that `import pipeline.ingest.signals` (columns, config) needs no OpenCV
-
-    if not cfg.enabled:
-        return []
-    analyzers: list[SignalAnalyzer] = [
-        motion.MotionAnalyzer(cfg.motion),
-        exposure.ExposureAnalyzer(cfg.exposure),
-        phash.PhashAnalyzer(cfg.phash_frames, flat_std=cfg.exposure.blank_std, every=cfg.phash_every),
-        bars.BarsAnalyzer(cfg.bars, source_size),
-        sharpness.SharpnessAnalyzer(cfg.bars),
-    ]
-    if cfg.text.enabled:
-        analyzers.append(text.TextAnalyzer(cfg.text))
-    if cfg.aesthetic.model:
-        analyzers.append(aesthetic.AestheticAnalyzer(cfg.aesthetic, scorer))
-    return analyzers
-
-
-def clip_signals(analyzers: list[SignalAnalyzer], start_frame: int, end_frame: int) -> dict[str, Any]:
-    """All signal columns for the clip [start_frame, end_frame); null where nothing measured it."""
-    row: dict[str, Any] = {name: None for name, _, _ in SIGNAL_COLUMNS}
-    for analyzer in analyzers:
-        row.update(analyzer.clip_signals(start_frame, end_frame))
-    return row
-
-
-__all__ = ["SIGNAL_COLUMNS", "SignalsConfig", "MotionConfig", "ExposureConfig", "BarsConfig",
-           "TextConfig", "AestheticConfig", "DetailSchedule", "make_analyzers", "clip_signals"]
+# nothing imported here: the configs import `signals.config`, and a job's driver must not load the
+# analyzers' OpenCV and OCR to read its config

@@ -48,6 +48,22 @@ def detail_bars(frame, cfg: BarsConfig) -> tuple[np.ndarray, tuple[int, int, int
     return None if sizes is None else (gray, sizes)
 
 
+class DetailBars:
+    """`detail_bars` of the latest frame, measured once for every analyzer that needs it (bars and
+    sharpness see the same frames in turn)."""
+
+    def __init__(self, cfg: BarsConfig):
+        self.cfg = cfg
+        self._last: tuple[int, tuple[np.ndarray, tuple[int, int, int, int]] | None] | None = None
+
+    def __call__(self, frame) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        if getattr(frame, "detail", None) is None:
+            return None
+        if self._last is None or self._last[0] != frame.index:
+            self._last = (frame.index, detail_bars(frame, self.cfg))
+        return self._last[1]
+
+
 def _even_up(x: float) -> int:
     return 2 * math.ceil(x / 2 - 1e-6)
 
@@ -61,13 +77,14 @@ class BarsAnalyzer:
 
     name = "bars"
 
-    def __init__(self, cfg: BarsConfig, source_size: tuple[int, int]):
+    def __init__(self, cfg: BarsConfig, source_size: tuple[int, int], measure: DetailBars | None = None):
         self.cfg = cfg
         self.source_w, self.source_h = source_size
+        self.measure = measure or DetailBars(cfg)
         self.samples = SampleList()
 
     def update(self, frame) -> None:
-        found = detail_bars(frame, self.cfg)
+        found = self.measure(frame)
         if found is not None:
             gray, sizes = found
             self.samples.add(frame.index, (*sizes, *gray.shape[:2]))

@@ -66,6 +66,10 @@ class TextConfig:
     det_width: int = 320          # text detection runs at this width; reading uses the detail frame
     min_score: float = 0.5        # RapidOCR recognition confidence below which a box is dropped
     max_chars: int = 500          # stored text is cut to this length
+    # true: space regular readings out on small sources like the other sampled signals (signals.
+    # full_rate_pixels; 360p: -30% of the signals' CPU) at the price of missing overlays shorter than
+    # the stretched interval (a 2 s title, a subtitle); false: every every_s whatever the size
+    stretch: bool = False
 
     def __post_init__(self) -> None:
         check_range("signals.text.every_s", self.every_s, 0, above=True)
@@ -106,6 +110,13 @@ class SignalsConfig:
     detail_width: int = 480       # width of those detail frames
     phash_frames: int = 3         # perceptual hashes kept per clip (evenly spread inside it) ...
     phash_every: int = 6          # ... chosen among every phash_every-th frame (5 candidates per second at 30 fps)
+    # Cost follows the decode: a small video decodes several times faster than a 1080p one, while
+    # the signals' frames (160 px analysis, 480 px detail, 320 px OCR) are the same size. So below
+    # `full_rate_pixels` per frame the sampled work (regular OCR readings, colourfulness, and flow
+    # pairs up to 2x) is spaced out by full_rate_pixels / the source's pixels, at most `max_stretch`
+    # times (1080p and up: as configured; 720p: x2.25; 360p: x4). Every shot is still read for text.
+    full_rate_pixels: int = 1920 * 1080   # 0 = always sample at the configured intervals
+    max_stretch: float = 4.0
     motion: MotionConfig = field(default_factory=MotionConfig)
     exposure: ExposureConfig = field(default_factory=ExposureConfig)
     bars: BarsConfig = field(default_factory=BarsConfig)
@@ -117,3 +128,13 @@ class SignalsConfig:
         check_range("signals.detail_width", self.detail_width, 64, 4096)
         check_range("signals.phash_frames", self.phash_frames, 1, 1000)
         check_range("signals.phash_every", self.phash_every, 1, 10_000)
+        check_range("signals.full_rate_pixels", self.full_rate_pixels, 0, 2**31 - 1)
+        check_range("signals.max_stretch", self.max_stretch, 1, 100)
+
+    def stretch(self, source_size: tuple[int, int]) -> float:
+        """How much farther apart the sampled signals are taken on a source of this (w, h): 1 at
+        `full_rate_pixels` and above, full_rate_pixels / pixels below it, at most `max_stretch`."""
+        pixels = source_size[0] * source_size[1]
+        if not self.full_rate_pixels or pixels <= 0:
+            return 1.0
+        return min(self.max_stretch, max(1.0, self.full_rate_pixels / pixels))

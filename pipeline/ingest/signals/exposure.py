@@ -34,12 +34,13 @@ COLOR_EVERY = 3
 
 class ExposureAnalyzer:
     """Per frame: mean luma, luma std and |difference| to the previous frame; colourfulness on
-    every `COLOR_EVERY`-th frame."""
+    every `color_every`-th frame (`COLOR_EVERY`, spaced out further on small sources)."""
 
     name = "exposure"
 
-    def __init__(self, cfg: ExposureConfig):
+    def __init__(self, cfg: ExposureConfig, color_every: int = COLOR_EVERY):
         self.cfg = cfg
+        self.color_every = max(1, color_every)
         self.stats = FrameSeries(width=2)
         self.colors = FrameSeries(width=1)
         self.diffs = FrameSeries(width=1)
@@ -48,7 +49,7 @@ class ExposureAnalyzer:
     def update(self, frame) -> None:
         mean, std = cv2.meanStdDev(frame.luma)
         self.stats.set(frame.index, (mean.item(), std.item()))
-        if frame.index % COLOR_EVERY == 0:
+        if frame.index % self.color_every == 0:
             self.colors.set(frame.index, colorfulness(frame.bgr))
         if self._prev is not None and self._prev[0] == frame.index - 1 and self._prev[1].shape == frame.luma.shape:
             self.diffs.set(frame.index, cv2.norm(frame.luma, self._prev[1], cv2.NORM_L1) / frame.luma.size)
@@ -60,8 +61,8 @@ class ExposureAnalyzer:
             return {name: None for name, _, _ in EXPOSURE_COLUMNS}
         diffs = self.diffs.window(start_frame + 1, end_frame)[:, 0]  # the first frame's predecessor is outside
         colors = self.colors.window(start_frame, end_frame)
-        if len(colors) == 0:  # a clip shorter than COLOR_EVERY frames between two measured ones
-            colors = self.colors.window(start_frame - COLOR_EVERY + 1, end_frame)
+        if len(colors) == 0:  # a clip shorter than color_every frames between two measured ones
+            colors = self.colors.window(start_frame - self.color_every + 1, end_frame)
         return {
             "brightness": float(stats[:, 0].mean()),
             "contrast": float(stats[:, 1].mean()),

@@ -54,39 +54,50 @@ def global_motion(flow: np.ndarray) -> tuple[float, float, float, float]:
     return magnitude, dx, dy, float(np.median(radial))
 
 
+# Spaced-out sampling (SignalsConfig.stretch) spaces flow pairs at most this much: camera shake
+# and class need several pairs even in a 1 s clip (at 4x a shaky 1.5 s clip read as a pan).
+MAX_PAIR_STRETCH = 2.0
+
+
 class MotionAnalyzer:
     """Keeps 5 numbers per flow pair: magnitude, dx, dy, zoom (all per second) and the pair's first frame.
 
-    Pairs are consecutive every-`flow_step`-th frames (0-4, 4-8, ...), so only those frames are
-    looked at: the others cost nothing.
+    A pair is frames (i, i + flow_step) for every `pair_every`-th frame i (0-4, 4-8, ... when
+    pair_every = flow_step, the default; 0-4, 9-13, 18-22, ... on a small source where make_analyzers
+    spaces pairs out: each pair still spans flow_step frames, so its values read the same). Only
+    the frames a pair uses are looked at: the others cost nothing.
     """
 
     name = "motion"
 
-    def __init__(self, cfg: MotionConfig):
+    def __init__(self, cfg: MotionConfig, pair_every: int | None = None):
         self.cfg = cfg
+        self.pair_every = max(pair_every or cfg.flow_step, cfg.flow_step)
         self.pairs = FrameSeries(width=5)
         self._prev: tuple[int, float, np.ndarray] | None = None
 
     def update(self, frame) -> None:
-        if frame.index % self.cfg.flow_step:
+        i, step, every = frame.index, self.cfg.flow_step, self.pair_every
+        starts = i % every == 0
+        ends = i >= step and (i - step) % every == 0
+        if not (starts or ends):
             return
         h, w = frame.luma.shape
         fw = min(self.cfg.flow_width, w)
         fh = max(8, round(h * fw / w))
         small = cv2.resize(frame.luma, (fw, fh), interpolation=cv2.INTER_AREA)
-        prev, self._prev = self._prev, (frame.index, frame.pts_s, small)
-        if prev is None or frame.index - prev[0] != self.cfg.flow_step or prev[2].shape != small.shape:
+        prev, self._prev = self._prev, ((i, frame.pts_s, small) if starts else None)
+        if not ends or prev is None or i - prev[0] != step or prev[2].shape != small.shape:
             return
         first_index, first_pts, first = prev
         flow = cv2.calcOpticalFlowFarneback(first, small, None, 0.5, 3, 9, 2, 5, 1.1, 0)
         dt = frame.pts_s - first_pts
         if not dt > 0:  # broken timestamps: assume 30 fps rather than divide by zero
-            dt = self.cfg.flow_step / 30.0
+            dt = step / 30.0
         magnitude, dx, dy, zoom = global_motion(flow)
         per_s = 100.0 / dt
-        self.pairs.set(frame.index, (magnitude / fw * per_s, dx / fw * per_s, dy / fw * per_s,
-                                     zoom * per_s, first_index))
+        self.pairs.set(i, (magnitude / fw * per_s, dx / fw * per_s, dy / fw * per_s,
+                           zoom * per_s, first_index))
 
     def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]:
         rows = self.pairs.window(start_frame, end_frame)

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipeline.ingest.signals.bars import detail_bars
+from pipeline.ingest.signals.bars import DetailBars
 from pipeline.ingest.signals.config import BarsConfig
 from pipeline.ingest.signals.series import SampleList
 
@@ -25,12 +25,12 @@ def laplacian_variance(gray: np.ndarray) -> float:
 class SharpnessAnalyzer:
     name = "sharpness"
 
-    def __init__(self, bars: BarsConfig):
-        self.bars = bars
+    def __init__(self, bars: BarsConfig, measure: DetailBars | None = None):
+        self.measure = measure or DetailBars(bars)  # shared with BarsAnalyzer: one measurement per frame
         self.samples = SampleList()
 
     def update(self, frame) -> None:
-        found = detail_bars(frame, self.bars)  # bars excluded: they would read as blur
+        found = self.measure(frame)  # bars excluded: they would read as blur
         if found is None:
             return
         gray, (top, bottom, left, right) = found

@@ -3,9 +3,11 @@ ONNX models shipped in the `rapidocr-onnxruntime` wheel, so it runs offline), on
 frames only.
 
 Which detail frames are read (they arrive every `signals.detail_every_s`, 1 s): the first at or
-after every multiple of `text.every_s` (2 s) always; each one in between only when no regular
-reading shares its *run*, the frames between two picture breaks (a cut, seen as a lag-1 structure
-jump, or a blank frame). Otherwise it takes the reading of its run, which shows the same picture.
+after every multiple of `text.every_s` (2 s; on a source smaller than `signals.full_rate_pixels`
+up to `signals.max_stretch` times that, e.g. 4.5 s at 720p and 8 s at 360p, whose decode costs
+that much less) always; each one in between only when no regular reading shares its *run*, the
+frames between two picture breaks (a cut, seen as a lag-1 structure jump, or a blank frame).
+Otherwise it takes the reading of its run, which shows the same picture.
 So a 1-2 s shot between two cuts is still read, every clip of at least `detail_every_s` has a
 reading, and a video whose shots are longer than `every_s` costs half the readings of reading
 every detail frame. The frames in between are held until the next regular reading decides
@@ -76,9 +78,10 @@ Reading = tuple[float, list[str]]  # (text area share, texts read)
 class TextAnalyzer:
     name = "text"
 
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, cfg: TextConfig, every_s: float | None = None):
         self.cfg = cfg
-        self.schedule = DetailSchedule(cfg.every_s)
+        # regular readings this often: `cfg.every_s`, or farther apart on a small source (make_analyzers)
+        self.schedule = DetailSchedule(every_s or cfg.every_s)
         self.samples = SampleList()
         self._ocr = None  # loaded on the first reading, so building analyzers stays cheap
         self._run = 0  # picture breaks seen so far
