@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from scenedetect import ContentDetector, FrameTimecode
 
 from bench import shots_dev
 from pipeline.ingest.analysis import AnalysisFrame
 from pipeline.ingest.config import ShotsConfig, load_ingest_config
 from pipeline.ingest.decode import decode_pass
-from pipeline.ingest.shots import ShotDetector, ShotResult, detect_shots
+from pipeline.ingest.shots import ContentScore, ShotDetector, ShotResult, detect_shots
 from pipeline.samples.synth import Cut, Dissolve, FadeThroughBlack, Shot, plan_frames, render_frames
 
 CFG = ShotsConfig()
@@ -163,6 +165,20 @@ def test_shared_ground_truth(shared_shots: Path) -> None:
                 assert s.end_frame <= a or b <= s.start_frame, f"{rel}: {s} overlaps [{a}, {b})"
     precision, recall = tp / n_found, tp / n_truth
     assert 2 * precision * recall / (precision + recall) >= 0.95, (tp, n_found, n_truth)
+
+
+def test_content_score_is_pyscenedetects_to_the_bit() -> None:
+    """The one-pass HSV difference equals ContentDetector's own score on cuts, motion, a flat
+    frame and noise (it is what the cut threshold of 27 is defined on)."""
+    edits = [Shot(6, "objects"), Cut(), Shot(6, "pan"), Cut(), Shot(4, "fast")]
+    frames = [cv2.resize(f, (160, 90), interpolation=cv2.INTER_AREA) for f in render_frames(edits, 320, 180, seed=3)]
+    rng = np.random.default_rng(0)
+    frames += [np.zeros((90, 160, 3), np.uint8), rng.integers(0, 256, (90, 160, 3), dtype=np.uint8),
+               np.full((90, 160, 3), 255, np.uint8)]
+    reference, ours = ContentDetector(min_scene_len=0), ContentScore()
+    theirs = [reference._calculate_frame_score(FrameTimecode(i, Fraction(30)), f) for i, f in enumerate(frames)]
+    assert [ours.score(f) for f in frames] == theirs
+    assert max(theirs) > 27
 
 
 def test_detect_shots_accepts_arrays_and_empty() -> None:
