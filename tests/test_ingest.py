@@ -8,8 +8,10 @@ import http.server
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -455,3 +457,38 @@ def test_ingest_refreshes_a_stale_view_with_its_own_thresholds(tmp_path: Path, s
     run_ingest([str(v) for v in videos], lib, cfg, progress=False)
     view, saved = read_view(lib)
     assert saved["filters"]["motion"]["min"] == 0.05 and view.num_rows == Library(lib).read("clips").num_rows
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_at_once_quietly_and_leaves_no_process(tmp_path: Path, sample_corpus: Path,
+                                                            stalled_url: str) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) while videos are in flight, one of them a
+    download that would take the whole `sources.timeout_s`: the job stops at once (not when the
+    source gives up), exit 130 with one line, no traceback from the sandbox children, none of them
+    left; a rerun finishes the job."""
+    lib = tmp_path / "lib"
+    manifest = tmp_path / "sources.txt"
+    manifest.write_text(stalled_url + "\n" + "\n".join(str(p) for p in sorted(sample_corpus.glob("*.mp4"))) + "\n")
+    args = [*RECAP, "ingest", str(manifest), "--out", str(lib), "--no-progress", "--set", "sources.timeout_s=900"]
+    proc = psutil.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                        start_new_session=True)
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and len(children) < 2:
+            children = [c for c in proc.children(recursive=True) if "pipeline.ingest.sandbox" in " ".join(c.cmdline())]
+            time.sleep(0.05)
+        assert children, "no video was in flight before the job ended"
+        time.sleep(1)     # the stalled download has started
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)     # far less than sources.timeout_s: nothing waited for the download
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in out, out
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == []
+    again = recap("ingest", str(manifest), "--out", str(lib), "--no-progress", "--set", "sources.timeout_s=3",
+                  check=False)
+    assert again.returncode == 3 and len(Library(lib).handled_sources()) == 1 + len(list(sample_corpus.glob("*.mp4")))

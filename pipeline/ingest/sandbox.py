@@ -112,7 +112,10 @@ class SourceRunner:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.ingest.sandbox", str(jobs_r), str(events_w), str(os.getpid())],
-                pass_fds=(jobs_r, events_w), stdin=subprocess.DEVNULL, env=env)
+                pass_fds=(jobs_r, events_w), stdin=subprocess.DEVNULL, env=env,
+                # its own process group: a Ctrl-C in the terminal reaches the parent only, which
+                # stops the job in one line and this child with it (it dies with its parent anyway)
+                process_group=0)
         finally:
             os.close(jobs_r)
             os.close(events_w)

@@ -77,7 +77,8 @@ def _processed_concurrently(stage: Stage, rows: Iterable[Row], workers: int) -> 
     """`stage.process` on up to `workers` batches at once; output in the order batches finish.
     At most `workers` batches are pending, so a long input is never read ahead."""
     batches = _batches(rows, stage.batch_size)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=stage.name) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=stage.name)
+    try:
         pending = {pool.submit(stage.process, b) for b in islice(batches, workers)}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -85,6 +86,10 @@ def _processed_concurrently(stage: Stage, rows: Iterable[Row], workers: int) -> 
                 yield from future.result()
                 if (batch := next(batches, None)) is not None:
                     pending.add(pool.submit(stage.process, batch))
+    finally:
+        # on Ctrl-C or an error, do not wait for the batches in flight (a video may take an hour):
+        # the job stops its stage's child processes, which ends their threads
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_local(stages: list[Stage], items: list[Row], execution: ExecutionConfig) -> Iterator[Row]:
