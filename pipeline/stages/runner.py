@@ -19,11 +19,12 @@ import logging
 import math
 import os
 import pickle
+import queue
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from itertools import islice
 from typing import Any
 
@@ -74,22 +75,42 @@ def _processed(stage: Stage, rows: Iterable[Row]) -> Iterator[Row]:
 
 
 def _processed_concurrently(stage: Stage, rows: Iterable[Row], workers: int) -> Iterator[Row]:
-    """`stage.process` on up to `workers` batches at once; output in the order batches finish.
-    At most `workers` batches are pending, so a long input is never read ahead."""
+    """`stage.process` on up to `workers` batches at once, on `workers` long-lived threads (a
+    stage may keep per-thread state, as ingest keeps a sandbox child per thread); output in the
+    order batches finish. At most `workers` batches are pending, so a long input is never read
+    ahead. The threads are daemons and nothing waits for them on Ctrl-C or an error: a batch in
+    flight may take an hour, and the job stops the child processes doing its work."""
     batches = _batches(rows, stage.batch_size)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=stage.name)
+    todo: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        while (batch := todo.get()) is not None:
+            try:
+                done.put((True, stage.process(batch)))
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread, raised there
+                done.put((False, e))
+
+    threads = [threading.Thread(target=work, name=f"{stage.name}-{i}", daemon=True) for i in range(workers)]
+    for thread in threads:
+        thread.start()
     try:
-        pending = {pool.submit(stage.process, b) for b in islice(batches, workers)}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield from future.result()
-                if (batch := next(batches, None)) is not None:
-                    pending.add(pool.submit(stage.process, batch))
+        in_flight = 0
+        for batch in islice(batches, workers):
+            todo.put(batch)
+            in_flight += 1
+        while in_flight:
+            ok, value = done.get()
+            in_flight -= 1
+            if not ok:
+                raise value
+            yield from value
+            if (batch := next(batches, None)) is not None:
+                todo.put(batch)
+                in_flight += 1
     finally:
-        # on Ctrl-C or an error, do not wait for the batches in flight (a video may take an hour):
-        # the job stops its stage's child processes, which ends their threads
-        pool.shutdown(wait=False, cancel_futures=True)
+        for _ in threads:    # idle threads end now, busy ones after their batch
+            todo.put(None)
 
 
 def _run_local(stages: list[Stage], items: list[Row], execution: ExecutionConfig) -> Iterator[Row]:
