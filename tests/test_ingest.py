@@ -470,8 +470,10 @@ def test_ctrl_c_stops_at_once_quietly_and_leaves_no_process(tmp_path: Path, samp
     manifest = tmp_path / "sources.txt"
     manifest.write_text(stalled_url + "\n" + "\n".join(str(p) for p in sorted(sample_corpus.glob("*.mp4"))) + "\n")
     args = [*RECAP, "ingest", str(manifest), "--out", str(lib), "--no-progress", "--set", "sources.timeout_s=900"]
+    # as a terminal starts it: SIGINT handled (a process that inherits it ignored, as from a test
+    # process where Ray or a server ignored it, never sees Ctrl-C)
     proc = psutil.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                        start_new_session=True)
+                        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     children: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 120
