@@ -17,10 +17,10 @@ from index.catalog import compile_for_schema
 from index.where import WhereError
 from pipeline.cli import index as index_cli
 from pipeline.cli import search as search_cli
-from pipeline.embed import load_index_config, run_index
+from pipeline.embed import load_index_config
 from pipeline.library import Library
 from tests.index_fixtures import CLIPS, clip_id, make_library
-from tests.test_index_store import OFF, caption_only, embed_with_numpy, run_cli
+from tests.test_index_store import OFF, embed_with_numpy, indexed_library, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = ["a dog on the beach", "cooking in a kitchen", "city lights at night", "snow", "people waiting for a train"]
@@ -36,10 +36,7 @@ def config(*extra: str):
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory) -> Path:
-    root = make_library(tmp_path_factory.mktemp("exact") / "lib")
-    embed_with_numpy(root)
-    run_index(root, caption_only(), embed=False, log=lambda *_: None)
-    return root
+    return indexed_library(tmp_path_factory.mktemp("exact") / "lib")
 
 
 @pytest.fixture(scope="module")

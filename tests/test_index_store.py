@@ -48,12 +48,17 @@ def embed_with_numpy(root: Path) -> None:
                               [stale[c] for c in ids])
 
 
-@pytest.fixture(scope="module")
-def indexed(tmp_path_factory) -> Path:
-    root = make_library(tmp_path_factory.mktemp("store") / "lib")
+def indexed_library(root: Path) -> Path:
+    """A synthetic library, embedded with NumPy vectors, with its Lite collection built."""
+    make_library(root)
     embed_with_numpy(root)
     run_index(root, caption_only(), embed=False, log=lambda *_: None)
     return root
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory) -> Path:
+    return indexed_library(tmp_path_factory.mktemp("store") / "lib")
 
 
 @pytest.fixture
