@@ -12,7 +12,11 @@ cost and recall@10 against brute force, with and without a filter. With FLAT, re
 - `recap exact`: `ClipIndex.search(text)` on Lite's fast path (exact scan of the Parquet vectors,
   read once per process; the first call, which reads them, is reported apart), same top-10 as FLAT;
 - `numpy`: the scan alone, on an array already in memory;
-- `cold CLI`: one `recap search LIB TEXT --where ...` process, start to exit.
+- `cold CLI`: one `recap search LIB TEXT --where ...` process, start to exit;
+- `search_many`: `--many-queries` texts (16) searched together (`ClipIndex.search_many`: one model
+  forward, one matrix product or one Milvus call) against one `ClipIndex.search` per text, on both
+  paths and for the query encoding alone; interleaved, medians of wall and of CPU time (this process
+  and its children: Milvus Lite's server included).
 
 With `--build`, the collection build instead: `recap index LIB --repair` (`run_index`: nothing to
 embed, the Lite store removed and built again from the library's Parquet) against raw pymilvus
@@ -43,12 +47,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from index.api import ClipIndex, input_hash, model_id_of  # noqa: E402
-from index.embedders import embed_query, query_encoder  # noqa: E402
+from index.embedders import embed_queries, embed_query, query_encoder  # noqa: E402
 from index.store import MilvusStore, ScalarSpec, has_field, rows_of, vector_field  # noqa: E402
 from index.where import compile_where, fields_of  # noqa: E402
 from pipeline.embed import load_index_config, run_index  # noqa: E402
@@ -226,6 +231,8 @@ def bench_recap(root: Path, cfg, x: np.ndarray, mask: np.ndarray, expr: str, arg
             numpy_ms += ms
             same += [h.clip_id for h in a] == [h.clip_id for h in b] == [f"c{i:07d}" for i in top] \
                 == [h["clip_id"] if "clip_id" in h else h["id"] for h in res[0]]
+        many = bench_many(fast, slow, encoder, [f"a clip showing scene {i} of the set" for i in range(args.many_queries)],
+                          args.many_reps)
     t = time.perf_counter()
     cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "search", str(root), texts[0], "--where", FILTER,
                           "--set", "embedders.visual.enabled=false"], cwd=ROOT, capture_output=True, text=True)
@@ -234,8 +241,54 @@ def bench_recap(root: Path, cfg, x: np.ndarray, mask: np.ndarray, expr: str, arg
     out = dict(n=len(x), raw_p50_ms=pct(raw, 50), recap_milvus_p50_ms=pct(recap_milvus, 50),
                recap_exact_p50_ms=pct(recap_exact, 50), recap_exact_first_ms=first_exact_ms,
                numpy_p50_ms=pct(numpy_ms, 50), encode_p50_ms=pct(enc_ms, 50), same_top10=f"{same}/{len(texts)}",
-               cold_cli_s=cold_s)
+               cold_cli_s=cold_s, many=many)
     print(out, flush=True)
+    return out
+
+
+def tree_cpu_s() -> float:
+    """CPU seconds (user+sys) of this process and its live children (Milvus Lite's server is one)."""
+    total = 0.0
+    me = psutil.Process()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def bench_many(fast: ClipIndex, slow: ClipIndex, encoder, texts: list[str], reps: int) -> list[dict]:
+    """`search_many(texts)` against one `search` per text (and the query encoding alone), both with
+    the filter, interleaved `reps` times; medians of wall and tree CPU milliseconds."""
+    paths = {
+        "query encoding only": (lambda: [embed_query(encoder, t) for t in texts], lambda: embed_queries(encoder, texts)),
+        "recap exact": (lambda: [fast.search(t, top_k=10, where=FILTER) for t in texts],
+                        lambda: fast.search_many(texts, top_k=10, where=FILTER)),
+        "recap via Milvus": (lambda: [slow.search(t, top_k=10, where=FILTER) for t in texts],
+                             lambda: slow.search_many(texts, top_k=10, where=FILTER)),
+    }
+    out = []
+    for label, (one_by_one, together) in paths.items():
+        ms: dict[str, list[float]] = {"single": [], "many": []}
+        cpu: dict[str, list[float]] = {"single": [], "many": []}
+        got = {}
+        for rep in range(reps):
+            for what in (("single", "many") if rep % 2 == 0 else ("many", "single")):
+                c, t = tree_cpu_s(), time.perf_counter()
+                got[what] = (one_by_one if what == "single" else together)()
+                ms[what].append(1000 * (time.perf_counter() - t))
+                cpu[what].append(1000 * (tree_cpu_s() - c))
+        if label == "query encoding only":
+            same = bool(np.abs(np.stack(got["single"]) - got["many"]).max() < 1e-5)
+        else:
+            same = [[h.clip_id for h in hits] for hits in got["single"]] == \
+                [[h.clip_id for h in hits] for hits in got["many"]]
+        out.append(dict(path=label, queries=len(texts), single_ms=float(np.median(ms["single"])),
+                        many_ms=float(np.median(ms["many"])), single_cpu_ms=float(np.median(cpu["single"])),
+                        many_cpu_ms=float(np.median(cpu["many"])), same=same))
+        print(out[-1], flush=True)
     return out
 
 
@@ -329,6 +382,8 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--recap-queries", type=int, default=30, help="queries for the recap-path comparison (FLAT)")
     p.add_argument("--no-recap", action="store_true", help="skip recap's own paths")
+    p.add_argument("--many-queries", type=int, default=16, help="texts for the search_many comparison (FLAT)")
+    p.add_argument("--many-reps", type=int, default=11, help="interleaved runs of each side of search_many's comparison")
     p.add_argument("--batch", type=int, default=50, help="queries per request in the batched measurement")
     p.add_argument("--nlist", type=int, default=1024)
     p.add_argument("--nprobe", type=int, default=64)
@@ -362,6 +417,17 @@ def main() -> None:
                   f"({r['recap_milvus_p50_ms'] / r['raw_p50_ms']:.2f}) | {r['recap_exact_p50_ms']:.1f} "
                   f"({r['recap_exact_first_ms']:.0f}) | {r['numpy_p50_ms']:.1f} | {r['encode_p50_ms']:.1f} | "
                   f"{r['same_top10']} | {r['cold_cli_s']:.2f} |")
+        n_q = recaps[0]["many"][0]["queries"]
+        print(f"\n{n_q} queries with the filter, top 10: one `search` per text against one `search_many` of all "
+              f"of them; medians of {args.many_reps} interleaved runs, wall and CPU (this process and its children) "
+              f"ms; load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs:\n")
+        print(f"| clips | path | {n_q} × search ms (CPU ms) | search_many ms (CPU ms) | speed-up wall (CPU) | same hits |")
+        print("|---|---|---|---|---|---|")
+        for r in recaps:
+            for m in r["many"]:
+                print(f"| {r['n']:,} | {m['path']} | {m['single_ms']:.1f} ({m['single_cpu_ms']:.0f}) | "
+                      f"{m['many_ms']:.1f} ({m['many_cpu_ms']:.0f}) | {m['single_ms'] / m['many_ms']:.2f}x "
+                      f"({m['single_cpu_ms'] / max(m['many_cpu_ms'], 1e-9):.2f}x) | {m['same']} |")
 
 
 if __name__ == "__main__":

@@ -59,19 +59,30 @@ def top(scores: np.ndarray, k: int) -> np.ndarray:
     return cand[np.lexsort((cand, -scores[cand]))]
 
 
-def ranked(vec: Vectors, query: np.ndarray, allowed: np.ndarray | None, k: int) -> list[tuple[int, float]]:
-    """(clip-table row, cosine) of the k nearest vectors among the `allowed` rows (a bool mask over
-    the clip table; None = all). Every vector is scored (one matrix-vector product) and the
-    disallowed ones dropped after: cheaper than copying the allowed rows out first."""
-    q = np.asarray(query, np.float32)
-    q = q / max(float(np.linalg.norm(q)), 1e-12)
-    scores = vec.matrix @ q
+SCORES_PER_BLOCK = 1 << 24     # query x vector scores held at once (64 MB): many queries go in blocks
+
+
+def ranked(vec: Vectors, queries: np.ndarray, allowed: np.ndarray | None, k: int) -> list[list[tuple[int, float]]]:
+    """For each query (a row of `queries`, (Q, D)): (clip-table row, cosine) of the k nearest vectors
+    among the `allowed` rows (a bool mask over the clip table; None = all). Every vector is scored
+    (one matrix product for all the queries) and the disallowed ones dropped after: cheaper than
+    copying the allowed rows out first."""
+    q = np.stack([r / max(float(np.linalg.norm(r)), 1e-12) for r in np.atleast_2d(np.asarray(queries, np.float32))])
+    drop = None
     if allowed is not None:
         keep = allowed[vec.rows]
         k = min(k, int(keep.sum()))
-        scores = np.where(keep, scores, -np.inf)
-    best = top(scores, k)
-    return [(int(vec.rows[i]), float(min(scores[i], 1.0))) for i in best]
+        drop = ~keep
+    out = []
+    step = max(1, SCORES_PER_BLOCK // max(1, len(vec.rows)))
+    for lo in range(0, len(q), step):
+        scores = vec.matrix @ q[lo:lo + step].T         # (vectors, queries); for one query the same as matrix @ q
+        if drop is not None:
+            scores[drop] = -np.inf
+        for col in scores.T:
+            best = top(col, k)
+            out.append([(int(vec.rows[i]), float(min(col[i], 1.0))) for i in best])
+    return out
 
 
 def rrf(lists: list[list[tuple[int, float]]], k: int, limit: int) -> list[tuple[int, float]]:

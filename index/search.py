@@ -6,12 +6,15 @@ so a search neither waits for a `recap index` holding it nor trusts a damaged on
 or a larger Lite library, is searched through Milvus; a store that answers with fewer hits than
 asked while holding fewer rows than the library has clips is an error, never "nothing found".
 `--where` is checked against the clip table's fields, the set `recap export` and `recap caption` take.
+Several texts (`search_many`) go through the same path as one: one forward pass of each model, one
+matrix product or one Milvus call (hybrid included: `hybrid_search` takes several vectors per field).
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -21,13 +24,14 @@ import pyarrow.parquet as pq
 
 from index import exact
 from index.catalog import DERIVED, fields_for_schema, known_columns, known_values
-from index.embedders import embed_query
+from index.embedders import embed_queries
 from index.store import PK, ROW_HASH, MilvusStore, StoreBusy, StoreDamaged, StoreError, has_field, vector_field
 from index.where import Field, compile_where
 
 Mode = Literal["auto", "caption", "visual", "hybrid"]
 DISPLAY = ["video_id", "source", "start_s", "end_s", "duration_s", "caption", "path"]
 CLIP_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+QUERIES_PER_CALL = 1024     # query vectors per Milvus request (a server caps nq and message sizes)
 
 
 class SearchError(ValueError):
@@ -166,20 +170,35 @@ class Searching:
         among those matching `where`."""
         if (text is None) == (like is None):
             raise SearchError("give either a text query or like=CLIP_ID")
+        return self._search(None if text is None else [text], like, top_k, where, mode)[0]
+
+    def search_many(self, texts: Sequence[str], *, top_k: int = 10, where: str | None = None,
+                    mode: Mode = "auto") -> list[list[Hit]]:
+        """`search(text)` for each of `texts`, in their order, done together: the texts are embedded
+        in one forward pass per embedder and ranked by one matrix product (the exact scan) or one
+        store call (Milvus) for all of them."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise SearchError("search_many takes a list of text queries")
+        return self._search(list(texts), None, top_k, where, mode) if texts else []
+
+    def _search(self, texts: list[str] | None, like: str | None, top_k: int, where: str | None,
+                mode: Mode) -> list[list[Hit]]:
+        """One hit list per text (or one for `like`)."""
         if self.uses_exact():
-            return self._search_exact(text, like, top_k, where, mode)
+            return self._search_exact(texts, like, top_k, where, mode)
         try:
-            return self._search_milvus(text, like, top_k, where, mode)
+            return self._search_milvus(texts, like, top_k, where, mode)
         except StoreBusy:
             if not self.cfg.milvus.is_lite():
                 raise
             # Lite held by another process (e.g. `recap index`): the same answer from the Parquet vectors
-            return self._search_exact(text, like, top_k, where, mode)
+            return self._search_exact(texts, like, top_k, where, mode)
 
-    def _query(self, name: str, text: str) -> np.ndarray:
-        return embed_query(self.model(name), text)
+    def _queries(self, names: list[str], texts: list[str]) -> dict[str, np.ndarray]:
+        """Each embedder's (len(texts), D) query vectors: one forward pass of its model."""
+        return {n: embed_queries(self.model(n), texts) for n in names}
 
-    def _search_exact(self, text, like, top_k, where, mode) -> list[Hit]:
+    def _search_exact(self, texts, like, top_k, where, mode) -> list[list[Hit]]:
         snap = self._snap()
         fields = fields_for_schema(snap.clips.schema, {exact.ROW})
         allowed = snap.mask(compile_where(where, fields, set(known_columns()))) if where else None
@@ -191,19 +210,25 @@ class Searching:
             names = [n for n in names if row in snap.vectors[n].slot]
             if not names:
                 raise SearchError(f"clip {like!r} has no vectors for this mode")
-            queries = {n: snap.vectors[n].matrix[snap.vectors[n].slot[row]] for n in names}
+            queries = {n: snap.vectors[n].matrix[[snap.vectors[n].slot[row]]] for n in names}
             allowed = np.ones(len(snap.ids), bool) if allowed is None else allowed.copy()
             allowed[row] = False
         else:
-            queries = {n: self._query(n, text) for n in names}
-        lists = [exact.ranked(snap.vectors[n], q, allowed, top_k) for n, q in queries.items()]
-        found = lists[0] if len(lists) == 1 else exact.rrf(lists, self.cfg.rrf_k, top_k)
+            queries = self._queries(names, texts)
+        per_name = [exact.ranked(snap.vectors[n], q, allowed, top_k) for n, q in queries.items()]
+        found = [lists[0] if len(lists) == 1 else exact.rrf(list(lists), self.cfg.rrf_k, top_k)
+                 for lists in zip(*per_name)]                         # one list per query
         shown = [c for c in DISPLAY if c in snap.clips.column_names]
-        rows = snap.clips.take(pa.array([r for r, _ in found], pa.int64())).select(shown).to_pylist() if found else []
-        return [Hit(rank=i + 1, score=score, clip_id=snap.ids[r], **row)
-                for i, ((r, score), row) in enumerate(zip(found, rows))]
+        rows = [r for f in found for r, _ in f]
+        table = snap.clips.take(pa.array(rows, pa.int64())).select(shown).to_pylist() if rows else []
+        out, at = [], 0
+        for f in found:
+            out.append([Hit(rank=i + 1, score=score, clip_id=snap.ids[r], **row)
+                        for i, ((r, score), row) in enumerate(zip(f, table[at:at + len(f)]))])
+            at += len(f)
+        return out
 
-    def _search_milvus(self, text, like, top_k, where, mode) -> list[Hit]:
+    def _search_milvus(self, texts, like, top_k, where, mode) -> list[list[Hit]]:
         if self._store is None and self.cfg.milvus.is_lite() and self.lite_path().exists():
             # a search does not wait for a Lite store another process holds: it reads Parquet instead
             self._store = MilvusStore(self.root, self.cfg.milvus, notify=self.notify, lock_wait_s=0)
@@ -222,21 +247,25 @@ class Searching:
             names = [n for n in names if got[0].get(has_field(n))]
             if not names:
                 raise SearchError(f"clip {like!r} has no vectors for this mode")
-            queries = {n: list(got[0][vector_field(n)]) for n in names}
+            queries = {n: [list(got[0][vector_field(n)])] for n in names}
             expr = f'({PK} != "{like}")' + (f" and {expr}" if expr else "")
         else:
-            queries = {n: self._query(n, text).tolist() for n in names}
+            queries = {n: q.tolist() for n, q in self._queries(names, texts).items()}
         fields = [f for f in DISPLAY if f in store.describe()]
-        if len(queries) == 1:
-            (name, q), = queries.items()
-            raw = store.search(name, [q], top_k, expr, fields)[0]
-        else:
-            raw = store.hybrid(queries, top_k, expr, fields, self.cfg.rrf_k)
-        if len(raw) < top_k and (held := store.count()) < (n := self.n_clips()):
+        raw: list[list[dict[str, Any]]] = []
+        n_queries = len(next(iter(queries.values())))
+        for lo in range(0, n_queries, QUERIES_PER_CALL):        # (one call, unless there are very many)
+            part = {n: qs[lo:lo + QUERIES_PER_CALL] for n, qs in queries.items()}
+            if len(part) == 1:
+                (name, qs), = part.items()
+                raw += store.search(name, qs, top_k, expr, fields)
+            else:
+                raw += store.hybrid(part, top_k, expr, fields, self.cfg.rrf_k)
+        if any(len(r) < top_k for r in raw) and (held := store.count()) < (n := self.n_clips()):
             # fewer hits than asked may be the filter, or a store that lost rows: never answer
             # "nothing found" from a store that does not hold the library
             error = StoreDamaged if store.is_lite else StoreError
             raise error(f"the Milvus collection holds {held} of the library's {n} clips, so this answer would be "
                         f"incomplete: run `recap index {self.root}` (or `--repair` to rebuild it)")
-        return [Hit(rank=i + 1, score=float(h["distance"]), clip_id=h[PK] if PK in h else h["id"],
-                    **{k: h["entity"].get(k) for k in fields}) for i, h in enumerate(raw)]
+        return [[Hit(rank=i + 1, score=float(h["distance"]), clip_id=h[PK] if PK in h else h["id"],
+                     **{k: h["entity"].get(k) for k in fields}) for i, h in enumerate(r)] for r in raw]

@@ -314,18 +314,19 @@ class MilvusStore:
         return self._call("search", self.client.search, self.collection, data=queries, anns_field=vector_field(embedder),
                           limit=limit, filter=expr, output_fields=output_fields, search_params=self.search_params())
 
-    def hybrid(self, queries: dict[str, list[float]], limit: int, expr: str, output_fields: list[str],
-               rrf_k: int) -> list[dict[str, Any]]:
-        """Reciprocal-rank fusion of one search per vector field (Milvus hybrid search)."""
+    def hybrid(self, queries: dict[str, list[list[float]]], limit: int, expr: str, output_fields: list[str],
+               rrf_k: int) -> list[list[dict[str, Any]]]:
+        """Reciprocal-rank fusion of one search per vector field (Milvus hybrid search), for each
+        query: `queries` holds the same number of vectors per field, one hit list comes back per query."""
         # lazy: pymilvus takes ~0.8 s to import; only store operations need it
         from pymilvus import AnnSearchRequest, RRFRanker
 
-        reqs = [AnnSearchRequest([q], vector_field(name), self.search_params(), limit=limit,
+        reqs = [AnnSearchRequest(qs, vector_field(name), self.search_params(), limit=limit,
                                  expr=_and(f"({has_field(name)} == true)", expr))
-                for name, q in queries.items()]
+                for name, qs in queries.items()]
         res = self._call("run a hybrid search", self.client.hybrid_search, self.collection, reqs,
                          RRFRanker(rrf_k), limit=limit, output_fields=output_fields)
-        return list(res[0])
+        return [list(hits) for hits in res]
 
     def count(self) -> int:
         res = self._call("count rows", self.client.query, self.collection, filter="", output_fields=["count(*)"])

@@ -336,3 +336,9 @@ def test_query_selects_search_hits_that_pass_the_filters(tmp_path):
     sel = select(root, query="a dog running on the beach", top_k=3, where="duration_s < 4")
     assert set(sel.clips.column("duration_s").to_pylist()) <= {3.0, 3.5, 2.5} and len(sel.clips) == 3
     assert sel.steps[-1][0].startswith("--query")
+    # several queries: the union of each one's top hits, each clip with its best score
+    dog, car = select(root, query="a dog running on the beach", top_k=1), select(root, query="a car in the city at night", top_k=1)
+    both = select(root, query=["a dog running on the beach", "a car in the city at night"], top_k=1)
+    assert both.scores == pytest.approx({**dog.scores, **car.scores}, abs=1e-5)    # (a batch rounds a little differently)
+    assert set(both.clips.column("clip_id").to_pylist()) == {clip_id(0), clip_id(3)}
+    assert "a clip any of them finds" in both.steps[-1][0]

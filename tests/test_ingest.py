@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from pipeline.ingest.config import load_ingest_config
-from pipeline.ingest.job import run_ingest
+from pipeline.ingest.job import largest_first, run_ingest
 from pipeline.ingest.sandbox import SourceRunner
 from pipeline.library import Library
 from tests.conftest import RECAP, ROOT, recap
@@ -494,3 +494,14 @@ def test_ctrl_c_stops_at_once_quietly_and_leaves_no_process(tmp_path: Path, samp
     again = recap("ingest", str(manifest), "--out", str(lib), "--no-progress", "--set", "sources.timeout_s=3",
                   check=False)
     assert again.returncode == 3 and len(Library(lib).handled_sources()) == 1 + len(list(sample_corpus.glob("*.mp4")))
+
+
+def test_videos_are_dispatched_largest_first_remote_ones_after(tmp_path: Path) -> None:
+    sizes = {"a.mp4": 10, "b.mp4": 3000, "c.mp4": 500, "d.mp4": 500}
+    for name, size in sizes.items():
+        (tmp_path / name).write_bytes(b"\0" * size)
+    local = [str(tmp_path / n) for n in sizes]
+    url = "https://example.com/v.mp4"
+    order = largest_first(local + [url, str(tmp_path / "gone.mp4")])
+    # by size, ties in their order; unknown sizes (a URL, a file that vanished: it gets its error row) after
+    assert order == [str(tmp_path / n) for n in ("b.mp4", "c.mp4", "d.mp4", "a.mp4")] + [url, str(tmp_path / "gone.mp4")]

@@ -34,10 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("library", metavar="LIB", help="library folder written by `recap ingest`")
     p.add_argument("--out", required=True, metavar="SHARDS", help="output folder (new, or a killed export to resume)")
     p.add_argument("--where", metavar="EXPR", help="filter, e.g. 'duration_s > 3 and caption_version is not null'")
-    p.add_argument("--query", metavar="TEXT", help="keep only the clips a semantic search for TEXT returns")
+    p.add_argument("--query", action="append", metavar="TEXT",
+                   help="keep only the clips a semantic search for TEXT returns; repeat it for several "
+                        "(a clip any of them finds is kept)")
     p.add_argument("--selection", metavar="NAME",
                    help="export the clips of LIB/selections/NAME.parquet as chosen (the filter view is not applied)")
-    p.add_argument("--top-k", type=int, default=100, metavar="N", help="hits of --query to keep (default 100)")
+    p.add_argument("--top-k", type=int, default=100, metavar="N", help="hits of each --query to keep (default 100)")
     p.add_argument("--caption-version", metavar="V",
                    help="caption version to train on (default: the library's default version)")
     p.add_argument("--buckets", metavar="FILE", help="bucket file replacing configs/buckets.yaml")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (("val_fraction", args.val_fraction), ("seed", args.seed), ("shard_size", args.shard_size)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    if args.query is None and args.top_k != 100:
+    if not args.query and args.top_k != 100:
         print("recap export: error: --top-k needs --query", file=sys.stderr)
         return 2
     try:

@@ -100,7 +100,7 @@ def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: b
     bar.close()
 
 
-def run_export(root: str | Path, out: str | Path, *, where: str | None = None, query: str | None = None,
+def run_export(root: str | Path, out: str | Path, *, where: str | None = None, query: str | list[str] | None = None,
                top_k: int = 100, caption_version: str | None = None, selection: str | None = None,
                buckets: BucketConfig,
                cfg: ExportConfig, command: str = "", buckets_file: str | None = None,

@@ -4,6 +4,7 @@ among the `--query` hits; every step's count is kept for the dataset card."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,13 @@ def _caption_versions(lib: Library, wanted: str | None) -> tuple[str | None, dic
     return wanted or store.default(), captions, versions
 
 
-def select(root: str | Path, where: str | None = None, query: str | None = None, top_k: int = 100,
+def select(root: str | Path, where: str | None = None, query: str | Sequence[str] | None = None, top_k: int = 100,
            caption_version: str | None = None, selection: str | None = None) -> Selection:
     """The clips to export, with the count left after each step. A named `selection` (clips chosen
-    by hand, e.g. in the web UI) is taken as chosen: the filter view does not narrow it."""
+    by hand, e.g. in the web UI) is taken as chosen: the filter view does not narrow it. Several
+    queries keep the clips any of them finds (each query's `top_k` hits)."""
     root = Path(root)
+    queries = [query] if isinstance(query, str) else list(query or [])
     try:
         lib = Library(root)
     except LibraryError as e:
@@ -97,10 +100,12 @@ def select(root: str | Path, where: str | None = None, query: str | None = None,
         t = t.filter(expr)
         steps.append((f"--where {where}", t.num_rows))
     scores: dict[str, float] = {}
-    if query:
-        scores = _query_scores(root, query, top_k, where, t.column_names)
+    if queries:
+        scores = _query_scores(root, queries, top_k, where)
         t = t.filter(pc.is_in(t.column("clip_id"), pa.array(list(scores), pa.string())))
-        steps.append((f"--query {query!r} --top-k {top_k}", t.num_rows))
+        asked = " ".join(f"--query {q!r}" for q in queries)
+        steps.append((f"{asked} --top-k {top_k}" + (" (each; a clip any of them finds)" if len(queries) > 1 else ""),
+                      t.num_rows))
     if not captions:
         notes.append("no captions: the library has no caption versions yet, so every sample has caption '' "
                      "and captions {} (run `recap caption`, then export again)")
@@ -108,17 +113,20 @@ def select(root: str | Path, where: str | None = None, query: str | None = None,
     return Selection(t, steps, chosen, captions, [v for v in versions if v["version"] in used], scores, notes)
 
 
-def _query_scores(root: Path, query: str, top_k: int, where: str | None, columns: list[str]) -> dict[str, float]:
-    """clip_id -> score of the semantic search hits (the same filters pushed into the search, so
-    top_k counts clips that can be exported)."""
+def _query_scores(root: Path, queries: list[str], top_k: int, where: str | None) -> dict[str, float]:
+    """clip_id -> score of the semantic search hits of every query (a clip several find: its best
+    score), the same filters pushed into the search, so top_k counts clips that can be exported."""
     parts = [f"({where})"] if where else []
     try:
         with ClipIndex(root, load_index_config()) as index:
             fields = index.fields()
             parts += [p for p, name in (("passed", "passed"), ("not duplicate", "duplicate")) if name in fields]
-            hits = index.search(query, top_k=top_k, where=" and ".join(parts) or None)
+            found = index.search_many(queries, top_k=top_k, where=" and ".join(parts) or None)
     except (SearchError, StoreError, ValueError) as e:
         raise ExportError(f"--query: {e}") from None
-    return {h.clip_id: h.score for h in hits}
+    scores: dict[str, float] = {}
+    for h in (h for hits in found for h in hits):
+        scores[h.clip_id] = max(h.score, scores.get(h.clip_id, -float("inf")))
+    return scores
 
 

@@ -272,6 +272,9 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         threads = decode_threads(cfg, ctx.width, ctx.height)
         stream.thread_type = "AUTO"
         ctx.thread_count = threads
+        # OpenCV's pool gets this video's share too: on small frames its hand-offs cost more than
+        # they save (one video per worker process, which is what sets this process-wide value)
+        cv2.setNumThreads(threads)
         if cfg.skip_loop_filter:
             ctx.options = {**ctx.options, "skip_loop_filter": "all"}
         if not ctx.width or not ctx.height:

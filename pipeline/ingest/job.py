@@ -16,6 +16,7 @@ the library folder is created: a job that ingests nothing leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -183,7 +184,7 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
             pending.setdefault(table, []).extend(rows)
 
     # one block per video: a worker that dies (a decoder crash) loses that video only, and the job goes on
-    for row in run_stages([stage], [{"uri": u} for u in todo], cfg.execution, one_block_per_batch=True,
+    for row in run_stages([stage], [{"uri": u} for u in largest_first(todo)], cfg.execution, one_block_per_batch=True,
                           tolerate_lost_batches=True):
         result: SourceResult = row["result"]
         seen.add(result.uri)
@@ -205,6 +206,19 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
     lib.commit(pending)
     bar.close()
     claims.close()
+
+
+def largest_first(uris: list[str]) -> list[str]:
+    """Local files biggest first, so a run does not end on one long video while the other workers
+    idle (longest-processing-time-first, with size for time); after them the sources whose size is
+    not known here (remote ones). Equal sizes keep their order, so of two copies of one file the one
+    named first is still the one ingested (the other is its duplicate)."""
+    def size(uri: str) -> int:
+        try:
+            return os.stat(uri).st_size
+        except (OSError, ValueError):
+            return -1
+    return sorted(uris, key=lambda u: -size(u))
 
 
 def _after_ingest(lib_root: Path, cfg: IngestConfig, progress: bool) -> None:

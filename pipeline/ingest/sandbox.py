@@ -109,6 +109,8 @@ class SourceRunner:
         # the child imports what this process imports (a Ray worker may see recap through a path
         # Ray gave it, not through an installed package)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        # numpy's BLAS sees only tiny vectors here; its idle threads spin after every call
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.ingest.sandbox", str(jobs_r), str(events_w), str(os.getpid())],
