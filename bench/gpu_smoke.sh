@@ -8,11 +8,13 @@
 #   TINY=1 bash bench/gpu_smoke.sh            # tiny configs and buckets: the same plumbing, on CPU too
 #   BENCH_ARGS="--sizes B L" bash bench/gpu_smoke.sh   # the full bench table at the end (long)
 #   SHARDS=DIR bash bench/gpu_smoke.sh        # start from exported shards (skips samples .. export)
+#   SHARDS_ONLY=1 bash bench/gpu_smoke.sh WORK  # samples .. export only, on any machine: WORK/shards for
+#                                             # a device without the ingest packages (bench/gpu_kit.sh)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
+PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 RECAP=("$PY" -m pipeline.cli)
 WORK="${1:-$(mktemp -d -t recap_gpu_smoke.XXXXXX)}"
 mkdir -p "$WORK"
@@ -23,7 +25,7 @@ step() { STEP="$1"; echo; echo "=== $1"; }
 
 if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__)'
-elif [ "${TINY:-0}" != 1 ]; then
+elif [ "${TINY:-0}" != 1 ] && [ "${SHARDS_ONLY:-0}" != 1 ]; then
   echo "gpu_smoke: no CUDA device here; TINY=1 runs the same steps with tiny configs on the CPU" >&2
   exit 2
 fi
@@ -67,6 +69,10 @@ max_crop_share: 0.5
 upscale_tolerance: 0.05
 EOF
 "${RECAP[@]}" export "$WORK/lib" --out "$WORK/shards" --buckets "$WORK/buckets.yaml" --val-fraction 0
+fi
+if [ "${SHARDS_ONLY:-0}" = 1 ]; then
+  echo "gpu_smoke: shards written to $WORK/shards (SHARDS_ONLY)"
+  exit 0
 fi
 BUCKET="$("$PY" - "$WORK/shards" <<'EOF'
 import sys
