@@ -166,6 +166,32 @@ def compare_motion_vectors(path: Path, threads: int) -> None:
     print(f"  Spearman rank correlation of per-second motion: {rho:.3f}")
 
 
+def count_ocr_reads(files: list[Path]) -> None:
+    """Text readings of one decode pass per file, as ingest schedules them, with the still-picture
+    reuse (text.SAME_PICTURE) and without it: how many detector runs the reuse saves."""
+    from pipeline.ingest.signals import text
+
+    calls = [0]
+    read = text.read_text
+
+    def counted(*args):
+        calls[0] += 1
+        return read(*args)
+
+    text.read_text = counted
+    cfg, same = SignalsConfig(), text.SAME_PICTURE
+    print("| file | seconds | readings | readings without still-picture reuse |\n|---|---|---|---|")
+    for path in files:
+        counts = []
+        for threshold in (same, -1.0):       # -1: no two pictures are the same
+            text.SAME_PICTURE, calls[0] = threshold, 0
+            result = decode_mod.decode_pass(path, DecodeConfig(), [text.TextAnalyzer(cfg.text)],
+                                            detail=(cfg.detail_every_s, cfg.detail_width))
+            counts.append(calls[0])
+        text.SAME_PICTURE = same
+        print(f"| {path.name} | {result.duration_s:.0f} | {counts[0]} | {counts[1]} |", flush=True)
+
+
 # One long-lived worker per code tree: reads "FILE<TAB>OVERRIDES-JSON" lines, ingests FILE into a
 # fresh library and answers with this process's CPU-seconds (all threads) and wall time for it.
 SERVE_SNIPPET = """
@@ -329,7 +355,13 @@ def main() -> None:
                    help="--worker: more videos to measure beside the benchmark files (e.g. ones with text)")
     p.add_argument("--variant", nargs="*", default=[], metavar="KEY=VALUE",
                    help="--worker: a third case, signals with these config overrides too")
+    p.add_argument("--ocr-reads", action="store_true",
+                   help="count text readings (detector runs) per file in --files, with and without reusing "
+                        "the reading of a still picture")
     args = p.parse_args()
+    if args.ocr_reads:
+        count_ocr_reads(args.files)
+        return
     if args.worker:
         worker_benchmark(args.sizes, args.seconds, args.threads, args.repeats, args.compare, args.files,
                          args.variant)

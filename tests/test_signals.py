@@ -196,7 +196,7 @@ def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch, stretch,
     """Regular readings every 2 s; a 1.2 s shot between two cuts holding only an odd-second
     detail frame is read too, while detail frames inside longer shots take their shot's reading.
     With `text.stretch` on this 360p source regular readings are 4x farther apart (8 s): each
-    shot is read once."""
+    shot is read once. The first shot pans (a still one would keep its first reading: see below)."""
     from pipeline.ingest.signals import text
 
     reads = []
@@ -204,10 +204,12 @@ def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch, stretch,
     shots = [(75, 0, None), (36, 1, "SHORT SHOT"), (69, 2, None)]  # (frames, canvas seed, title)
     frames = []
     for n, seed, title in shots:
-        picture = cv2.GaussianBlur(cv2.resize(texture(seed=seed), SOURCE), (0, 0), 3)
-        if title:
-            cv2.putText(picture, title, (40, 300), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 5)
-        frames += [picture] * n
+        canvas = cv2.GaussianBlur(texture(seed=seed), (0, 0), 3)
+        for i in range(n):
+            picture = crop(canvas, 500 + (2 * i if seed == 0 else 0), 450)
+            if title:
+                cv2.putText(picture, title, (40, 300), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (255, 255, 255), 5)
+            frames.append(picture)
     cfg = SignalsConfig(text=TextConfig(stretch=stretch))
     assert (cfg.detail_every_s, cfg.text.every_s) == (1.0, 2.0)
     a, b, c = analyse(frames, cfg, ranges=[(0, 75), (75, 111), (111, 180)])
@@ -216,6 +218,33 @@ def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch, stretch,
     # detail frames at 0..5 s: at full rate read at 0, 2, 4 s (regular) and 3 s (the short shot),
     # 1 s and 5 s inherit; stretched, at 0 s (regular), 3 s and 4 s (shots without a reading)
     assert len(reads) == expected_reads
+
+
+def test_a_still_picture_keeps_its_reading_until_its_text_changes(monkeypatch):
+    """One still shot (no cut) whose subtitle changes at 3 s and goes at 6 s: regular readings at
+    0, 2, 4, 6, 8 s; the 2 s and 8 s frames still show what the reading before them read (only
+    compression-like noise differs), so only 0, 4 and 6 s are read, and every subtitle is found."""
+    from pipeline.ingest.signals import text
+
+    reads = []
+    monkeypatch.setattr(text, "read_text", lambda *a: reads.append(1) or READ_TEXT(*a))
+    rng = np.random.default_rng(0)
+    still = cv2.GaussianBlur(cv2.resize(texture(seed=3), SOURCE), (0, 0), 3)
+    frames = []
+    for i in range(int(9 * FPS)):
+        picture = still.copy()
+        subtitle = "HELLO WORLD" if i < 3 * FPS else "GOOD NIGHT" if i < 6 * FPS else None
+        if subtitle:
+            cv2.putText(picture, subtitle, (60, 320), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (255, 255, 255), 4)
+        noise = rng.integers(-2, 3, picture.shape, dtype=np.int16)    # like a re-encoded still
+        frames.append(np.clip(picture.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    (row,) = analyse(frames, SignalsConfig(text=TextConfig(stretch=False)))
+    assert len(reads) == 3
+    found = row["ocr_text"].replace(" ", "").upper()
+    assert "HELLOWORLD" in found and "GOODNIGHT" in found
+    parts = analyse(frames, SignalsConfig(text=TextConfig(stretch=False)), ranges=[(0, 90), (90, 180), (180, 270)])
+    assert "HELLO" in parts[0]["ocr_text"].upper() and "GOOD" in parts[1]["ocr_text"].upper()
+    assert parts[2]["ocr_text"] == "" and parts[2]["text_area"] == 0.0
 
 
 def test_small_sources_sample_sparser_up_to_max_stretch():

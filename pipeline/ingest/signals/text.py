@@ -10,7 +10,9 @@ frames between two picture breaks (a cut, seen as a lag-1 structure jump, or a b
 Otherwise it takes the reading of its run, which shows the same picture.
 So a 1-2 s shot between two cuts is still read, every clip of at least `detail_every_s` has a
 reading, and a video whose shots are longer than `every_s` costs half the readings of reading
-every detail frame. The frames in between are held until the next regular reading decides
+every detail frame. A regular reading whose frame is still the picture the run last read (no
+8x8 block of its grey levels moved by more than `SAME_PICTURE`: a still shot, a slide, a paused
+title) takes that reading too: text that appears, changes or goes changes its blocks far more. The frames in between are held until the next regular reading decides
 (at most every_s / detail_every_s - 1 of them: memory stays bounded).
 
 Cost: detection runs on the detail frame shrunk to `det_width` (320 px: ~14 ms on one CPU
@@ -22,7 +24,7 @@ readable.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -68,11 +70,37 @@ def read_text(ocr, bgr: np.ndarray, det_width: int, min_score: float) -> tuple[f
     return float(mask.mean()), texts
 
 
+# Largest change of an 8x8 block's mean grey level (0-255) between two detail frames that still
+# counts as the same picture: compression noise on a still shot moves block means by 1-3 levels,
+# while a subtitle's strokes cover a fifth or more of the blocks they cross at contrast 100+.
+SAME_PICTURE = 6.0
+BLOCK = 8
+
+
+def same_picture(blocks: np.ndarray, other: np.ndarray) -> bool:
+    """Two frames' picture_blocks show the same picture, within compression noise."""
+    return blocks.shape == other.shape and int(np.abs(blocks - other).max()) <= SAME_PICTURE
+
+
+def picture_blocks(detail: np.ndarray) -> np.ndarray:
+    """Mean grey level of every BLOCK x BLOCK block of a BGR detail frame (int16, to subtract)."""
+    grey = cv2.cvtColor(detail, cv2.COLOR_BGR2GRAY)
+    h, w = grey.shape
+    return cv2.resize(grey[: h - h % BLOCK, : w - w % BLOCK], (w // BLOCK, h // BLOCK),
+                      interpolation=cv2.INTER_AREA).astype(np.int16)
+
+
 # A lag-1 structure distance above this is a picture break (a cut; motion stays far below, see
 # pipeline/shots.py: cuts measure 0.7-1.2 on the benchmark and sample videos).
 BREAK_STRUCTURE = 0.3
 
 Reading = tuple[float, list[str]]  # (text area share, texts read)
+
+
+class _Latest(NamedTuple):
+    run: int              # the run (frames between picture breaks) of the frame read
+    reading: Reading
+    blocks: np.ndarray    # its picture_blocks, to tell whether a later frame still shows it
 
 
 class TextAnalyzer:
@@ -86,7 +114,7 @@ class TextAnalyzer:
         self._ocr = None  # loaded on the first reading, so building analyzers stays cheap
         self._run = 0  # picture breaks seen so far
         self._prev_z: np.ndarray | None = None
-        self._last: tuple[int, Reading] | None = None  # (run, reading) of the latest reading
+        self._last: _Latest | None = None  # the latest frame actually read
         self._held: list[tuple[int, int, np.ndarray]] = []  # (frame index, run, detail frame)
 
     def update(self, frame) -> None:
@@ -100,26 +128,31 @@ class TextAnalyzer:
         if not self.schedule.due(frame.pts_s):
             self._held.append((frame.index, self._run, detail))
             return
-        reading = self._read(detail)
-        self._resolve_held(next_reading=(self._run, reading))
-        self.samples.add(frame.index, reading)
-        self._last = (self._run, reading)
+        latest = self._last
+        if latest is not None and latest.run == self._run and same_picture(picture_blocks(detail), latest.blocks):
+            pass                          # a still picture: what was read is still what it shows
+        else:
+            latest = self._read(self._run, detail)
+        self._resolve_held(next_reading=(self._run, latest.reading))
+        self.samples.add(frame.index, latest.reading)
+        self._last = latest
 
-    def _read(self, detail: np.ndarray) -> Reading:
+    def _read(self, run: int, detail: np.ndarray) -> _Latest:
         if self._ocr is None:
             self._ocr = load_ocr()
-        return read_text(self._ocr, detail, self.cfg.det_width, self.cfg.min_score)
+        reading = read_text(self._ocr, detail, self.cfg.det_width, self.cfg.min_score)
+        return _Latest(run, reading, picture_blocks(detail))
 
     def _resolve_held(self, next_reading: tuple[int, Reading] | None) -> None:
         """Give every held frame the reading of its run, reading it only when it has none."""
         for index, run, detail in self._held:
-            if self._last is not None and self._last[0] == run:
-                reading = self._last[1]
+            if self._last is not None and self._last.run == run:
+                reading = self._last.reading
             elif next_reading is not None and next_reading[0] == run:
                 reading = next_reading[1]
             else:
-                reading = self._read(detail)
-                self._last = (run, reading)
+                self._last = self._read(run, detail)
+                reading = self._last.reading
             self.samples.add(index, reading)
         self._held.clear()
 
