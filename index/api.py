@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import pyarrow as pa
 from index import exact, lite
 from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig
 from index.embedders import query_encoder
+from index.ledger import WRITING, ledger_path, read_ledger, same_rows, write_ledger
 from index.rows import ClipPositions, RowSource, ScratchVectors, current_mask, load_vectors
 from index.search import Hit, Mode, NothingToIndex, SearchError, Searching
 from index.store import PK, MilvusStore, ScalarSpec, StoreBusy, StoreDamaged, StoreError
@@ -242,12 +244,28 @@ class ClipIndex(Searching):
             for v in vectors.values():
                 v.close()
 
-    def _diff(self, want: Desired, rec: Reconcile) -> np.ndarray:
+    def _wanted_hashes(self, want: Desired) -> np.ndarray:
+        """The row hash (S24) of every clip, in the clip table's order: what a synced store holds."""
+        return np.concatenate([np.array(b.hashes, dtype="S24")
+                               for b in want.source.batches(self.cfg.milvus.batch_rows, hashes_only=True)]
+                              or [np.zeros(0, "S24")])
+
+    def _ledger_path(self) -> Path:
+        return ledger_path(self.root, self.store.collection)
+
+    def _stored_rows(self, trust_ledger: bool) -> tuple[tuple[pa.ChunkedArray, pa.ChunkedArray], bool]:
+        """(clip ids, row hashes) the store holds, and whether they came from the ledger (the last
+        sync's record, believed while the store carries that sync's token and row count)."""
+        if trust_ledger:
+            found = read_ledger(self._ledger_path(), self.store.sync_token())
+            if found is not None and len(found[0]) == self.store.count():
+                return found, True
+        return self.store.row_hashes(), False
+
+    def _diff(self, want: Desired, rec: Reconcile, hashes: np.ndarray,
+              stored: tuple[pa.ChunkedArray, pa.ChunkedArray]) -> np.ndarray:
         """Fill rec.missing/extra/stale by comparing row hashes; returns which clips to write."""
-        batch_rows = self.cfg.milvus.batch_rows
-        hashes = np.concatenate([np.array(b.hashes, dtype="S24")
-                                 for b in want.source.batches(batch_rows, hashes_only=True)] or [np.zeros(0, "S24")])
-        stored_ids, stored_hashes = self.store.row_hashes()
+        stored_ids, stored_hashes = stored
         rows = want.positions.find(stored_ids)        # -1: a row of a clip the library no longer has
         found = rows >= 0
         held = np.zeros(len(hashes), bool)
@@ -276,7 +294,12 @@ class ClipIndex(Searching):
                     return rec
                 if self.store.describe() != self.store.wanted(want.scalars, want.dims):
                     rec.schema_changed = True
-                self._diff(want, rec)
+                # a check reads the store itself, never the ledger, and drops a ledger the store contradicts
+                stored = self.store.row_hashes()
+                recorded = read_ledger(self._ledger_path(), self.store.sync_token())
+                if recorded is not None and not same_rows(recorded, stored):
+                    self._ledger_path().unlink(missing_ok=True)
+                self._diff(want, rec, self._wanted_hashes(want), stored)
             except StoreDamaged as e:
                 rec.damaged, rec.schema_changed, rec.missing, rec.extra, rec.stale = str(e), True, every(), [], []
             return rec
@@ -293,12 +316,12 @@ class ClipIndex(Searching):
             if lite_path is not None and rebuild:
                 self._remove_lite(log, "rebuilding it from Parquet (--repair)")
             try:
-                rec = self._sync(want, log)
+                rec = self._sync(want, log, trust_ledger=not rebuild)
             except StoreDamaged as e:
                 if lite_path is None:
                     raise
                 self._remove_lite(log, f"rebuilding it from Parquet (it was damaged: {e.why})")
-                rec = self._sync(want, log)
+                rec = self._sync(want, log, trust_ledger=False)
                 rec.damaged = str(e)
             rec.unembedded = want.unembedded
             rec.rebuilt = rebuild or bool(rec.damaged)
@@ -319,10 +342,13 @@ class ClipIndex(Searching):
             raise StoreError(str(e)) from e
         log(f"Milvus Lite store: {done}; {why}")
 
-    def _sync(self, want: Desired, log) -> Reconcile:
+    def _sync(self, want: Desired, log, trust_ledger: bool) -> Reconcile:
+        """Make the collection hold exactly the library's rows; then record them (index/ledger.py)."""
         store = self.store
         rec = Reconcile(rows=len(want.source))
         batch_rows = self.cfg.milvus.batch_rows
+        hashes = self._wanted_hashes(want)
+        from_ledger = False
         if not store.exists() or store.describe() != store.wanted(want.scalars, want.dims):
             rec.schema_changed = True
             if store.exists():
@@ -333,7 +359,11 @@ class ClipIndex(Searching):
             for batch in want.source.batches(batch_rows):
                 store.write(batch, replace=False)      # a new collection: nothing to replace
         else:
-            keep = self._diff(want, rec)
+            stored, from_ledger = self._stored_rows(trust_ledger)
+            keep = self._diff(want, rec, hashes, stored)
+            if rec.extra or keep.any():
+                store.set_sync_token(WRITING)      # the ledger stops being believed before anything changes
+                from_ledger = False
             if rec.extra:
                 store.delete(rec.extra)
             for batch in want.source.batches(batch_rows, keep=keep):
@@ -342,6 +372,10 @@ class ClipIndex(Searching):
         # a Lite store that loses rows while being written is not "repaired" (a server may count late)
         if store.is_lite and (held := store.count()) != rec.rows:
             raise store.damaged(f"it holds {held} rows after the sync, the library {rec.rows} clips")
+        if not from_ledger:                  # the store now holds these rows: the next run need not read them back
+            token = uuid.uuid4().hex
+            write_ledger(self._ledger_path(), want.source.clips.column(PK), hashes, token)
+            store.set_sync_token(token)
         return rec
 
 __all__ = ["ClipIndex", "Hit", "Mode", "NothingToIndex", "Reconcile", "SearchError", "WhereError"]

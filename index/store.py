@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from index import lite
 from index.config import INDEX_PARAM_KEYS, SEARCH_PARAM_KEYS, MilvusConfig
+from index.ledger import TOKEN_PROPERTY
 
 PK = "clip_id"
 ROW_HASH = "row_hash"
@@ -327,6 +328,15 @@ class MilvusStore:
         res = self._call("run a hybrid search", self.client.hybrid_search, self.collection, reqs,
                          RRFRanker(rrf_k), limit=limit, output_fields=output_fields)
         return [list(hits) for hits in res]
+
+    def sync_token(self) -> str | None:
+        """The token of the last sync that finished writing this collection (see index/ledger.py)."""
+        info = self._call("describe the collection", self.client.describe_collection, self.collection)
+        return (info.get("properties") or {}).get(TOKEN_PROPERTY)
+
+    def set_sync_token(self, token: str) -> None:
+        self._call("mark the collection", self.client.alter_collection_properties, self.collection,
+                   properties={TOKEN_PROPERTY: token})
 
     def count(self) -> int:
         res = self._call("count rows", self.client.query, self.collection, filter="", output_fields=["count(*)"])

@@ -11,6 +11,7 @@
       media/                clip files (remux or encode), under media/<id[:2]>/<video_id>/
       .claims/              content claims of a running ingest (claims.py)
       milvus.db             Milvus Lite, owned by `index/` (rebuilt from the tables above)
+      index/                `index/`'s record of its last sync into the collection (index/ledger.py)
 
 Every schema is declared in schema.py; every file is written whole or not at all (files.py).
 """
