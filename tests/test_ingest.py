@@ -505,3 +505,24 @@ def test_videos_are_dispatched_largest_first_remote_ones_after(tmp_path: Path) -
     order = largest_first(local + [url, str(tmp_path / "gone.mp4")])
     # by size, ties in their order; unknown sizes (a URL, a file that vanished: it gets its error row) after
     assert order == [str(tmp_path / n) for n in ("b.mp4", "c.mp4", "d.mp4", "a.mp4")] + [url, str(tmp_path / "gone.mp4")]
+
+
+def test_a_new_library_starts_its_children_ahead_and_uses_them(tmp_path: Path, sample_corpus: Path,
+                                                                monkeypatch) -> None:
+    """A new library starts the run's sandbox children before opening it (their start-up overlaps
+    the driver's), the threads take those children, and none is left when the run ends; a run
+    into an existing library starts them when a source needs one."""
+    from pipeline.ingest import job, sandbox
+
+    started, asked = [], []
+    real_start, real_start_runners = sandbox.SourceRunner.start, sandbox.start_runners
+    monkeypatch.setattr(sandbox.SourceRunner, "start", lambda self: started.append(self) or real_start(self))
+    monkeypatch.setattr(job, "start_runners", lambda n: asked.append(n) or real_start_runners(n))
+    videos = sorted(p for p in sample_corpus.iterdir() if p.suffix == ".mp4")[:2]
+    cfg = load_ingest_config(None, ["execution.max_tasks_in_flight=2", "signals.text.enabled=false"])
+    summary = run_ingest([str(v) for v in videos], tmp_path / "lib", cfg, progress=False)
+    assert summary.ingested == 2 and asked == [2] and len(started) == 2
+    assert not [p for p in psutil.Process().children(recursive=True) if "pipeline.ingest.sandbox" in " ".join(p.cmdline())]
+    more = sorted(p for p in sample_corpus.iterdir() if p.suffix in {".webm", ".mkv"})[:1]
+    assert run_ingest([str(v) for v in more], tmp_path / "lib", cfg, progress=False).ingested == 1
+    assert asked == [2] and len(started) == 2          # existing library: no child started ahead

@@ -175,6 +175,8 @@ def test_content_score_is_pyscenedetects_to_the_bit() -> None:
     rng = np.random.default_rng(0)
     frames += [np.zeros((90, 160, 3), np.uint8), rng.integers(0, 256, (90, 160, 3), dtype=np.uint8),
                np.full((90, 160, 3), 255, np.uint8)]
+    weights = ContentDetector.DEFAULT_COMPONENT_WEIGHTS
+    assert ContentScore.weights == (weights.delta_hue, weights.delta_sat, weights.delta_lum) and weights.delta_edges == 0
     reference, ours = ContentDetector(min_scene_len=0), ContentScore()
     theirs = [reference._calculate_frame_score(FrameTimecode(i, Fraction(30)), f) for i, f in enumerate(frames)]
     assert [ours.score(f) for f in frames] == theirs

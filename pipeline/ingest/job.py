@@ -30,7 +30,7 @@ from pipeline.filters.config import from_saved_config, load_filter_config
 from pipeline.filters.evaluate import run_filters
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.result import SourceResult, error_result
-from pipeline.ingest.sandbox import close_shared_runner
+from pipeline.ingest.sandbox import close_shared_runner, start_runners
 from pipeline.ingest.signals.aesthetic import check_model
 from pipeline.ingest.sources import expand_sources
 from pipeline.ingest.stage import IngestStage
@@ -105,8 +105,14 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
         check_model(cfg.signals.aesthetic)
     if cfg.after.caption:     # a bad caption config or a missing model fails now, not after the whole ingest
         _check_caption_model(load_caption_config(cfg.after.caption_config, cfg.after.caption_set))
-    lib = Library(lib_root, write=True) if _is_library(lib_root) else None
+    lib: Library | None = None
     try:
+        if _is_library(lib_root):
+            lib = Library(lib_root, write=True)
+        elif items and not cfg.execution.uses_ray:
+            # a new library: every source is to be ingested, so the children doing it can start now
+            cpus, _ = plan_resources(cfg, len(items), cluster_cpus(cfg.execution))
+            start_runners(min(len(items), cfg.execution.local_workers(cpus)))
         todo = _todo(lib, [s.uri for s in items], cfg)
         if todo:
             # (start or join Ray and) check the tasks fit a node: a failure leaves no library behind

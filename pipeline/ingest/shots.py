@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scenedetect import ContentDetector
 
 from pipeline.ingest.analysis import MIN_THUMB_STD, THUMB, AnalysisFrame
 from pipeline.ingest.config import ShotsConfig
@@ -96,12 +95,15 @@ class ContentScore:
     decisions, as AdaptiveDetector uses it. Computed with one `absdiff` and one `sumElems` over the
     three channels instead of its per-channel split and numpy sums, which cost as much as the rest
     of shot detection on 160-px frames; the number is the same to the bit
-    (`tests/test_shots.py` compares it with `ContentDetector._calculate_frame_score`)."""
+    (`tests/test_shots.py` compares it with `ContentDetector._calculate_frame_score`).
 
-    weights = ContentDetector.DEFAULT_COMPONENT_WEIGHTS
+    Its weights are ContentDetector.DEFAULT_COMPONENT_WEIGHTS (hue, saturation, luma; edges off),
+    written here (the same test checks they are equal) because importing `scenedetect` in a worker
+    costs 0.16 s and ~0.25 CPU-s: its import runs `ffmpeg` to see whether one is installed."""
+
+    weights = (1.0, 1.0, 1.0)     # hue, saturation, luma
 
     def __init__(self) -> None:
-        assert self.weights.delta_edges == 0.0, "edge differences are not computed here"
         self._total = sum(abs(w) for w in self.weights)
         self._previous: np.ndarray | None = None
 
@@ -112,8 +114,8 @@ class ContentScore:
             return 0.0
         pixels = float(hsv.shape[0] * hsv.shape[1])
         hue, sat, lum, _ = (total / pixels for total in cv2.sumElems(cv2.absdiff(hsv, previous)))  # exact sums
-        w = self.weights
-        return (hue * w.delta_hue + sat * w.delta_sat + lum * w.delta_lum + 0.0 * w.delta_edges) / self._total
+        w_hue, w_sat, w_lum = self.weights
+        return (hue * w_hue + sat * w_sat + lum * w_lum) / self._total
 
 
 @dataclass
