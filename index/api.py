@@ -361,8 +361,9 @@ class ClipIndex(Searching):
         else:
             stored, from_ledger = self._stored_rows(trust_ledger)
             keep = self._diff(want, rec, hashes, stored)
-            if rec.extra or keep.any():
-                store.set_sync_token(WRITING)      # the ledger stops being believed before anything changes
+            if rec.extra or keep.any():       # the ledger stops being believed before anything changes
+                self._ledger_path().unlink(missing_ok=True)
+                store.set_sync_token(WRITING)
                 from_ledger = False
             if rec.extra:
                 store.delete(rec.extra)

@@ -4,11 +4,12 @@ most of a no-op run; pymilvus turns every row into a Python dict).
 
 `LIB/index/synced-<collection>.parquet` holds the clip_id and row_hash of every row the store held
 when a sync finished, and that sync's token in its metadata. The collection holds the same token as
-a property (`recap.sync_token`), set once the sync's rows are flushed and replaced by "writing"
-before the next sync changes anything. So the file is believed only while the store still holds
-what that sync left: a sync cut off midway, a store rebuilt or replaced, or another library's sync
-into the same collection changes the token (as a row count that differs does), and the rows are
-then read back from the store. `recap index --check` and `--repair` always read them back, and a
+a property (`recap.sync_token`), set once the sync's rows are flushed; before the next sync changes
+anything the file is removed and the token replaced by "writing". So the file is believed only while
+the store still holds what that sync left: a sync cut off midway leaves no file, and a store rebuilt,
+replaced or restored, or another library's sync into the same collection, changes the token (as a
+row count that differs does); the rows are then read back from the store. A server that cannot hold
+collection properties never has a matching token: its rows are always read back. `recap index --check` and `--repair` always read them back, and a
 check that finds the store other than the record says discards the record.
 """
 

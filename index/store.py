@@ -334,9 +334,14 @@ class MilvusStore:
         info = self._call("describe the collection", self.client.describe_collection, self.collection)
         return (info.get("properties") or {}).get(TOKEN_PROPERTY)
 
-    def set_sync_token(self, token: str) -> None:
-        self._call("mark the collection", self.client.alter_collection_properties, self.collection,
-                   properties={TOKEN_PROPERTY: token})
+    def set_sync_token(self, token: str) -> bool:
+        """Whether the collection now carries `token`. A server that cannot hold collection
+        properties (older Milvus) says no: its syncs are then read back every time, as before."""
+        try:
+            self.client.alter_collection_properties(self.collection, properties={TOKEN_PROPERTY: token})
+            return True
+        except Exception:  # noqa: BLE001  (whatever the server's reason, the ledger is just not believed)
+            return False
 
     def count(self) -> int:
         res = self._call("count rows", self.client.query, self.collection, filter="", output_fields=["count(*)"])

@@ -98,3 +98,15 @@ def test_a_row_changed_behind_its_back_with_the_token_intact_is_seen_by_a_check(
     assert not ledger_path(lib, "clips").exists()
     assert sync(lib).stale == [clip_id(4)] and read_backs == [1, 1]
     assert sync(lib).stale == [] and read_backs == [1, 1]
+
+
+def test_a_store_that_cannot_hold_the_token_is_read_back_every_time(lib, read_backs, monkeypatch):
+    """An older Milvus server without collection properties: syncs still work, never from the record."""
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("alter collection properties is not supported")
+
+    with ClipIndex(lib, caption_only()) as index:
+        index.store.set_sync_token("x")                       # (what the server held before: not ours)
+        monkeypatch.setattr(type(index.store.client), "alter_collection_properties", refuse)
+        assert index.store.set_sync_token("y") is False
+    assert sync(lib).stale == [] and sync(lib).stale == [] and read_backs == [1, 1]
