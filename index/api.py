@@ -347,7 +347,6 @@ class ClipIndex(Searching):
         store = self.store
         rec = Reconcile(rows=len(want.source))
         batch_rows = self.cfg.milvus.batch_rows
-        hashes = self._wanted_hashes(want)
         from_ledger = False
         if not store.exists() or store.describe() != store.wanted(want.scalars, want.dims):
             rec.schema_changed = True
@@ -356,9 +355,13 @@ class ClipIndex(Searching):
             store.drop()
             store.create(want.scalars, want.dims)
             rec.missing = want.source.clips.column(PK).to_pylist()
+            written = []
             for batch in want.source.batches(batch_rows):
                 store.write(batch, replace=False)      # a new collection: nothing to replace
+                written.append(np.array(batch.hashes, dtype="S24"))
+            hashes = np.concatenate(written) if written else np.zeros(0, "S24")
         else:
+            hashes = self._wanted_hashes(want)
             stored, from_ledger = self._stored_rows(trust_ledger)
             keep = self._diff(want, rec, hashes, stored)
             if rec.extra or keep.any():       # the ledger stops being believed before anything changes

@@ -97,7 +97,6 @@ class MilvusStore:
                                              "recap_" + hashlib.sha1(str(self.lib_root.resolve()).encode()).hexdigest()[:12])
         self.index_type = cfg.lite_index if self.is_lite else cfg.server_index
         self.notify = notify
-        self._described: dict[str, Any] | None = None
         self._fields: list[dict[str, Any]] | None = None
         self._loaded = False
         self._connect()
@@ -174,10 +173,7 @@ class MilvusStore:
 
     def describe(self) -> dict[str, Any]:
         """field name -> (type name, dim or None) of the existing collection."""
-        if self._described is None:
-            info = self._call("describe the collection", self.client.describe_collection, self.collection)
-            self._described = {f["name"]: (f["type"].name, f.get("params", {}).get("dim")) for f in info["fields"]}
-        return self._described
+        return {f["name"]: (f["type"].name, f.get("params", {}).get("dim")) for f in self.fields()}
 
     def wanted(self, scalars: list[ScalarSpec], vectors: dict[str, int]) -> dict[str, Any]:
         """The description `describe()` returns for a collection made by `create(scalars, vectors)`."""
@@ -207,7 +203,6 @@ class MilvusStore:
             schema.add_field(vector_field(name), DataType.FLOAT_VECTOR, dim=dim, nullable=True)
             index.add_index(field_name=vector_field(name), index_type=self.index_type, metric_type="COSINE",
                             params=params)
-        self._described = None
         self._fields = None
         self._loaded = False
         self._call("create the collection", self.client.create_collection, self.collection, schema=schema,
@@ -216,7 +211,6 @@ class MilvusStore:
     def drop(self) -> None:
         if self.exists():
             self._call("drop the collection", self.client.drop_collection, self.collection)
-        self._described = None
         self._fields = None
         self._loaded = False
 
@@ -290,7 +284,9 @@ class MilvusStore:
     # ---- reading --------------------------------------------------------------------------------
     def row_hashes(self) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
         """clip_id and row_hash of every row in the collection (Arrow, a few bytes per row)."""
-        it = self._call("read the collection", self.client.query_iterator, self.collection, batch_size=4000,
+        # pymilvus' largest batch: it builds a dict per row, and fewer, larger batches read 100k rows
+        # in 8.8 s instead of 15 s (batches of 4,000)
+        it = self._call("read the collection", self.client.query_iterator, self.collection, batch_size=16384,
                         output_fields=[PK, ROW_HASH])
         ids: list[pa.Array] = []
         hashes: list[pa.Array] = []

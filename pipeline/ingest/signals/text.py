@@ -128,20 +128,19 @@ class TextAnalyzer:
         if not self.schedule.due(frame.pts_s):
             self._held.append((frame.index, self._run, detail))
             return
-        latest = self._last
-        if latest is not None and latest.run == self._run and same_picture(picture_blocks(detail), latest.blocks):
-            pass                          # a still picture: what was read is still what it shows
-        else:
-            latest = self._read(self._run, detail)
+        latest, blocks = self._last, picture_blocks(detail)
+        if latest is None or latest.run != self._run or not same_picture(blocks, latest.blocks):
+            latest = self._read(self._run, detail, blocks)
+        # else a still picture: what was read is still what it shows
         self._resolve_held(next_reading=(self._run, latest.reading))
         self.samples.add(frame.index, latest.reading)
         self._last = latest
 
-    def _read(self, run: int, detail: np.ndarray) -> _Latest:
+    def _read(self, run: int, detail: np.ndarray, blocks: np.ndarray | None = None) -> _Latest:
         if self._ocr is None:
             self._ocr = load_ocr()
         reading = read_text(self._ocr, detail, self.cfg.det_width, self.cfg.min_score)
-        return _Latest(run, reading, picture_blocks(detail))
+        return _Latest(run, reading, picture_blocks(detail) if blocks is None else blocks)
 
     def _resolve_held(self, next_reading: tuple[int, Reading] | None) -> None:
         """Give every held frame the reading of its run, reading it only when it has none."""
