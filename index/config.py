@@ -80,7 +80,7 @@ class IndexConfig:
     def __post_init__(self) -> None:
         for name, e in self.embedders.items():
             _check_embedder(f"embedders.{name}", e)
-        _check_milvus(self.milvus)
+        check_milvus(self.milvus)
         _at_least("rrf_k", self.rrf_k, 1)
         _at_least("dedup.neighbours", self.dedup.neighbours, 1)
         if not -1.0 <= self.dedup.threshold <= 1.0:
@@ -113,7 +113,9 @@ def _check_embedder(key: str, e: EmbedderConfig) -> None:
         raise ConfigError(f"{key}.device: {e.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
-def _check_milvus(m: MilvusConfig) -> None:
+def check_milvus(m: MilvusConfig) -> None:
+    """ConfigError naming the key when a Milvus setting is unusable (also for a `--milvus-uri` given
+    after the config was built)."""
     if m.uri and not m.is_lite() and not re.fullmatch(r"[a-z]+://[^\s/]+.*|unix:.+", m.uri):
         raise ConfigError(f"milvus.uri: {m.uri!r} is not a server address (http://host:19530)")
     if m.uri and m.is_lite() and not m.uri.endswith(".db"):

@@ -27,6 +27,7 @@ from index.catalog import DERIVED, fields_for_schema, known_columns, known_value
 from index.embedders import embed_queries
 from index.store import PK, ROW_HASH, MilvusStore, StoreBusy, StoreDamaged, StoreError, has_field, vector_field
 from index.where import Field, compile_where
+from pipeline.library.files import reading
 
 Mode = Literal["auto", "caption", "visual", "hybrid"]
 DISPLAY = ["video_id", "source", "start_s", "end_s", "duration_s", "caption", "path"]
@@ -57,6 +58,17 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_request(texts: list[str] | None, top_k: int) -> None:
+    """Refuse what has no meaningful answer: a blank query (its embedding ranks clips arbitrarily,
+    not "nothing found") and a `top_k` that is not a positive integer."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise SearchError(f"top_k must be an integer >= 1, got {top_k!r}")
+    blank = [i for i, t in enumerate(texts or []) if not t.strip()]
+    if blank:
+        which = "the query" if len(texts) == 1 else f"query {blank[0] + 1} of {len(texts)}"
+        raise SearchError(f"{which} is empty: give some words to search for")
 
 
 class Searching:
@@ -103,7 +115,11 @@ class Searching:
         parts = tuple(self.library.parts("clips"))
         if self._n_clips is None or self._n_clips[0] != parts:
             # the parts' footers say it without reading the clips (1/4 s at 100k clips)
-            self._n_clips = (parts, sum(pq.read_metadata(p).num_rows for p in parts))
+            rows = 0
+            for p in parts:
+                with reading(p):
+                    rows += pq.read_metadata(p).num_rows
+            self._n_clips = (parts, rows)
         return self._n_clips[1]
 
     def _signature(self) -> tuple:
@@ -184,6 +200,7 @@ class Searching:
     def _search(self, texts: list[str] | None, like: str | None, top_k: int, where: str | None,
                 mode: Mode) -> list[list[Hit]]:
         """One hit list per text (or one for `like`)."""
+        check_request(texts, top_k)
         if self.uses_exact():
             return self._search_exact(texts, like, top_k, where, mode)
         try:
@@ -229,6 +246,9 @@ class Searching:
         return out
 
     def _search_milvus(self, texts, like, top_k, where, mode) -> list[list[Hit]]:
+        # no answer holds more hits than the library has clips; Milvus would allocate for top_k
+        # (a huge --top-k failed as "store damaged" on Lite, and past the server's cap on a server)
+        top_k = min(top_k, max(1, self.n_clips()))
         if self._store is None and self.cfg.milvus.is_lite() and self.lite_path().exists():
             # a search does not wait for a Lite store another process holds: it reads Parquet instead
             self._store = MilvusStore(self.root, self.cfg.milvus, notify=self.notify, lock_wait_s=0)

@@ -52,12 +52,15 @@ def write_video(path: Path, n_frames: int = 100, fps: int = 25, size: tuple[int,
                 samples_done += 960
                 for packet in a.encode(af):
                     out.mux(packet)
-        for packet in v.encode():
-            out.mux(packet)
-        if a is not None:
-            for packet in a.encode():
-                out.mux(packet)
+        flush(out, v, a)
     return path
+
+
+def flush(out, *streams) -> None:
+    """Mux what each encoder still holds (None entries: streams a file does not have)."""
+    for stream in streams:
+        for packet in stream.encode() if stream is not None else ():
+            out.mux(packet)
 
 
 def write_with_cover_art(path: Path, n_frames: int = 30) -> Path:

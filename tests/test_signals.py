@@ -247,6 +247,43 @@ def test_a_still_picture_keeps_its_reading_until_its_text_changes(monkeypatch):
     assert parts[2]["ocr_text"] == "" and parts[2]["text_area"] == 0.0
 
 
+def test_a_box_that_still_shows_its_text_is_not_recognised_again(monkeypatch):
+    """A panning shot with a subtitle on an opaque band: "HELLO WORLD" for 5 s, then "GOOD NIGHT".
+    Every regular reading (0, 2, 4, 6, 8 s) runs the detector (the picture moves), but a box that
+    still looks as it did keeps its text: recognition runs for the first reading of each subtitle
+    only, and both are found where they were shown."""
+    from pipeline.ingest.signals import text
+
+    calls = {"det": 0, "rec": 0}
+    ocr = text.load_ocr()
+
+    def counting(image, use_det=True, **kwargs):
+        calls["det" if use_det else "rec"] += 1
+        return ocr(image, use_det=use_det, **kwargs)
+
+    monkeypatch.setattr(text, "load_ocr", lambda: counting)
+    canvas = cv2.GaussianBlur(texture(seed=4), (0, 0), 3)
+    frames = []
+    for i in range(int(9 * FPS)):
+        picture = crop(canvas, 500 + 3 * i, 450)                    # the scene pans under the band
+        cv2.rectangle(picture, (40, 280), (600, 340), (20, 20, 20), -1)
+        subtitle = "HELLO WORLD" if i < 5 * FPS else "GOOD NIGHT"
+        cv2.putText(picture, subtitle, (60, 325), cv2.FONT_HERSHEY_SIMPLEX, 1.5, (255, 255, 255), 4)
+        frames.append(picture)
+    parts = analyse(frames, SignalsConfig(text=TextConfig(stretch=False)), ranges=[(0, 150), (150, 270)])
+    assert calls["det"] == 5
+    assert "HELLOWORLD" in parts[0]["ocr_text"].replace(" ", "").upper()
+    assert "GOODNIGHT" in parts[1]["ocr_text"].replace(" ", "").upper()
+    assert parts[1]["text_area"] > 0.02
+    boxes_per_subtitle = calls["rec"] / 2
+    assert boxes_per_subtitle in (1, 2)      # the detector may split a line at its space
+    # without the reuse every reading recognises its boxes again: 5 readings, not 2
+    calls.update(det=0, rec=0)
+    monkeypatch.setattr(text, "BOX_JITTER", -1)
+    analyse(frames, SignalsConfig(text=TextConfig(stretch=False)))
+    assert calls["rec"] == 5 * boxes_per_subtitle
+
+
 def test_small_sources_sample_sparser_up_to_max_stretch():
     """The sampled work is spaced out by full_rate_pixels / pixels on small sources, at most
     max_stretch times; 1080p and larger (and full_rate_pixels 0) sample as configured."""

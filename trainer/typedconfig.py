@@ -40,7 +40,10 @@ def load_config(cls: type[T], path: str | Path | Traversable | None = None, over
         path = Path(path) if isinstance(path, str) else path
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
         data = deep_merge(data, loaded)
@@ -48,6 +51,13 @@ def load_config(cls: type[T], path: str | Path | Traversable | None = None, over
         key, value = parse_override(item)
         data = deep_merge(data, nest(key, value))
     return from_dict(cls, data)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """The parser's complaint and where, on one line."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + (getattr(e, "problem", None) or " ".join(str(e).split()))
 
 
 def default_config(name: str) -> Traversable:

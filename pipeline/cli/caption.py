@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-url", help="openai backend: server URL, e.g. http://localhost:8000/v1")
     p.add_argument("--allow-download", action="store_true",
                    help="fetch a hub model that is not in the local Hugging Face cache (default: offline)")
-    p.add_argument("--where", metavar="EXPR", help="only clips matching this filter expression, e.g. 'duration_s > 3 and not passed'")
+    p.add_argument("--where", metavar="EXPR", help="only clips matching this filter expression, e.g. 'duration_s > 3 and camera_motion == \"static\"' "
+                        "(among the clips that pass the filter view; with --all among every clip)")
     p.add_argument("--all", action="store_true", dest="all_clips", help="ignore the filter view: consider every clip")
     p.add_argument("--limit", type=int, metavar="N", help="caption at most N clips this run")
     p.add_argument("--config", metavar="FILE", help="YAML layered over configs/captioner.yaml")
@@ -127,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
         store.set_default(summary.version)
     print(f"version {summary.version}: {summary.captioned} clips captioned, {summary.skipped} already done, "
           f"{summary.selected} selected; took {summary.wall_seconds:.1f} s")
+    if not summary.selected and args.where and not args.all_clips:
+        print("  (--where picks among the clips that pass the filter view; --all picks among every clip)")
     if summary.captioned:
         print("  " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_status.items()))
               + (" | reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.by_reason.items()))

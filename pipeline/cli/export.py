@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.query and args.top_k != 100:
         print("recap export: error: --top-k needs --query", file=sys.stderr)
         return 2
+    if args.top_k < 1:
+        print(f"recap export: error: --top-k must be >= 1, got {args.top_k}", file=sys.stderr)
+        return 2
     try:
         cfg = load_export_config(args.config, overrides)
         if args.ray_address:   # as given: an address is not parsed as YAML

@@ -34,6 +34,7 @@ from index.api import ClipIndex, SearchError
 from index.embedders import EmbedderError
 from index.store import StoreError
 from pipeline.embed import load_index_config, run_index
+from pipeline.library import LibraryError
 from trainer.typedconfig import ConfigError
 
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             rec = run_index(args.library, load_index_config(args.config, args.overrides), embed=not args.repair,
                             milvus_uri=args.milvus_uri, token=args.token, rebuild=args.repair)
-    except (ConfigError, FileNotFoundError, StoreError, EmbedderError, SearchError) as e:
+    except (ConfigError, FileNotFoundError, StoreError, EmbedderError, SearchError, LibraryError) as e:
         print(f"recap index: error: {e}", file=sys.stderr)
         return 2
     if args.check:

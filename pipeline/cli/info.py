@@ -18,11 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        lib = Library(args.lib)
-    except LibraryError as e:
+        lines = summary_lines(Library(args.lib))
+    except LibraryError as e:      # not a library, or a damaged file of one
         print(f"recap info: error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(summary_lines(lib)))
+    print("\n".join(lines))
     return 0
 
 
@@ -36,9 +36,9 @@ def summary_lines(lib: Library) -> list[str]:
     clip_s = sum(c["duration_s"] for c in clips)
     lines = [
         f"library {lib.root}",
-        f"  videos  {len(videos):>6}  {video_s:8.1f} s   codecs: "
+        f"  videos  {len(videos):>6}  {video_s:8.1f} s" + ("   codecs: " if videos else "")
         + ", ".join(f"{k}={v}" for k, v in Counter(v["video_codec"] for v in videos).most_common()),
-        f"  shots   {len(shots):>6}              starts: "
+        f"  shots   {len(shots):>6}" + ("              starts: " if shots else "")
         + ", ".join(f"{k}={v}" for k, v in Counter(shots).most_common()),
         f"  clips   {len(clips):>6}  {clip_s:8.1f} s   ({100 * clip_s / video_s if video_s else 0:.0f}% of video kept)",
     ]
@@ -52,6 +52,10 @@ def summary_lines(lib: Library) -> list[str]:
                      f"e.g. {Path(damaged[0]['uri']).name}: {damaged[0]['decode_warnings']}")
     lines.append(f"  errors  {len(errors):>6}" + ("   " + ", ".join(
         f"{k}={v}" for k, v in Counter(e["error_type"] for e in errors).most_common()) if errors else ""))
+    if not clips:   # `recap filter` and `recap caption` would refuse: say why instead of sending the user there
+        lines.append("  no clips yet: nothing to filter or caption (see errors/, and the videos' n_clips against "
+                     "clips.min_seconds)")
+        return lines
     lines += _view_lines(lib) + _caption_lines(lib.captions)
     return lines
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.filters.report import build_report
+from pipeline.filters.report import ReportError, build_report
 from pipeline.library import LibraryError
 
 
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         index = build_report(args.library, args.out)
-    except (FileNotFoundError, LibraryError) as e:
+    except (FileNotFoundError, LibraryError, ReportError) as e:
         print(f"recap report: error: {e}", file=sys.stderr)
         return 2
     print(f"report: {index}")

@@ -20,6 +20,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -41,8 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if args.benchmark is not None and not (1 <= args.benchmark * 30 < math.inf):   # 30 fps: one frame or more
+        print(f"recap samples: error: --benchmark takes a finite number of seconds, at least 1/30 "
+              f"(got {args.benchmark:g})", file=sys.stderr)
+        return 2
+    problem = _folder_problem(args.dir)
+    if problem:
+        print(f"recap samples: error: {problem}", file=sys.stderr)
+        return 2
     if args.semantic:
-
         if args.per_pair < 1:
             print("recap samples: error: --per-pair must be >= 1", file=sys.stderr)
             return 2
@@ -68,3 +76,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}  {bench['width']}x{bench['height']} {bench['fps']} fps h264, {bench['frames']} frames, "
               f"{len(bench['cuts'])} cuts ({time.perf_counter() - started:.1f} s)")
     return 0
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why the output folder cannot be made (a file in the way, no permission), else None."""
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"cannot create {folder}: {e.strerror}"
+    return None

@@ -37,6 +37,7 @@ from index.embedders import EmbedderError
 from index.store import StoreError
 from index.where import WhereError
 from pipeline.cli.index import add_common, open_index
+from pipeline.library import LibraryError
 from trainer.typedconfig import ConfigError
 
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     except WhereError as e:
         print(f"recap search: error in --where: {e}", file=sys.stderr)
         return 2
-    except (ConfigError, FileNotFoundError, StoreError, EmbedderError, SearchError) as e:
+    except (ConfigError, FileNotFoundError, StoreError, EmbedderError, SearchError, LibraryError) as e:
         return _error(str(e))
     if len(found) == 1 and args.queries_file is None:      # one query: its hits alone, as ever
         _print(found[0], args.json)

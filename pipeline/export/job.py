@@ -108,10 +108,13 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
     """Select, plan, write the shards (resuming a killed run), then the manifest and the card."""
     t0 = time.perf_counter()
     root, out = Path(root), Path(out)
+    if out.exists() and not out.is_dir():      # said before the selection and the plan are worked out
+        raise ExportError(f"--out {out} is a file, not a folder; choose another --out")
     sel = select(root, where, query, top_k, caption_version, selection)
     if sel.clips.num_rows == 0:
         raise ExportError("no clips selected, nothing exported: "
-                          + "; ".join(f"{what}: {n}" for what, n in sel.steps))
+                          + "; ".join(f"{what}: {n}" for what, n in sel.steps)
+                          + "".join(f"\nnote: {note}" for note in sel.notes))   # e.g. selected ids not in the library
     plan = plan_export(root, sel, buckets, cfg)
     n_planned = sum(len(s.samples) for s in plan.shards)
     if n_planned == 0:

@@ -101,7 +101,7 @@ def select(root: str | Path, where: str | None = None, query: str | Sequence[str
         steps.append((f"--where {where}", t.num_rows))
     scores: dict[str, float] = {}
     if queries:
-        scores = _query_scores(root, queries, top_k, where)
+        scores = _query_scores(root, queries, top_k, where, view=not selection)
         t = t.filter(pc.is_in(t.column("clip_id"), pa.array(list(scores), pa.string())))
         asked = " ".join(f"--query {q!r}" for q in queries)
         steps.append((f"{asked} --top-k {top_k}" + (" (each; a clip any of them finds)" if len(queries) > 1 else ""),
@@ -113,14 +113,16 @@ def select(root: str | Path, where: str | None = None, query: str | Sequence[str
     return Selection(t, steps, chosen, captions, [v for v in versions if v["version"] in used], scores, notes)
 
 
-def _query_scores(root: Path, queries: list[str], top_k: int, where: str | None) -> dict[str, float]:
+def _query_scores(root: Path, queries: list[str], top_k: int, where: str | None, view: bool = True) -> dict[str, float]:
     """clip_id -> score of the semantic search hits of every query (a clip several find: its best
-    score), the same filters pushed into the search, so top_k counts clips that can be exported."""
+    score), the same filters pushed into the search, so top_k counts clips that can be exported
+    (the filter view's only when it applies: a named selection is taken as chosen)."""
     parts = [f"({where})"] if where else []
     try:
         with ClipIndex(root, load_index_config()) as index:
             fields = index.fields()
-            parts += [p for p, name in (("passed", "passed"), ("not duplicate", "duplicate")) if name in fields]
+            if view:
+                parts += [p for p, name in (("passed", "passed"), ("not duplicate", "duplicate")) if name in fields]
             found = index.search_many(queries, top_k=top_k, where=" and ".join(parts) or None)
     except (SearchError, StoreError, ValueError) as e:
         raise ExportError(f"--query: {e}") from None

@@ -47,6 +47,10 @@ HISTOGRAMS: dict[str, tuple[str, bool]] = {
 EXAMPLES_PER_REASON = 6
 
 
+class ReportError(Exception):
+    """The report cannot be written where it was asked for."""
+
+
 @dataclass
 class ReportData:
     clips: pa.Table
@@ -182,7 +186,10 @@ def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Pat
     lib = Library(lib_root)
     data = load_report_data(lib_root)      # not a library, or no clips: fail before writing anything
     out = Path(out_dir) if out_dir else lib_root / "report"
-    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    except OSError as e:    # a file where the folder should be, no permission, read-only file system
+        raise ReportError(f"cannot write the report to {out}: {e.strerror}") from None
     clips, view, cfg = data.clips, data.view, data.cfg
     n = clips.num_rows
     by_id = {cid: i for i, cid in enumerate(clips.column("clip_id").to_pylist())}

@@ -23,6 +23,7 @@ frames dropped or repeated by PTS). Encode mode writes video only.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
 import struct
@@ -195,13 +196,43 @@ def _seek_before(container, vstream, plan: _Plan) -> None:
 # Output files
 
 
-def _container_for(video_codec: str, audio_codec: str | None) -> tuple[str, str]:
-    """(FFmpeg muxer, file extension) that can hold these codecs without re-encoding."""
+def can_stream_copy(video_codec: str) -> bool:
+    """Whether clips of this video codec (its canonical name) can be stream-copied into a file:
+    Matroska holds the most, but not all (FLV1, WMV, H.263, GIF, PNG, QuickTime RLE, ...)."""
+    return video_codec in MP4_VIDEO or video_codec in WEBM_VIDEO or video_codec in _muxable("matroska")
+
+
+def _container_for(video_codec: str, audio_codec: str | None) -> tuple[str, str, bool]:
+    """(FFmpeg muxer, file extension, whether the audio goes in) that can hold these codecs without
+    re-encoding. Audio that no such container holds (PCM mu-law, IMA ADPCM, WMA, ...) is left out:
+    the clip keeps its video exactly. Raises ClipFileError when no container holds the video
+    (`can_stream_copy`: the caller encodes such clips instead)."""
     if video_codec in MP4_VIDEO and (audio_codec is None or audio_codec in MP4_AUDIO):
-        return "mp4", ".mp4"
+        return "mp4", ".mp4", audio_codec is not None
     if video_codec in WEBM_VIDEO and (audio_codec is None or audio_codec in WEBM_AUDIO):
-        return "webm", ".webm"
-    return "matroska", ".mkv"
+        return "webm", ".webm", audio_codec is not None
+    if not can_stream_copy(video_codec):
+        raise ClipFileError(f"no container can hold a stream copy of {video_codec!r} video: use clips.mode=encode")
+    if audio_codec is not None and audio_codec not in _muxable("matroska"):
+        return _container_for(video_codec, None)
+    return "matroska", ".mkv", audio_codec is not None
+
+
+@functools.cache
+def _muxable(fmt: str) -> frozenset[str]:
+    """Canonical names of the codecs FFmpeg's `fmt` muxer accepts: the check PyAV makes when a
+    stream is added (`supported_codecs` names encoders and decoders, e.g. libdav1d for av1)."""
+    with av.open(io.BytesIO(), "w", format=fmt) as out:
+        names = out.supported_codecs
+    canonical = set()
+    for name in names:
+        for mode in ("r", "w"):
+            try:
+                canonical.add(av.Codec(name, mode).canonical_name)
+                break
+            except (av.codec.codec.UnknownCodecError, ValueError):
+                continue
+    return frozenset(canonical)
 
 
 class _Writer:
@@ -257,7 +288,9 @@ def _remux_group(container, group: list[_Plan]) -> None:
     acodec = astream.codec_context.codec.canonical_name if astream and astream.codec_context else None
     if astream is not None and acodec is None:
         astream = None                         # audio without a known codec: video only
-    fmt, ext = _container_for(vcodec, acodec)
+    fmt, ext, with_audio = _container_for(vcodec, acodec)
+    if not with_audio:
+        astream = None
     for plan in group:
         plan.audio_done = astream is None
     waiting = sorted(group, key=lambda p: p.start_pts)[::-1]   # next to start at the end

@@ -27,6 +27,7 @@ from av.codec.hwaccel import HWAccel
 
 from pipeline.ingest.analysis import AnalysisFrame, FrameAnalyzer
 from pipeline.ingest.config import DecodeConfig
+from pipeline.ingest.probe import main_video_stream
 from pipeline.ingest.signals.series import DetailSchedule
 from pipeline.stages.execution import available_cpus
 
@@ -104,8 +105,21 @@ def analysis_size(width: int, height: int, sar: Fraction | None, cfg: DecodeConf
     if h > cfg.max_analysis_height:
         h = cfg.max_analysis_height
         w = h * display_w / height
-    even = lambda v: max(2, int(round(v / 2)) * 2)  # noqa: E731  (I420 needs even sizes)
-    return even(w), even(h)
+    return _even(w), _even(h)
+
+
+def detail_size(analysis: tuple[int, int], width: int, detail_width: int) -> tuple[int, int]:
+    """Detail-frame (w, h): `detail_width` wide (at most the source's width), the analysis
+    frames' display aspect, both even like theirs (an odd width, e.g. a 161 px wide source,
+    cannot hold I420 chroma)."""
+    aw, ah = analysis
+    dw = max(2, min(detail_width, width) // 2 * 2)   # rounded down: never wider than the source
+    return dw, _even(dw * ah / aw)
+
+
+def _even(v: float) -> int:
+    """The nearest even size, at least 2: I420 has one chroma sample per 2x2 pixels."""
+    return max(2, int(round(v / 2)) * 2)
 
 
 def decode_threads(cfg: DecodeConfig, width: int, height: int) -> int:
@@ -267,7 +281,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
     with container:
         if not container.streams.video:
             raise DecodeError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+        stream = main_video_stream(container)   # the track probe described and clip files cut, not cover art
         ctx = stream.codec_context
         threads = decode_threads(cfg, ctx.width, ctx.height)
         stream.thread_type = "AUTO"
@@ -283,9 +297,8 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         shrink = _FrameShrinker(aw, ah)
         schedule = DetailSchedule(detail[0]) if detail else None
         if detail:
-            dw = min(detail[1], ctx.width)
-            dh = max(2, int(round(dw * ah / aw / 2)) * 2)  # same display aspect as the analysis frames
-            detail_shrink = _FrameShrinker(dw, dh)  # the same plane arithmetic: ~10x cheaper than swscale AREA
+            # the same plane arithmetic as the analysis frames: ~10x cheaper than swscale AREA
+            detail_shrink = _FrameShrinker(*detail_size((aw, ah), ctx.width, detail[1]))
         time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
         tb = float(time_base)   # float PTS math: exact enough, and Fraction costs per frame
         rate = _nominal_rate(stream)

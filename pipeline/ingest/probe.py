@@ -240,6 +240,13 @@ def _probe_open(path: Path, label: str, size: int, container: av.container.Input
                              f"{label}: audio only ({', '.join(audio)}), no video stream")
         raise ProbeError("not_a_video", f"{label}: no video or audio stream "
                                         f"(FFmpeg read it as '{fmt}')")
+    if all(_is_cover_art(s) for s in container.streams.video):
+        # an audio file with album art (MP3, M4A): its one "video frame" is a picture, not a video
+        audio = [_codec_name(s) for s in container.streams.audio if s.codec_context]
+        art = container.streams.video[0]
+        cover = f"a cover picture ({_codec_name(art) if art.codec_context else 'unknown codec'})"
+        raise ProbeError("no_video_stream", f"{label}: " + (f"audio only ({', '.join(audio)}) with {cover}" if audio
+                                                             else f"only {cover}") + ", no video stream")
     stream = main_video_stream(container)
     cc = stream.codec_context
     if cc is None:
@@ -290,7 +297,11 @@ def _probe_open(path: Path, label: str, size: int, container: av.container.Input
 def main_video_stream(container) -> av.video.stream.VideoStream:
     """The video track: the first video stream that is not cover art (an attached picture)."""
     videos = container.streams.video
-    return next((s for s in videos if not s.disposition & av.stream.Disposition.attached_pic), videos[0])
+    return next((s for s in videos if not _is_cover_art(s)), videos[0])
+
+
+def _is_cover_art(stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
 def _check_index_within_file(path: Path, label: str, size: int, stream: av.video.stream.VideoStream) -> None:

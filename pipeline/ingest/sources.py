@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
+import functools
 import glob as globlib
 import hashlib
 import json
@@ -23,11 +24,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import ParseResult, unquote, urlparse
 
 import pyarrow.parquet as pq
 
 from pipeline.ingest.config import SourcesConfig
+from pipeline.library import is_library
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -74,14 +76,15 @@ def expand_sources(args: list[str], cfg: SourcesConfig) -> list[Source]:
 
 def _expand_one(arg: str, extensions: set[str]) -> list[Source]:
     if is_url(arg):
-        if urlparse(arg).scheme.lower() != "file":
+        if _parse_url(arg).scheme.lower() != "file":
             return _expand_remote(arg, extensions)
         arg = _file_url_path(arg)
     path = Path(arg).expanduser()
     if path.is_dir():
-        found = _walk_videos(arg, path, extensions)
+        found, libraries = _walk_videos(arg, path, extensions)
         if not found:
-            raise SourceError(f"{arg}: directory has no video files (looked for {_ext_list(extensions)})")
+            hint = f"; skipped the recap library {libraries[0]}" if libraries else ""
+            raise SourceError(f"{arg}: directory has no video files (looked for {_ext_list(extensions)}{hint})")
         return [_local(p) for p in found]
     if path.is_file():
         if path.suffix.lower() in MANIFEST_SUFFIXES:
@@ -89,7 +92,8 @@ def _expand_one(arg: str, extensions: set[str]) -> list[Source]:
         return [_local(path)]
     if _GLOB_CHARS.search(arg):
         found = sorted(Path(p) for p in globlib.glob(os.path.expanduser(arg), recursive=True))
-        found = [p for p in found if p.is_file() and p.suffix.lower() in extensions]
+        found = [p for p in found if p.is_file() and p.suffix.lower() in extensions
+                 and _library_of(p.resolve().parent) is None]
         if not found:
             raise SourceError(f"{arg}: pattern matches no video files (looked for {_ext_list(extensions)})")
         return [_local(p) for p in found]
@@ -99,22 +103,39 @@ def _expand_one(arg: str, extensions: set[str]) -> list[Source]:
     raise SourceError(f"{arg}: not a regular file, directory or manifest")
 
 
-def _walk_videos(arg: str, root: Path, extensions: set[str]) -> list[Path]:
-    """Video files under `root`, sorted. Hidden files and folders are skipped, as a glob does
-    (macOS "._x.mp4" sidecars, our own ".part" files). A folder that cannot be listed is an
-    error naming it: skipping it silently would report "no video files", or lose its videos."""
+def _walk_videos(arg: str, root: Path, extensions: set[str]) -> tuple[list[Path], list[Path]]:
+    """Video files under `root`, sorted, and the recap libraries skipped on the way. Hidden
+    files and folders are skipped, as a glob does (macOS "._x.mp4" sidecars, our own ".part"
+    files), and so are libraries (`recap ingest . --out lib`: its clips are not new videos). A
+    folder that cannot be listed is an error naming it: skipping it silently would report "no
+    video files", or lose its videos."""
     def unreadable(exc: OSError) -> None:
         reason = "permission denied" if isinstance(exc, PermissionError) else _reason(exc)
         raise SourceError(f"{arg}: cannot list {exc.filename}: {reason}")
 
-    found = []
+    found: list[Path] = []
+    inside = _library_of(root.resolve())
+    if inside is not None:
+        return found, [inside]
+    libraries = []
     for folder, dirs, files in os.walk(root, onerror=unreadable, followlinks=False):
+        if is_library(folder):
+            dirs[:] = []
+            libraries.append(Path(folder))
+            continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             p = Path(folder) / name
             if not name.startswith(".") and p.suffix.lower() in extensions and p.is_file():
                 found.append(p)
-    return sorted(found)
+    return sorted(found), libraries
+
+
+@functools.lru_cache(maxsize=4096)
+def _library_of(folder: Path) -> Path | None:
+    """The recap library `folder` (absolute) lies in, if any: what a directory or glob source
+    skips, since a library's media/ holds clips cut from videos already ingested."""
+    return next((f for f in (folder, *folder.parents) if is_library(f)), None)
 
 
 def local_file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
@@ -146,7 +167,7 @@ def local_file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
 
 def _expand_remote(url: str, extensions: set[str]) -> list[Source]:
     """A plain URL is passed through untouched (no network); a remote glob or folder (`.../`) is listed."""
-    is_glob = bool(_GLOB_CHARS.search(urlparse(url).path))
+    is_glob = bool(_GLOB_CHARS.search(_parse_url(url).path))
     if not is_glob and not url.endswith("/"):
         return [Source(url, remote=True)]
 
@@ -158,7 +179,7 @@ def _expand_remote(url: str, extensions: set[str]) -> list[Source]:
     except Exception as exc:  # any backend failure: missing package, credentials, network
         kind, reason = _fetch_failure(exc)
         raise SourceError(f"{url}: cannot list: {reason}", kind) from exc
-    protocol = urlparse(url).scheme
+    protocol = _parse_url(url).scheme
     found = sorted(n for n in names if Path(n).suffix.lower() in extensions)
     if not found:
         raise SourceError(f"{url}: matches no video files (looked for {_ext_list(extensions)})")
@@ -171,17 +192,18 @@ def read_manifest(path: Path) -> list[Source]:
     Entries are not checked for existence: a missing file in a long manifest is one failed video
     (an errors row), not a reason to refuse the whole job."""
     suffix = path.suffix.lower()
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8", Notepad) is not part of the first entry
     try:
         if suffix == ".txt":
-            lines = (ln.strip() for ln in path.read_text(encoding="utf-8").splitlines())
+            lines = (ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines())
             uris = [ln for ln in lines if ln and not ln.startswith("#")]
         elif suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f)
                 _require_uri_column(path, reader.fieldnames or [])
                 uris = [row["uri"] for row in reader]
         elif suffix == ".jsonl":
-            rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
             for i, row in enumerate(rows):
                 if not isinstance(row, dict) or "uri" not in row:
                     raise SourceError(f"{path}: line {i + 1} has no 'uri' field")
@@ -210,8 +232,11 @@ def _require_uri_column(path: Path, columns: list[str]) -> None:
 
 def manifest_entry(folder: Path, uri: str) -> Source:
     if is_url(uri):
-        if urlparse(uri).scheme.lower() == "file":
-            return _local(Path(_file_url_path(uri)))
+        try:
+            if _parse_url(uri).scheme.lower() == "file":
+                return _local(Path(_file_url_path(uri)))
+        except SourceError:
+            pass      # one bad line of a long manifest: that source's error row (at fetch), not the job's end
         return Source(uri, remote=True)
     path = Path(uri).expanduser()
     return _local(path if path.is_absolute() else folder / path)
@@ -222,8 +247,18 @@ def _local(path: Path) -> Source:
 
 
 def _file_url_path(url: str) -> str:
-    parsed = urlparse(url)
+    parsed = _parse_url(url)
     return unquote(parsed.netloc + parsed.path) if parsed.netloc not in ("", "localhost") else unquote(parsed.path)
+
+
+def _parse_url(url: str) -> ParseResult:
+    """`urlparse`, with what it refuses (an unclosed IPv6 bracket, a bad port) as a SourceError."""
+    try:
+        parsed = urlparse(url)
+        parsed.port     # parsed lazily: a port that is not a number raises here
+    except ValueError as exc:
+        raise SourceError(f"{url}: not a valid URL ({exc})", "unsupported_url") from None
+    return parsed
 
 
 def _ext_list(extensions: set[str]) -> str:
@@ -260,7 +295,7 @@ class StagingCache:
 
     def path_for(self, uri: str) -> Path:
         digest = hashlib.blake2b(uri.encode(), digest_size=16).hexdigest()
-        suffix = Path(urlparse(uri).path).suffix.lower()
+        suffix = Path(_parse_url(uri).path).suffix.lower()
         suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
         return self.dir / f"{digest}{suffix}"
 
@@ -268,7 +303,7 @@ class StagingCache:
         """A local path holding `uri`'s bytes, in use until `release(uri)`.
 
         Local paths (and file:// URLs) are returned as they are, without a copy."""
-        if not is_url(uri) or urlparse(uri).scheme.lower() == "file":
+        if not is_url(uri) or _parse_url(uri).scheme.lower() == "file":
             return Path(_file_url_path(uri) if is_url(uri) else uri)
         if uri in self._held:
             return self.path_for(uri)

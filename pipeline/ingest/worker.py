@@ -14,10 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import av
+
 from pipeline.ingest.analysis import BackgroundAnalyzers
-from pipeline.ingest.clipfiles import write_clips
+from pipeline.ingest.clipfiles import can_stream_copy, write_clips
 from pipeline.ingest.config import IngestConfig
-from pipeline.ingest.decode import decode_pass
+from pipeline.ingest.decode import DecodeError, decode_pass
 from pipeline.ingest.plan import clip_id, frame_end_times, plan_clips
 from pipeline.ingest.probe import ProbeError, probe
 from pipeline.ingest.result import SourceResult, error_result
@@ -113,7 +115,8 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
         try:
             decoded = decode_pass(path, cfg.decode, [shot_detector, signals] if signals else [shot_detector],
                                   detail=detail)
-        except Exception as e:
+        except (DecodeError, av.error.FFmpegError) as e:
+            # the file's fault; anything else is ours (a bug): recorded as `failed`, retried on rerun
             raise SourceFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
         if decoded.n_frames == 0:
             raise SourceFailure("decode", "no_frames", "no video frame could be decoded")
@@ -126,9 +129,10 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
         files: list[Any] = [None] * len(planned)
         enter("clips")
         clips_cfg = cfg.clips
-        if decoded.relabeled and clips_cfg.mode == "remux":
+        if clips_cfg.mode == "remux" and (decoded.relabeled or not can_stream_copy(info.video_codec)):
             # its packets carry decode-order times (AVI with B-frames): a stream copy cut by them
-            # would show frames out of order, so these clips are encoded, frame-exact
+            # would show frames out of order; or no container recap writes holds its codec (FLV1,
+            # WMV, H.263, GIF, ...): so these clips are encoded, frame-exact
             clips_cfg = dataclasses.replace(clips_cfg, mode="encode")
         if clips_cfg.mode != "reference" and planned:
             out_dir = media_dir(lib_root, video_id)

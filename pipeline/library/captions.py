@@ -21,7 +21,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_bytes, atomic_write_table, new_batch_id, remove_stale_temp_files, utcnow
+from pipeline.library.files import (
+    atomic_write_bytes,
+    atomic_write_table,
+    new_batch_id,
+    reading,
+    remove_stale_temp_files,
+    utcnow,
+)
 from pipeline.library.schema import CAPTION_SCHEMA
 
 FOLDER = "captions"
@@ -40,7 +47,10 @@ class CaptionStore:
     def read(self, version: str | None = None, columns: list[str] | None = None, latest: bool = True) -> pa.Table:
         """Rows of `version` (all versions when None); with `latest`, one row per (clip, version)."""
         filters = [("version", "=", version)] if version else None
-        tables = [pq.read_table(p, schema=CAPTION_SCHEMA, filters=filters) for p in self.parts()]
+        tables = []
+        for p in self.parts():
+            with reading(p):
+                tables.append(pq.read_table(p, schema=CAPTION_SCHEMA, filters=filters))
         table = pa.concat_tables(tables) if tables else CAPTION_SCHEMA.empty_table()
         if latest and table.num_rows:
             table = table.sort_by([("created_at", "ascending")])

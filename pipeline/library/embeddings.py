@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, new_batch_id, read_parts, remove_stale_temp_files
+from pipeline.library.files import atomic_write_table, new_batch_id, read_parts, reading, remove_stale_temp_files
 from pipeline.library.schema import embedding_schema
 
 EMBEDDINGS = "embeddings"
@@ -28,7 +28,8 @@ def embeddings_dir(root: str | Path, name: str) -> Path:
 
 
 def _part_meta(path: Path) -> dict:
-    meta = pq.read_schema(path).metadata or {}
+    with reading(path):
+        meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"recap.embedder", b"{}"))
 
 
@@ -68,9 +69,10 @@ def iter_embeddings(root: str | Path, name: str, model_id: str, batch_rows: int 
     def batches() -> Iterator[pa.RecordBatch]:
         for path, _ in parts:
             # without pre-buffering, a part is decoded a page at a time, not a whole row group at once
-            reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-            for b in reader.iter_batches(batch_size=batch_rows, columns=schema.names):
-                yield b.cast(schema)
+            with reading(path):
+                reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+                for b in reader.iter_batches(batch_size=batch_rows, columns=schema.names):
+                    yield b.cast(schema)
     return dim, batches()
 
 

@@ -1,5 +1,7 @@
 """How every library file is written: whole or not at all (temporary name, fsync, rename), named by
-time-sortable batch ids so that parts list in write order."""
+time-sortable batch ids so that parts list in write order; and read: every reader of a library file
+goes through `reading`, so a truncated or overwritten Parquet file is named, with what remakes it,
+instead of Arrow's error (which names no file) or a traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,9 +17,52 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 TMP_SUFFIX = ".tmp"
+RECORD = "library.json"          # a library's record: schema version, runs
 STALE_TMP_S = 600     # far longer than writing one file takes: an older temp file is a crash's leftover
 
 _last_batch_us = 0
+
+# what remakes a file of each folder once the damaged one is moved aside; ingest's own tables
+# (videos, shots, clips, errors, sources) can only be restored, or their sources ingested again
+REMAKE = {"embeddings": "`recap index` re-embeds its clips", "captions": "`recap caption` captions its clips again",
+          "views": "`recap filter` writes the filter view again", "index": "`recap index` syncs again",
+          "selections": "save the selection again"}
+INGESTED = ("videos", "shots", "clips", "errors", "sources")
+
+
+class LibraryError(RuntimeError):
+    """The folder is not a recap library, was written by an incompatible version, or one of its
+    files is damaged."""
+
+
+class DamagedFile(LibraryError):
+    """A library file that cannot be read (cut off, overwritten): which one, and what to do."""
+
+    def __init__(self, path: Path, error: Exception):
+        self.path = path
+        first = (str(error).splitlines() or [type(error).__name__])[0]
+        folder = _library_folder(path)
+        what = (f"move it out of the library, then {REMAKE[folder]}" if folder in REMAKE else
+                "restore it from a backup (ingest's rows cannot be remade without ingesting those sources again)")
+        super().__init__(f"damaged Parquet file: {path} ({first}); {what}")
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Reads of the library file `path` inside raise DamagedFile when Arrow cannot read it."""
+    try:
+        yield
+    except pa.ArrowException as e:   # ArrowInvalid (no footer, bad magic), ArrowIOError, ...
+        raise DamagedFile(Path(path), e) from None
+
+
+def _library_folder(path: Path) -> str | None:
+    """The library folder (clips, captions, ...) `path` lies in: the nearest ancestor with one of
+    those names whose parent holds a library record."""
+    for folder in path.parents:
+        if (folder.name in REMAKE or folder.name in INGESTED) and (folder.parent / RECORD).is_file():
+            return folder.name
+    return None
 
 
 def new_batch_id() -> str:
@@ -71,12 +117,16 @@ def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None =
     """Parts of one table as one Arrow table with `schema` (a column an older part lacks is null);
     an empty table with the schema when there are no parts."""
     wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
-    have = {p: set(pq.read_schema(p).names) for p in paths}
+    have = {}
+    for p in paths:
+        with reading(p):
+            have[p] = set(pq.read_schema(p).names)
     lacking = {f.name for f in wanted if any(f.name not in names for names in have.values())}
     out = pa.schema([f.with_nullable(True) if f.name in lacking else f for f in wanted])
     tables = []
     for p in paths:
-        t = pq.read_table(p, columns=[c for c in out.names if c in have[p]])
+        with reading(p):
+            t = pq.read_table(p, columns=[c for c in out.names if c in have[p]])
         for field in out:
             if field.name not in have[p]:
                 t = t.append_column(field.name, pa.nulls(t.num_rows, field.type))

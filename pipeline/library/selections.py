@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, remove_stale_temp_files, utcnow
+from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files, utcnow
 from pipeline.library.schema import SELECTION_SCHEMA
 
 SELECTIONS = "selections"
@@ -41,7 +41,8 @@ def read_selection(lib_root: str | Path, name: str) -> list[str]:
     if not path.exists():
         known = ", ".join(list_selections(lib_root)) or "none"
         raise FileNotFoundError(f"no selection {name!r} in {lib_root} (known: {known})")
-    return pq.read_table(path, columns=["clip_id"]).column("clip_id").to_pylist()
+    with reading(path):
+        return pq.read_table(path, columns=["clip_id"]).column("clip_id").to_pylist()
 
 
 def list_selections(lib_root: str | Path) -> list[str]:

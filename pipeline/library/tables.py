@@ -30,7 +30,16 @@ import pyarrow.compute as pc
 from pipeline.library.captions import CaptionStore
 from pipeline.library.claims import CLAIMS, RunClaims
 from pipeline.library.embeddings import embeddings_dir
-from pipeline.library.files import TMP_SUFFIX, atomic_write_bytes, atomic_write_table, new_batch_id, read_parts, utcnow
+from pipeline.library.files import (
+    RECORD,
+    TMP_SUFFIX,
+    LibraryError,
+    atomic_write_bytes,
+    atomic_write_table,
+    new_batch_id,
+    read_parts,
+    utcnow,
+)
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 
@@ -38,8 +47,10 @@ COMMITS = "_commits"
 MEDIA = "media"
 
 
-class LibraryError(RuntimeError):
-    """The folder is not a recap library, or was written by an incompatible version."""
+def is_library(folder: str | Path) -> bool:
+    """Whether `folder` is a recap library (its record and its commits; a folder that merely holds
+    a library.json is not one). False, not an error, where the folder cannot be read."""
+    return os.path.isfile(os.path.join(folder, RECORD)) and os.path.isdir(os.path.join(folder, COMMITS))
 
 
 def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
@@ -88,16 +99,26 @@ class Library:
 
     def __init__(self, root: str | Path, write: bool = False):
         self.root = Path(root)
-        meta_path = self.root / "library.json"
+        meta_path = self.root / RECORD
+        if self.root.exists() and not self.root.is_dir():
+            raise LibraryError(f"{self.root} is a file, not a library folder")
         if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
+            try:
+                meta = json.loads(meta_path.read_text())
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+            except (OSError, ValueError) as e:
+                raise LibraryError(f"{meta_path}: cannot read the library's record ({e})") from None
             if meta.get("schema_version") != SCHEMA_VERSION:
                 raise LibraryError(f"{self.root}: schema version {meta.get('schema_version')}, "
                                    f"this recap reads version {SCHEMA_VERSION}")
         elif write:
             if self.root.exists() and any(p for p in self.root.iterdir() if not p.name.startswith(".")):
                 raise LibraryError(f"{self.root} exists, is not empty and is not a recap library")
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:   # a file on its path, no permission, read-only file system
+                raise LibraryError(f"cannot create the library folder {self.root}: {e.strerror}") from None
             meta = {"schema_version": SCHEMA_VERSION, "created_at": utcnow().isoformat(), "runs": []}
             atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
         else:
@@ -184,7 +205,7 @@ class Library:
         """Append a run record (command, config, counts) to library.json."""
         self._require_writer()
         self.meta.setdefault("runs", []).append(run)
-        atomic_write_bytes(self.root / "library.json", json.dumps(self.meta, indent=2, default=str).encode())
+        atomic_write_bytes(self.root / RECORD, json.dumps(self.meta, indent=2, default=str).encode())
 
     def start_claims(self) -> RunClaims:
         """Claims for one ingest run: which content a worker of this run took first (see claims.py)."""

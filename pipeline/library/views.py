@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, remove_stale_temp_files
+from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files
 from pipeline.library.schema import VIEW_SCHEMA
 
 VIEW_PATH = Path("views") / "filters.parquet"
@@ -45,7 +45,8 @@ def view_source_batch(lib_root: str | Path) -> str | None:
     path = Path(lib_root) / VIEW_PATH
     if not path.exists():
         return None
-    return (pq.read_schema(path).metadata or {}).get(b"recap.source_batch", b"").decode()
+    with reading(path):
+        return (pq.read_schema(path).metadata or {}).get(b"recap.source_batch", b"").decode()
 
 
 def read_view(lib_root: str | Path) -> tuple[pa.Table, dict[str, Any]] | None:
@@ -53,7 +54,8 @@ def read_view(lib_root: str | Path) -> tuple[pa.Table, dict[str, Any]] | None:
     path = Path(lib_root) / VIEW_PATH
     if not path.exists():
         return None
-    table = pq.read_table(path)
+    with reading(path):
+        table = pq.read_table(path)
     meta = table.schema.metadata or {}
     return table, json.loads(meta.get(b"recap.filters", b"{}"))
 

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -18,7 +19,7 @@ from index.config import IndexConfig
 from index.embedders import EmbedderError
 from index.store import StoreError
 from index.where import WhereError
-from pipeline.library import LibraryError
+from pipeline.library import DamagedFile, LibraryError
 from pipeline.serve.api import router
 from pipeline.serve.catalog import BadRequest, Catalog, NotFound
 from pipeline.serve.media import ReportBuilder, ui_dir
@@ -32,6 +33,7 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (NotFound, 404, ""),
     (SearchError, 400, "search: "),
     (LibraryError, 403, ""),            # a clip path that leads out of the library
+    (DamagedFile, 500, "library: "),    # a library file that does not read: which one, not a bare 500
     (StoreError, 503, "index: "),
     (EmbedderError, 503, "embedder: "),
 ]
@@ -57,6 +59,31 @@ class Headers:
                                        (b"x-frame-options", b"SAMEORIGIN")]
             await send(message)
         await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
+
+
+class SameOrigin:
+    """Refuse a request that changes something (POST: build the report, save a selection) sent by a
+    page of another site (CSRF): browsers name the page's origin in `Origin` on such requests, and a
+    form or `fetch` elsewhere could otherwise reach a loopback server. curl and scripts send no
+    `Origin` and are not affected; this server's own pages send their own origin."""
+
+    SAFE = ("GET", "HEAD", "OPTIONS")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] not in self.SAFE:
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            host = headers.get(b"host", b"").decode("latin-1")
+            if origin and (origin == "null" or urlsplit(origin).netloc != host):
+                refused = JSONResponse({"detail": f"cross-site request refused: a page of {origin} cannot change "
+                                                  "this library (use the page this server serves, or curl)"},
+                                       status_code=403)
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(lib_root: str | Path, config: IndexConfig, milvus_uri: str | None = None, token: str | None = None,
@@ -95,5 +122,6 @@ def create_app(lib_root: str | Path, config: IndexConfig, milvus_uri: str | None
         return FileResponse(STATIC / "stats.html", headers={"Cache-Control": "no-cache"})
 
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
+    app.add_middleware(SameOrigin)
     app.add_middleware(Headers)
     return app

@@ -21,6 +21,7 @@ import os
 import pickle
 import queue
 import re
+import socket
 import sys
 import threading
 import warnings
@@ -130,6 +131,10 @@ def init_ray(address: str = "") -> None:
     A local start that fails (Ray gives up on its own daemons under heavy load: "The current node
     timed out during startup") stops every process it started and is tried again with Ray's GCS
     wait doubled; joining is tried once. Either failure raises `RayStartError`, one line."""
+    if address and (why := _unreachable(address)):
+        # Ray itself retries a dead GCS address for many minutes, printing nothing
+        raise RayStartError(f"cannot join the Ray cluster at {address!r}: {why} (is `ray start --head` running "
+                            "there, and is its port open from here?)")
     import ray  # lazy: Ray costs seconds to import, and local jobs never need it
 
     if ray.is_initialized():
@@ -169,6 +174,19 @@ def init_ray(address: str = "") -> None:
     raise RayStartError(f"Ray did not start on this machine (tried {START_ATTEMPTS} times): {_first_line(error)}; "
                         "is the machine overloaded or short of memory or /tmp space? Every process it started "
                         "was stopped") from None
+
+
+def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why a `host:port` cluster address takes no connection (refused, unknown host, timed out), or
+    None: it does, or it is one Ray resolves itself (`auto`, `ray://...`)."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "://" in address:
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def _first_line(e: BaseException) -> str:

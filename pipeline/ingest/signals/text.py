@@ -12,19 +12,21 @@ So a 1-2 s shot between two cuts is still read, every clip of at least `detail_e
 reading, and a video whose shots are longer than `every_s` costs half the readings of reading
 every detail frame. A regular reading whose frame is still the picture the run last read (no
 8x8 block of its grey levels moved by more than `SAME_PICTURE`: a still shot, a slide, a paused
-title) takes that reading too: text that appears, changes or goes changes its blocks far more. The frames in between are held until the next regular reading decides
-(at most every_s / detail_every_s - 1 of them: memory stays bounded).
+title) takes that reading too: text that appears, changes or goes changes its blocks far more.
+The frames in between are held until the next regular reading decides (at most
+every_s / detail_every_s - 1 of them: memory stays bounded).
 
-Cost: detection runs on the detail frame shrunk to `det_width` (320 px: ~14 ms on one CPU
-thread; RapidOCR's own preprocessing would enlarge a small frame to 736-960 px, 3-10x slower),
-recognition only on the boxes found, cropped from the 480 px detail frame so small text is still
-readable.
+Cost: detection runs on the detail frame shrunk to `det_width` (320 px: ~8 ms on one CPU thread;
+RapidOCR's own preprocessing would enlarge a small frame to 736-960 px, 3-10x slower);
+recognition (~10-12 ms a box) only on the boxes found, cropped from the 480 px detail frame so
+small text is still readable, and only on those the previous reading did not already read: a box
+where one was, over pixels that look as they did, keeps its text (`read_text`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -45,29 +47,68 @@ def load_ocr(threads: int = 1):
     return RapidOCR(det_limit_type="max", use_cls=False, intra_op_num_threads=threads, inter_op_num_threads=threads)
 
 
-def read_text(ocr, bgr: np.ndarray, det_width: int, min_score: float) -> tuple[float, list[str]]:
-    """(share of the image covered by read text boxes, texts read) for one BGR image."""
+Reading = tuple[float, list[str]]  # (text area share, texts read)
+
+
+class ReadBox(NamedTuple):
+    """One detected text box of a reading, kept so the next reading can know it again."""
+    rect: tuple[int, int, int, int]   # (x, y, w, h) bounding rectangle in detail-frame pixels
+    look: np.ndarray                  # block_means of its grey pixels: the same text looks the same
+    text: str                         # what recognition read there; "" when nothing passed min_score
+
+
+# A detection of the same text jitters by a pixel or two between frames (at the 480 px detail width).
+BOX_JITTER = 2
+BOX_BLOCK = 4      # box looks are compared in 4x4 blocks: one changed glyph moves several by 25+ levels
+
+
+def read_text(ocr, bgr: np.ndarray, det_width: int, min_score: float,
+              known: Sequence[ReadBox] = ()) -> tuple[Reading, list[ReadBox]]:
+    """((share of the image covered by read text boxes, texts read), the boxes) for one BGR image.
+
+    Detection runs on every call; recognition (~10 ms a box, more than detection on a frame with
+    two lines of text) only on boxes that are new: a box where one of `known` (the previous
+    reading's boxes) was, within BOX_JITTER px, over pixels that still look as they did then (no
+    BOX_BLOCK block's mean moved by more than SAME_PICTURE grey levels) shows the same text, and
+    keeps what was read there. So a watermark, a logo or a subtitle that stays is read once while
+    the picture around it moves."""
     h, w = bgr.shape[:2]
     scale = w / det_width if w > det_width else 1.0
     small = cv2.resize(bgr, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_AREA) if scale > 1 else bgr
     boxes, _ = ocr(small, use_rec=False, use_cls=False)
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if boxes else None
     mask = np.zeros((h, w), np.uint8)
-    texts = []
+    texts, found = [], []
     for box in boxes or []:
         points = np.asarray(box, np.float32) * scale
         x, y, bw, bh = cv2.boundingRect(points)
-        crop = bgr[max(y, 0): y + bh, max(x, 0): x + bw]
+        x, y = max(x, 0), max(y, 0)
+        crop = bgr[y: y + bh, x: x + bw]
         if crop.size == 0:
             continue
-        result, _ = ocr(crop, use_det=False, use_cls=False)
-        if not result:
+        rect = (x, y, crop.shape[1], crop.shape[0])
+        text = _known_text(known, rect, grey)
+        if text is None:
+            result, _ = ocr(crop, use_det=False, use_cls=False)
+            ok = result and float(result[0][1]) >= min_score
+            text = result[0][0].strip() if ok else ""
+        found.append(ReadBox(rect, block_means(grey[y: y + rect[3], x: x + rect[2]], BOX_BLOCK), text))
+        if text:
+            cv2.fillPoly(mask, [points.astype(np.int32)], 1)
+            texts.append(text)
+    return (float(mask.mean()), texts), found
+
+
+def _known_text(known: Sequence[ReadBox], rect: tuple[int, int, int, int], grey: np.ndarray) -> str | None:
+    """The text of a known box at `rect` (within BOX_JITTER) whose pixels in `grey` still look the
+    same (compared where that box was, so pixel for pixel), or None: read it."""
+    for box in known:
+        if max(abs(a - b) for a, b in zip(box.rect, rect)) > BOX_JITTER:
             continue
-        text, score = result[0][0], float(result[0][1])
-        if score < min_score or not text.strip():
-            continue
-        cv2.fillPoly(mask, [points.astype(np.int32)], 1)
-        texts.append(text.strip())
-    return float(mask.mean()), texts
+        x, y, bw, bh = box.rect
+        if same_picture(block_means(grey[y: y + bh, x: x + bw], BOX_BLOCK), box.look):
+            return box.text
+    return None
 
 
 # Largest change of an 8x8 block's mean grey level (0-255) between two detail frames that still
@@ -84,23 +125,28 @@ def same_picture(blocks: np.ndarray, other: np.ndarray) -> bool:
 
 def picture_blocks(detail: np.ndarray) -> np.ndarray:
     """Mean grey level of every BLOCK x BLOCK block of a BGR detail frame (int16, to subtract)."""
-    grey = cv2.cvtColor(detail, cv2.COLOR_BGR2GRAY)
+    return block_means(cv2.cvtColor(detail, cv2.COLOR_BGR2GRAY), BLOCK)
+
+
+def block_means(grey: np.ndarray, block: int) -> np.ndarray:
+    """Mean of every whole `block` x `block` block of a grey image (int16, to subtract); a side
+    shorter than a block counts as one."""
     h, w = grey.shape
-    return cv2.resize(grey[: h - h % BLOCK, : w - w % BLOCK], (w // BLOCK, h // BLOCK),
-                      interpolation=cv2.INTER_AREA).astype(np.int16)
+    bh, bw = max(1, h // block), max(1, w // block)
+    whole = grey[: bh * block, : bw * block] if h >= block and w >= block else grey
+    return cv2.resize(whole, (bw, bh), interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
 # A lag-1 structure distance above this is a picture break (a cut; motion stays far below, see
 # pipeline/shots.py: cuts measure 0.7-1.2 on the benchmark and sample videos).
 BREAK_STRUCTURE = 0.3
 
-Reading = tuple[float, list[str]]  # (text area share, texts read)
-
 
 class _Latest(NamedTuple):
     run: int              # the run (frames between picture breaks) of the frame read
     reading: Reading
     blocks: np.ndarray    # its picture_blocks, to tell whether a later frame still shows it
+    boxes: list[ReadBox]  # its text boxes, so the next reading recognises only what is new
 
 
 class TextAnalyzer:
@@ -139,8 +185,9 @@ class TextAnalyzer:
     def _read(self, run: int, detail: np.ndarray, blocks: np.ndarray | None = None) -> _Latest:
         if self._ocr is None:
             self._ocr = load_ocr()
-        reading = read_text(self._ocr, detail, self.cfg.det_width, self.cfg.min_score)
-        return _Latest(run, reading, picture_blocks(detail) if blocks is None else blocks)
+        known = self._last.boxes if self._last is not None else []
+        reading, boxes = read_text(self._ocr, detail, self.cfg.det_width, self.cfg.min_score, known)
+        return _Latest(run, reading, picture_blocks(detail) if blocks is None else blocks, boxes)
 
     def _resolve_held(self, next_reading: tuple[int, Reading] | None) -> None:
         """Give every held frame the reading of its run, reading it only when it has none."""
