@@ -196,3 +196,22 @@ def test_model_that_is_not_a_vlm_is_refused_by_its_config(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not a vision-language model" in err and "nothing was written" in err and len(err) < 1000
     assert sorted(p.name for p in Library(root).captions.parts()) == before
+
+
+# ---- serve: a content policy behind the escaping -----------------------------------------------------
+def test_serve_pages_run_only_their_own_scripts(tmp_path):
+    """The UI's pages may run only scripts and styles served from here (so text that slipped past the
+    escaping could not run), the report no script at all; FastAPI's /docs, which loads Swagger from a
+    CDN, has no policy. The pages have no inline script the policy would block (the browser test
+    drives them under it: tests/test_serve_browser.py)."""
+    root = make_library(tmp_path / "lib")
+    client = TestClient(create_app(root, caption_only_config()))
+    for path in ("/", "/stats", "/static/app.js", "/api/status"):
+        policy = client.get(path).headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "unsafe-inline" not in policy, path
+        if path in ("/", "/stats"):
+            page = client.get(path).text
+            assert "<script>" not in page and page.count("<script src=") == 1
+    report = client.get("/report/index.html").headers["content-security-policy"]   # 404 until built: same policy
+    assert "default-src 'none'" in report and "script-src" not in report
+    assert "content-security-policy" not in client.get("/docs").headers

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,17 @@ resolutions: {tiny: 9216}
 aspect_ratios: ["4:3", "16:9"]
 multiple: 16
 """
+
+
+def until(page, expression: str, timeout: int = 30_000) -> None:
+    """Wait until the JavaScript `expression` is true in `page`. Polled from here with `evaluate`
+    (the debugger's evaluation): Playwright's own wait_for_function compiles the expression inside
+    the page, which the UI's content policy (script-src 'self', no eval) rightly refuses."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not true after {timeout / 1000:.0f} s: {expression}")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -74,6 +86,8 @@ def test_search_play_filter_select_and_export_in_a_real_browser(tmp_path):
                                                         args=FLAGS, viewport={"width": 1400, "height": 1000})
         try:
             page = browser.new_page()
+            refused = []      # what the content policy blocked: every script, style, image and video must pass
+            page.on("console", lambda m: "Content Security Policy" in m.text and refused.append(m.text))
             page.goto(url)
             page.wait_for_selector("body[data-ready]")
             assert page.locator(".card").count() == len(CLIPS)
@@ -81,7 +95,7 @@ def test_search_play_filter_select_and_export_in_a_real_browser(tmp_path):
             # search
             page.fill("#q", "puppy dashing over the shore as the sun goes down")
             page.click("#search")
-            page.wait_for_function("document.querySelector('#summary').textContent.includes('hits')")
+            until(page, "document.querySelector('#summary').textContent.includes('hits')")
             first = page.locator(".card").first.get_attribute("data-id")
             assert first in (clip_id(0), clip_id(10))
             assert page.locator("#like-banner").is_hidden() and page.locator("#selection-banner").is_hidden()
@@ -89,16 +103,16 @@ def test_search_play_filter_select_and_export_in_a_real_browser(tmp_path):
             # hover previews, click plays: the video element plays and its time advances; seeking works
             card = page.locator(f'.card[data-id="{clip_id(0)}"] .thumb')
             card.hover()
-            page.wait_for_function("(() => { const v = document.querySelector('video.preview');"
+            until(page, "(() => { const v = document.querySelector('video.preview');"
                                    " return v && v.currentTime > 0.1; })()")
             card.click()
             page.wait_for_selector("#player")
-            page.wait_for_function("(() => { const v = document.querySelector('#player');"
+            until(page, "(() => { const v = document.querySelector('#player');"
                                    " return !v.paused && v.currentTime > 0.3; })()")
             t1 = page.evaluate("document.querySelector('#player').currentTime")
-            page.wait_for_function(f"document.querySelector('#player').currentTime > {t1} + 0.2")
+            until(page, f"document.querySelector('#player').currentTime > {t1} + 0.2")
             page.evaluate("document.querySelector('#player').currentTime = 3.0")
-            page.wait_for_function("(() => { const v = document.querySelector('#player');"
+            until(page, "(() => { const v = document.querySelector('#player');"
                                    " return !v.seeking && v.currentTime >= 3.0; })()")
             page.click("#modal-close")
 
@@ -107,9 +121,9 @@ def test_search_play_filter_select_and_export_in_a_real_browser(tmp_path):
             page.select_option("#f-status", "passed")
             page.select_option("#f-duplicates", "exclude")
             page.click("#apply-filters")
-            page.wait_for_function("document.querySelector('#where').value === 'passed and not duplicate'")
+            until(page, "document.querySelector('#where').value === 'passed and not duplicate'")
             want = sum(1 for c in CLIPS if c[3] and c[4] is None)
-            page.wait_for_function(f"document.querySelectorAll('.card').length === {want}")
+            until(page, f"document.querySelectorAll('.card').length === {want}")
 
             # select two, name, save
             chosen = [page.locator(".card").nth(i).get_attribute("data-id") for i in (1, 3)]
@@ -117,17 +131,18 @@ def test_search_play_filter_select_and_export_in_a_real_browser(tmp_path):
                 page.check(f'.card[data-id="{cid}"] input.pick')
             page.fill("#selection-name", "two")
             page.click("#save-selection")
-            page.wait_for_function("document.querySelector('#saved').textContent.includes('saved 2 clips')")
+            until(page, "document.querySelector('#saved').textContent.includes('saved 2 clips')")
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
 
             # the report's plots on the Stats page (built by the server on first visit)
             page.goto(f"{url}/stats")
-            page.wait_for_function("document.querySelector('#report-state').textContent.startsWith('report built')",
+            until(page, "document.querySelector('#report-state').textContent.startsWith('report built')",
                                    timeout=300_000)
             frame = page.frame_locator("#report")
             frame.locator("h2", has_text="Pass rate per filter").wait_for(timeout=60_000)     # the frame loaded
             assert frame.locator('img[src="pass_rate.png"]').count() == 1
+            assert refused == []
         finally:
             browser.close()
 
