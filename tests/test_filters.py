@@ -27,7 +27,8 @@ def synthetic_clips(n: int, seed: int = 0, first: int = 0) -> pa.Table:
     video = [f"video{(first + i) // 8:05d}" for i in range(n)]
     start = rng.integers(0, 3000, n)
     length = rng.integers(24, 300, n)
-    fps = np.full(n, 30.0)
+    # a few slideshow-like clips (a generator of their own: the other columns stay as they were)
+    fps = np.where(np.random.default_rng(seed + 1000).random(n) < 0.05, 2.0, 30.0)
     hashes = rng.integers(0, 2**63, (n, 3), dtype=np.uint64)
     hashes[1::10] = hashes[0::10][: len(hashes[1::10])] ^ np.uint64(0b101)  # every 10th clip has a near copy
     camera = rng.choice(["static", "pan_left", "pan_right", "tilt_up", "zoom_in", "shaky"], n, p=[.4, .15, .15, .1, .1, .1])
@@ -86,6 +87,7 @@ def test_reasons_match_thresholds(tmp_path):
     assert (has("motion.min") == (clips.motion_score < cfg.filters["motion"].min)).all()
     assert (has("camera.reject") == (clips.camera_motion == "shaky")).all()
     assert (has("text.max") == (clips.text_area > cfg.filters["text"].max)).all()
+    assert has("frame_rate.min").any() and (has("frame_rate.min") == (clips.fps < cfg.filters["frame_rate"].min)).all()
     # an unmeasured aesthetic score is not a rejection
     assert not has("aesthetic.min")[clips.aesthetic_score.isna()].any()
     assert has("aesthetic.min")[clips.aesthetic_score < 4.5].all()
@@ -175,3 +177,22 @@ def test_bad_override_is_reported(tmp_path):
     proc = subprocess.run([sys.executable, "-c", NO_DECODE, str(lib), "--set", "filters.motion.mni=1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "mni" in proc.stderr
+
+
+def test_a_slideshow_is_rejected_for_its_frame_rate(tmp_path):
+    """A video at 2 frames per second (its picture moving from frame to frame, so no other rule
+    rejects it) fails `frame_rate.min`; the same frames at 25 fps do not."""
+    from pipeline.ingest.config import load_ingest_config
+    from pipeline.ingest.job import run_ingest
+    from tests.avfiles import write_video
+
+    reasons = {}
+    for fps in (2, 25):
+        video = write_video(tmp_path / f"v{fps}.mp4", n_frames=5 * fps, fps=fps, gop=fps)
+        lib = tmp_path / f"lib{fps}"
+        run_ingest([str(video)], lib, load_ingest_config(), progress=False)
+        (view, _) = read_view(lib)
+        reasons[fps] = [r for rs in view.column("reject_reasons").to_pylist() for r in rs]
+        assert view.num_rows >= 1
+    assert "frame_rate.min" in reasons[2]
+    assert "frame_rate.min" not in reasons[25]

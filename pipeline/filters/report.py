@@ -32,6 +32,7 @@ from trainer.typedconfig import to_dict
 
 # numeric signals shown as histograms: column -> (title, log scale)
 HISTOGRAMS: dict[str, tuple[str, bool]] = {
+    "fps": ("Frame rate (frames / s)", False),
     "motion_score": ("Motion (% width / s)", True),
     "camera_shake": ("Camera shake (% width / s)", True),
     "sharpness": ("Sharpness (Laplacian variance)", True),

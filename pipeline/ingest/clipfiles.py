@@ -76,10 +76,11 @@ class ClipFileResult:
 
 
 def write_clips(src: str | os.PathLike, clips: Sequence[ClipRange | tuple[int, int, Path]],
-                frame_times_s: Sequence[float] | None, cfg: ClipsConfig) -> list[ClipFileResult]:
+                frame_times_s: Sequence[float] | None, cfg: ClipsConfig,
+                on_written: Callable[[int, int], None] | None = None) -> list[ClipFileResult]:
     """Write one file per clip (`cfg.mode`: remux or encode) in one pass over `src`.
 
-    Results come in `clips` order. `frame_times_s` are the PTS in seconds (as read, no offset
+    Results come in `clips` order; `on_written(done, total)` is told after each run of nearby clips. `frame_times_s` are the PTS in seconds (as read, no offset
     removed) of every frame the decode pass saw, in order: they tie frame indices to packets.
     Without them (None) the packet PTS are scanned once first."""
     mode = cfg.mode
@@ -110,6 +111,8 @@ def write_clips(src: str | os.PathLike, clips: Sequence[ClipRange | tuple[int, i
                     _encode_group(container, group, cfg)
                 for plan in group:
                     results[plan.clip.out_stem] = plan.result
+                if on_written is not None:
+                    on_written(len(results), len(plans))
         finally:
             for plan in plans:
                 plan.discard()

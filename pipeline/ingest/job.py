@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from pipeline.caption.config import CaptionJobConfig, load_caption_config
 from pipeline.filters.config import from_saved_config, load_filter_config
 from pipeline.filters.evaluate import run_filters
 from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.progress import IN_FLIGHT
 from pipeline.ingest.result import SourceResult, error_result
 from pipeline.ingest.sandbox import close_shared_runner, start_runners
 from pipeline.ingest.signals.aesthetic import check_model
@@ -179,7 +181,7 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
     cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, threads=threads))
     claims = lib.start_claims()
     stage = IngestStage(cfg, lib.root.resolve(), claims, Resources(cpus=cpus))
-    bar = tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = SourcesBar(tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True))
     pending: dict[str, list[dict[str, Any]]] = {}
     pending_videos, last_commit = 0, time.monotonic()
     seen: set[str] = set()
@@ -190,28 +192,69 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
             pending.setdefault(table, []).extend(rows)
 
     # one block per video: a worker that dies (a decoder crash) loses that video only, and the job goes on
-    for row in run_stages([stage], [{"uri": u} for u in largest_first(todo)], cfg.execution, one_block_per_batch=True,
-                          tolerate_lost_batches=True):
-        result: SourceResult = row["result"]
-        seen.add(result.uri)
-        add(result)
-        pending_videos += 1
-        if (pending_videos >= cfg.execution.commit_every
-                or time.monotonic() - last_commit >= cfg.execution.commit_every_seconds):
-            lib.commit(pending)
-            pending, pending_videos, last_commit = {}, 0, time.monotonic()
-        elapsed = time.perf_counter() - t0
-        bar.set_postfix(clips=summary.clips, failed=summary.failed, refresh=False,
-                        video_s_per_s=f"{summary.video_seconds / max(elapsed, 1e-6):.1f}")
-        bar.update(1)
+    try:
+        for row in run_stages([stage], [{"uri": u} for u in largest_first(todo)], cfg.execution, one_block_per_batch=True,
+                              tolerate_lost_batches=True):
+            result: SourceResult = row["result"]
+            seen.add(result.uri)
+            add(result)
+            pending_videos += 1
+            if (pending_videos >= cfg.execution.commit_every
+                    or time.monotonic() - last_commit >= cfg.execution.commit_every_seconds):
+                lib.commit(pending)
+                pending, pending_videos, last_commit = {}, 0, time.monotonic()
+            elapsed = time.perf_counter() - t0
+            bar.finished(clips=summary.clips, failed=summary.failed,
+                         video_s_per_s=f"{summary.video_seconds / max(elapsed, 1e-6):.1f}")
+    finally:
+        bar.close()
     # a source whose worker died (e.g. the decoder crashed the process) produced no result
     for uri in todo:
         if uri not in seen:
             add(error_result(uri, None, "worker", "worker_crashed",
                              "the worker process died while ingesting this source", outcome="failed"))
     lib.commit(pending)
-    bar.close()
     claims.close()
+
+
+class SourcesBar:
+    """The ingest progress bar: sources finished, plus the share done of each one in flight
+    (`IN_FLIGHT`, a local run's), redrawn every `every_s` by a thread of its own, so a long
+    video moves the bar and its ETA while it is being ingested."""
+
+    def __init__(self, bar: tqdm, every_s: float = 1.0):
+        self.bar = bar
+        self.done = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, args=(every_s,), name="ingest-bar", daemon=True)
+        if not bar.disable:
+            self._thread.start()
+
+    def position(self) -> float:
+        """Sources' worth of work done: whole when nothing is in flight, one decimal otherwise."""
+        at = self.done + IN_FLIGHT.total()
+        return self.done if at - self.done < 0.05 else round(at, 1)
+
+    def finished(self, **postfix: Any) -> None:
+        with self._lock:
+            self.done += 1
+            self.bar.set_postfix(refresh=False, **postfix)
+            self.bar.n = self.position()
+            self.bar.refresh()
+
+    def _tick(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            with self._lock:
+                self.bar.n = self.position()
+                self.bar.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.bar.n = self.done
+        self.bar.close()
 
 
 def largest_first(uris: list[str]) -> list[str]:

@@ -51,8 +51,10 @@ class SourceRunner:
         self._ensure_child()
 
     def run(self, uri: str, cfg: IngestConfig, lib_root: str | Path,
-            claim: Callable[[str, str], bool] | None = None) -> SourceResult:
-        """The source's result; a source over budget or whose child died is an error row."""
+            claim: Callable[[str, str], bool] | None = None,
+            on_progress: Callable[[float], None] | None = None) -> SourceResult:
+        """The source's result; a source over budget or whose child died is an error row.
+        `on_progress(share)` hears how much of the source's work the child has done."""
         self._ensure_child()
         assert self._jobs is not None and self._events is not None and self._proc is not None
         timeout_s, cpu_s = cfg.sources.timeout_s, cfg.sources.cpu_timeout_s
@@ -81,6 +83,10 @@ class SourceRunner:
             if message is not None:
                 if message[0] == "done":
                     return message[1]
+                if message[0] == "at":
+                    if on_progress is not None:
+                        on_progress(message[1])
+                    continue
                 stage, video_id = message[1], message[2] or video_id
                 continue
             if ready or self._proc.poll() is not None:    # EOF: the child is gone
@@ -219,13 +225,16 @@ def main(argv: list[str]) -> int:
     def report(stage: str, video_id: str | None) -> None:
         events.send(("stage", stage, video_id))
 
+    def report_share(share: float) -> None:
+        events.send(("at", share))
+
     while True:
         try:
             uri, cfg, lib_root, claim, cpu_s = jobs.recv()
         except EOFError:        # the parent closed the pipe: done
             return 0
         _limit_cpu(cpu_s)
-        result: Any = ingest_source(uri, cfg, lib_root, claim=claim, on_stage=report)
+        result: Any = ingest_source(uri, cfg, lib_root, claim=claim, on_stage=report, on_progress=report_share)
         _limit_cpu(0)
         events.send(("done", result))
 

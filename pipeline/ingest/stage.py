@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.progress import IN_FLIGHT
 from pipeline.ingest.sandbox import shared_runner
 from pipeline.library.claims import RunClaims
 from pipeline.stages import Resources, Row, Stage
@@ -36,9 +37,14 @@ class IngestStage(Stage):
     def process(self, batch: list[Row]) -> list[Row]:
         out = []
         for row in batch:
-            result = shared_runner().run(row["uri"], self.cfg, self.lib_root,
-                                         claim=self.claims.claim if self.claims else None)
+            uri = row["uri"]
+            try:
+                result = shared_runner().run(uri, self.cfg, self.lib_root,
+                                             claim=self.claims.claim if self.claims else None,
+                                             on_progress=lambda share, uri=uri: IN_FLIGHT.set(uri, share))
+            finally:
+                IN_FLIGHT.finish(uri)
             for video in result.rows.get("videos", []):
                 video["worker_node"] = worker_node()
-            out.append({"uri": row["uri"], "result": result})
+            out.append({"uri": uri, "result": result})
         return out

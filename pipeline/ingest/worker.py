@@ -22,6 +22,7 @@ from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.decode import DecodeError, decode_pass
 from pipeline.ingest.plan import clip_id, frame_end_times, plan_clips
 from pipeline.ingest.probe import ProbeError, probe
+from pipeline.ingest.progress import DecodeProgress, clip_share
 from pipeline.ingest.result import SourceResult, error_result
 from pipeline.ingest.result import source_row as _source_row
 from pipeline.ingest.shots import ShotDetector, detect_shots
@@ -41,10 +42,12 @@ class SourceFailure(Exception):
 
 def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
                   claim: Callable[[str, str], bool] | None = None,
-                  on_stage: Callable[[str, str | None], None] | None = None) -> SourceResult:
+                  on_stage: Callable[[str, str | None], None] | None = None,
+                  on_progress: Callable[[float], None] | None = None) -> SourceResult:
     """Ingest one source; `claim(video_id, uri)` returns False when another worker (or an earlier
     run) already owns that content, which makes this source a duplicate. `on_stage(stage,
-    video_id)` is told where the work is (the sandbox names it when a budget runs out).
+    video_id)` is told where the work is (the sandbox names it when a budget runs out);
+    `on_progress(share)` how much of it is done (see pipeline.ingest.progress).
 
     Messages name the source as given (the URL of a remote one, never its staged copy)."""
     lib_root = Path(lib_root)
@@ -80,7 +83,7 @@ def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
             if claim is not None and not claim(video_id, uri):
                 return SourceResult(uri, "duplicate", video_id,
                                     {"sources": [_source_row(uri, video_id, "duplicate")]})
-            return _ingest_file(uri, path, video_id, cfg, lib_root, enter)
+            return _ingest_file(uri, path, video_id, cfg, lib_root, enter, on_progress)
     except SourceFailure as e:
         return error_result(uri, video_id, e.stage, e.kind, _named(e.message, path, uri))
     except Exception as e:  # noqa: BLE001 - an unexpected failure is recorded and retried on rerun
@@ -96,7 +99,7 @@ def _named(message: str, path: Path | None, uri: str) -> str:
 
 
 def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_root: Path,
-                 enter: Callable[[str], None]) -> SourceResult:
+                 enter: Callable[[str], None], on_progress: Callable[[float], None] | None = None) -> SourceResult:
     t0 = time.perf_counter()
     enter("probe")
     try:
@@ -110,11 +113,13 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
     # The signals run on a low-priority thread of their own (see BackgroundAnalyzers): they use the
     # CPU time that decoding, shot detection and then clip writing leave idle.
     signals = BackgroundAnalyzers(signal_analyzers) if signal_analyzers else None
+    analyzers: list[Any] = [shot_detector, signals] if signals else [shot_detector]
+    if on_progress is not None:
+        analyzers.append(DecodeProgress(on_progress, info.duration_s, cfg.clips.mode))
     try:
         enter("decode")
         try:
-            decoded = decode_pass(path, cfg.decode, [shot_detector, signals] if signals else [shot_detector],
-                                  detail=detail)
+            decoded = decode_pass(path, cfg.decode, analyzers, detail=detail)
         except (DecodeError, av.error.FFmpegError) as e:
             # the file's fault; anything else is ours (a bug): recorded as `failed`, retried on rerun
             raise SourceFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
@@ -137,8 +142,10 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
         if clips_cfg.mode != "reference" and planned:
             out_dir = media_dir(lib_root, video_id)
             out_dir.mkdir(parents=True, exist_ok=True)
+            written = None if on_progress is None else \
+                lambda done, total: on_progress(clip_share(clips_cfg.mode, done, total))
             files = write_clips(path, [(c.start_frame, c.end_frame, out_dir / cid) for c, cid in zip(planned, ids)],
-                                pts, clips_cfg)
+                                pts, clips_cfg, on_written=written)
     finally:
         signals_error = signals.close() if signals else None
     if signals_error is not None:
