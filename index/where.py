@@ -4,8 +4,9 @@
 A small hand-written tokenizer and recursive-descent parser (no eval) turn the text into a tree,
 which is checked against the fields a library has (name, kind, allowed values) and rendered three
 ways: a Milvus boolean expression, a pyarrow.compute Expression (Parquet, pandas, DuckDB relations)
-and a DuckDB SQL predicate. Rendering only ever emits validated field names, fixed operators and
-literals from a restricted character set, so nothing the user typed reaches a backend unchecked.
+and a DuckDB SQL predicate. Rendering only ever emits validated field names, fixed operators,
+numbers it formatted itself and strings it quoted itself for that backend, so nothing the user
+typed reaches a backend as syntax.
 
 Grammar (keywords are lower case):
 
@@ -17,6 +18,8 @@ Grammar (keywords are lower case):
                | FIELD ["not"] "in" "[" literal ("," literal)* "]"
                | FIELD "is" ["not"] "null"
     literal   := NUMBER | "string" | 'string' | true | false
+    string    := any text but control characters; inside it \" \' and \\ stand for " ' and \
+                 (e.g. ocr_text == "it's" or ocr_text == 'say \'hi\'', uri == "/data/vidéos/été.mp4")
     NUMBER    := an integer within +-2^53, or a finite decimal (1.5, 1e-3, -2e20): what Arrow, DuckDB
                  and Milvus all hold exactly; anything else is refused with a caret, never overflowed
 
@@ -28,6 +31,7 @@ false (so `not in` keeps it). All three renderings agree on this (a test checks 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -39,8 +43,7 @@ Kind = Literal["number", "string", "bool"]
 MAX_LENGTH = 4000
 MAX_DEPTH = 32
 MAX_LIST = 1000
-# String literals are ids, class names, model ids and paths: nothing that needs escaping anywhere.
-SAFE_STRING = re.compile(r"[A-Za-z0-9 _\-.:/+@=,#%()\[\]]*")
+ESCAPES = {'"': '"', "'": "'", "\\": "\\"}   # what a backslash may stand before in a string
 COMPARISONS = ("==", "!=", "<=", ">=", "<", ">")
 ORDERING = ("<", "<=", ">", ">=")
 KEYWORDS = {"and", "or", "not", "in", "is", "null", "true", "false"}
@@ -101,16 +104,9 @@ def tokenize(text: str) -> list[Token]:
         elif c == "=":
             raise WhereError("unknown operator '=' (use '==')", text, i)
         elif c in "\"'":
-            end = text.find(c, i + 1)
-            if end < 0:
-                raise WhereError("unterminated string", text, i)
-            body = text[i + 1:end]
-            bad = next((j for j, ch in enumerate(body) if not SAFE_STRING.fullmatch(ch)), None)
-            if bad is not None:
-                raise WhereError(f"character {body[bad]!r} is not allowed in a string "
-                                 "(letters, digits, space and _-.:/+@=,#%()[] only)", text, i + 1 + bad)
-            tokens.append(Token("string", text[i:end + 1], i, body))
-            i = end + 1
+            body, end = _string(text, i)
+            tokens.append(Token("string", text[i:end], i, body))
+            i = end
         elif (m := _NUMBER.match(text, i)) and (c != "-" or _minus_is_sign(tokens)):
             tokens.append(Token("number", m.group(), i, _number(m.group(), text, i)))
             i = m.end()
@@ -122,6 +118,32 @@ def tokenize(text: str) -> list[Token]:
             raise WhereError(f"unexpected character {c!r}", text, i)
     tokens.append(Token("end", "", len(text)))
     return tokens
+
+
+def _string(text: str, start: int) -> tuple[str, int]:
+    """The value of the string literal opening at `start` and the index just past its closing quote."""
+    quote, out, i = text[start], [], start + 1
+    while i < len(text):
+        c = text[i]
+        if c == quote:
+            return "".join(out), i + 1
+        if c == "\\":
+            if i + 1 >= len(text) or text[i + 1] not in ESCAPES:
+                raise WhereError("a backslash in a string must come before \\, \" or ' "
+                                 "(\\\\ for a backslash)", text, i)
+            out.append(ESCAPES[text[i + 1]])
+            i += 2
+            continue
+        if unicodedata.category(c) in ("Cc", "Cs"):
+            raise WhereError(f"control character {c!r} in a string", text, i)
+        out.append(c)
+        i += 1
+    raise WhereError("unterminated string", text, start)
+
+
+def string_literal(value: str) -> str:
+    """`value` as a string literal of this language (for code that writes expressions)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _minus_is_sign(tokens: list[Token]) -> bool:
@@ -385,7 +407,7 @@ def _lit_milvus(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    return f'"{v}"'   # SAFE_STRING holds no quote or backslash
+    return string_literal(v)   # Milvus reads \\ and \" in a string as ours does
 
 
 def _milvus(node: Node, fields: dict[str, Field]) -> str:
@@ -434,7 +456,7 @@ def _lit_sql(v: Any) -> str:
         return "TRUE" if v else "FALSE"
     if isinstance(v, (int, float)):
         return repr(v)
-    return f"'{v}'"
+    return "'" + v.replace("'", "''") + "'"   # SQL: a quote is doubled, a backslash is itself
 
 
 def _sql(node: Node, fields: dict[str, Field]) -> str:

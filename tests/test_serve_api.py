@@ -182,7 +182,9 @@ def test_filter_controls_compile_to_the_where_language(client):
     assert client.post("/api/where", json={"ocr": "text"}).json()["where"] == 'ocr_text != ""'
     r = client.post("/api/where", json={"camera_motion": ["sideways"]})
     assert r.status_code == 400 and "sideways" in r.json()["detail"]
-    assert client.post("/api/where", json={"video_id": 'x" or passed'}).status_code == 400
+    hostile = client.post("/api/where", json={"video_id": 'x" or passed'}).json()["where"]
+    assert hostile == 'video_id == "x\\" or passed"'     # quoted as a value, not read as an expression
+    assert ids_of(client.get("/api/clips", params={"where": hostile}).json()) == []
 
 
 def test_search_more_like_this_and_where_in_search(client):

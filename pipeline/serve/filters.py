@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from index.where import SAFE_STRING
+from index.where import string_literal
 from pipeline.library.schema import CAMERA_CLASSES
 
 
@@ -61,7 +61,5 @@ def build_where(spec: FilterSpec) -> str:
     elif spec.duplicates == "only":
         parts.append("duplicate")
     if spec.video_id:
-        if not SAFE_STRING.fullmatch(spec.video_id) or '"' in spec.video_id:
-            raise ValueError(f"video_id: {spec.video_id!r} is not a video id")
-        parts.append(f'video_id == "{spec.video_id}"')
+        parts.append(f"video_id == {string_literal(spec.video_id)}")
     return " and ".join(parts)
