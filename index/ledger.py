@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table
+from pipeline.library.files import atomic_write_table, writable_folder
 
 TOKEN_PROPERTY = "recap.sync_token"
 WRITING = "writing"          # the token while a sync is changing the collection
@@ -48,7 +48,7 @@ def read_ledger(path: Path, token: str | None) -> tuple[pa.ChunkedArray, pa.Chun
 
 def write_ledger(path: Path, ids: pa.Array | pa.ChunkedArray, hashes: np.ndarray, token: str) -> None:
     """Record the rows a finished sync left in the store (hashes: the S24 row hashes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent, check=False)
     table = pa.table({"clip_id": ids, "row_hash": pa.array(hashes.astype(str), pa.string())})
     atomic_write_table(path, table.replace_schema_metadata({_TOKEN_KEY: token.encode()}))
 

@@ -25,6 +25,8 @@ from index.api import ClipIndex, NothingToIndex, Reconcile, model_id_of
 from index.config import EmbedderConfig, IndexConfig
 from index.embedders import load_embedder
 from index.store import StoreDamaged
+from pipeline.library.embeddings import EMBEDDINGS
+from pipeline.library.files import writable_folder
 from pipeline.stages import Resources, Row, Stage, run_stages
 from pipeline.stages.execution import ExecutionConfig
 from trainer.typedconfig import load_with_defaults
@@ -163,6 +165,9 @@ def run_index(lib_root: str | Path, cfg: IndexJobConfig, embed: bool = True, mil
         reason = index.nothing_to_embed(index.clip_table())
         if reason:
             raise NothingToIndex(reason)
+        # where the vectors (and a Lite store) go must take files before anything is embedded
+        writable_folder(Path(lib_root))
+        writable_folder(Path(lib_root) / EMBEDDINGS)
         try:
             # Lite: opening takes the store's lock (waiting for, then naming, another process holding
             # it) before anything is embedded; a server that is unreachable fails here. A Lite store

@@ -111,3 +111,130 @@ def test_parts_are_plain_parquet(tmp_path) -> None:
     assert pq.read_table(part).num_rows == 2
     n = duckdb.sql(f"select count(*) from read_parquet('{lib.root}/sources/*.parquet')").fetchall()[0][0]
     assert n == 2
+
+
+def _read_only(folder) -> None:
+    """Make `folder` refuse new files: chmod for a user, the immutable flag for root (whom
+    permissions do not stop); skip where neither can be done."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return
+    try:
+        subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot make a read-only folder as root here (chattr: {e})")
+
+
+def _writable_again(folder) -> None:
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        folder.chmod(0o755)
+    else:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+
+
+@pytest.mark.parametrize("sub", ["", "clips", "_commits"])
+def test_a_library_that_cannot_be_written_is_refused_when_opened(tmp_path, sub) -> None:
+    """Not after a whole job's work: opening to write checks every folder a writer needs."""
+    with Library(tmp_path / "lib", write=True) as lib:
+        lib.commit({"sources": [_source("a.mp4")]})
+    folder = tmp_path / "lib" / sub
+    _read_only(folder)
+    try:
+        with pytest.raises(LibraryError, match=f"cannot write {folder}: "):
+            Library(tmp_path / "lib", write=True)
+        assert Library(tmp_path / "lib").read("sources").num_rows == 1    # still readable
+        assert not list((tmp_path / "lib").rglob(".write-check-*"))
+    finally:
+        _writable_again(folder)
+    with Library(tmp_path / "lib", write=True) as lib:                  # and writable once fixed
+        lib.commit({"sources": [_source("b.mp4")]})
+
+
+def test_a_commit_that_cannot_be_written_keeps_the_earlier_batches(tmp_path) -> None:
+    """Disk full or a mount gone read-only mid-job: one LibraryError saying the batch was not
+    committed; the batches before it stay, and a rerun's open clears the half-written one."""
+    lib = Library(tmp_path / "lib", write=True)
+    lib.commit({"sources": [_source("a.mp4")]})
+    (tmp_path / "lib" / "_commits").rename(tmp_path / "commits-away")
+    (tmp_path / "lib" / "_commits").write_text("not a folder")      # the commit marker cannot be written
+    with pytest.raises(LibraryError, match="this batch was not committed; rerun"):
+        lib.commit({"sources": [_source("b.mp4")]})
+    lib.close()
+    (tmp_path / "lib" / "_commits").unlink()
+    (tmp_path / "commits-away").rename(tmp_path / "lib" / "_commits")
+    with Library(tmp_path / "lib", write=True) as again:
+        assert again.read("sources").column("uri").to_pylist() == ["a.mp4"]
+        assert len(list((tmp_path / "lib" / "sources").glob("part-*.parquet"))) == 1
+
+
+def test_ingest_into_a_read_only_library_is_one_line_before_any_work(tmp_path) -> None:
+    from tests.avfiles import write_video
+    from tests.conftest import recap
+
+    with Library(tmp_path / "lib", write=True) as lib:
+        lib.commit({"sources": [_source("a.mp4")]})
+    video = write_video(tmp_path / "v.mp4", n_frames=50)
+    _read_only(tmp_path / "lib" / "clips")
+    try:
+        out = recap("ingest", str(video), "--out", str(tmp_path / "lib"), "--no-progress", check=False)
+    finally:
+        _writable_again(tmp_path / "lib" / "clips")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"recap ingest: error: cannot write {tmp_path / 'lib' / 'clips'}: " \
+                                 + out.stderr.strip().rsplit(": ", 1)[1]
+    assert not list((tmp_path / "lib" / "media").iterdir())     # nothing was decoded or written
+
+
+def test_a_file_that_cannot_be_written_is_named_and_leaves_nothing(tmp_path) -> None:
+    import pyarrow as pa
+
+    from pipeline.library import CannotWrite
+    from pipeline.library.files import atomic_write_bytes, atomic_write_table
+
+    folder = tmp_path / "views"
+    folder.mkdir()
+    _read_only(folder)
+    try:
+        with pytest.raises(CannotWrite, match=f"^cannot write {folder / 'v.parquet'}: [A-Z][a-z ]+$"):
+            atomic_write_table(folder / "v.parquet", pa.table({"a": [1]}))
+        with pytest.raises(CannotWrite, match=f"^cannot write {folder / 'v.json'}: [A-Z][a-z ]+$"):
+            atomic_write_bytes(folder / "v.json", b"{}")
+    finally:
+        _writable_again(folder)
+    assert not list(folder.iterdir())
+
+
+def test_filter_on_a_library_it_cannot_write_is_one_line(tmp_path) -> None:
+    from tests.conftest import recap
+    from tests.test_filters import write_library
+
+    lib = write_library(tmp_path / "lib", n=40)
+    (lib / "views").mkdir(exist_ok=True)
+    _read_only(lib / "views")
+    try:
+        out = recap("filter", str(lib), check=False)
+    finally:
+        _writable_again(lib / "views")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().startswith(f"recap filter: error: cannot write {lib / 'views' / 'filters.parquet'}: ")
+
+
+def test_index_of_a_library_it_cannot_write_stops_before_embedding(tmp_path) -> None:
+    from pipeline.embed import load_index_config, run_index
+    from pipeline.library import CannotWrite
+    from tests.index_fixtures import make_library
+
+    root = make_library(tmp_path / "lib")
+    _read_only(root)
+    try:
+        with pytest.raises(CannotWrite, match=f"^cannot write {root}: "):
+            run_index(root, load_index_config(overrides=["embedders.visual.enabled=false"]), log=lambda _: None)
+    finally:
+        _writable_again(root)
+    assert not (root / "embeddings").exists()      # nothing was embedded for nothing

@@ -17,7 +17,7 @@ Every schema is declared in schema.py; every file is written whole or not at all
 """
 
 from pipeline.library.captions import CaptionStore
-from pipeline.library.files import DamagedFile
+from pipeline.library.files import CannotWrite, DamagedFile
 from pipeline.library.tables import Library, LibraryError, is_library, media_dir
 
-__all__ = ["Library", "LibraryError", "DamagedFile", "CaptionStore", "is_library", "media_dir"]
+__all__ = ["Library", "LibraryError", "DamagedFile", "CannotWrite", "CaptionStore", "is_library", "media_dir"]

@@ -28,6 +28,7 @@ from pipeline.library.files import (
     reading,
     remove_stale_temp_files,
     utcnow,
+    writable_folder,
 )
 from pipeline.library.schema import CAPTION_SCHEMA
 
@@ -78,7 +79,7 @@ class CaptionStore:
         """Write `rows` as one new part file, atomically; return its path."""
         if not rows:
             return None
-        self.root.mkdir(parents=True, exist_ok=True)
+        writable_folder(self.root, check=False)
         remove_stale_temp_files(self.root)
         batch = new_batch_id()
         now = utcnow()

@@ -17,7 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, new_batch_id, read_parts, reading, remove_stale_temp_files
+from pipeline.library.files import (
+    atomic_write_table,
+    new_batch_id,
+    read_parts,
+    reading,
+    remove_stale_temp_files,
+    writable_folder,
+)
 from pipeline.library.schema import embedding_schema
 
 EMBEDDINGS = "embeddings"
@@ -85,8 +92,7 @@ def write_embeddings(root: str | Path, name: str, model_id: str, clip_ids: list[
     meta = {b"recap.embedder": json.dumps({"name": name, "model": model_id, "dim": dim}).encode()}
     table = pa.table({"clip_id": pa.array(clip_ids, pa.string()), "vector": vec,
                       "input_hash": pa.array(hashes, pa.string())}, schema=embedding_schema(dim))
-    folder = embeddings_dir(root, name)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = writable_folder(embeddings_dir(root, name), check=False)
     remove_stale_temp_files(folder)
     path = folder / f"part-{new_batch_id()}.parquet"
     atomic_write_table(path, table.replace_schema_metadata(meta))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -96,21 +97,60 @@ def remove_stale_temp_files(folder: Path) -> int:
     return removed
 
 
+class CannotWrite(LibraryError):
+    """A file could not be written (no space, a read-only mount, no permission): which, and why.
+    Nothing is left half-written: the file is whole under its name or not there."""
+
+    def __init__(self, path: Path, error: OSError):
+        self.path = path
+        # Arrow's own errors say "Failed to open local file '...'. Detail: [errno 28] No space left on device"
+        why = str(error.strerror or error).split("Detail: ")[-1]
+        why = why.split("] ", 1)[1] if why.startswith("[errno") and "] " in why else why
+        super().__init__(f"cannot write {path}: {why}")
+
+
+@contextlib.contextmanager
+def _writing(path: Path, tmp: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise CannotWrite(path, e) from None
+
+
+def writable_folder(folder: Path, check: bool = True) -> Path:
+    """`folder`, made if needed; with `check`, a file is written into it and removed, so a folder
+    that cannot hold one (read-only mount, another user's, immutable) is refused (CannotWrite)
+    before the work whose result would have gone there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if check:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-", suffix=TMP_SUFFIX)
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise CannotWrite(folder, e) from None
+    return folder
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _writing(path, tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
     tmp = temp_path(path)
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _writing(path, tmp):
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files, utcnow
+from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files, utcnow, writable_folder
 from pipeline.library.schema import SELECTION_SCHEMA
 
 SELECTIONS = "selections"
@@ -27,7 +27,7 @@ def selection_path(lib_root: str | Path, name: str) -> Path:
 def write_selection(lib_root: str | Path, name: str, clip_ids: list[str]) -> Path:
     """Save `clip_ids` (duplicates dropped, order kept) as selection `name`, replacing it."""
     path = selection_path(lib_root, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent, check=False)
     remove_stale_temp_files(path.parent)
     ids = list(dict.fromkeys(clip_ids))
     now = utcnow()

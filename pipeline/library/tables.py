@@ -33,12 +33,14 @@ from pipeline.library.embeddings import embeddings_dir
 from pipeline.library.files import (
     RECORD,
     TMP_SUFFIX,
+    CannotWrite,
     LibraryError,
     atomic_write_bytes,
     atomic_write_table,
     new_batch_id,
     read_parts,
     utcnow,
+    writable_folder,
 )
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
@@ -69,7 +71,10 @@ def take_lock(path: Path, what: str) -> int:
     """An exclusive flock on `path` (created if needed): one holder at a time does `what` (a
     second open, even in the same process, is refused). The kernel drops it when the process
     dies, so a kill -9 never leaves a stale lock. Returns the descriptor to release."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:     # a read-only library: said in one line by every command that writes
+        raise CannotWrite(path, e) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -90,6 +95,16 @@ def locked(path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def _writing(lost: str) -> Iterator[None]:
+    """A write that failed (disk full, a mount gone read-only) says what it did not record; what
+    was committed before stays."""
+    try:
+        yield
+    except CannotWrite as e:
+        raise LibraryError(f"{e}: {lost}") from None
 
 
 class Library:
@@ -128,9 +143,18 @@ class Library:
         self._lock: int | None = None
         if write:
             self._lock = take_lock(self.root / ".writer.lock", f"writing to {self.root}")
-            for name in [*TABLES, COMMITS, MEDIA]:
-                (self.root / name).mkdir(exist_ok=True)
+            self._check_writable()
             self.recover()
+
+    def _check_writable(self) -> None:
+        """Make the folders a writer needs and write a file into each: a read-only mount, a folder
+        of another user or an immutable one is refused now, not after a job's work."""
+        try:
+            for name in ["", *TABLES, COMMITS, MEDIA]:
+                writable_folder(self.root / name)
+        except CannotWrite:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Release the writer lock (also released when the process ends, however it ends)."""
@@ -190,22 +214,25 @@ class Library:
         if not any(rows.values()):
             return None
         batch_id = new_batch_id()
-        for table, table_rows in rows.items():
-            if not table_rows:
-                continue
-            for row in table_rows:
-                row["batch_id"] = batch_id
-            arrow = rows_to_table(table, table_rows)
-            atomic_write_table(self.root / table / f"part-{batch_id}.parquet", arrow)
-        counts = {t: len(r) for t, r in rows.items()}
-        atomic_write_bytes(self.root / COMMITS / f"{batch_id}.json", json.dumps(counts).encode())
+        with _writing("this batch was not committed; rerun the same command once it is fixed (committed "
+                      "work is kept, the rest is redone)"):
+            for table, table_rows in rows.items():
+                if not table_rows:
+                    continue
+                for row in table_rows:
+                    row["batch_id"] = batch_id
+                arrow = rows_to_table(table, table_rows)
+                atomic_write_table(self.root / table / f"part-{batch_id}.parquet", arrow)
+            counts = {t: len(r) for t, r in rows.items()}
+            atomic_write_bytes(self.root / COMMITS / f"{batch_id}.json", json.dumps(counts).encode())
         return batch_id
 
     def record_run(self, run: dict[str, Any]) -> None:
         """Append a run record (command, config, counts) to library.json."""
         self._require_writer()
         self.meta.setdefault("runs", []).append(run)
-        atomic_write_bytes(self.root / RECORD, json.dumps(self.meta, indent=2, default=str).encode())
+        with _writing("the run's record was not added to library.json (its work is committed)"):
+            atomic_write_bytes(self.root / RECORD, json.dumps(self.meta, indent=2, default=str).encode())
 
     def start_claims(self) -> RunClaims:
         """Claims for one ingest run: which content a worker of this run took first (see claims.py)."""

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files
+from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files, writable_folder
 from pipeline.library.schema import VIEW_SCHEMA
 
 VIEW_PATH = Path("views") / "filters.parquet"
@@ -30,7 +30,7 @@ def write_view(lib_root: str | Path, view: pa.Table, config: dict[str, Any], sou
     """Atomically replace the view; `config` is the filter config that made it (as a dict) and
     `source_batch` the newest committed batch of clips it judged (what says when it is stale)."""
     path = Path(lib_root) / VIEW_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(path.parent, check=False)
     remove_stale_temp_files(path.parent)
     meta = {b"recap.filters": json.dumps(config).encode(),
             b"recap.created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode(),

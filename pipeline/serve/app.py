@@ -19,7 +19,7 @@ from index.config import IndexConfig
 from index.embedders import EmbedderError
 from index.store import StoreError
 from index.where import WhereError
-from pipeline.library import DamagedFile, LibraryError
+from pipeline.library import CannotWrite, DamagedFile, LibraryError
 from pipeline.serve.api import router
 from pipeline.serve.catalog import BadRequest, Catalog, NotFound
 from pipeline.serve.media import ReportBuilder, ui_dir
@@ -34,6 +34,7 @@ ERRORS: list[tuple[type[Exception], int, str]] = [
     (SearchError, 400, "search: "),
     (LibraryError, 403, ""),            # a clip path that leads out of the library
     (DamagedFile, 500, "library: "),    # a library file that does not read: which one, not a bare 500
+    (CannotWrite, 507, "library: "),    # a selection that cannot be saved (no space, read-only)
     (StoreError, 503, "index: "),
     (EmbedderError, 503, "embedder: "),
 ]
