@@ -215,6 +215,8 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
                              "the worker process died while ingesting this source", outcome="failed"))
     lib.commit(pending)
     claims.close()
+    if lib.compact():      # many small batches: one part per table, so every reader opens one file
+        print("library: tables compacted to one part each", file=sys.stderr)
 
 
 class SourcesBar:

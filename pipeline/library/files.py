@@ -156,6 +156,37 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
 def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
     """Parts of one table as one Arrow table with `schema` (a column an older part lacks is null);
     an empty table with the schema when there are no parts."""
+    out, tables = _part_tables(paths, schema, columns)
+    tables = list(tables)
+    return pa.concat_tables(tables) if tables else out.empty_table()
+
+
+def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path, rows_per_group: int) -> None:
+    """The rows of `paths` (read as `read_parts` reads them, in order) written to `path` atomically,
+    one part at a time: memory holds one row group, not the table."""
+    out, tables = _part_tables(paths, schema)
+    tmp = temp_path(path)
+    with _writing(path, tmp):
+        with pq.ParquetWriter(tmp, out, compression="zstd") as writer:
+            pending: list[pa.Table] = []
+            rows = 0
+            for t in tables:
+                pending.append(t)
+                rows += t.num_rows
+                if rows >= rows_per_group:
+                    writer.write_table(pa.concat_tables(pending), row_group_size=rows)
+                    pending, rows = [], 0
+            if pending:
+                writer.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def _part_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None
+                 ) -> tuple[pa.Schema, Iterator[pa.Table]]:
+    """The schema every part is read as (`schema`'s `columns`, nullable where some part lacks the
+    column) and the parts' tables in that schema, read one at a time."""
     wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
     have = {}
     for p in paths:
@@ -163,12 +194,13 @@ def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None =
             have[p] = set(pq.read_schema(p).names)
     lacking = {f.name for f in wanted if any(f.name not in names for names in have.values())}
     out = pa.schema([f.with_nullable(True) if f.name in lacking else f for f in wanted])
-    tables = []
-    for p in paths:
-        with reading(p):
-            t = pq.read_table(p, columns=[c for c in out.names if c in have[p]])
-        for field in out:
-            if field.name not in have[p]:
-                t = t.append_column(field.name, pa.nulls(t.num_rows, field.type))
-        tables.append(t.select(out.names).cast(out))
-    return pa.concat_tables(tables) if tables else out.empty_table()
+
+    def tables() -> Iterator[pa.Table]:
+        for p in paths:
+            with reading(p):
+                t = pq.read_table(p, columns=[c for c in out.names if c in have[p]])
+            for field in out:
+                if field.name not in have[p]:
+                    t = t.append_column(field.name, pa.nulls(t.num_rows, field.type))
+            yield t.select(out.names).cast(out)
+    return out, tables()

@@ -11,6 +11,13 @@ Writes and resume:
   duplicates rows.
 - The `sources/` table records every source uri handled (ingested, duplicate or failed), which is
   what a rerun skips.
+- Compaction: a job commits every few videos, so a large library would be thousands of small parts
+  per table, and every reader opens them all (2,000 batches: ~4 s to read the clips). When a table
+  holds more than `COMPACT_PARTS` parts, `compact` merges every table's parts into one part per
+  table under a new batch, whose marker `_commits/<batch_id>.compact.json` names the batches it
+  replaces; rows keep their own `batch_id`. Readers skip replaced parts from the moment that
+  marker exists; the replaced files are removed right after (or by the next writer's recovery,
+  after a crash).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from pipeline.library.files import (
     RECORD,
     TMP_SUFFIX,
     CannotWrite,
+    DamagedFile,
     LibraryError,
     atomic_write_bytes,
     atomic_write_table,
@@ -41,12 +49,16 @@ from pipeline.library.files import (
     read_parts,
     utcnow,
     writable_folder,
+    write_parts_as_one,
 )
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 
 COMMITS = "_commits"
 MEDIA = "media"
+COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
+COMPACT_PARTS = 64               # a table with more committed parts than this is compacted
+COMPACT_ROWS = 65536             # rows per row group of a compacted part (memory stays one group)
 
 
 def is_library(folder: str | Path) -> bool:
@@ -175,12 +187,34 @@ class Library:
 
     # ---- crash recovery -------------------------------------------------------------------
     def committed_batches(self) -> set[str]:
-        return {p.stem for p in (self.root / COMMITS).glob("*.json")}
+        """Batches whose parts readers see: committed, and not replaced by a compaction."""
+        return self._batches()[0]
+
+    def _batches(self) -> tuple[set[str], set[str], str | None]:
+        """(live batches, batches replaced by a compaction, the newest batch of ingested rows)."""
+        regular, compactions = set(), {}
+        for p in (self.root / COMMITS).glob("*.json"):
+            if p.stem.endswith(COMPACT_SUFFIX):
+                compactions[p.stem.removesuffix(COMPACT_SUFFIX)] = p
+            else:
+                regular.add(p.stem)
+        replaced: set[str] = set()
+        newest = max(regular, default=None)
+        for path in compactions.values():
+            try:
+                marker = json.loads(path.read_text())
+                replaced.update(str(b) for b in marker["replaces"])
+                newest = max(filter(None, [newest, marker["newest"]]), default=None)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise LibraryError(f"{path}: cannot read a compaction marker ({e}); restore it from a "
+                                   "backup") from None
+        return (regular | set(compactions)) - replaced, replaced, newest
 
     def recover(self) -> int:
-        """Remove uncommitted parts, temporary files and claims left by a crash; return how many."""
-        committed = self.committed_batches()
-        removed = 0
+        """Remove uncommitted parts, temporary files and claims left by a crash, and what a
+        compaction replaced; return how many."""
+        committed, replaced, _ = self._batches()
+        removed = self._remove_replaced(replaced)
         for folder in [*TABLES, COMMITS, MEDIA]:
             base = self.root / folder
             tmp_files = base.rglob(f"*{TMP_SUFFIX}") if folder == MEDIA else base.glob(f"*{TMP_SUFFIX}")
@@ -234,6 +268,40 @@ class Library:
         with _writing("the run's record was not added to library.json (its work is committed)"):
             atomic_write_bytes(self.root / RECORD, json.dumps(self.meta, indent=2, default=str).encode())
 
+    def _remove_replaced(self, replaced: set[str]) -> int:
+        """Delete the parts and markers of batches a compaction replaced (they are never read)."""
+        removed = 0
+        for batch in replaced:
+            for table in TABLES:
+                part = self.root / table / f"part-{batch}.parquet"
+                if part.exists():
+                    part.unlink()
+                    removed += 1
+            for marker in (f"{batch}.json", f"{batch}{COMPACT_SUFFIX}.json"):
+                (self.root / COMMITS / marker).unlink(missing_ok=True)
+        return removed
+
+    def compact(self, min_parts: int | None = None) -> str | None:
+        """Merge every table's committed parts into one part per table when some table has more
+        than `min_parts` (`COMPACT_PARTS`; see the module docstring); return the compaction's batch
+        id, or None when nothing needed it. Streams one part at a time: memory is one row group."""
+        self._require_writer()
+        live, _, newest = self._batches()
+        parts = {t: self._table_parts(t, live) for t in TABLES}
+        if max(len(ps) for ps in parts.values()) <= (COMPACT_PARTS if min_parts is None else min_parts):
+            return None
+        batch_id = new_batch_id()
+        with _writing("the compaction was left undone (the library reads as before); rerun to retry"):
+            for table, table_parts in parts.items():
+                if table_parts:
+                    write_parts_as_one(table_parts, table_schema(table),
+                                       self.root / table / f"part-{batch_id}.parquet", COMPACT_ROWS)
+            marker = {"replaces": sorted(live), "newest": newest}
+            atomic_write_bytes(self.root / COMMITS / f"{batch_id}{COMPACT_SUFFIX}.json",
+                               json.dumps(marker).encode())
+        self._remove_replaced(live)
+        return batch_id
+
     def start_claims(self) -> RunClaims:
         """Claims for one ingest run: which content a worker of this run took first (see claims.py)."""
         self._require_writer()
@@ -241,14 +309,25 @@ class Library:
 
     # ---- reading: the one committed-parts reader ------------------------------------------
     def parts(self, table: str) -> list[Path]:
-        """Committed part files of a table: parts of a batch still being written are not there yet."""
-        committed = self.committed_batches()
-        return sorted(p for p in (self.root / table).glob("part-*.parquet") if p.stem.removeprefix("part-") in committed)
+        """Committed part files of a table: parts of a batch still being written are not there
+        yet, parts a compaction replaced are not there any more."""
+        return self._table_parts(table, self.committed_batches())
+
+    def _table_parts(self, table: str, live: set[str]) -> list[Path]:
+        return sorted(p for p in (self.root / table).glob("part-*.parquet") if p.stem.removeprefix("part-") in live)
 
     def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
         """All committed rows of a table with its declared schema (a column that older parts lack
-        is null); an empty table when there are none."""
-        return read_parts(self.parts(table), table_schema(table), columns)
+        is null); an empty table when there are none. A part that a compaction removed between
+        listing and reading is read again from the new listing."""
+        for attempt in range(3):
+            listed = self.parts(table)
+            try:
+                return read_parts(listed, table_schema(table), columns)
+            except (FileNotFoundError, DamagedFile):
+                if attempt == 2 or all(p.exists() for p in listed):
+                    raise
+        raise AssertionError("unreachable")
 
     def handled_sources(self) -> dict[str, str]:
         """uri -> latest outcome for every source an earlier run handled. `failed` (an unexpected
@@ -307,8 +386,9 @@ class Library:
         return (self.captions.default(), *stats)
 
     def newest_batch(self) -> str | None:
-        """The most recently committed batch (batch ids sort in write order)."""
-        return max(self.committed_batches(), default=None)
+        """The most recently committed batch of rows (batch ids sort in write order; a compaction
+        adds no rows, so it does not count: a filter view stays as fresh as it was)."""
+        return self._batches()[2]
 
     def view_is_stale(self) -> bool:
         """The filter view judged fewer batches than are committed (or there is none)."""

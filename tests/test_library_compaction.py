@@ -1,0 +1,156 @@
+"""Compaction: thousands of small committed batches become one part per table, readers see the
+same rows throughout (also across a crash at any step), the filter view stays fresh, and a reader
+whose listing a compaction overtook reads again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+import pipeline.library.tables as tables
+from pipeline.library import Library, LibraryError
+from pipeline.library.files import utcnow
+from pipeline.library.views import write_view
+
+
+def _commit_videos(lib: Library, first: int, n: int) -> None:
+    """`n` batches of one source row and one error row each (errors only on even videos)."""
+    for i in range(first, first + n):
+        rows = {"sources": [{"uri": f"v{i}.mp4", "video_id": f"id{i}", "outcome": "ingested", "at": utcnow()}]}
+        if i % 2 == 0:
+            rows["errors"] = [{"source": f"v{i}.mp4", "video_id": f"id{i}", "stage": "probe", "error_type": "x",
+                               "message": "m", "at": utcnow()}]
+        lib.commit(rows)
+
+
+def _uris(lib: Library) -> list[str]:
+    return lib.read("sources").column("uri").to_pylist()
+
+
+def _part_count(root: Path, table: str) -> int:
+    return len(list((root / table).glob("part-*.parquet")))
+
+
+def test_many_batches_become_one_part_per_table_with_the_same_rows(tmp_path) -> None:
+    lib = Library(tmp_path / "lib", write=True)
+    _commit_videos(lib, 0, 12)
+    before = {t: lib.read(t) for t in ("sources", "errors")}
+    newest = lib.newest_batch()
+    assert lib.compact(min_parts=20) is None                 # under the threshold: nothing to do
+    batch = lib.compact(min_parts=8)
+    assert batch and batch > newest
+    for t, rows in before.items():
+        assert lib.read(t).equals(rows)                       # same rows, same order, own batch ids
+        assert _part_count(tmp_path / "lib", t) == 1
+    assert lib.newest_batch() == newest                       # a compaction adds no rows
+    assert [p.name for p in (tmp_path / "lib" / "_commits").iterdir()] == [f"{batch}.compact.json"]
+
+    _commit_videos(lib, 12, 10)                               # later batches, then a second compaction
+    again = lib.compact(min_parts=8)
+    assert _uris(lib) == [f"v{i}.mp4" for i in range(22)]
+    assert _part_count(tmp_path / "lib", "sources") == 1
+    assert [p.name for p in (tmp_path / "lib" / "_commits").iterdir()] == [f"{again}.compact.json"]
+    lib.close()
+
+
+def test_a_filter_view_stays_fresh_across_a_compaction(tmp_path) -> None:
+    lib = Library(tmp_path / "lib", write=True)
+    _commit_videos(lib, 0, 6)
+    write_view(tmp_path / "lib", _empty_view(), {}, source_batch=lib.newest_batch())
+    assert not lib.view_is_stale()
+    lib.compact(min_parts=2)
+    assert not lib.view_is_stale()
+    _commit_videos(lib, 6, 1)
+    assert lib.view_is_stale()                                # new rows still make it stale
+    lib.close()
+
+
+def _empty_view():
+    from pipeline.library.views import VIEW_SCHEMA
+    return VIEW_SCHEMA.empty_table()
+
+
+def test_a_crash_before_the_marker_leaves_the_library_as_it_was(tmp_path, monkeypatch) -> None:
+    lib = Library(tmp_path / "lib", write=True)
+    _commit_videos(lib, 0, 6)
+    real = tables.atomic_write_bytes
+
+    def crash_on_marker(path, data):
+        if path.name.endswith(".compact.json"):
+            raise KeyboardInterrupt    # the process dies here: merged parts written, no marker
+        real(path, data)
+    monkeypatch.setattr(tables, "atomic_write_bytes", crash_on_marker)
+    with pytest.raises(KeyboardInterrupt):
+        lib.compact(min_parts=2)
+    monkeypatch.undo()
+    lib.close()
+    assert _uris(Library(tmp_path / "lib")) == [f"v{i}.mp4" for i in range(6)]   # merged part not read
+    assert _part_count(tmp_path / "lib", "sources") == 7
+    Library(tmp_path / "lib", write=True).close()                              # recovery removes it
+    assert _part_count(tmp_path / "lib", "sources") == 6
+
+
+def test_a_crash_after_the_marker_shows_no_row_twice(tmp_path, monkeypatch) -> None:
+    lib = Library(tmp_path / "lib", write=True)
+    _commit_videos(lib, 0, 6)
+
+    def crash(self, replaced):
+        raise KeyboardInterrupt        # the marker is in place, the replaced files are not removed yet
+    monkeypatch.setattr(Library, "_remove_replaced", crash)
+    with pytest.raises(KeyboardInterrupt):
+        lib.compact(min_parts=2)
+    monkeypatch.undo()
+    lib.close()
+    assert _uris(Library(tmp_path / "lib")) == [f"v{i}.mp4" for i in range(6)]
+    assert _part_count(tmp_path / "lib", "sources") == 7
+    Library(tmp_path / "lib", write=True).close()                              # recovery removes the old ones
+    assert _part_count(tmp_path / "lib", "sources") == 1
+    assert _uris(Library(tmp_path / "lib")) == [f"v{i}.mp4" for i in range(6)]
+
+
+def test_a_reader_overtaken_by_a_compaction_reads_again(tmp_path, monkeypatch) -> None:
+    writer = Library(tmp_path / "lib", write=True)
+    _commit_videos(writer, 0, 6)
+    reader = Library(tmp_path / "lib")
+    stale = reader.parts("sources")
+    writer.compact(min_parts=2)                # removes every file of the reader's listing
+    listings = iter([stale])
+    real_parts = Library.parts
+    monkeypatch.setattr(reader, "parts", lambda table: next(listings, None) or real_parts(reader, table))
+    assert _uris(reader) == [f"v{i}.mp4" for i in range(6)]
+    writer.close()
+
+
+def test_a_damaged_compaction_marker_is_named(tmp_path) -> None:
+    lib = Library(tmp_path / "lib", write=True)
+    _commit_videos(lib, 0, 4)
+    batch = lib.compact(min_parts=2)
+    lib.close()
+    (tmp_path / "lib" / "_commits" / f"{batch}.compact.json").write_text('{"replaces": 3}')
+    with pytest.raises(LibraryError, match=r"cannot read a compaction marker"):
+        Library(tmp_path / "lib").read("sources")
+
+
+def test_ingest_compacts_a_library_of_many_batches(tmp_path, monkeypatch) -> None:
+    """Each video its own batch (commit_every=1), over the threshold: one part per table after the
+    run, every clip there, and the next run adds to it."""
+    from pipeline.ingest.config import load_ingest_config
+    from pipeline.ingest.job import run_ingest
+    from tests.avfiles import write_video
+
+    monkeypatch.setattr(tables, "COMPACT_PARTS", 2)
+    videos = [str(write_video(tmp_path / f"v{i}.mp4", n_frames=60 + 10 * i)) for i in range(4)]
+    cfg = load_ingest_config(overrides=["execution.commit_every=1", "signals.enabled=false"])
+    first = run_ingest(videos[:3], tmp_path / "lib", cfg, progress=False)
+    lib = Library(tmp_path / "lib")
+    assert _part_count(tmp_path / "lib", "clips") == 1 and _part_count(tmp_path / "lib", "sources") == 1
+    assert lib.read("clips").num_rows == first.clips > 0
+    assert not lib.view_is_stale()
+    run_ingest(videos, tmp_path / "lib", cfg, progress=False)
+    assert sorted(Library(tmp_path / "lib").handled_sources()) == sorted(videos)
+    assert pq.read_table(next((tmp_path / "lib" / "sources").glob("part-*.parquet"))).num_rows == 3
+    marker = next((tmp_path / "lib" / "_commits").glob("*.compact.json"))
+    assert len(json.loads(marker.read_text())["replaces"]) == 3
