@@ -38,7 +38,13 @@ from index.search import Hit, Mode, NothingToIndex, SearchError, Searching
 from index.store import PK, MilvusStore, ScalarSpec, StoreBusy, StoreDamaged, StoreError
 from index.where import WhereError
 from pipeline.library import Library, LibraryError
-from pipeline.library.embeddings import drop_other_models, read_embeddings, vectors_of, write_embeddings
+from pipeline.library.embeddings import (
+    compact_embeddings,
+    drop_other_models,
+    read_embeddings,
+    vectors_of,
+    write_embeddings,
+)
 
 # columns of the clip table never written to Milvus (bookkeeping); every other scalar column is a
 # `--where` field, in search as in export and caption
@@ -196,6 +202,10 @@ class ClipIndex(Searching):
     def drop_superseded(self, name: str) -> int:
         """Remove vectors of embedder `name` made by an earlier model, once its model covers the clips."""
         return drop_other_models(self.root, name, model_id_of(self.cfg.embedders[name]))
+
+    def compact_embeddings(self, name: str) -> None:
+        """Embedder `name`'s parts as one once they are many (see `merge_parts`)."""
+        compact_embeddings(self.root, name, model_id_of(self.cfg.embedders[name]))
 
     def nothing_to_embed(self, clips: pa.Table) -> str | None:
         """Why no enabled embedder can embed anything in this library (None when one can): what to do

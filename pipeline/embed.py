@@ -146,6 +146,7 @@ def embed_library(index: ClipIndex, execution: ExecutionConfig, log: Callable[[s
         if done < len(stale):
             log(f"{name}: {len(stale) - done} clips could not be read and have no vector (rerun to retry)")
         index.drop_superseded(name)
+        index.compact_embeddings(name)     # one part, not one per few hundred clips
     return given
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import pipeline.library.files as files
 import pipeline.library.tables as tables
 from pipeline.library import Library, LibraryError
 from pipeline.library.files import utcnow
@@ -141,7 +142,7 @@ def test_ingest_compacts_a_library_of_many_batches(tmp_path, monkeypatch) -> Non
     from pipeline.ingest.job import run_ingest
     from tests.avfiles import write_video
 
-    monkeypatch.setattr(tables, "COMPACT_PARTS", 2)
+    monkeypatch.setattr(files, "COMPACT_PARTS", 2)
     videos = [str(write_video(tmp_path / f"v{i}.mp4", n_frames=60 + 10 * i)) for i in range(4)]
     cfg = load_ingest_config(overrides=["execution.commit_every=1", "signals.enabled=false"])
     first = run_ingest(videos[:3], tmp_path / "lib", cfg, progress=False)
@@ -151,6 +152,62 @@ def test_ingest_compacts_a_library_of_many_batches(tmp_path, monkeypatch) -> Non
     assert not lib.view_is_stale()
     run_ingest(videos, tmp_path / "lib", cfg, progress=False)
     assert sorted(Library(tmp_path / "lib").handled_sources()) == sorted(videos)
-    assert pq.read_table(next((tmp_path / "lib" / "sources").glob("part-*.parquet"))).num_rows == 3
+    assert [pq.read_table(p).num_rows for p in sorted((tmp_path / "lib" / "sources").glob("part-*.parquet"))] == [3, 1]
     marker = next((tmp_path / "lib" / "_commits").glob("*.compact.json"))
     assert len(json.loads(marker.read_text())["replaces"]) == 3
+
+
+def _caption(clip: str, version: str, status: str = "ok", text: str = "a caption") -> dict:
+    return {"clip_id": clip, "version": version, "backend": "signals", "model_id": "m", "prompt_id": "p",
+            "prompt_sha": "s", "params": "{}", "text": text, "status": status, "attempts": 1}
+
+
+def test_caption_parts_merge_and_read_the_same(tmp_path, monkeypatch) -> None:
+    from pipeline.library import CaptionStore
+
+    store = CaptionStore(tmp_path / "lib")
+    store.append([_caption("c1", "v1", "error", ""), _caption("c2", "v1")])
+    store.append([_caption("c1", "v1", text="retried")])               # a later row wins
+    store.append([_caption("c1", "v2"), _caption("c3", "v2", "flagged")])
+    before = (store.read(), store.latest_ok("v1"), store.versions(), store.done("v1"))
+    monkeypatch.setattr(files, "COMPACT_PARTS", 3)
+    assert store.compact() is None                                       # three parts: not more than 3
+    monkeypatch.setattr(files, "COMPACT_PARTS", 2)
+    merged = store.compact()
+    assert store.parts() == [merged]
+    assert (store.read(), store.latest_ok("v1"), store.versions(), store.done("v1")) == before
+    latest = store.latest_ok("v1").to_pylist()
+    assert {r["clip_id"]: r["text"] for r in latest} == {"c1": "retried", "c2": "a caption"}
+
+
+def test_embedding_parts_merge_keep_their_model_and_the_latest_vector(tmp_path, monkeypatch) -> None:
+    import numpy as np
+
+    from pipeline.library.embeddings import compact_embeddings, embeddings_dir, read_embeddings, write_embeddings
+
+    rng = np.random.default_rng(0)
+    for k in range(4):   # clip c0 is embedded in every part: the last vector is its vector
+        write_embeddings(tmp_path, "caption", "model-a", ["c0", f"c{k + 1}"], rng.random((2, 8)), ["h", "h"])
+    write_embeddings(tmp_path, "caption", "model-b", ["c0"], rng.random((1, 8)), ["h"])   # another model
+    before = read_embeddings(tmp_path, "caption", "model-a")
+    monkeypatch.setattr(files, "COMPACT_PARTS", 2)
+    merged = compact_embeddings(tmp_path, "caption", "model-a")
+    assert merged is not None
+    assert len(list(embeddings_dir(tmp_path, "caption").glob("part-*.parquet"))) == 2    # + model-b's part
+    assert read_embeddings(tmp_path, "caption", "model-a").equals(before)
+    assert read_embeddings(tmp_path, "caption", "model-b").num_rows == 1
+
+
+def test_a_merge_that_crashed_before_removing_the_old_parts_reads_the_same(tmp_path, monkeypatch) -> None:
+    from pipeline.library import CaptionStore
+
+    store = CaptionStore(tmp_path / "lib")
+    for i in range(4):
+        store.append([_caption(f"c{i}", "v1"), _caption("c0", "v1", text=f"take {i}")])
+    before = (store.read(), store.latest_ok("v1"), store.versions())
+    monkeypatch.setattr(files, "COMPACT_PARTS", 2)
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: None)   # the process died here
+    store.compact()
+    monkeypatch.undo()
+    assert len(store.parts()) == 5                                       # every row there twice ...
+    assert (store.read(), store.latest_ok("v1"), store.versions()) == before    # ... and read once

@@ -112,6 +112,7 @@ def _run_caption(lib: Library, cfg: CaptionJobConfig, where: str | None, all_cli
             bar.update(1)
             bar.set_postfix(tok_s=f"{summary.output_tokens / max(time.perf_counter() - t0, 1e-6):.1f}")
         bar.close()
+        store.compact()     # many parts of a few hundred captions: one, so every reader opens one file
     if store.default() is None and any(v["version"] == summary.version and v["counts"].get("ok")
                                        for v in store.versions()):
         # the first version written is what export uses until changed (also when a crash came

@@ -24,7 +24,9 @@ import pyarrow.parquet as pq
 from pipeline.library.files import (
     atomic_write_bytes,
     atomic_write_table,
+    merge_parts,
     new_batch_id,
+    read_again_if_merged,
     reading,
     remove_stale_temp_files,
     utcnow,
@@ -48,11 +50,14 @@ class CaptionStore:
     def read(self, version: str | None = None, columns: list[str] | None = None, latest: bool = True) -> pa.Table:
         """Rows of `version` (all versions when None); with `latest`, one row per (clip, version)."""
         filters = [("version", "=", version)] if version else None
-        tables = []
-        for p in self.parts():
-            with reading(p):
-                tables.append(pq.read_table(p, schema=CAPTION_SCHEMA, filters=filters))
-        table = pa.concat_tables(tables) if tables else CAPTION_SCHEMA.empty_table()
+
+        def read_all() -> pa.Table:
+            tables = []
+            for p in self.parts():
+                with reading(p):
+                    tables.append(pq.read_table(p, schema=CAPTION_SCHEMA, filters=filters))
+            return pa.concat_tables(tables) if tables else CAPTION_SCHEMA.empty_table()
+        table = read_again_if_merged(read_all)
         if latest and table.num_rows:
             table = table.sort_by([("created_at", "ascending")])
             keys = [f"{c}\0{v}" for c, v in zip(table.column("clip_id").to_pylist(),
@@ -91,6 +96,10 @@ class CaptionStore:
         path = self.root / f"part-{batch}.parquet"
         atomic_write_table(path, table)
         return path
+
+    def compact(self) -> Path | None:
+        """Past `COMPACT_PARTS` parts, one part with all their rows (see `merge_parts`)."""
+        return merge_parts(self.root, self.parts(), CAPTION_SCHEMA)
 
     def versions(self) -> list[dict[str, Any]]:
         """One summary per version: spec fields, clip counts by status, first and last write."""

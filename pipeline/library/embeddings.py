@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 
 from pipeline.library.files import (
     atomic_write_table,
+    merge_parts,
     new_batch_id,
+    read_again_if_merged,
     read_parts,
     reading,
     remove_stale_temp_files,
@@ -44,6 +46,10 @@ def read_embeddings(root: str | Path, name: str, model_id: str | None = None) ->
     """clip_id, vector, input_hash of embedder `name` (latest per clip); parts made by another
     model than `model_id` are ignored (they are superseded when that model re-embeds). None when
     there are none."""
+    return read_again_if_merged(lambda: _read_embeddings(root, name, model_id))
+
+
+def _read_embeddings(root: str | Path, name: str, model_id: str | None) -> pa.Table | None:
     folder = embeddings_dir(root, name)
     parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
     metas = {p: _part_meta(p) for p in parts}
@@ -97,6 +103,17 @@ def write_embeddings(root: str | Path, name: str, model_id: str, clip_ids: list[
     path = folder / f"part-{new_batch_id()}.parquet"
     atomic_write_table(path, table.replace_schema_metadata(meta))
     return path
+
+
+def compact_embeddings(root: str | Path, name: str, model_id: str) -> Path | None:
+    """Past `COMPACT_PARTS` parts of `model_id`, one part with all their rows (see `merge_parts`)."""
+    folder = embeddings_dir(root, name)
+    parts = [p for p in sorted(folder.glob("part-*.parquet")) if _part_meta(p).get("model") == model_id]
+    if not parts:
+        return None
+    with reading(parts[-1]):
+        meta = pq.read_schema(parts[-1]).metadata
+    return merge_parts(folder, parts, embedding_schema(int(json.loads(meta[b"recap.embedder"])["dim"])), meta)
 
 
 def drop_other_models(root: str | Path, name: str, model_id: str) -> int:

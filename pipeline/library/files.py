@@ -10,9 +10,10 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -119,6 +120,14 @@ def _writing(path: Path, tmp: Path) -> Iterator[None]:
         raise CannotWrite(path, e) from None
 
 
+T = TypeVar("T")
+
+# A table (or store) with more parts than this is compacted: each reader opens every part, and
+# a job commits every few videos or a few hundred clips (2,000 parts: ~4 s to read the clips).
+COMPACT_PARTS = 64
+COMPACT_ROWS = 65536     # rows per row group of a compacted part
+
+
 def writable_folder(folder: Path, check: bool = True) -> Path:
     """`folder`, made if needed; with `check`, a file is written into it and removed, so a folder
     that cannot hold one (read-only mount, another user's, immutable) is refused (CannotWrite)
@@ -161,10 +170,13 @@ def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None =
     return pa.concat_tables(tables) if tables else out.empty_table()
 
 
-def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path, rows_per_group: int) -> None:
+def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
+                       metadata: dict[bytes, bytes] | None = None) -> None:
     """The rows of `paths` (read as `read_parts` reads them, in order) written to `path` atomically,
-    one part at a time: memory holds one row group, not the table."""
+    `COMPACT_ROWS` rows per row group: memory holds one group, not the table."""
     out, tables = _part_tables(paths, schema)
+    out = out.with_metadata(metadata) if metadata else out
+    rows_per_group = COMPACT_ROWS
     tmp = temp_path(path)
     with _writing(path, tmp):
         with pq.ParquetWriter(tmp, out, compression="zstd") as writer:
@@ -181,6 +193,35 @@ def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path, rows_pe
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+def read_again_if_merged(read: Callable[[], T]) -> T:
+    """`read()` (which lists a store's parts, then reads them), done again when a part it listed
+    was removed meanwhile by a compaction in another process: the new listing has its rows."""
+    for attempt in range(3):
+        try:
+            return read()
+        except (FileNotFoundError, DamagedFile) as e:
+            gone = isinstance(e, FileNotFoundError) or not e.path.exists()
+            if attempt == 2 or not gone:
+                raise
+    raise AssertionError("unreachable")
+
+
+def merge_parts(folder: Path, parts: list[Path], schema: pa.Schema,
+                metadata: dict[bytes, bytes] | None = None) -> Path | None:
+    """For a store without commit markers whose readers let a later row win (captions,
+    embeddings): when `parts` (its parts, oldest first, nothing written meanwhile) are more than
+    `COMPACT_PARTS`, their rows go into one new part, which lists after them and before anything
+    written later, and then they are removed. A crash between the two leaves rows twice, which
+    reads the same. Returns the new part, or None when there were too few to merge."""
+    if len(parts) <= COMPACT_PARTS:
+        return None
+    path = folder / f"part-{new_batch_id()}.parquet"
+    write_parts_as_one(parts, schema, path, metadata)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return path
 
 
 def _part_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None

@@ -198,7 +198,7 @@ CAPTION_COLUMNS = [
     Column("n_frames", pa.int32(), "Frames given to the model.", True),
     Column("latency_s", pa.float32(), "Generation seconds for the clip, all attempts (a batch's time shared by its clips).", True),
     Column("created_at", pa.timestamp("ms", tz="UTC"), "When the row was written."),
-    Column("batch_id", pa.string(), "Part file that holds the row (`part-<batch_id>.parquet`)."),
+    Column("batch_id", pa.string(), "Write that added the row (its part file `part-<batch_id>.parquet`, until a compaction merges parts)."),
 ]
 
 EMBEDDING_COLUMNS = [

@@ -34,6 +34,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.library import files
 from pipeline.library.captions import CaptionStore
 from pipeline.library.claims import CLAIMS, RunClaims
 from pipeline.library.embeddings import embeddings_dir
@@ -41,11 +42,11 @@ from pipeline.library.files import (
     RECORD,
     TMP_SUFFIX,
     CannotWrite,
-    DamagedFile,
     LibraryError,
     atomic_write_bytes,
     atomic_write_table,
     new_batch_id,
+    read_again_if_merged,
     read_parts,
     utcnow,
     writable_folder,
@@ -57,8 +58,6 @@ from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 COMMITS = "_commits"
 MEDIA = "media"
 COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
-COMPACT_PARTS = 64               # a table with more committed parts than this is compacted
-COMPACT_ROWS = 65536             # rows per row group of a compacted part (memory stays one group)
 
 
 def is_library(folder: str | Path) -> bool:
@@ -283,19 +282,18 @@ class Library:
 
     def compact(self, min_parts: int | None = None) -> str | None:
         """Merge every table's committed parts into one part per table when some table has more
-        than `min_parts` (`COMPACT_PARTS`; see the module docstring); return the compaction's batch
+        than `min_parts` (`files.COMPACT_PARTS`; see the module docstring); return the compaction's batch
         id, or None when nothing needed it. Streams one part at a time: memory is one row group."""
         self._require_writer()
         live, _, newest = self._batches()
         parts = {t: self._table_parts(t, live) for t in TABLES}
-        if max(len(ps) for ps in parts.values()) <= (COMPACT_PARTS if min_parts is None else min_parts):
+        if max(len(ps) for ps in parts.values()) <= (files.COMPACT_PARTS if min_parts is None else min_parts):
             return None
         batch_id = new_batch_id()
         with _writing("the compaction was left undone (the library reads as before); rerun to retry"):
             for table, table_parts in parts.items():
                 if table_parts:
-                    write_parts_as_one(table_parts, table_schema(table),
-                                       self.root / table / f"part-{batch_id}.parquet", COMPACT_ROWS)
+                    write_parts_as_one(table_parts, table_schema(table), self.root / table / f"part-{batch_id}.parquet")
             marker = {"replaces": sorted(live), "newest": newest}
             atomic_write_bytes(self.root / COMMITS / f"{batch_id}{COMPACT_SUFFIX}.json",
                                json.dumps(marker).encode())
@@ -320,14 +318,7 @@ class Library:
         """All committed rows of a table with its declared schema (a column that older parts lack
         is null); an empty table when there are none. A part that a compaction removed between
         listing and reading is read again from the new listing."""
-        for attempt in range(3):
-            listed = self.parts(table)
-            try:
-                return read_parts(listed, table_schema(table), columns)
-            except (FileNotFoundError, DamagedFile):
-                if attempt == 2 or all(p.exists() for p in listed):
-                    raise
-        raise AssertionError("unreachable")
+        return read_again_if_merged(lambda: read_parts(self.parts(table), table_schema(table), columns))
 
     def handled_sources(self) -> dict[str, str]:
         """uri -> latest outcome for every source an earlier run handled. `failed` (an unexpected
