@@ -27,6 +27,7 @@ from index.embedders import load_embedder
 from index.store import StoreDamaged
 from pipeline.library.embeddings import EMBEDDINGS
 from pipeline.library.files import writable_folder
+from pipeline.library.tables import checked_clip_row
 from pipeline.stages import Resources, Row, Stage, run_stages
 from pipeline.stages.execution import ExecutionConfig
 from trainer.typedconfig import load_with_defaults
@@ -72,7 +73,7 @@ class ClipFramesStage(Stage):
         out = []
         for row in batch:
             try:
-                source = clip_source(row, self.lib_root, row.get("source"))
+                source = clip_source(checked_clip_row(self.lib_root, row), self.lib_root, row.get("source"))
                 indices = sample_indices(source.end - source.start, source.fps, num_frames=self.frames,
                                          max_frames=self.frames)
                 frames = self.reader.read(source, indices, FRAME_PIXELS)

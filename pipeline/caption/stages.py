@@ -17,6 +17,7 @@ from captioner.config import CaptionConfig
 from captioner.frames import FrameReader
 from captioner.prompts import load_prompt
 from pipeline.caption.config import CaptionJobConfig
+from pipeline.library.tables import checked_clip_row
 from pipeline.stages import Resources, Row, Stage
 
 # what preparation, prompt hints and the signal caption read from a clip row (nothing bulky)
@@ -53,7 +54,8 @@ class FramePrepStage(Stage):
         out = []
         for row in batch:
             try:
-                request = prepare_clip(row, self.lib_root, row.get("source"), self.cfg, self.prompt, self.reader)
+                request = prepare_clip(checked_clip_row(self.lib_root, row), self.lib_root, row.get("source"),
+                                       self.cfg, self.prompt, self.reader)
                 out.append({"clip_id": row["clip_id"], "request": request, "error": None})
             except Exception as e:  # unreadable clip: an error row, the job goes on
                 out.append({"clip_id": row["clip_id"], "request": None, "error": f"frames: {type(e).__name__}: {e}"})

@@ -20,6 +20,7 @@ from pipeline.export.render import RenderSpec
 from pipeline.export.selection import Selection
 from pipeline.library import Library
 from pipeline.library.schema import SIGNAL_COLUMNS
+from pipeline.library.tables import library_file
 from trainer.shards import SampleMeta, shard_name
 
 
@@ -143,7 +144,7 @@ def _planned(root: Path, row: dict[str, Any], a: Assignment, box: tuple[float, f
              sel: Selection, signal_names: list[str], buckets: BucketConfig, cfg: ExportConfig) -> PlannedSample:
     clip_id = row["clip_id"]
     if row.get("path"):
-        path, by_time, skip = str(root / row["path"]), False, int(row.get("file_start_frame") or 0)
+        path, by_time, skip = str(library_file(root, row["path"])), False, int(row.get("file_start_frame") or 0)
     else:
         path, by_time, skip = str(row.get("source") or ""), True, 0
     spec = RenderSpec(path=path, by_time=by_time, skip=skip, n_frames=int(row["n_frames"]),
