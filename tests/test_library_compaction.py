@@ -211,3 +211,60 @@ def test_a_merge_that_crashed_before_removing_the_old_parts_reads_the_same(tmp_p
     monkeypatch.undo()
     assert len(store.parts()) == 5                                       # every row there twice ...
     assert (store.read(), store.latest_ok("v1"), store.versions()) == before    # ... and read once
+
+
+def test_readers_never_see_a_row_twice_or_lose_one_while_a_writer_compacts(tmp_path) -> None:
+    """A reader in another thread (as `recap serve` beside an ingest) reads the sources over and
+    over while the writer commits and compacts: every read is whole, without duplicates, and
+    never fewer rows than the read before it."""
+    import threading
+
+    writer = Library(tmp_path / "lib", write=True)
+    _commit_videos(writer, 0, 3)
+    seen: list[list[str]] = []
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def read_forever() -> None:
+        reader = Library(tmp_path / "lib")
+        try:
+            while not stop.is_set():
+                seen.append(_uris(reader))
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            failures.append(e)
+
+    thread = threading.Thread(target=read_forever)
+    thread.start()
+    try:
+        for k in range(1, 16):
+            _commit_videos(writer, 3 * k, 3)
+            writer.compact(min_parts=4)
+    finally:
+        stop.set()
+        thread.join()
+        writer.close()
+    assert not failures, failures
+    assert len(seen) > 10
+    counts = [len(u) for u in seen]
+    assert all(len(set(u)) == len(u) for u in seen)                     # no row twice
+    assert counts == sorted(counts) and counts[-1] == 48                # none lost
+
+
+def test_a_compaction_that_commits_while_a_reader_lists_the_folder_is_listed_again(tmp_path, monkeypatch) -> None:
+    """The reader has read the markers; before it lists the table's folder a compaction commits and
+    removes the parts it replaced: the listing would miss every row unless the reader notices the
+    markers changed and lists again."""
+    writer = Library(tmp_path / "lib", write=True)
+    _commit_videos(writer, 0, 6)
+    reader = Library(tmp_path / "lib")
+    real = Library._table_parts
+    raced = []
+
+    def compact_first(self, table, live):
+        if self is reader and not raced:
+            raced.append(writer.compact(min_parts=2))
+        return real(self, table, live)
+    monkeypatch.setattr(Library, "_table_parts", compact_first)
+    assert _uris(reader) == [f"v{i}.mp4" for i in range(6)]
+    assert raced[0] is not None
+    writer.close()

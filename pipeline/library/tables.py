@@ -58,6 +58,7 @@ from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 COMMITS = "_commits"
 MEDIA = "media"
 COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
+_LISTING_TRIES = 20              # listings of _commits/ a reader makes while writers keep committing
 
 
 def is_library(folder: str | Path) -> bool:
@@ -220,19 +221,29 @@ class Library:
 
     def _batches(self) -> tuple[set[str], set[str], str | None]:
         """(live batches, batches replaced by a compaction, the newest batch of ingested rows)."""
-        regular, compactions = set(), {}
-        for p in (self.root / COMMITS).glob("*.json"):
-            if p.stem.endswith(COMPACT_SUFFIX):
-                compactions[p.stem.removesuffix(COMPACT_SUFFIX)] = p
-            else:
-                regular.add(p.stem)
+        for _ in range(_LISTING_TRIES):
+            try:
+                return self._read_markers(self._marker_names())
+            except FileNotFoundError:   # a newer compaction removed a marker just listed: list again
+                continue
+        raise LibraryError(f"{self.root / COMMITS}: the commit markers kept changing while being read")
+
+    def _marker_names(self) -> list[str]:
+        return sorted(p.name for p in (self.root / COMMITS).glob("*.json"))
+
+    def _read_markers(self, names: list[str]) -> tuple[set[str], set[str], str | None]:
+        regular = {n.removesuffix(".json") for n in names if not n.endswith(f"{COMPACT_SUFFIX}.json")}
+        compactions = [n.removesuffix(f"{COMPACT_SUFFIX}.json") for n in names if n.endswith(f"{COMPACT_SUFFIX}.json")]
         replaced: set[str] = set()
         newest = max(regular, default=None)
-        for path in compactions.values():
+        for batch in compactions:
+            path = self.root / COMMITS / f"{batch}{COMPACT_SUFFIX}.json"
             try:
                 marker = json.loads(path.read_text())
                 replaced.update(str(b) for b in marker["replaces"])
                 newest = max(filter(None, [newest, marker["newest"]]), default=None)
+            except FileNotFoundError:
+                raise
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise LibraryError(f"{path}: cannot read a compaction marker ({e}); restore it from a "
                                    "backup") from None
@@ -337,8 +348,19 @@ class Library:
     # ---- reading: the one committed-parts reader ------------------------------------------
     def parts(self, table: str) -> list[Path]:
         """Committed part files of a table: parts of a batch still being written are not there
-        yet, parts a compaction replaced are not there any more."""
-        return self._table_parts(table, self.committed_batches())
+        yet, parts a compaction replaced are not there any more. Listed again when a compaction
+        in another process committed while the folder was being listed (its replaced parts may
+        already be gone, its own part not yet seen as live)."""
+        for _ in range(_LISTING_TRIES):
+            names = self._marker_names()
+            try:
+                live = self._read_markers(names)[0]
+            except FileNotFoundError:
+                continue
+            found = self._table_parts(table, live)
+            if self._marker_names() == names:
+                return found
+        raise LibraryError(f"{self.root / COMMITS}: the commit markers kept changing while being read")
 
     def _table_parts(self, table: str, live: set[str]) -> list[Path]:
         return sorted(p for p in (self.root / table).glob("part-*.parquet") if p.stem.removeprefix("part-") in live)
