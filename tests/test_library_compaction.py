@@ -49,11 +49,28 @@ def test_many_batches_become_one_part_per_table_with_the_same_rows(tmp_path) -> 
     assert lib.newest_batch() == newest                       # a compaction adds no rows
     assert [p.name for p in (tmp_path / "lib" / "_commits").iterdir()] == [f"{batch}.compact.json"]
 
-    _commit_videos(lib, 12, 10)                               # later batches, then a second compaction
+    _commit_videos(lib, 12, 10)             # later batches: only they are merged, the first part stays
     again = lib.compact(min_parts=8)
     assert _uris(lib) == [f"v{i}.mp4" for i in range(22)]
-    assert _part_count(tmp_path / "lib", "sources") == 1
-    assert [p.name for p in (tmp_path / "lib" / "_commits").iterdir()] == [f"{again}.compact.json"]
+    assert _part_count(tmp_path / "lib", "sources") == 2
+    assert sorted(p.name for p in (tmp_path / "lib" / "_commits").iterdir()) == \
+        [f"{batch}.compact.json", f"{again}.compact.json"]
+    lib.close()
+
+
+def test_compacted_parts_are_merged_once_they_pile_up(tmp_path, monkeypatch) -> None:
+    """Each merge takes only what came since the last one (cheap, however large the library);
+    after COMPACT_LEVELS of those, everything becomes one part."""
+    monkeypatch.setattr(tables, "COMPACT_LEVELS", 3)
+    lib = Library(tmp_path / "lib", write=True)
+    counts = []
+    for k in range(4):
+        _commit_videos(lib, 3 * k, 3)
+        lib.compact(min_parts=2)
+        counts.append(_part_count(tmp_path / "lib", "sources"))
+    assert counts == [1, 2, 3, 1]
+    assert _uris(lib) == [f"v{i}.mp4" for i in range(12)]
+    assert len(list((tmp_path / "lib" / "_commits").iterdir())) == 1
     lib.close()
 
 

@@ -202,6 +202,7 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
             if (pending_videos >= cfg.execution.commit_every
                     or time.monotonic() - last_commit >= cfg.execution.commit_every_seconds):
                 lib.commit(pending)
+                lib.compact()      # many small batches: a few parts per table, for every reader
                 pending, pending_videos, last_commit = {}, 0, time.monotonic()
             elapsed = time.perf_counter() - t0
             bar.finished(clips=summary.clips, failed=summary.failed,
@@ -214,9 +215,8 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
             add(error_result(uri, None, "worker", "worker_crashed",
                              "the worker process died while ingesting this source", outcome="failed"))
     lib.commit(pending)
+    lib.compact()
     claims.close()
-    if lib.compact():      # many small batches: one part per table, so every reader opens one file
-        print("library: tables compacted to one part each", file=sys.stderr)
 
 
 class SourcesBar:

@@ -13,9 +13,11 @@ Writes and resume:
   what a rerun skips.
 - Compaction: a job commits every few videos, so a large library would be thousands of small parts
   per table, and every reader opens them all (2,000 batches: ~4 s to read the clips). When a table
-  holds more than `COMPACT_PARTS` parts, `compact` merges every table's parts into one part per
-  table under a new batch, whose marker `_commits/<batch_id>.compact.json` names the batches it
-  replaces; rows keep their own `batch_id`. Readers skip replaced parts from the moment that
+  holds more than `COMPACT_PARTS` parts committed since the last compaction, `compact` merges them
+  into one part per table under a new batch (and all parts into one once `COMPACT_LEVELS`
+  compacted parts have piled up), whose marker `_commits/<batch_id>.compact.json` names the
+  batches it replaces; rows keep their own `batch_id`. Ingest runs it after every commit, so a
+  long job's readers never face more than ~80 parts and no merge rewrites more than it must. Readers skip replaced parts from the moment that
   marker exists; the replaced files are removed right after (or by the next writer's recovery,
   after a crash).
 """
@@ -58,6 +60,7 @@ from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 COMMITS = "_commits"
 MEDIA = "media"
 COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
+COMPACT_LEVELS = 16              # compacted parts that are merged into one (see compact)
 _LISTING_TRIES = 20              # listings of _commits/ a reader makes while writers keep committing
 
 
@@ -321,23 +324,31 @@ class Library:
         return removed
 
     def compact(self, min_parts: int | None = None) -> str | None:
-        """Merge every table's committed parts into one part per table when some table has more
-        than `min_parts` (`files.COMPACT_PARTS`; see the module docstring); return the compaction's batch
-        id, or None when nothing needed it. Streams one part at a time: memory is one row group."""
+        """Merge the batches committed since the last compaction into one part per table when a
+        table has more than `min_parts` of them (`files.COMPACT_PARTS`), or everything once
+        `COMPACT_LEVELS` compacted parts have piled up (so a job commits cheaply and readers open
+        a few files at any size; see the module docstring). Returns the compaction's batch id, or
+        None when nothing needed it. Streams one part at a time: memory is one row group."""
         self._require_writer()
-        live, _, newest = self._batches()
-        parts = {t: self._table_parts(t, live) for t in TABLES}
-        if max(len(ps) for ps in parts.values()) <= (files.COMPACT_PARTS if min_parts is None else min_parts):
+        names = self._marker_names()
+        live, _, newest = self._read_markers(names)
+        compacted = {n.removesuffix(f"{COMPACT_SUFFIX}.json") for n in names if n.endswith(f"{COMPACT_SUFFIX}.json")}
+        compacted &= live
+        since = {b for b in live if b > max(compacted, default="")}   # batch ids sort in write order
+        merge = live if len(compacted) >= COMPACT_LEVELS else since
+        parts = {t: self._table_parts(t, merge) for t in TABLES}
+        if len(merge) < 2 or (merge is since and max(len(ps) for ps in parts.values())
+                              <= (files.COMPACT_PARTS if min_parts is None else min_parts)):
             return None
         batch_id = new_batch_id()
         with _writing("the compaction was left undone (the library reads as before); rerun to retry"):
             for table, table_parts in parts.items():
                 if table_parts:
                     write_parts_as_one(table_parts, table_schema(table), self.root / table / f"part-{batch_id}.parquet")
-            marker = {"replaces": sorted(live), "newest": newest}
+            marker = {"replaces": sorted(merge), "newest": newest}
             atomic_write_bytes(self.root / COMMITS / f"{batch_id}{COMPACT_SUFFIX}.json",
                                json.dumps(marker).encode())
-        self._remove_replaced(live)
+        self._remove_replaced(merge)
         return batch_id
 
     def start_claims(self) -> RunClaims:
