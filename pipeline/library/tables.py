@@ -17,9 +17,9 @@ Writes and resume:
   into one part per table under a new batch (and all parts into one once `COMPACT_LEVELS`
   compacted parts have piled up), whose marker `_commits/<batch_id>.compact.json` names the
   batches it replaces; rows keep their own `batch_id`. Ingest runs it after every commit, so a
-  long job's readers never face more than ~80 parts and no merge rewrites more than it must. Readers skip replaced parts from the moment that
-  marker exists; the replaced files are removed right after (or by the next writer's recovery,
-  after a crash).
+  long job's readers never face more than ~80 parts and no merge rewrites more than it must.
+  Readers skip replaced parts from the moment that marker exists; the replaced files are removed
+  right after (or by the next writer's recovery, after a crash).
 """
 
 from __future__ import annotations
