@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.library import files
 from pipeline.library.files import (
     atomic_write_table,
     merge_parts,
@@ -95,7 +96,7 @@ def write_embeddings(root: str | Path, name: str, model_id: str, clip_ids: list[
     vectors = np.ascontiguousarray(vectors, np.float32)
     dim = vectors.shape[1]
     vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-    meta = {b"recap.embedder": json.dumps({"name": name, "model": model_id, "dim": dim}).encode()}
+    meta = _embedder_meta(name, model_id, dim)
     table = pa.table({"clip_id": pa.array(clip_ids, pa.string()), "vector": vec,
                       "input_hash": pa.array(hashes, pa.string())}, schema=embedding_schema(dim))
     folder = writable_folder(embeddings_dir(root, name), check=False)
@@ -105,15 +106,22 @@ def write_embeddings(root: str | Path, name: str, model_id: str, clip_ids: list[
     return path
 
 
+def _embedder_meta(name: str, model_id: str, dim: int) -> dict[bytes, bytes]:
+    """The schema metadata every part of an embedder carries (what `_part_meta` reads back)."""
+    return {b"recap.embedder": json.dumps({"name": name, "model": model_id, "dim": dim}).encode()}
+
+
 def compact_embeddings(root: str | Path, name: str, model_id: str) -> Path | None:
     """Past `COMPACT_PARTS` parts of `model_id`, one part with all their rows (see `merge_parts`)."""
     folder = embeddings_dir(root, name)
-    parts = [p for p in sorted(folder.glob("part-*.parquet")) if _part_meta(p).get("model") == model_id]
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    if len(parts) <= files.COMPACT_PARTS:     # too few whatever their models: no part is opened
+        return None
+    parts = [p for p in parts if _part_meta(p).get("model") == model_id]
     if not parts:
         return None
-    with reading(parts[-1]):
-        meta = pq.read_schema(parts[-1]).metadata
-    return merge_parts(folder, parts, embedding_schema(int(json.loads(meta[b"recap.embedder"])["dim"])), meta)
+    dim = int(_part_meta(parts[-1])["dim"])
+    return merge_parts(folder, parts, embedding_schema(dim), _embedder_meta(name, model_id, dim))
 
 
 def drop_other_models(root: str | Path, name: str, model_id: str) -> int:

@@ -157,9 +157,14 @@ def atomic_write_table(path: Path, table: pa.Table) -> None:
     tmp = temp_path(path)
     with _writing(path, tmp):
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _sync_into_place(tmp, path)
+
+
+def _sync_into_place(tmp: Path, path: Path) -> None:
+    """A written temp file made durable, then renamed to its name (readers see it whole or not)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
@@ -176,7 +181,6 @@ def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
     `COMPACT_ROWS` rows per row group: memory holds one group, not the table."""
     out, tables = _part_tables(paths, schema)
     out = out.with_metadata(metadata) if metadata else out
-    rows_per_group = COMPACT_ROWS
     tmp = temp_path(path)
     with _writing(path, tmp):
         with pq.ParquetWriter(tmp, out, compression="zstd") as writer:
@@ -185,14 +189,12 @@ def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
             for t in tables:
                 pending.append(t)
                 rows += t.num_rows
-                if rows >= rows_per_group:
+                if rows >= COMPACT_ROWS:
                     writer.write_table(pa.concat_tables(pending), row_group_size=rows)
                     pending, rows = [], 0
             if pending:
                 writer.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _sync_into_place(tmp, path)
 
 
 def read_again_if_merged(read: Callable[[], T]) -> T:

@@ -142,7 +142,7 @@ def _first_match(values: pa.ChunkedArray, pattern: str, negate: bool = False) ->
 
 
 @contextlib.contextmanager
-def _writing(lost: str) -> Iterator[None]:
+def _saying_what_was_lost(lost: str) -> Iterator[None]:
     """A write that failed (disk full, a mount gone read-only) says what it did not record; what
     was committed before stays."""
     try:
@@ -290,7 +290,7 @@ class Library:
         if not any(rows.values()):
             return None
         batch_id = new_batch_id()
-        with _writing("this batch was not committed; rerun the same command once it is fixed (committed "
+        with _saying_what_was_lost("this batch was not committed; rerun the same command once it is fixed (committed "
                       "work is kept, the rest is redone)"):
             for table, table_rows in rows.items():
                 if not table_rows:
@@ -307,7 +307,7 @@ class Library:
         """Append a run record (command, config, counts) to library.json."""
         self._require_writer()
         self.meta.setdefault("runs", []).append(run)
-        with _writing("the run's record was not added to library.json (its work is committed)"):
+        with _saying_what_was_lost("the run's record was not added to library.json (its work is committed)"):
             atomic_write_bytes(self.root / RECORD, json.dumps(self.meta, indent=2, default=str).encode())
 
     def _remove_replaced(self, replaced: set[str]) -> int:
@@ -341,7 +341,7 @@ class Library:
                               <= (files.COMPACT_PARTS if min_parts is None else min_parts)):
             return None
         batch_id = new_batch_id()
-        with _writing("the compaction was left undone (the library reads as before); rerun to retry"):
+        with _saying_what_was_lost("the compaction was left undone (the library reads as before); rerun to retry"):
             for table, table_parts in parts.items():
                 if table_parts:
                     write_parts_as_one(table_parts, table_schema(table), self.root / table / f"part-{batch_id}.parquet")
