@@ -56,7 +56,7 @@ from trainer.dit import DiT, DiTConfig, count_params  # noqa: E402
 from trainer.memory import GB, STATE_BYTES_PER_PARAM, device_memory, dit_step, encode_transient  # noqa: E402
 from trainer.parallel import clip_grad_norm, shard_model  # noqa: E402
 from trainer.rf import flow_loss  # noqa: E402
-from trainer.runtime import init_distributed  # noqa: E402
+from trainer.runtime import ATTENTION_KERNELS, attention_kernels, init_distributed  # noqa: E402
 from trainer.shards import Bucket  # noqa: E402
 from trainer.train import EMA, load_job_config, main  # noqa: E402
 from trainer.vae import AutoencoderSource, CausalVAE, VAEConfig, save_vae  # noqa: E402
@@ -115,7 +115,7 @@ class Clock:
 
 
 def model_step(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int, device: torch.device, steps: int,
-               warmup: int, compiled: bool) -> dict:
+               warmup: int, compiled: bool, attention: str = "auto") -> dict:
     """Forward / backward / optimizer seconds per step, as the loop runs them, on resident data."""
     c, t, h, w = latent
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def model_step(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int, de
     for i in range(warmup + steps):
         clock = Clock(device)
         clock.mark()
-        with autocast:
+        with autocast, attention_kernels(attention):
             loss = flow_loss(model, x, ctx, mask, tt, noise, cond).mean()
         clock.mark()
         opt.zero_grad(set_to_none=True)
@@ -155,7 +155,7 @@ def model_step(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int, de
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        with autocast:
+        with autocast, attention_kernels(attention):
             loss = flow_loss(model, x, ctx, mask, tt, noise, cond).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,12 +239,12 @@ def write_data(work: Path, bucket: str, samples: int, vae_cfg: VAEConfig | None)
 
 
 def real_loop(data: Path, vae_path: Path | None, size: str, batch: int, steps: int, out: Path,
-              compiled: bool | None, tiny: bool) -> dict:
+              compiled: bool | None, tiny: bool, attention: str = "auto") -> dict:
     """`trainer.train.main` for 2 x `steps` steps, logging every `steps`: the first window warms up
     (and compiles), the second is the measurement."""
     overrides = [f"data.shards={data}", f"model.size={size}", f"data.batch_size={batch}",
                  f"train.steps={2 * steps}", f"train.log_every={steps}", f"train.ckpt_every={2 * steps}",
-                 "data.shuffle_buffer=4", "optim.warmup_steps=1"]
+                 "data.shuffle_buffer=4", "optim.warmup_steps=1", f"train.attention_kernel={attention}"]
     if compiled is not None:
         overrides.append(f"train.compile={str(compiled).lower()}")
     if vae_path is not None:
@@ -260,11 +260,12 @@ def real_loop(data: Path, vae_path: Path | None, size: str, batch: int, steps: i
 
 
 def auto_batch(cfg: DiTConfig, latent: tuple[int, int, int, int], device: torch.device, vae_cfg: VAEConfig | None,
-               bucket: Bucket) -> int:
+               bucket: Bucket, compiled: bool) -> int:
     limit = 0.85 * device_memory(device)
     for batch in (16, 8, 4, 2, 1):
         transient = encode_transient(vae_cfg, bucket.frames, bucket.height, bucket.width, batch, device.type == "cuda")
-        est = dit_step(cfg, latent[0], TEXT_DIM, latent[1:], batch, 77, device.type == "cuda", False, transient)
+        est = dit_step(cfg, latent[0], TEXT_DIM, latent[1:], batch, 77, device.type == "cuda", False, transient,
+                       compiled=compiled)
         if est.total <= limit:
             return batch
     return 1
@@ -302,6 +303,8 @@ def main_bench() -> None:
                         help="model step: steps before measuring (compile); the loops warm up for --steps steps")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                         help="torch.compile the blocks (auto: on CUDA)")
+    parser.add_argument("--attention-kernel", choices=["auto", *ATTENTION_KERNELS], default="auto",
+                        help="SDPA backend tried first (train.attention_kernel); auto: torch's order")
     parser.add_argument("--peak-tflops", type=float, default=0, help="datasheet bf16 peak, if not known by name")
     parser.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch's default)")
     parser.add_argument("--work", help="folder for shards, caches and runs (default: a temporary one)")
@@ -330,19 +333,19 @@ def main_bench() -> None:
             s, tc = vae_cfg.spatial_compression, vae_cfg.temporal_compression
             latent = (vae_cfg.latent_channels, 1 + math.ceil((b.frames - 1) / tc), b.height // s, b.width // s)
             grid = (latent[1], latent[2] // cfg.patch_size[1], latent[3] // cfg.patch_size[2])
-            batch = args.batch or (auto_batch(cfg, latent, device, vae_cfg, b) if cuda else 4)
+            batch = args.batch or (auto_batch(cfg, latent, device, vae_cfg, b, use_compile) if cuda else 4)
             flops = training_step_flops(dit_forward_flops(cfg, grid, text_tokens=TEXT_TOKENS,
                                                           in_channels=latent[0]), batch)
             tokens = batch * math.prod(grid)
             base = {"config": size, "bucket": name, "batch": batch, "tokens_per_sample": math.prod(grid),
-                    "tflop_per_step": flops / 1e12}
+                    "tflop_per_step": flops / 1e12, "attention_kernel": args.attention_kernel}
 
             def mfu(step_s: float) -> dict:
                 return {"tokens_per_s": tokens / step_s, "samples_per_s": batch / step_s,
                         "mfu_datasheet": flops / step_s / peak if peak else None, "mfu_measured": flops / step_s / ceiling}
 
             if "step" in args.modes:
-                r = model_step(cfg, latent, batch, device, args.steps, args.warmup, use_compile)
+                r = model_step(cfg, latent, batch, device, args.steps, args.warmup, use_compile, args.attention_kernel)
                 rows.append({**base, "mode": "step", **r, **mfu(r["step_s"])})
                 print(json.dumps(rows[-1]), flush=True)
             for parallel in [m for m in args.modes if m in ("ddp", "fsdp")]:
@@ -355,7 +358,7 @@ def main_bench() -> None:
                 data, vae_path = write_data(work, name, 2 * batch, vae_cfg)
             if "online" in args.modes:
                 r = real_loop(data, vae_path, size, batch, args.steps, work / f"run_{size}_{name}_online", compiled,
-                              tiny=not cuda)
+                              tiny=not cuda, attention=args.attention_kernel)
                 rows.append({**base, "mode": "online", **r, **mfu(tokens / r["tokens_per_s"])})
                 print(json.dumps(rows[-1]), flush=True)
             if "cache" in args.modes:
@@ -364,7 +367,7 @@ def main_bench() -> None:
                     build_cache(str(data), cache, AutoencoderSource("recap", str(vae_path)), "all-MiniLM-L6-v2", 77,
                                 settings=CacheSettings(batch_size=batch))
                 r = real_loop(cache, vae_path, size, batch, args.steps, work / f"run_{size}_{name}_cache", compiled,
-                              tiny=not cuda)
+                              tiny=not cuda, attention=args.attention_kernel)
                 rows.append({**base, "mode": "cache", **r, **mfu(tokens / r["tokens_per_s"])})
                 print(json.dumps(rows[-1]), flush=True)
             if "loader" in args.modes:

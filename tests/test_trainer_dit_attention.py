@@ -157,6 +157,30 @@ def test_the_mask_free_block_compiles_without_graph_breaks():
     assert torch.allclose(compiled(x, mod, context, mask, rope), block(x, mod, context, mask, rope), atol=1e-6)
 
 
+def test_compiled_blocks_compile_once_for_every_caption_length():
+    """Captions differ in length from batch to batch; the blocks see L as a dynamic size from their
+    first call, so a second length does not compile them again (it cost ~half a compile: 30 s of an
+    H100 smoke run)."""
+    graphs = []
+
+    def counting(gm: torch.fx.GraphModule, inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = DiT(DiTConfig(size="tiny", depth=2), in_channels=4, text_dim=TEXT_DIM).eval()
+    for block in model.blocks:
+        block.compile(backend=counting)
+    x, t = torch.randn(2, 4, 3, 8, 8), torch.rand(2, 3)
+    for length in (5, 9, 13):
+        context, mask = torch.randn(2, length, TEXT_DIM), torch.ones(2, length, dtype=torch.bool)
+        mask[1, length - 2:] = False
+        with torch.no_grad():
+            out = model(x, t, context, mask)
+        assert torch.isfinite(out).all()
+    assert len(graphs) == 1
+
+
 def float32_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE as it was: x to float32 and back in every layer."""
     x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
@@ -202,3 +226,49 @@ def test_the_model_makes_bf16_tables_under_autocast(monkeypatch):
     full = model(*args)
     assert set(seen) == {(torch.float32, torch.float32)}
     assert (low - full).abs().max() < 0.05 * full.abs().max()
+
+
+def sdpa_kernels_run(first: str) -> set[str]:
+    """The aten SDPA kernels one self-attention runs under `attention_kernels(first)`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainer.runtime import attention_kernels
+
+    q = torch.randn(1, 2, 16, 8)
+    with profile(activities=[ProfilerActivity.CPU]) as prof, attention_kernels(first):
+        F.scaled_dot_product_attention(q, q, q)
+    return {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product")}
+
+
+def test_attention_kernel_puts_its_backend_first():
+    """train.attention_kernel reorders SDPA's backends (the order CUDA picks by; torch keeps it in
+    `_get_sdp_priority_order`), leaves every backend allowed behind the first, so a backend the
+    inputs cannot take (cuDNN on a CPU) falls back instead of failing, and restores the order after."""
+    from torch.nn.attention import SDPBackend
+
+    from trainer.runtime import attention_kernels
+
+    def order() -> list[SDPBackend]:
+        names = {int(b): b for b in SDPBackend.__members__.values()}
+        return [names[i] for i in torch._C._get_sdp_priority_order()]
+
+    default = order()
+    assert default.index(SDPBackend.CUDNN_ATTENTION) > default.index(SDPBackend.FLASH_ATTENTION)   # torch's own
+    for name, first in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("math", SDPBackend.MATH)):
+        with attention_kernels(name):
+            assert order()[0] == first
+            assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    with attention_kernels("auto"):
+        assert order() == default
+    assert order() == default
+    assert sdpa_kernels_run("auto") == sdpa_kernels_run("cudnn") == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
+
+
+def test_attention_kernel_setting_is_checked():
+    from trainer.train import load_job_config
+    from trainer.typedconfig import ConfigError
+
+    cfg = load_job_config("dit", "configs/dit_tiny.yaml", ["train.attention_kernel=cudnn"])
+    assert cfg.train.attention_kernel == "cudnn"
+    with pytest.raises(ConfigError, match="attention_kernel"):
+        load_job_config("dit", "configs/dit_tiny.yaml", ["train.attention_kernel=fastest"])

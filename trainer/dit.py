@@ -411,6 +411,11 @@ class DiT(nn.Module):
             c = c + self.pooled_embedder(pooled)[:, None, None].to(c.dtype)
         mod = self.t_block(c).unflatten(-1, (-1, c.shape[-1]))               # (B, T', 1, n_mod, D)
         context = self.y_embedder(context)                                   # (B, L, D)
+        # captions differ in length from batch to batch: compiled blocks take L as a dynamic size from
+        # their first call, rather than compiling again when the second length comes
+        torch._dynamo.maybe_mark_dynamic(context, 1)
+        if context_mask is not None:
+            torch._dynamo.maybe_mark_dynamic(context_mask, 1)
         cos, sin = rope_3d(grid, self.head_dim, self.config.rope_theta, device=x.device)
         cp = self.context_parallel
         if cp is not None:    # this rank's slice of every frame's tokens, and of their positions

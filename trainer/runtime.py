@@ -8,6 +8,7 @@ nor a CPU generator a CUDA one, so `randn`/`rand` draw on the generator's own de
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -42,6 +44,21 @@ def init_distributed(device: torch.device | None = None) -> tuple[int, int, torc
         # checkpoint writer, gathered RNG states)
         dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return rank, world, device, made
+
+
+# train.attention_kernel -> the SDPA backend tried first; the others stay allowed behind it, so
+# inputs the first cannot take (a masked cross-attention, the CPU) still run
+ATTENTION_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                     "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def attention_kernels(first: str) -> contextlib.AbstractContextManager:
+    """A context in which SDPA tries `first` (a key of ATTENTION_KERNELS) before the others;
+    "auto": torch's own order (flash, memory-efficient, math, and cuDNN last)."""
+    if first == "auto":
+        return contextlib.nullcontext()
+    order = [ATTENTION_KERNELS[first], *(b for name, b in ATTENTION_KERNELS.items() if name != first)]
+    return sdpa_kernel(order, set_priority=True)
 
 
 def gather(obj: Any, world: int) -> list[Any]:

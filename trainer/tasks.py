@@ -51,6 +51,11 @@ def host_tensor(batch: Batch, name: str) -> torch.Tensor:
     return pinned if pinned is not None else torch.from_numpy(getattr(batch, name))
 
 
+def compiles(cfg: Any, device: torch.device) -> bool:
+    """Whether the run torch.compiles its model: `train.compile`, or where unset, on CUDA."""
+    return cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
+
+
 class VAETask:
     """Stage 1: reconstruction (L1/L2) + KL; tracks latent statistics to normalise latents later."""
 
@@ -206,7 +211,8 @@ class DiTTask:
                         self.cfg.text.max_length, bf16, train.activation_checkpointing, inputs,
                         shards=layout.world if layout is not None and layout.mesh is not None else 1,
                         context_parallel=layout.cp if layout is not None else 1, cpu_offload=train.cpu_offload,
-                        checkpoint_every=train.activation_checkpointing_every)
+                        checkpoint_every=train.activation_checkpointing_every,
+                        compiled=compiles(self.cfg, self.device))
 
     def compile(self) -> None:
         # block by block: the Python around them (token grid, RoPE tables) stays eager, and a new

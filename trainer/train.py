@@ -44,10 +44,10 @@ from trainer.parallel import (
     shard_model,
 )
 from trainer.rf import FlowConfig
-from trainer.runtime import Generators, gather, init_distributed
+from trainer.runtime import Generators, attention_kernels, gather, init_distributed
 from trainer.sharded import ShardedCheckpointer, load_sharded, load_whole_into_sharded
 from trainer.shards import Bucket, BucketLoader, list_shards
-from trainer.tasks import DiTTask, TrainSetupError, VAETask, bf16_autocast
+from trainer.tasks import DiTTask, TrainSetupError, VAETask, bf16_autocast, compiles
 from trainer.text import DEFAULT_TEXT_ENCODER
 from trainer.typedconfig import ConfigError, load_config, to_dict
 from trainer.vae import AutoencoderSource, VAEConfig
@@ -107,6 +107,7 @@ class LoopConfig:
     context_parallel: int = 1                     # ranks that split each sample's tokens (Ulysses all-to-all)
     async_checkpoint: bool | None = None          # fsdp: write checkpoints in the background (null: on CUDA)
     compile: bool | None = None         # torch.compile the model (null: on CUDA yes, on CPU no)
+    attention_kernel: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"   # SDPA backend tried first
     max_memory_gb: float = 0.0          # refuse a bucket whose step needs more (0: the device's memory)
     log_every: int = 10
     ckpt_every: int = 1000
@@ -275,7 +276,7 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = 
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if cp > 1:
         model.enable_context_parallel(ContextParallel(layout.cp_group))
-    compiled = tcfg.compile if tcfg.compile is not None else device.type == "cuda"
+    compiled = compiles(cfg, device)
     if compiled:     # before sharding: FSDP's hooks go around each compiled block
         task.compile()
     bf16 = bf16_autocast(cfg, device)
@@ -398,7 +399,7 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = 
                 check_memory(batch.bucket.name)
                 started = time.perf_counter()
             try:
-                with autocast:
+                with autocast, attention_kernels(tcfg.attention_kernel):
                     loss, per_sample, t, extra = task.loss(train_model, batch, gens, step)
                 opt.zero_grad(set_to_none=True)
                 # a context group's ranks each back-propagate their token slice of the same loss:

@@ -36,6 +36,14 @@ def command_doc(module_name: str) -> str:
     return (ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or "").strip()
 
 
+def installed_version() -> str:
+    """recap's version as pip installed it; a source tree run with `python -m pipeline.cli` has none."""
+    try:
+        return importlib.metadata.version("recap")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The `recap` parser; with `only`, just that subcommand's module is imported and given its
     options (the others are listed with their help line)."""
@@ -43,7 +51,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="recap",
         description="Curate raw web video into a clip library, captions, search and training shards.",
     )
-    parser.add_argument("--version", action="version", version=f"recap {importlib.metadata.version('recap')}")
+    parser.add_argument("--version", action="version", version=f"recap {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         doc = command_doc(module_name)
