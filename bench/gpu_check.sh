@@ -8,7 +8,8 @@
 #              attention first (train.attention_kernel), back to back on the same card (~3.5 min)
 #   train      bench/train.py, L at 512x288x65: the model step and the real loop from a latent cache
 #   nvdec      bench/nvdec.py on the kit's 1080p file (NVDEC against CPU decoding)
-# Logs and JSON go to OUT (at most 8 files come back from a device call). Exits 1 if any part failed.
+# Logs (each bench row also a JSON line) go to OUT: 7 files with every part, of the 8 a device call
+# returns. Exits 1 if any part failed.
 #
 #   bash bench/gpu_check.sh "$OUT"
 #   PARTS="train nvdec" bash bench/gpu_check.sh "$OUT"
@@ -41,9 +42,8 @@ want() { [[ " ${PARTS:-smoke attention} " == *" $1 "* ]]; }
 L=(--sizes L --buckets 512x288x65)
 want smoke && part smoke 330 env SHARDS="$KIT/smoke/shards" STEPS=10 BENCH=0 bash bench/gpu_smoke.sh /tmp/smoke
 if want attention; then
-  part sdpa_auto 110 "$PY" bench/train.py --modes step "${L[@]}" --steps 12 --warmup 3 --json "$OUT/sdpa_auto.json"
-  part sdpa_cudnn 110 "$PY" bench/train.py --modes step "${L[@]}" --steps 12 --warmup 3 --attention-kernel cudnn \
-    --json "$OUT/sdpa_cudnn.json"
+  part sdpa_auto 110 "$PY" bench/train.py --modes step "${L[@]}" --steps 12 --warmup 3
+  part sdpa_cudnn 110 "$PY" bench/train.py --modes step "${L[@]}" --steps 12 --warmup 3 --attention-kernel cudnn
 fi
 want train && part train 270 "$PY" bench/train.py --modes step cache "${L[@]}" --json "$OUT/train.json"
 want nvdec && part nvdec 45 "$PY" bench/nvdec.py "$KIT"/smoke/video/*.mp4
