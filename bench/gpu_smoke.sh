@@ -40,8 +40,8 @@ else
   DIT_SET=(--set "vae.path=$WORK/vae" --set model.size=S)
   BENCH_DEFAULT=(--sizes S --buckets 256x256x33 --steps 10)
 fi
-# compiled once, in the run from the cache (and in bench/train.py): on an H100 compiling took 129 s of a
-# 10-step VAE run and ~70 s of each DiT run, time a smoke spends better on the other steps
+# the VAE run and the DiT run from the cache compile (the default on CUDA); the online and resumed runs
+# do not: on an H100 compiling took ~70 s of each DiT run, time a smoke spends better on the other steps
 EAGER=(--set train.compile=false)
 COMMON=(--set "train.steps=$STEPS" --set "train.ckpt_every=$STEPS" --set train.log_every=2
         --set "data.batch_size=$BATCH" --set optim.warmup_steps=2)
@@ -105,8 +105,7 @@ if torch.cuda.is_available():   # page-locked memory needs CUDA: a CPU-only (TIN
 PYEOF
 
 step "train vae"
-"${RECAP[@]}" train vae --config "$VAE_CONFIG" --data "$WORK/shards" --out "$WORK/vae" "${COMMON[@]}" "${BUCKETS[@]}" \
-  "${EAGER[@]}"
+"${RECAP[@]}" train vae --config "$VAE_CONFIG" --data "$WORK/shards" --out "$WORK/vae" "${COMMON[@]}" "${BUCKETS[@]}"
 
 step "train cache"
 "${RECAP[@]}" train cache --config "$DIT_CONFIG" --data "$WORK/shards" --vae "$WORK/vae" --out "$WORK/cache" \

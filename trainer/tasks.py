@@ -82,8 +82,11 @@ class VAETask:
                         bf16_autocast(self.cfg, self.device), cpu=self.device.type == "cpu")
 
     def compile(self) -> None:
-        for part in (self.model.enc_in, self.model.encoder, self.model.decoder):
-            part.compile()
+        # the whole model, from its own forward: compiling the nn.Sequential parts started Dynamo in
+        # torch's module code, which it skips, so every block became a frame of its own, compiled
+        # again for each shape until the recompile limit (129 s of a 10-step H100 run), and on CPU
+        # the dynamic-shape recompile failed. The noise draw splits it into two graphs.
+        self.model.compile()
 
     def loss(self, model: nn.Module, batch: Batch, gens: Generators, step: int):
         x = video_tensor(host_tensor(batch, "video"), self.device)
