@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The whole GPU check as one device call (a lent machine has ~15 minutes in all, its start included),
 # from the kit `bash bench/gpu_kit.sh` makes here: installs PyAV and the packed MiniLM into /tmp/site,
-# then runs the parts named in PARTS (default "smoke attention"), each under its own time limit so one
+# then runs the parts named in PARTS (default "attention smoke"), each under its own time limit so one
 # that hangs leaves time for the rest:
-#   smoke      bench/gpu_smoke.sh on the kit's shards, 10 steps a run, no bench table (~5 min)
 #   attention  bench/train.py's model step, L at 512x288x65, with torch's SDPA order and with cuDNN
-#              attention first (train.attention_kernel), back to back on the same card (~3.5 min)
+#              attention first (train.attention_kernel), back to back on the same card (~3 min)
+#   smoke      bench/gpu_smoke.sh on the kit's shards, 10 steps a run, no bench table (~5 min)
 #   train      bench/train.py, L at 512x288x65: the model step and the real loop from a latent cache
 #   nvdec      bench/nvdec.py on the kit's 1080p file (NVDEC against CPU decoding)
 # Logs (each bench row also a JSON line) go to OUT: 7 files with every part, of the 8 a device call
@@ -38,13 +38,13 @@ part() {   # part NAME LIMIT_S COMMAND...
   tail -n 30 "$OUT/$name.log"
   [ "$rc" = 0 ] || failed=1
 }
-want() { [[ " ${PARTS:-smoke attention} " == *" $1 "* ]]; }
+want() { [[ " ${PARTS:-attention smoke} " == *" $1 "* ]]; }
 L=(--sizes L --buckets 512x288x65)
-want smoke && part smoke 330 env SHARDS="$KIT/smoke/shards" STEPS=10 BENCH=0 bash bench/gpu_smoke.sh /tmp/smoke
 if want attention; then
-  part sdpa_auto 110 "$PY" bench/train.py --modes step "${L[@]}" --steps 12 --warmup 3
-  part sdpa_cudnn 110 "$PY" bench/train.py --modes step "${L[@]}" --steps 12 --warmup 3 --attention-kernel cudnn
+  part sdpa_auto 100 "$PY" bench/train.py --modes step "${L[@]}" --steps 8 --warmup 2
+  part sdpa_cudnn 100 "$PY" bench/train.py --modes step "${L[@]}" --steps 8 --warmup 2 --attention-kernel cudnn
 fi
+want smoke && part smoke 360 env SHARDS="$KIT/smoke/shards" STEPS=10 BENCH=0 bash bench/gpu_smoke.sh /tmp/smoke
 want train && part train 270 "$PY" bench/train.py --modes step cache "${L[@]}" --json "$OUT/train.json"
 want nvdec && part nvdec 45 "$PY" bench/nvdec.py "$KIT"/smoke/video/*.mp4
 exit "$failed"

@@ -85,7 +85,7 @@ du -sh "$KIT"/* "$KIT/smoke/shards" "$KIT/smoke/video"
 cat <<'TXT'
 
 One device call (the `run` tool) runs the check; each part has its own time limit inside (PARTS picks
-them: smoke attention train nvdec; the default "smoke attention" takes ~9 minutes):
+them: attention smoke train nvdec; the default "attention smoke" takes ~9 minutes):
   carry [".gpu/whl", ".gpu/text", ".gpu/smoke/shards", ".gpu/smoke/video"]; timeout_s 600:
   bash bench/gpu_check.sh $OUT
 TXT
