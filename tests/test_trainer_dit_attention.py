@@ -265,9 +265,14 @@ def test_attention_kernel_puts_its_backend_first():
 
 
 def test_attention_kernel_setting_is_checked():
-    from trainer.train import load_job_config
+    from typing import get_args, get_type_hints
+
+    from trainer.runtime import ATTENTION_KERNELS
+    from trainer.train import LoopConfig, load_job_config
     from trainer.typedconfig import ConfigError
 
+    # the config's choices are the backends the trainer knows, and "auto"
+    assert set(get_args(get_type_hints(LoopConfig)["attention_kernel"])) == {"auto", *ATTENTION_KERNELS}
     cfg = load_job_config("dit", "configs/dit_tiny.yaml", ["train.attention_kernel=cudnn"])
     assert cfg.train.attention_kernel == "cudnn"
     with pytest.raises(ConfigError, match="attention_kernel"):
