@@ -16,9 +16,9 @@ title) takes that reading too: text that appears, changes or goes changes its bl
 The frames in between are held until the next regular reading decides (at most
 every_s / detail_every_s - 1 of them: memory stays bounded).
 
-Cost: detection runs on the detail frame shrunk to `det_width` (320 px: ~8 ms on one CPU thread;
+Cost: detection runs on the detail frame shrunk to `det_width` (320 px: ~7 ms on one CPU thread;
 RapidOCR's own preprocessing would enlarge a small frame to 736-960 px, 3-10x slower);
-recognition (~10-12 ms a box) only on the boxes found, cropped from the 480 px detail frame so
+recognition (~8-9 ms a box) only on the boxes found, cropped from the 480 px detail frame so
 small text is still readable, and only on those the previous reading did not already read: a box
 where one was, over pixels that look as they did, keeps its text (`read_text`).
 """
@@ -32,19 +32,26 @@ import cv2
 import numpy as np
 
 from pipeline.ingest.analysis import MIN_THUMB_STD
+from pipeline.ingest.signals import ocr_graph
 from pipeline.ingest.signals.config import TextConfig
 from pipeline.ingest.signals.series import DetailSchedule, SampleList
 
 
 @functools.lru_cache(maxsize=None)
 def load_ocr(threads: int = 1):
-    """RapidOCR on one thread, without the 180-degree text classifier (overlays are upright).
-    Loaded once per process (~0.5 s) and shared by every video's analyzer."""
+    """RapidOCR on one thread, without the 180-degree text classifier (overlays are upright), its
+    detector and recogniser rewritten into fewer operators (`ocr_graph`: same outputs, ~20% and
+    ~25% less CPU). Loaded once per process (~0.5 s) and shared by every video's analyzer."""
     # lazy: the OCR models load only when text signals are enabled
     from rapidocr_onnxruntime import RapidOCR
+    from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
+    from rapidocr_onnxruntime.utils import read_yaml, update_model_path
 
+    shipped = update_model_path(read_yaml(DEFAULT_CFG_PATH))
     # det_limit_type="max": detect at the size we give (the default enlarges the short side to 736)
-    return RapidOCR(det_limit_type="max", use_cls=False, intra_op_num_threads=threads, inter_op_num_threads=threads)
+    return RapidOCR(det_limit_type="max", use_cls=False, intra_op_num_threads=threads, inter_op_num_threads=threads,
+                    det_model_path=str(ocr_graph.simplified_model(shipped["Det"]["model_path"])),
+                    rec_model_path=str(ocr_graph.simplified_model(shipped["Rec"]["model_path"])))
 
 
 Reading = tuple[float, list[str]]  # (text area share, texts read)
