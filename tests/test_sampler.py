@@ -73,6 +73,24 @@ def test_image_to_video_reproduces_the_first_frame(sampler: Sampler):
     assert psnr_uint8(free[0, 0], image) < psnr_uint8(videos[0, 0], image)
 
 
+def test_bf16_precision_runs_the_model_in_bf16_and_samples_alike(run: Path, sampler: Sampler):
+    """--precision bf16 (auto's choice on a GPU) autocasts text, DiT and VAE; the samples match fp32's."""
+    fast = Sampler(run, device="cpu", precision="bf16", attention_kernel="math")
+    assert fast.bf16 and not sampler.bf16                       # auto on the CPU: fp32
+    linear = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Linear))
+    seen: list[torch.dtype] = []
+    hook = linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        low = fast.generate(PROMPTS[:2], settings())
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    full = sampler.generate(PROMPTS[:2], settings())
+    assert low.shape == full.shape and psnr_uint8(low, full) >= 40.0     # ~59 dB here
+    with pytest.raises(ValueError, match="attention kernel"):
+        Sampler(run, device="cpu", attention_kernel="fastest")
+
+
 def test_extension_keeps_the_given_frames_and_continues_them(sampler: Sampler):
     context = clip(101, "green", "right")
     videos = sampler.generate(PROMPTS[:1], settings(frames=11, window=5, overlap=3), video=context)
@@ -122,6 +140,7 @@ def test_cli_writes_videos_contact_sheet_and_records(run: Path, tmp_path: Path, 
                "--out", str(out)) == 0
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [(r["prompt"], r["seed"]) for r in records] == [(PROMPTS[0], 5), (PROMPTS[1], 6)]
+    assert {r["precision"] for r in records} == {"fp32"}          # auto on the CPU
     for r in records:
         frames, _ = read_video(out / r["file"])
         assert frames.shape == (9, SIZE, SIZE, 3)

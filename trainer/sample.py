@@ -28,6 +28,7 @@ from PIL import Image
 
 from trainer.dit import DiT, load_dit
 from trainer.rf import FlowConfig, resolution_shift, sample
+from trainer.runtime import ATTENTION_KERNELS, attention_kernels
 from trainer.shards import encode_mp4
 from trainer.text import TextEncoder
 from trainer.typedconfig import from_dict
@@ -79,8 +80,17 @@ class Sampler:
     """A trained DiT with the autoencoder and text encoder it was trained with."""
 
     def __init__(self, ckpt: str | Path, weights: Literal["ema", "model"] = "ema",
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, precision: Literal["auto", "bf16", "fp32"] = "auto",
+                 attention_kernel: str = "auto"):
+        """`precision` "auto": bf16 autocast on a GPU that has bf16 (as the DiT was trained with
+        train.precision bf16; fp32 matmuls there run several times slower), fp32 elsewhere.
+        `attention_kernel`: the SDPA backend tried first (trainer.runtime.ATTENTION_KERNELS)."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if attention_kernel != "auto" and attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"attention kernel {attention_kernel!r} is not one of auto, {', '.join(ATTENTION_KERNELS)}")
+        self.attention_kernel = attention_kernel
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda"
+                                           and torch.cuda.is_bf16_supported())
         model, meta = load_dit(str(ckpt), weights)
         self.model: DiT = model.to(self.device)
         source = from_dict(AutoencoderSource, json.loads(meta["vae"]))
@@ -111,13 +121,20 @@ class Sampler:
                              f"{s * pw} and {s * ph} (autoencoder x{s}, patch {self.model.patch_size})")
 
     # ---- one window ------------------------------------------------------------------------------
-    @torch.no_grad()
     def generate_window(self, prompts: list[str], seeds: list[int], frames: int, height: int, width: int,
                         settings: SampleSettings, context: torch.Tensor | None = None,
                         progress: Callable[[], object] | None = None) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1], F = window_frames(frames). `context` (B, 3, c, H, W): the
         window's first c frames, given; c must be 1 + k * temporal compression. `progress` is
-        called after every ODE step."""
+        called after every ODE step. Text encoding, the ODE and the autoencoder run under the
+        sampler's precision, as a training step ran under train.precision."""
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16), \
+                attention_kernels(self.attention_kernel):
+            return self._generate_window(prompts, seeds, frames, height, width, settings, context, progress)
+
+    def _generate_window(self, prompts: list[str], seeds: list[int], frames: int, height: int, width: int,
+                         settings: SampleSettings, context: torch.Tensor | None,
+                         progress: Callable[[], object] | None) -> torch.Tensor:
         self.check_size(height, width)
         frames = self.window_frames(frames)
         vae, s = self.vae, self.vae.spatial_compression

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from trainer.runtime import ATTENTION_KERNELS
 from trainer.sample import (
     Sampler,
     SampleSettings,
@@ -74,6 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples per model call (default 8)")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto (default): bf16 autocast on a GPU with bf16, fp32 on the CPU")
+    p.add_argument("--attention-kernel", choices=["auto", *ATTENTION_KERNELS], default="auto",
+                   help="SDPA backend tried first, as train.attention_kernel (default auto: torch's order)")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace the samples of an earlier run in OUT")
 
@@ -96,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
         image = read_image(args.image) if args.image else None
         video = read_video(args.video)[0] if args.video else None
-        sampler = Sampler(args.ckpt, weights=args.weights, device=args.device)
+        sampler = Sampler(args.ckpt, weights=args.weights, device=args.device, precision=args.precision,
+                          attention_kernel=args.attention_kernel)
     except (OSError, ValueError) as e:
         return fail(str(e))
     width, height = args.size
@@ -133,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
             records.append({"file": name, "prompt": prompt, "seed": args.seed + index, "frames": int(clip.shape[0]),
                             "size": f"{width}x{height}", "steps": args.steps, "cfg": args.cfg, "solver": args.solver,
                             "negative_prompt": args.negative_prompt, "image": args.image, "video": args.video,
-                            "ckpt": str(args.ckpt), "weights": args.weights})
+                            "ckpt": str(args.ckpt), "weights": args.weights,
+                            "precision": "bf16" if sampler.bf16 else "fp32"})
             videos.append(clip)
     bar.close()
     write_png(out / "contact_sheet.png", contact_sheet(np.stack(videos)))
