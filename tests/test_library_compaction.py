@@ -61,7 +61,7 @@ def test_many_batches_become_one_part_per_table_with_the_same_rows(tmp_path) -> 
 def test_compacted_parts_are_merged_once_they_pile_up(tmp_path, monkeypatch) -> None:
     """Each merge takes only what came since the last one (cheap, however large the library);
     after COMPACT_LEVELS of those, everything becomes one part."""
-    monkeypatch.setattr(tables, "COMPACT_LEVELS", 3)
+    monkeypatch.setattr(files, "COMPACT_LEVELS", 3)
     lib = Library(tmp_path / "lib", write=True)
     counts = []
     for k in range(4):
@@ -195,6 +195,30 @@ def test_caption_parts_merge_and_read_the_same(tmp_path, monkeypatch) -> None:
     assert (store.read(), store.latest_ok("v1"), store.versions(), store.done("v1")) == before
     latest = store.latest_ok("v1").to_pylist()
     assert {r["clip_id"]: r["text"] for r in latest} == {"c1": "retried", "c2": "a caption"}
+
+
+def test_caption_merges_are_tiered_so_old_rows_are_not_rewritten_at_every_merge(tmp_path, monkeypatch) -> None:
+    """A store that grows by small parts merges only what came since the last merge, until
+    COMPACT_LEVELS merged parts pile up; a later row still wins across the tiers."""
+    from pipeline.library import CaptionStore
+
+    monkeypatch.setattr(files, "COMPACT_PARTS", 2)
+    monkeypatch.setattr(files, "COMPACT_LEVELS", 3)
+    store = CaptionStore(tmp_path / "lib")
+    merges = []           # (the merged part, the parts after the merge, the first merged part's mtime then)
+    for i in range(12):
+        store.append([_caption(f"c{i}", "v1"), _caption("c0", "v1", text=f"take {i}")])
+        if (made := store.compact()) is not None:
+            oldest = store.parts()[0]
+            merges.append((made, set(store.parts()), oldest.stat().st_mtime_ns))
+    (m0, parts0, t0), (m1, parts1, t1), (m2, parts2, t2), (m3, parts3, _) = merges
+    assert parts0 == {m0}                          # parts 1-3 merged
+    assert parts1 == {m0, m1} and t1 == t0         # parts 4-6 merged on their own; m0 not rewritten
+    assert parts2 == {m0, m1, m2} and t2 == t0
+    assert parts3 == {m3}                          # 3 merged parts piled up: everything in one
+    assert store.parts()[0] == m3 and len(store.parts()) == 3      # + the two parts written after it
+    latest = {r["clip_id"]: r["text"] for r in store.latest_ok("v1").to_pylist()}
+    assert latest["c0"] == "take 11" and set(latest) == {f"c{i}" for i in range(12)}
 
 
 def test_embedding_parts_merge_keep_their_model_and_the_latest_vector(tmp_path, monkeypatch) -> None:

@@ -125,6 +125,7 @@ T = TypeVar("T")
 # A table (or store) with more parts than this is compacted: each reader opens every part, and
 # a job commits every few videos or a few hundred clips (2,000 parts: ~4 s to read the clips).
 COMPACT_PARTS = 64
+COMPACT_LEVELS = 16      # merged parts that pile up before everything is merged into one (tiers)
 COMPACT_ROWS = 65536     # rows per row group of a compacted part
 
 
@@ -210,20 +211,37 @@ def read_again_if_merged(read: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+MERGED_KEY = b"recap.merged"    # schema metadata of a part that merge_parts wrote
+
+
 def merge_parts(folder: Path, parts: list[Path], schema: pa.Schema,
                 metadata: dict[bytes, bytes] | None = None) -> Path | None:
     """For a store without commit markers whose readers let a later row win (captions,
-    embeddings): when `parts` (its parts, oldest first, nothing written meanwhile) are more than
-    `COMPACT_PARTS`, their rows go into one new part, which lists after them and before anything
-    written later, and then they are removed. A crash between the two leaves rows twice, which
+    embeddings), in tiers like the clip tables' compaction: when more than `COMPACT_PARTS` of
+    `parts` (its parts, oldest first, nothing written meanwhile) came after the newest part a
+    merge wrote, their rows go into one new part, which lists after them and before anything
+    written later, and then they are removed; once `COMPACT_LEVELS` merged parts have piled up,
+    all parts are merged into one. So a store that grows by small parts rewrites each row a few
+    times, not at every merge. A crash between writing and removing leaves rows twice, which
     reads the same. Returns the new part, or None when there were too few to merge."""
     if len(parts) <= COMPACT_PARTS:
         return None
+    merged = [i for i, p in enumerate(parts) if _was_merged(p)]
+    since = parts[merged[-1] + 1:] if merged else parts
+    if len(merged) >= COMPACT_LEVELS:
+        since = parts
+    elif len(since) <= COMPACT_PARTS:
+        return None
     path = folder / f"part-{new_batch_id()}.parquet"
-    write_parts_as_one(parts, schema, path, metadata)
-    for p in parts:
+    write_parts_as_one(since, schema, path, {**(metadata or {}), MERGED_KEY: b"1"})
+    for p in since:
         p.unlink(missing_ok=True)
     return path
+
+
+def _was_merged(path: Path) -> bool:
+    with reading(path):
+        return MERGED_KEY in (pq.read_schema(path).metadata or {})
 
 
 def _part_tables(paths: list[Path], schema: pa.Schema, columns: list[str] | None = None

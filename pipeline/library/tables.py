@@ -60,7 +60,6 @@ from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 COMMITS = "_commits"
 MEDIA = "media"
 COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
-COMPACT_LEVELS = 16              # compacted parts that are merged into one (see compact)
 _LISTING_TRIES = 20              # listings of _commits/ a reader makes while writers keep committing
 
 
@@ -335,7 +334,7 @@ class Library:
         compacted = {n.removesuffix(f"{COMPACT_SUFFIX}.json") for n in names if n.endswith(f"{COMPACT_SUFFIX}.json")}
         compacted &= live
         since = {b for b in live if b > max(compacted, default="")}   # batch ids sort in write order
-        merge = live if len(compacted) >= COMPACT_LEVELS else since
+        merge = live if len(compacted) >= files.COMPACT_LEVELS else since
         parts = {t: self._table_parts(t, merge) for t in TABLES}
         if len(merge) < 2 or (merge is since and max(len(ps) for ps in parts.values())
                               <= (files.COMPACT_PARTS if min_parts is None else min_parts)):
