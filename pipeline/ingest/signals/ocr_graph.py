@@ -59,6 +59,7 @@ def simplify(model) -> int:
 
 def _constant_values(graph) -> dict[str, np.ndarray]:
     """Every initializer and every tensor-valued Constant node's output, as arrays."""
+    # lazy: onnx is needed only while a cached rewrite is made
     from onnx import numpy_helper
 
     values = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
@@ -83,6 +84,7 @@ def _consumers(nodes) -> dict[str, list]:
 
 def _hard_sigmoid_swish(nodes: list, values: dict[str, np.ndarray]) -> list:
     """Add(x, 3) -> Clip(0, 6) -> Mul(x) -> Div(6) becomes HardSigmoid(x; 1/6, 1/2) -> Mul(x)."""
+    # lazy: onnx is needed only while a cached rewrite is made
     from onnx import helper
 
     producer = {out: n for n in nodes for out in n.output}
@@ -170,6 +172,7 @@ def _fold_one_scalar(nodes: list, values: dict[str, np.ndarray], graph_outputs: 
 
 
 def _keep_used_initializers(graph, values: dict[str, np.ndarray], nodes: list) -> None:
+    # lazy: onnx is needed only while a cached rewrite is made
     from onnx import numpy_helper
 
     used = {name for n in nodes for name in n.input}
@@ -188,6 +191,7 @@ def _probe_input(session) -> dict[str, np.ndarray]:
 
 def same_outputs(original: str | Path, rewritten: str | Path) -> bool:
     """The two models compute the same outputs on a probe input, within PROBE_TOLERANCE."""
+    # lazy: ONNX Runtime loads only where OCR runs
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -213,6 +217,7 @@ def simplified_model(path: str | Path, cache: Path | None = None) -> Path:
         target = cache / f"{path.stem}-{key}-r{REWRITE_VERSION}.onnx"
         if target.is_file():
             return target
+        # lazy: onnx is needed only while a cached rewrite is made
         import onnx
 
         model = onnx.load(str(path))
