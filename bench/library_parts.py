@@ -13,6 +13,12 @@ medians of `--repeats`, in this process (the page cache warm after the first rea
 compaction's own wall time.
 
   .venv/bin/python bench/library_parts.py --batches 2000
+
+--captions N instead appends N caption parts of --rows rows (a caption job's writes) to a caption
+store, merging after every append as `recap caption` does (`CaptionStore.compact`, tiered), and
+prints the merges' total time, how many rows they rewrote, the parts left and a read of them all:
+
+  .venv/bin/python bench/library_parts.py --captions 1000 --rows 256
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.library import Library  # noqa: E402
+from pipeline.library import CaptionStore, Library  # noqa: E402
 from pipeline.library.files import utcnow  # noqa: E402
 
 VIDEOS_PER_BATCH = 16
@@ -72,13 +78,38 @@ def measure(root: Path, repeats: int) -> dict[str, float]:
             "open to write": timed(open_to_write, repeats)}
 
 
+def caption_merges(parts: int, rows: int, work: Path) -> None:
+    import pyarrow.parquet as pq
+
+    store = CaptionStore(work / "lib")
+    text = "a dense caption of a clip " * 20       # ~500 characters, a VLM caption's length
+    merge_s, rewritten = 0.0, 0
+    for k in range(parts):
+        store.append([{"clip_id": f"c{k}_{i}", "version": "v1", "backend": "transformers", "model_id": "m",
+                       "prompt_id": "p", "prompt_sha": "s", "params": "{}", "text": text, "status": "ok",
+                       "attempts": 1} for i in range(rows)])
+        t0 = time.perf_counter()
+        made = store.compact()
+        merge_s += time.perf_counter() - t0
+        if made is not None:
+            rewritten += pq.read_metadata(made).num_rows
+    read_s = timed(lambda: store.read(), 3)
+    print(f"{parts} parts of {rows} rows ({parts * rows:,} captions): merges {merge_s:.1f} s in all, "
+          f"{rewritten:,} rows rewritten, {len(store.parts())} parts left, read all: {read_s:.2f} s (median of 3)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=2000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--captions", type=int, metavar="N", help="caption store mode: N parts (see above)")
+    ap.add_argument("--rows", type=int, default=256, help="--captions: rows per part")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="recap-parts-"))
     try:
+        if args.captions:
+            caption_merges(args.captions, args.rows, work)
+            return
         root = work / "lib"
         t0 = time.perf_counter()
         with Library(root, write=True) as lib:

@@ -183,10 +183,14 @@ def _keep_used_initializers(graph, values: dict[str, np.ndarray], nodes: list) -
 
 
 def _probe_input(session) -> dict[str, np.ndarray]:
-    """A fixed pseudo-random input for each of the session's inputs (free sizes set to 64)."""
+    """A fixed pseudo-random input for each of the session's inputs: a batch of one, other free
+    sizes 64 (a multiple of the detector's 32)."""
     rng = np.random.default_rng(0)
-    return {i.name: rng.uniform(-1, 1, [d if isinstance(d, int) and d > 0 else 64 for d in i.shape]).astype(np.float32)
-            for i in session.get_inputs()}
+    feed = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else (1 if k == 0 else 64) for k, d in enumerate(i.shape)]
+        feed[i.name] = rng.uniform(-1, 1, shape).astype(np.float32)
+    return feed
 
 
 def same_outputs(original: str | Path, rewritten: str | Path) -> bool:
