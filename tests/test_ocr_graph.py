@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.ingest.signals import ocr_graph
+# installed with rapidocr (pyproject: Python < 3.13, where the OCR runs)
+onnx = pytest.importorskip("onnx", reason="onnx comes with the OCR dependencies (Python < 3.13)")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime comes with the OCR dependencies (Python < 3.13)")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from pipeline.ingest.signals import ocr_graph  # noqa: E402
 
 RNG = np.random.default_rng(7)
 
