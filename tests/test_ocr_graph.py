@@ -144,3 +144,24 @@ def test_the_shipped_ocr_models_read_the_same_after_the_rewrite(tmp_path):
     (shipped, shipped_boxes), (rewritten, rewritten_boxes) = (read_text(e, picture, 320, 0.5) for e in engines)
     assert "CURATED" in "".join(shipped[1]).upper()
     assert rewritten == shipped and [b.rect for b in rewritten_boxes] == [b.rect for b in shipped_boxes]
+
+
+def test_a_damaged_cached_model_falls_back_to_the_shipped_one(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("rapidocr_onnxruntime")
+    from pipeline.ingest.signals import text
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text.load_ocr.cache_clear()
+    try:
+        text.load_ocr()                                           # makes the rewritten models
+        (det,) = (tmp_path / "recap" / "ocr").glob("*det*.onnx")
+        det.write_bytes(det.read_bytes()[:1000])                  # a disk error cut it short
+        text.load_ocr.cache_clear()
+        ocr = text.load_ocr()
+        assert "using the shipped ones" in capsys.readouterr().err
+        picture = np.full((180, 320, 3), 30, np.uint8)
+        cv2.putText(picture, "FALLBACK", (20, 110), cv2.FONT_HERSHEY_SIMPLEX, 1.8, (255, 255, 255), 4)
+        (_, texts), _ = text.read_text(ocr, picture, 320, 0.5)
+        assert "FALLBACK" in "".join(texts).upper()
+    finally:
+        text.load_ocr.cache_clear()                               # other tests get the default cache

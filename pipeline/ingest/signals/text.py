@@ -26,6 +26,7 @@ where one was, over pixels that look as they did, keeps its text (`read_text`).
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, NamedTuple, Sequence
 
 import cv2
@@ -47,11 +48,17 @@ def load_ocr(threads: int = 1):
     from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
     from rapidocr_onnxruntime.utils import read_yaml, update_model_path
 
-    shipped = update_model_path(read_yaml(DEFAULT_CFG_PATH))
+    shipped = {key: update_model_path(read_yaml(DEFAULT_CFG_PATH))[part]["model_path"]
+               for key, part in (("det_model_path", "Det"), ("rec_model_path", "Rec"))}
+    rewritten = {key: str(ocr_graph.simplified_model(path)) for key, path in shipped.items()}
     # det_limit_type="max": detect at the size we give (the default enlarges the short side to 736)
-    return RapidOCR(det_limit_type="max", use_cls=False, intra_op_num_threads=threads, inter_op_num_threads=threads,
-                    det_model_path=str(ocr_graph.simplified_model(shipped["Det"]["model_path"])),
-                    rec_model_path=str(ocr_graph.simplified_model(shipped["Rec"]["model_path"])))
+    common = dict(det_limit_type="max", use_cls=False, intra_op_num_threads=threads, inter_op_num_threads=threads)
+    try:
+        return RapidOCR(**common, **rewritten)
+    except Exception as err:  # noqa: BLE001 - a damaged cached file: the shipped models read the same
+        print(f"warning: the rewritten OCR models in {ocr_graph.cache_dir()} do not load ({err}); "
+              "using the shipped ones (delete that folder to have them made again)", file=sys.stderr)
+        return RapidOCR(**common, **shipped)
 
 
 Reading = tuple[float, list[str]]  # (text area share, texts read)
