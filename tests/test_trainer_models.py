@@ -221,6 +221,26 @@ def test_sampler_reaches_the_data_with_the_exact_velocity(solver: str):
     assert torch.equal(out[:, :, 0], given[:, :, 0])
 
 
+def test_guidance_is_combined_in_float32_when_the_model_answers_in_bf16():
+    """Under bf16 autocast the model's velocity comes back in bf16; guidance (v_u + s (v_c - v_u))
+    magnifies the rounding of the difference unless it is taken in float32."""
+    torch.manual_seed(0)
+    base, delta = torch.randn(1, 4, 3, 4, 4), 1e-2 * torch.randn(1, 4, 3, 4, 4)
+
+    def bf16_model(z, t, ctx, mask, cm):     # cond and uncond answers differ a little
+        v = torch.cat([base + delta, base]) + 0.1 * z
+        return v.to(torch.bfloat16)
+    noise = torch.randn(1, 4, 3, 4, 4)
+    ctx, ones = torch.zeros(1, 2, 8), torch.ones(1, 2, dtype=torch.bool)
+    out = sample(bf16_model, noise, ctx, ones, ctx, ones, steps=4, cfg_scale=7.0)
+    z = noise                                # the same integration with the answers upcast first
+    times = shift_time(torch.linspace(1.0, 0.0, 5, dtype=torch.float64), 1.0).tolist()
+    for t, t_next in zip(times[:-1], times[1:]):
+        v_cond, v_uncond = bf16_model(torch.cat([z, z]), None, None, None, None).float().chunk(2)
+        z = z + (t_next - t) * (v_uncond + 7.0 * (v_cond - v_uncond))
+    assert out.dtype == torch.float32 and torch.allclose(out, z, atol=1e-6)
+
+
 def test_text_encoder_loads_a_local_t5_encoder_and_the_bundled_default(tmp_path):
     """Any transformers encoder by path: a tiny T5 saved locally goes through the same code as a hub id."""
     import shutil

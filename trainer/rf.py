@@ -129,10 +129,12 @@ def sample(model: Callable[..., torch.Tensor], noise: torch.Tensor, context: tor
     def velocity(z: torch.Tensor, t: float) -> torch.Tensor:
         z = m * cond_latents + (1 - m) * z
         t_frames = torch.full((b, frames), t, device=z.device, dtype=z.dtype) * (1 - cond_mask)
+        # in float32 whatever the model computed in (bf16 under autocast): guidance amplifies the
+        # small difference of two close velocities, and the ODE state stays float32
         if not guided:
-            return model(z, t_frames, context, context_mask, cond_mask)
+            return model(z, t_frames, context, context_mask, cond_mask).float()
         v = model(torch.cat([z, z]), torch.cat([t_frames, t_frames]), torch.cat([context, null_context]),
-                  torch.cat([context_mask, null_mask]), torch.cat([cond_mask, cond_mask]))
+                  torch.cat([context_mask, null_mask]), torch.cat([cond_mask, cond_mask])).float()
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 
