@@ -8,7 +8,9 @@
 #   smoke      bench/gpu_smoke.sh on the kit's shards, 10 steps a run, no bench table (~5 min)
 #   train      bench/train.py, L at 512x288x65: the model step and the real loop from a latent cache
 #   nvdec      bench/nvdec.py on the kit's 1080p file (NVDEC against CPU decoding)
-# Logs (each bench row also a JSON line) go to OUT: 7 files with every part, of the 8 a device call
+#   sample     bench/train.py's sample mode, L at 512x288x65: guided ODE steps in fp32 and in bf16
+#              (`recap sample --precision`), ~1-2 min
+# Logs (each bench row also a JSON line) go to OUT: 8 files with every part, the most a device call
 # returns. Exits 1 if any part failed.
 #
 #   bash bench/gpu_check.sh "$OUT"
@@ -47,4 +49,5 @@ fi
 want smoke && part smoke 360 env SHARDS="$KIT/smoke/shards" STEPS=10 BENCH=0 bash bench/gpu_smoke.sh /tmp/smoke
 want train && part train 270 "$PY" bench/train.py --modes step cache "${L[@]}" --json "$OUT/train.json"
 want nvdec && part nvdec 45 "$PY" bench/nvdec.py "$KIT"/smoke/video/*.mp4
+want sample && part sample 150 "$PY" bench/train.py --modes sample "${L[@]}" --steps 5 --warmup 2 --compile off
 exit "$failed"

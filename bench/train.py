@@ -18,6 +18,9 @@ Modes, each on synthetic data of the bucket's shape (random weights: speed does 
            on N GPUs (each rank its own batch; rank 0 prints)
   fsdp     the same with train.parallel=fsdp: FSDP2 per block, bf16 all-gathers, fp32 reduce-scatter,
            foreach AdamW on the shards; on one process a group of one, so FSDP's own code path runs
+  sample   `recap sample`'s ODE steps (trainer.rf.sample, guided: the model on 2 x batch) in fp32 and
+           under bf16 autocast (`recap sample --precision`), --steps steps after --warmup; tokens/s
+           and MFU count the forward passes only; samples/s is videos per second at 30 steps
 
 MFU = analytic training FLOPs (bench/trainer_flops.py: matmuls, 3x forward) / step time / peak,
 against the datasheet's dense bf16 peak and against a bf16 matmul ceiling measured here. The
@@ -55,7 +58,7 @@ from trainer.cache import CacheSettings, build_cache  # noqa: E402
 from trainer.dit import DiT, DiTConfig, count_params  # noqa: E402
 from trainer.memory import GB, STATE_BYTES_PER_PARAM, device_memory, dit_step, encode_transient  # noqa: E402
 from trainer.parallel import clip_grad_norm, shard_model  # noqa: E402
-from trainer.rf import flow_loss  # noqa: E402
+from trainer.rf import flow_loss, sample  # noqa: E402
 from trainer.runtime import ATTENTION_KERNELS, attention_kernels, init_distributed  # noqa: E402
 from trainer.shards import Bucket  # noqa: E402
 from trainer.train import EMA, load_job_config, main  # noqa: E402
@@ -167,6 +170,28 @@ def model_step(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int, de
     fwd, bwd, optim = (sorted(s[k] for s in splits)[len(splits) // 2] for k in range(3))
     return {"step_s": step_s, "forward_s": fwd, "backward_s": bwd, "optimizer_s": optim, "first_step_s": first,
             "params_M": count_params(model) / 1e6,
+            "peak_gb": torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None}
+
+
+def sample_steps(cfg: DiTConfig, latent: tuple[int, int, int, int], batch: int, device: torch.device, steps: int,
+                 warmup: int, precision: str, attention: str = "auto") -> dict:
+    """Seconds per guided ODE step of `trainer.rf.sample` (random weights and text states)."""
+    c, t, h, w = latent
+    torch.manual_seed(0)
+    model = DiT(cfg, in_channels=c, text_dim=TEXT_DIM).to(device).eval()
+    noise = torch.randn(batch, c, t, h, w, device=device)
+    ctx = torch.randn(batch, TEXT_TOKENS, TEXT_DIM, device=device)
+    mask = torch.ones(batch, TEXT_TOKENS, dtype=torch.bool, device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with torch.no_grad(), autocast, attention_kernels(attention):
+        sample(model, noise, ctx, mask, ctx, mask, steps=max(warmup, 1))
+        sync(device)
+        start = time.perf_counter()
+        sample(model, noise, ctx, mask, ctx, mask, steps=steps)
+        sync(device)
+    return {"step_s": (time.perf_counter() - start) / steps, "params_M": count_params(model) / 1e6,
             "peak_gb": torch.cuda.max_memory_allocated(device) / GB if device.type == "cuda" else None}
 
 
@@ -296,7 +321,7 @@ def main_bench() -> None:
     parser.add_argument("--buckets", nargs="+", default=["256x256x33", "512x288x65"] if cuda else ["32x32x9"],
                         help="WxHxF buckets")
     parser.add_argument("--modes", nargs="+", default=["step", "online", "cache", "loader"],
-                        choices=["step", "online", "cache", "loader", "ddp", "fsdp"])
+                        choices=["step", "online", "cache", "loader", "ddp", "fsdp", "sample"])
     parser.add_argument("--batch", type=int, default=0, help="per-step batch (0: on a GPU the largest that fits, else 4)")
     parser.add_argument("--steps", type=int, default=20 if cuda else 6, help="measured steps")
     parser.add_argument("--warmup", type=int, default=5 if cuda else 2,
@@ -348,6 +373,16 @@ def main_bench() -> None:
                 r = model_step(cfg, latent, batch, device, args.steps, args.warmup, use_compile, args.attention_kernel)
                 rows.append({**base, "mode": "step", **r, **mfu(r["step_s"])})
                 print(json.dumps(rows[-1]), flush=True)
+            if "sample" in args.modes:
+                forward = dit_forward_flops(cfg, grid, text_tokens=TEXT_TOKENS, in_channels=latent[0]) * 2 * batch
+                for precision in ("fp32", "bf16"):
+                    r = sample_steps(cfg, latent, batch, device, args.steps, args.warmup, precision,
+                                     args.attention_kernel)
+                    rows.append({**base, "mode": f"sample {precision}", **r, "tokens_per_s": 2 * tokens / r["step_s"],
+                                 "samples_per_s": batch / (30 * r["step_s"]),
+                                 "mfu_datasheet": forward / r["step_s"] / peak if peak else None,
+                                 "mfu_measured": forward / r["step_s"] / ceiling})
+                    print(json.dumps(rows[-1]), flush=True)
             for parallel in [m for m in args.modes if m in ("ddp", "fsdp")]:
                 r = parallel_step(cfg, latent, batch, args.steps, args.warmup, use_compile, parallel)
                 if r["rank"] == 0:
