@@ -8,7 +8,8 @@ Times, on the clips the export selects:
   copy     shutil.copyfile of every clip file the export reads (bytes in = bytes out)
   render   decode + crop + resize to the bucket, in this process (no encode, no tar)
   encode   H.264 encode of those frames, in this process (trainer.shards.encode_mp4)
-  export   `run_export` end to end per executor: selection, plan, shards, manifest, card
+  export   `run_export` end to end per executor: selection, plan, shards, manifest, card (local, the
+           default without --ray-address: one shard after another, its samples on every CPU)
 MB/s counts clip-file bytes read (the same bytes as `copy`); the written shard size is shown too.
 """
 
@@ -63,6 +64,7 @@ def main() -> None:
     from pipeline.export.plan import plan_export
     from pipeline.export.render import render_frames
     from pipeline.export.selection import select
+    from pipeline.stages.execution import available_cpus
     from trainer.shards import encode_mp4
 
     lib = args.library or bench_library(args.hd)
@@ -98,7 +100,8 @@ def main() -> None:
             summary = run_export(lib, Path(tmp) / "shards", buckets=buckets, cfg=cfg, progress=False,
                                  log=lambda *a: None, command="bench/export.py")
             seconds = time.perf_counter() - t0
-        label = f"export, {executor}" + (" (Ray start included)" if executor == "ray" else " (one process)")
+        label = f"export, {executor}" + (" (Ray start included)" if executor == "ray"
+                                         else f" (this process, samples rendered on {available_cpus()} threads)")
         lines.append(row(label, seconds, in_bytes, summary.samples, summary.tar_bytes))
     print("\n".join(lines))
 

@@ -128,14 +128,16 @@ def library(tmp_path_factory) -> tuple[Path, dict]:
     return root / "lib", truth
 
 
-@pytest.fixture(scope="module")
-def exported(library, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+@pytest.fixture(scope="module", params=["local", "ray"])
+def exported(library, tmp_path_factory, request) -> tuple[Path, subprocess.CompletedProcess]:
+    """The export on one machine without Ray (the default: samples rendered on several threads)
+    and as Ray tasks (what --ray-address runs): every test below holds for both."""
     lib, _ = library
     out = tmp_path_factory.mktemp("shards") / "out"
     buckets = out.parent / "buckets.yaml"
     buckets.write_text(BUCKETS)
     proc = export(str(lib), "--out", str(out), "--buckets", str(buckets), "--val-fraction", "0.3",
-                  "--shard-size", "10KB", "--seed", "1")
+                  "--shard-size", "10KB", "--seed", "1", "--set", f"execution.executor={request.param}")
     return out, proc
 
 
@@ -342,3 +344,37 @@ def test_query_selects_search_hits_that_pass_the_filters(tmp_path):
     assert both.scores == pytest.approx({**dog.scores, **car.scores}, abs=1e-5)    # (a batch rounds a little differently)
     assert set(both.clips.column("clip_id").to_pylist()) == {clip_id(0), clip_id(3)}
     assert "a clip any of them finds" in both.steps[-1][0]
+
+
+def test_samples_render_several_at_once_and_are_written_in_order(monkeypatch):
+    """A shard's samples render on `threads` threads, a bounded few ahead of the writer, and come
+    out in plan order; a sample that fails comes out with its error in its place."""
+    import threading
+    from types import SimpleNamespace
+
+    from pipeline.export import writer
+
+    lock, state = threading.Lock(), {"active": 0, "most": 0, "started": 0}
+
+    def fake_render(spec: int) -> bytes:
+        with lock:
+            state["active"] += 1
+            state["started"] += 1
+            state["most"] = max(state["most"], state["active"])
+        time.sleep(0.005 * (spec % 3))           # later samples can finish first
+        with lock:
+            state["active"] -= 1
+        if spec == 5:
+            raise ValueError("broken clip")
+        return f"mp4 {spec}".encode()
+
+    monkeypatch.setattr(writer, "render_mp4", fake_render)
+    out = []
+    for consumed, item in enumerate(writer._rendered([SimpleNamespace(spec=i) for i in range(12)], 3)):
+        assert state["started"] <= consumed + 1 + 3 + 1          # never more than a few ahead
+        out.append(item)
+        time.sleep(0.01)                                         # a slow writer
+    assert [s.spec for s, _, _ in out] == list(range(12))
+    assert [mp4 for _, mp4, e in out if e is None] == [f"mp4 {i}".encode() for i in range(12) if i != 5]
+    assert isinstance(out[5][2], ValueError) and out[5][1] is None
+    assert state["most"] >= 2 and state["most"] <= 3

@@ -6,14 +6,17 @@ clip goes to a bucket of configs/buckets.yaml (resolution/aspect x frame count a
 black bars cropped, and is re-encoded to exactly that size and length. Source videos go whole to
 train or val (seeded), so no video is in both. Writes SHARDS/{train,val}-NNNNNN.tar (per sample
 KEY.mp4 + KEY.json, see trainer/shards.py), SHARDS/manifest.parquet and the dataset card
-SHARDS/README.md. One Ray task per shard; shards are renamed into place when complete, so
-running the same command again after a crash finishes the export without duplicates.
+SHARDS/README.md. On one machine shards are written one after another, each shard's samples
+rendered on every CPU; with --ray-address (or --set execution.executor=ray), one Ray task per
+shard. Shards are renamed into place when complete, so running the same command again after a
+crash finishes the export without duplicates.
 
 Examples:
   recap export lib --out shards
   recap export lib --out shards --where 'duration_s >= 2 and camera_motion != "shaky"' --val-fraction 0.1
   recap export lib --out dogs --query "a dog running on a beach" --top-k 500 --caption-version 3f2a9c81d0e4
-  recap export lib --out small --buckets my_buckets.yaml --shard-size 64MB --set execution.executor=local
+  recap export lib --out small --buckets my_buckets.yaml --shard-size 64MB
+  recap export /shared/lib --out /shared/shards --ray-address auto          # one task per shard on a cluster
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML layered over configs/export.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one export key, e.g. --set crf=23 (repeatable)")
-    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to run on (default: a local Ray)")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to run on, one task per shard (default: this machine, no Ray)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
