@@ -215,6 +215,7 @@ def simplified_model(path: str | Path, cache: Path | None = None) -> Path:
     the rewrite cannot be made, stored or trusted: the original computes the same, only slower."""
     path = Path(path)
     cache = cache or cache_dir()
+    partial = None
     try:
         stat = path.stat()
         key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -230,10 +231,11 @@ def simplified_model(path: str | Path, cache: Path | None = None) -> Path:
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
         onnx.save(model, str(partial))
         if not same_outputs(path, partial):
-            partial.unlink()
             raise ValueError("the rewritten model's outputs differ from the original's")
         os.replace(partial, target)   # atomic: a process beside this one reads a whole file or none
         return target
     except Exception as err:  # noqa: BLE001 - any failure leaves the original model, which is correct
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         print(f"warning: OCR model {path.name}: using it as shipped ({type(err).__name__}: {err})", file=sys.stderr)
         return path
