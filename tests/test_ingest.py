@@ -326,6 +326,21 @@ def test_a_missing_aesthetic_model_fails_before_any_video(tmp_path: Path, sample
         assert not (tmp_path / "lib").exists()
 
 
+def test_without_the_ocr_engine_text_signals_are_null_and_the_rest_is_measured(tmp_path: Path, sample_corpus: Path,
+                                                                               monkeypatch, capsys) -> None:
+    """Python 3.13+ has no rapidocr wheels: ingest says so once and measures every other signal."""
+    import pipeline.ingest.job as job
+
+    monkeypatch.setattr(job, "ocr_available", lambda: False)
+    cfg = load_ingest_config(overrides=["execution.executor=local"])
+    summary = run_ingest([str(sample_corpus / "cuts.mp4")], tmp_path / "lib", cfg, progress=False)
+    assert summary.failed == 0 and cfg.signals.text.enabled            # the caller's config is left alone
+    assert capsys.readouterr().err.count("text signals off: rapidocr-onnxruntime is not installed") == 1
+    clips = Library(tmp_path / "lib").read("clips").to_pylist()
+    assert clips and all(c["text_area"] is None and c["ocr_text"] is None for c in clips)
+    assert all(c["motion_score"] is not None and c["brightness"] is not None for c in clips)
+
+
 def _one_line(stderr: str) -> str:
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, stderr

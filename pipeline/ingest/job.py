@@ -34,6 +34,7 @@ from pipeline.ingest.progress import IN_FLIGHT
 from pipeline.ingest.result import SourceResult, error_result
 from pipeline.ingest.sandbox import close_shared_runner, start_runners
 from pipeline.ingest.signals.aesthetic import check_model
+from pipeline.ingest.signals.config import ocr_available
 from pipeline.ingest.sources import expand_sources
 from pipeline.ingest.stage import IngestStage
 from pipeline.library import Library, LibraryError
@@ -105,6 +106,12 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
     items = expand_sources(sources, cfg.sources)
     if cfg.signals.enabled:
         check_model(cfg.signals.aesthetic)
+        if cfg.signals.text.enabled and not ocr_available():
+            print("warning: text signals off: rapidocr-onnxruntime is not installed (it has no wheels for Python "
+                  "3.13+), so text_area and ocr_text stay null; set signals.text.enabled=false to silence this",
+                  file=sys.stderr)
+            cfg = dataclasses.replace(cfg, signals=dataclasses.replace(
+                cfg.signals, text=dataclasses.replace(cfg.signals.text, enabled=False)))
     if cfg.after.caption:     # a bad caption config or a missing model fails now, not after the whole ingest
         _check_caption_model(load_caption_config(cfg.after.caption_config, cfg.after.caption_set))
     lib: Library | None = None

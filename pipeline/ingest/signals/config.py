@@ -3,6 +3,7 @@ value is range-checked at load, naming its key."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,12 @@ class TextConfig:
         check_range("signals.text.det_width", self.det_width, 32, 4096)
         check_range("signals.text.min_score", self.min_score, 0, 1)
         check_range("signals.text.max_chars", self.max_chars, 1)
+
+
+def ocr_available() -> bool:
+    """Whether text signals' OCR engine is installed (rapidocr-onnxruntime has no wheels for Python
+    3.13+); asked where a job starts, without importing it (or OpenCV) in the driver."""
+    return importlib.util.find_spec("rapidocr_onnxruntime") is not None
 
 
 @dataclass
