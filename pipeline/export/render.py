@@ -68,7 +68,7 @@ def _fraction_crop(img: np.ndarray, box: tuple[float, float, float, float]) -> n
 
 
 def _to_bucket(frame, spec: RenderSpec) -> np.ndarray:
-    img = _fraction_crop(frame.to_ndarray(format="rgb24"), spec.bars)
+    img = _fraction_crop(frame.to_ndarray(format="rgb24", threads=1), spec.bars)
     turns = round((frame.rotation or 0) / 90) % 4   # frame.rotation 90 = np.rot90 once (as FFmpeg's autorotate)
     if turns:
         img = np.rot90(img, turns)
@@ -85,7 +85,7 @@ def render_frames(spec: RenderSpec) -> np.ndarray:
     got: dict[int, np.ndarray] = {}
     with av.open(spec.path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = 1    # parallelism is across samples (see render_mp4)
         for i, frame in enumerate(_clip_frames(spec, container, stream)):
             if i in wanted:
                 got[i] = _to_bucket(frame, spec)
@@ -98,5 +98,8 @@ def render_frames(spec: RenderSpec) -> np.ndarray:
 
 
 def render_mp4(spec: RenderSpec) -> bytes:
-    """The sample's H.264 MP4 bytes."""
-    return encode_mp4(render_frames(spec), spec.fps, crf=spec.crf)
+    """The sample's H.264 MP4 bytes, decoded and encoded on one thread: an export renders as many
+    samples at once as it has CPUs (pipeline/export/writer.py), where codec threads per sample
+    would multiply into CPUs x threads, and one encoder thread makes the bytes the same on every
+    machine and executor (x264's output depends on its thread count)."""
+    return encode_mp4(render_frames(spec), spec.fps, crf=spec.crf, threads=1)
