@@ -64,7 +64,6 @@ def main() -> None:
     from pipeline.export.plan import plan_export
     from pipeline.export.render import render_frames
     from pipeline.export.selection import select
-    from pipeline.stages.execution import available_cpus
     from trainer.shards import encode_mp4
 
     lib = args.library or bench_library(args.hd)
@@ -101,7 +100,7 @@ def main() -> None:
                                  log=lambda *a: None, command="bench/export.py")
             seconds = time.perf_counter() - t0
         label = f"export, {executor}" + (" (Ray start included)" if executor == "ray"
-                                         else f" (this process, samples rendered on {available_cpus()} threads)")
+                                         else f" (this process, samples rendered on {cfg.execution.local_workers(cpus_per_task=1.0)} threads)")
         lines.append(row(label, seconds, in_bytes, summary.samples, summary.tar_bytes))
     print("\n".join(lines))
 

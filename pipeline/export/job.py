@@ -34,7 +34,6 @@ from pipeline.export.writer import STATE, WriteShardStage
 from pipeline.library.files import atomic_write_bytes
 from pipeline.library.tables import locked
 from pipeline.stages import run_stages
-from pipeline.stages.execution import available_cpus
 from trainer.typedconfig import to_dict
 
 FORMAT_VERSION = 1
@@ -94,7 +93,7 @@ def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: b
     # on Ray a task renders on the CPUs it asked for (tasks in parallel make the rest); a local run
     # has this machine's CPUs for one shard after another
     ex = cfg.execution
-    threads = max(1, round(ex.cpus_per_task)) if ex.uses_ray else ex.max_tasks_in_flight or available_cpus()
+    threads = max(1, round(ex.cpus_per_task)) if ex.uses_ray else ex.local_workers(cpus_per_task=1.0)
     stage = WriteShardStage(out, ex.cpus_per_task, threads)
     for row in run_stages([stage], [{"shard": shard} for shard in todo], cfg.execution, one_block_per_batch=True):
         record = row["record"]

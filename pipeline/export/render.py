@@ -100,6 +100,6 @@ def render_frames(spec: RenderSpec) -> np.ndarray:
 def render_mp4(spec: RenderSpec) -> bytes:
     """The sample's H.264 MP4 bytes, decoded and encoded on one thread: an export renders as many
     samples at once as it has CPUs (pipeline/export/writer.py), where codec threads per sample
-    would multiply into CPUs x threads, and one encoder thread makes the bytes the same on every
-    machine and executor (x264's output depends on its thread count)."""
+    would multiply into CPUs x threads; and x264's output depends on its thread count, which is
+    then the same on every machine and executor."""
     return encode_mp4(render_frames(spec), spec.fps, crf=spec.crf, threads=1)

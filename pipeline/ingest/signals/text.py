@@ -48,8 +48,8 @@ def load_ocr(threads: int = 1):
     from rapidocr_onnxruntime.main import DEFAULT_CFG_PATH
     from rapidocr_onnxruntime.utils import read_yaml, update_model_path
 
-    shipped = {key: update_model_path(read_yaml(DEFAULT_CFG_PATH))[part]["model_path"]
-               for key, part in (("det_model_path", "Det"), ("rec_model_path", "Rec"))}
+    config = update_model_path(read_yaml(DEFAULT_CFG_PATH))
+    shipped = {"det_model_path": config["Det"]["model_path"], "rec_model_path": config["Rec"]["model_path"]}
     rewritten = {key: str(ocr_graph.simplified_model(path)) for key, path in shipped.items()}
     # det_limit_type="max": detect at the size we give (the default enlarges the short side to 736)
     common = dict(det_limit_type="max", use_cls=False, intra_op_num_threads=threads, inter_op_num_threads=threads)
