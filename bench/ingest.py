@@ -24,7 +24,9 @@ every 2-5 s; made once, cached in bench/out/corpus/), the way users feel ingest.
   ffmpeg       decode-only of every file, `-threads 1`, two files at a time (the floor on 2 cores)
   recap        `recap ingest CORPUS --out LIB` with the default config (signals on, filter view)
   recap-ray    the same with `--set execution.executor=ray` (a local Ray started by the job)
+  recap -text  the same without text signals (`signals.text.enabled=false`): what OCR costs the run
   360p/720p +/- signals   `recap ingest` of one resolution's half, signals on and off: their share
+               (and "-text": every signal but text)
   fixed        `recap ingest` of one 3 s 360p file, minus its own ffmpeg decode: the cost of a run
 Wall time, CPU seconds of the whole process tree (every descendant, Ray's daemons included) and
 the process tree's peak RSS.
@@ -286,10 +288,13 @@ def run_corpus(files: int, repeats: int) -> dict:
         "ffmpeg": lambda: ffmpeg_all(videos),
         "recap": lambda: measure_ok(ingest(whole)),
         "recap-ray": lambda: measure_ok(ingest(whole, "execution.executor=ray")),
+        "recap -text": lambda: measure_ok(ingest(whole, "signals.text.enabled=false")),
         "360p +signals": lambda: measure_ok(ingest(folders["360p"])),
         "360p -signals": lambda: measure_ok(ingest(folders["360p"], "signals.enabled=false")),
+        "360p -text": lambda: measure_ok(ingest(folders["360p"], "signals.text.enabled=false")),
         "720p +signals": lambda: measure_ok(ingest(folders["720p"])),
         "720p -signals": lambda: measure_ok(ingest(folders["720p"], "signals.enabled=false")),
+        "720p -text": lambda: measure_ok(ingest(folders["720p"], "signals.text.enabled=false")),
         "fixed": lambda: measure_ok(ingest(folders["tiny"])),
         "fixed-ffmpeg": lambda: ffmpeg_all(list(folders["tiny"].glob("*.mp4")), 1),
     }
@@ -318,7 +323,7 @@ def _print_corpus(result: dict) -> None:
     print(f"\ncorpus: {result['files']} files, {result['video_seconds']:.0f} s of video, medians of "
           f"{result['repeats']} interleaved runs (load at the end {result['load'][0]:.1f})")
     print(f"  {'case':<15} {'wall s':>8} {'x ffmpeg':>9} {'CPU s':>8} {'x ffmpeg':>9} {'tree peak MB':>13}")
-    for name in ("ffmpeg", "recap", "recap-ray"):
+    for name in ("ffmpeg", "recap", "recap-ray", "recap -text"):
         r = m[name]
         peak = f"{r['peak_tree_rss_mb']:13.0f}" if "peak_tree_rss_mb" in r else f"{'':13}"
         print(f"  {name:<15} {r['wall_s']:8.2f} {r['wall_s'] / ff['wall_s']:9.2f} {r['cpu_s']:8.2f} "
@@ -326,7 +331,8 @@ def _print_corpus(result: dict) -> None:
     for res in CORPUS_SIZES:
         on, off = m[f"{res} +signals"], m[f"{res} -signals"]
         print(f"  {res}: signals add {100 * (on['cpu_s'] / off['cpu_s'] - 1):.0f}% CPU "
-              f"({off['cpu_s']:.2f} -> {on['cpu_s']:.2f} CPU-s for the run, {off['wall_s']:.2f} -> {on['wall_s']:.2f} s wall)")
+              f"({off['cpu_s']:.2f} -> {on['cpu_s']:.2f} CPU-s for the run, {off['wall_s']:.2f} -> {on['wall_s']:.2f} s wall); "
+              f"without text {100 * (m[f'{res} -text']['cpu_s'] / off['cpu_s'] - 1):.0f}%")
     fixed = m["fixed"]["wall_s"] - m["fixed-ffmpeg"]["wall_s"]
     print(f"  fixed cost of a run: {fixed:.2f} s wall ({m['fixed']['cpu_s']:.2f} CPU-s, one 3 s file; "
           f"peak tree {m['fixed']['peak_tree_rss_mb']:.0f} MB); with Ray: recap-ray - recap = "

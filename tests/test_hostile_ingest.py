@@ -209,6 +209,21 @@ def test_a_damaged_library_record(tmp_path: Path, capsys) -> None:
         assert "library.json" in _error_line(capsys)
 
 
+def test_samples_into_a_folder_of_other_files(tmp_path: Path, capsys) -> None:
+    """`recap samples` wrote its videos into any folder, a library's or a user's own videos (a
+    file of the same name overwritten); an earlier corpus is still written over."""
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "mixed.mkv").write_bytes(b"the user's own video")
+    assert main(["samples", str(own)]) == 2
+    assert "not empty (mixed.mkv)" in _error_line(capsys)
+    assert (own / "mixed.mkv").read_bytes() == b"the user's own video"
+    corpus = tmp_path / "corpus"
+    assert main(["samples", str(corpus)]) == 0
+    assert main(["samples", str(corpus), "--seed", "1"]) == 0
+    assert json.loads((corpus / "truth.json").read_text())["seed"] == 1
+
+
 @pytest.mark.parametrize("seconds", ["-1", "0", "inf", "nan"])
 def test_samples_benchmark_length_is_checked(tmp_path: Path, capsys, seconds: str) -> None:
     assert main(["samples", str(tmp_path / "s"), "--benchmark", seconds]) == 2

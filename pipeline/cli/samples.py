@@ -79,9 +79,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _folder_problem(folder: Path) -> str | None:
-    """Why the output folder cannot be made (a file in the way, no permission), else None."""
+    """Why the output folder cannot be made (a file in the way, no permission) or used (it holds
+    something else: the corpus would overwrite files of the same names), else None. An earlier
+    corpus (its truth.json) is written over."""
     if folder.exists() and not folder.is_dir():
         return f"{folder} is a file, not a folder"
+    if folder.is_dir() and not (folder / TRUTH_FILE).exists():
+        held = sorted(p.name for p in folder.iterdir())
+        if held:
+            shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            return (f"{folder} is not empty ({shown}) and holds no earlier sample corpus ({TRUTH_FILE}): "
+                    "give a new or empty folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
