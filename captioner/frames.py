@@ -15,8 +15,11 @@ from pathlib import Path
 
 import av
 import cv2
-import decord
 import numpy as np
+
+from captioner.decord_import import import_decord
+
+decord = import_decord()
 
 
 @dataclass(frozen=True)

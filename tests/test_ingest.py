@@ -22,6 +22,7 @@ import pytest
 from pipeline.ingest.config import load_ingest_config
 from pipeline.ingest.job import largest_first, run_ingest
 from pipeline.ingest.sandbox import SourceRunner
+from pipeline.ingest.worker import ingest_source
 from pipeline.library import Library
 from tests.conftest import RECAP, ROOT, recap
 from trainer.typedconfig import ConfigError
@@ -339,6 +340,26 @@ def test_without_the_ocr_engine_text_signals_are_null_and_the_rest_is_measured(t
     clips = Library(tmp_path / "lib").read("clips").to_pylist()
     assert clips and all(c["text_area"] is None and c["ocr_text"] is None for c in clips)
     assert all(c["motion_score"] is not None and c["brightness"] is not None for c in clips)
+
+
+def test_without_the_ocr_engine_a_worker_measures_the_rest_and_a_refused_job_says_one_line(
+        tmp_path: Path, sample_corpus: Path, monkeypatch, capsys) -> None:
+    """On Python 3.13+ a worker given the default config (text on) raised the import error for
+    every video, and a job refused for a bad --out printed the warning above its one error line."""
+    import pipeline.ingest.job as job
+    import pipeline.ingest.signals.analyzers as analyzers
+
+    monkeypatch.setattr(analyzers, "ocr_available", lambda: False)
+    monkeypatch.setattr(job, "ocr_available", lambda: False)
+    cfg = load_ingest_config(overrides=["execution.executor=local"])
+    result = ingest_source(str(sample_corpus / "cuts.mp4"), cfg, tmp_path / "lib")
+    assert result.outcome == "ingested", result.rows.get("errors")
+    assert all(c["text_area"] is None and c["motion_score"] is not None for c in result.rows["clips"])
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(Exception, match="not a library folder"):
+        run_ingest([str(sample_corpus / "cuts.mp4")], a_file, cfg, progress=False)
+    assert "text signals off" not in capsys.readouterr().err
 
 
 def _one_line(stderr: str) -> str:

@@ -8,9 +8,13 @@ import pytest
 
 from pipeline.ingest.analysis import AnalysisFrame
 from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
-from pipeline.ingest.signals.config import SignalsConfig, TextConfig
+from pipeline.ingest.signals.config import SignalsConfig, TextConfig, ocr_available
 from pipeline.ingest.signals.series import DetailSchedule
 from pipeline.ingest.signals.text import read_text as READ_TEXT
+
+# the OCR engine has no wheels for Python 3.13+ (pyproject), where ingest leaves text signals null
+needs_ocr = pytest.mark.skipif(not ocr_available(), reason="rapidocr-onnxruntime is not installed (no wheels "
+                               "for Python 3.13+): text reading cannot be tested here")
 
 FPS = 30.0
 SOURCE = (640, 360)          # the "coded" size of the synthetic source video
@@ -178,6 +182,7 @@ def test_bars_and_crop(bars, expected):
     assert row["crop_x"] + row["crop_w"] <= x + w and row["crop_y"] + row["crop_h"] <= y + h
 
 
+@needs_ocr
 def test_text_overlay_is_found_and_read():
     frames = []
     for f in camera_clip("static", n=31):
@@ -191,6 +196,7 @@ def test_text_overlay_is_found_and_read():
     assert plain["ocr_text"] == "" and plain["text_area"] == 0.0
 
 
+@needs_ocr
 @pytest.mark.parametrize("stretch, expected_reads", [(False, 4), (True, 3)])
 def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch, stretch, expected_reads):
     """Regular readings every 2 s; a 1.2 s shot between two cuts holding only an odd-second
@@ -220,6 +226,7 @@ def test_text_reads_short_shots_but_not_every_detail_frame(monkeypatch, stretch,
     assert len(reads) == expected_reads
 
 
+@needs_ocr
 def test_a_still_picture_keeps_its_reading_until_its_text_changes(monkeypatch):
     """One still shot (no cut) whose subtitle changes at 3 s and goes at 6 s: regular readings at
     0, 2, 4, 6, 8 s; the 2 s and 8 s frames still show what the reading before them read (only
@@ -247,6 +254,7 @@ def test_a_still_picture_keeps_its_reading_until_its_text_changes(monkeypatch):
     assert parts[2]["ocr_text"] == "" and parts[2]["text_area"] == 0.0
 
 
+@needs_ocr
 def test_a_box_that_still_shows_its_text_is_not_recognised_again(monkeypatch):
     """A panning shot with a subtitle on an opaque band: "HELLO WORLD" for 5 s, then "GOOD NIGHT".
     Every regular reading (0, 2, 4, 6, 8 s) runs the detector (the picture moves), but a box that

@@ -104,12 +104,10 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
     written; a new library folder is created only once all of those checks passed."""
     t0 = time.perf_counter()
     items = expand_sources(sources, cfg.sources)
+    no_ocr = cfg.signals.enabled and cfg.signals.text.enabled and not ocr_available()
     if cfg.signals.enabled:
         check_model(cfg.signals.aesthetic)
-        if cfg.signals.text.enabled and not ocr_available():
-            print("warning: text signals off: rapidocr-onnxruntime is not installed (it has no wheels for Python "
-                  "3.13+), so text_area and ocr_text stay null; set signals.text.enabled=false to silence this",
-                  file=sys.stderr)
+        if no_ocr:   # the run's record says what was measured
             cfg = dataclasses.replace(cfg, signals=dataclasses.replace(
                 cfg.signals, text=dataclasses.replace(cfg.signals.text, enabled=False)))
     if cfg.after.caption:     # a bad caption config or a missing model fails now, not after the whole ingest
@@ -131,6 +129,10 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
             lib = Library(lib_root, write=True)
             todo = _todo(lib, [s.uri for s in items], cfg)
         summary = IngestSummary(sources=len(items), skipped=len(items) - len(todo))
+        if todo and no_ocr:   # said once the checks passed, so a refused job still says one line
+            print("warning: text signals off: rapidocr-onnxruntime is not installed (it has no wheels for Python "
+                  "3.13+), so text_area and ocr_text stay null; set signals.text.enabled=false to silence this",
+                  file=sys.stderr)
         if todo:
             _ingest(lib, todo, cfg, summary, progress, t0)
         summary.library_clips = lib.read("clips", ["clip_id"]).num_rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from pipeline.ingest.signals import aesthetic, bars, exposure, motion, phash, sharpness, text
-from pipeline.ingest.signals.config import SignalsConfig
+from pipeline.ingest.signals.config import SignalsConfig, ocr_available
 from pipeline.library.schema import SIGNAL_COLUMNS
 
 
@@ -33,7 +33,7 @@ def make_analyzers(cfg: SignalsConfig, source_size: tuple[int, int], scorer=None
         bars.BarsAnalyzer(cfg.bars, source_size, detail_bars),
         sharpness.SharpnessAnalyzer(cfg.bars, detail_bars),
     ]
-    if cfg.text.enabled:
+    if cfg.text.enabled and ocr_available():   # without the engine (Python 3.13+) the text columns stay null
         analyzers.append(text.TextAnalyzer(cfg.text, every_s=cfg.text.every_s * (stretch if cfg.text.stretch else 1.0)))
     if cfg.aesthetic.model:
         analyzers.append(aesthetic.AestheticAnalyzer(cfg.aesthetic, scorer))
