@@ -4,6 +4,7 @@ and crashed the first Linear after `import decord`."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -32,9 +33,9 @@ def _loaded(importer: str, site: Path) -> set[str]:
 def test_decord_loads_no_blas_or_fftw_stand_in(tmp_path: Path) -> None:
     """An `nvidia` namespace package (as PyPI's CUDA torch installs) holding a libnvblas, a libcufftw
     and a libcudart (copies of a plain shared library, so any process can load them)."""
-    import decord  # lazy: only to find a self-contained shared library that ships with it
-
-    donor = sorted((Path(decord.__file__).parents[1] / "decord2.libs").glob("libopus*.so*"))[0]
+    # a self-contained shared library that ships with decord (found without importing decord here,
+    # which beside a CUDA torch would load libnvblas into this process)
+    donor = sorted((Path(importlib.util.find_spec("decord").origin).parents[1] / "decord2.libs").glob("libopus*.so*"))[0]
     lib = tmp_path / "nvidia" / "cu13" / "lib"
     lib.mkdir(parents=True)
     for name in ("libnvblas.so.13", "libcufftw.so.12", "libcudart.so.13"):

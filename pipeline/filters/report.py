@@ -134,7 +134,7 @@ def thumbnail(path: Path, t_s: float, width: int = 192) -> np.ndarray | None:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            if stream.time_base is not None and t_s > 1:
+            if stream.time_base and t_s > 1:   # PyAV 19: an unset time base is a falsy 0/1, not None
                 container.seek(int(max(t_s - 1, 0) / stream.time_base), stream=stream, backward=True)
             frame = None
             for frame in container.decode(stream):

@@ -109,10 +109,15 @@ def probe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, name: s
         return _probe_open(path, label, size, container, max_pixels)
 
 
+# PyAV < 19 decodes metadata with one error handler per container; 19 dropped the argument and
+# always decodes UTF-8 with surrogateescape (`text_of` makes such a value storable)
+_METADATA_ERRORS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
+
+
 def _open(path: Path, max_pixels: int, options: dict[str, str] | None = None) -> av.container.InputContainer:
     # the decoders of FFmpeg's own stream probing get the limit too: they never allocate a huge
     # picture; nested opens (a playlist that slipped through) may read local files only
-    return av.open(str(path), metadata_errors="replace", options={"max_pixels": str(max_pixels), **(options or {})},
+    return av.open(str(path), **_METADATA_ERRORS, options={"max_pixels": str(max_pixels), **(options or {})},
                    container_options={"protocol_whitelist": "file"})
 
 
