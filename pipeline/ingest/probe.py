@@ -109,8 +109,9 @@ def probe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, name: s
         return _probe_open(path, label, size, container, max_pixels)
 
 
-# PyAV < 19 decodes metadata with one error handler per container; 19 dropped the argument and
-# always decodes UTF-8 with surrogateescape (`text_of` makes such a value storable)
+# PyAV < 19 decodes tags with the error handler given here (strict by default: a file with a
+# non-UTF-8 tag would not open); 19 dropped the argument and decodes UTF-8 with surrogateescape,
+# which cannot fail. The one tag probe reads, `rotate`, is read as a number.
 _METADATA_ERRORS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
 
 
