@@ -156,6 +156,8 @@ def test_cli_writes_videos_contact_sheet_and_records(run: Path, tmp_path: Path, 
     assert cli("--ckpt", str(run), "--prompt", "x", "--video", str(context), "--frames", "5",
                "--size", f"{SIZE}x{SIZE}", "--out", str(tmp_path / "bad")) == 2
     assert "must exceed" in capsys.readouterr().err
+    assert cli("--ckpt", str(tmp_path / "no-run"), "--prompt", "x", "--out", str(tmp_path / "bad")) == 2
+    assert "no-run: no such run folder or checkpoint file" in capsys.readouterr().err   # was: "No such file ..."
     assert not (tmp_path / "bad").exists()
 
 

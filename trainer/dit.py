@@ -447,6 +447,9 @@ def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
     sharded checkpoints too) or a checkpoint's .safetensors file. Returns the model (eval mode) and
     the file's metadata, which also names the text encoder, the autoencoder and the flow settings it was trained with."""
     file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no such run folder or checkpoint file (give the --out of `recap train "
+                                "dit`, or a .safetensors file of one of its checkpoints)")
     state: dict[str, torch.Tensor] | None = None
     if file.is_dir():
         ckpt = latest_checkpoint(file)
