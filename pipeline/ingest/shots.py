@@ -45,7 +45,7 @@ from pipeline.ingest.config import ShotsConfig
 # and short dissolves, sparser for long dissolves (dissolve_max_frames must stay below the max).
 LAGS = tuple(range(1, 25)) + (28, 32, 40, 48, 56, 64)
 LAG_INDEX = {k: i for i, k in enumerate(LAGS)}
-COLOR_THUMB = (40, 22)   # the colour histogram is taken on this small copy (cheaper, same result)
+COLOR_THUMB_WIDTH = 40   # the colour histogram is taken on a copy about this wide (cheaper, same result)
 HIST_BINS = 4            # per channel: 4x4x4 joint BGR histogram
 BLEND_THUMB = (16, 9)    # colour thumbnail kept per frame (432 bytes) to test a dissolve as a blend
 # A dissolve's frames are a blend of the frames either side. What the blend leaves unexplained,
@@ -87,6 +87,17 @@ class ShotResult:
     @property
     def hard_cuts(self) -> list[int]:
         return [t.start_frame for t in self.transitions if t.kind == "cut"]
+
+
+def color_thumb(bgr: np.ndarray) -> np.ndarray:
+    """`bgr` area-averaged by a whole factor to about COLOR_THUMB_WIDTH px wide (the rows and
+    columns the factor does not divide are cropped evenly from both edges): a whole factor takes
+    OpenCV's fast block-average path, 2.4x cheaper on 160x90 than resizing to a fixed 40x22."""
+    h, w = bgr.shape[:2]
+    f = max(1, min(w // COLOR_THUMB_WIDTH, h))
+    top, left = h % f // 2, w % f // 2
+    block = bgr[top: top + h // f * f, left: left + w // f * f]
+    return cv2.resize(block, (w // f, h // f), interpolation=cv2.INTER_AREA) if f > 1 else bgr
 
 
 class ContentScore:
@@ -182,7 +193,7 @@ class ShotDetector:
         self._scalars[i] = (self._content.score(bgr), mean[0, 0], std[0, 0], 1.0 - bright / luma.size)
 
         z, tstd = frame.structure
-        small = cv2.resize(bgr, COLOR_THUMB, interpolation=cv2.INTER_AREA)
+        small = color_thumb(bgr)
         hist = cv2.calcHist([small], [0, 1, 2], None, [HIST_BINS] * 3, [0, 256] * 3).ravel()
         hist /= hist.sum()
         self._thumbs[i] = cv2.resize(small, BLEND_THUMB, interpolation=cv2.INTER_AREA).ravel()
