@@ -141,6 +141,23 @@ def test_empty_manifest(tree: Path):
         expand_sources([str(tree / "m.txt")], CFG)
 
 
+def test_manifest_written_relative_to_the_current_directory_is_refused(tree: Path, monkeypatch):
+    """`find videos -name '*.mp4' > videos/list.txt`: its paths name files from here, not from its
+    folder, where they would all fail as "no such file": refused, saying how to write them."""
+    monkeypatch.chdir(tree.parent)
+    (tree / "list.txt").write_text("videos/b.mp4\nvideos/sub/c.webm\n")
+    with pytest.raises(SourceError) as err:
+        expand_sources(["videos/list.txt"], CFG)
+    assert "read from its own folder" in str(err.value) and "videos/b.mp4" in str(err.value)
+    # one entry that exists from the manifest's folder: the others are its own missing videos
+    (tree / "list.txt").write_text("videos/b.mp4\nb.mp4\n")
+    assert _uris(expand_sources(["videos/list.txt"], CFG)) == [str(tree / "videos/b.mp4"), str(tree / "b.mp4")]
+    # run from the manifest's own folder the two readings agree
+    monkeypatch.chdir(tree)
+    (tree / "list.txt").write_text("nope.mp4\n")
+    assert _uris(expand_sources(["list.txt"], CFG)) == [str(tree / "nope.mp4")]
+
+
 # --- content hash ----------------------------------------------------------------------------
 
 

@@ -221,7 +221,27 @@ def read_manifest(path: Path) -> list[Source]:
     uris = [str(u).strip() for u in uris if u is not None and str(u).strip()]
     if not uris:
         raise SourceError(f"{path}: manifest lists no uris")
+    _check_relative_paths(path, uris)
     return [manifest_entry(path.parent, u) for u in uris]
+
+
+def _check_relative_paths(manifest: Path, uris: list[str], sample: int = 100) -> None:
+    """Refuses a manifest written with paths relative to the current directory rather than to its
+    own folder (`find vids -name '*.mp4' > vids/list.txt`): every video would fail as "no such
+    file". Looks at the first `sample` relative entries only, so a long manifest costs no more
+    than that: when none exists from the manifest's folder but some do from here, say so."""
+    folder = manifest.parent
+    relative = [Path(u).expanduser() for u in uris if not is_url(u)]
+    relative = [p for p in relative if not p.is_absolute()][:sample]
+    if not relative or folder.resolve() == Path.cwd().resolve():
+        return
+    if any(os.path.lexists(folder / p) for p in relative):
+        return
+    here = [p for p in relative if os.path.lexists(p)]
+    if here:
+        raise SourceError(f"{manifest}: relative paths in a manifest are read from its own folder ({folder}), "
+                          f"where none of its first {len(relative)} exist; they do exist relative to the current "
+                          f"directory (e.g. {here[0]}): write them relative to {folder} or as absolute paths")
 
 
 def _require_uri_column(path: Path, columns: list[str]) -> None:
