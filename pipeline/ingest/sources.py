@@ -15,6 +15,7 @@ import fcntl
 import functools
 import glob as globlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -231,8 +232,8 @@ def _check_relative_paths(manifest: Path, uris: list[str], sample: int = 100) ->
     file". Looks at the first `sample` relative entries only, so a long manifest costs no more
     than that: when none exists from the manifest's folder but some do from here, say so."""
     folder = manifest.parent
-    relative = [Path(u).expanduser() for u in uris if not is_url(u)]
-    relative = [p for p in relative if not p.is_absolute()][:sample]
+    named = (u for u in uris if not os.path.isabs(u) and not u.startswith("~") and not is_url(u))
+    relative = [Path(u) for u in itertools.islice(named, sample)]
     if not relative or folder.resolve() == Path.cwd().resolve():
         return
     if any(os.path.lexists(folder / p) for p in relative):
