@@ -281,7 +281,7 @@ def benchmark_file(height: int, seconds: float) -> Path:
 
 def worker_benchmark(sizes: list[int], seconds: float, threads: int, repeats: int, compare: list[Path],
                      extra: list[Path], variant: list[str]) -> None:
-    files = [benchmark_file(h, seconds) for h in sizes] + [f.resolve() for f in extra]
+    files = list(dict.fromkeys([benchmark_file(h, seconds) for h in sizes] + [f.absolute() for f in extra]))
     base = [f"decode.threads={threads}", "clips.mode=remux"]
     cases = {"worker": [*base, "signals.enabled=false"], "+signals": base}
     if variant:  # a third case: signals with these overrides too (e.g. signals.text.stretch=false)
@@ -289,8 +289,8 @@ def worker_benchmark(sizes: list[int], seconds: float, threads: int, repeats: in
     trees = {"this tree": ROOT, **{str(c): c for c in compare}}
     print(f"load average before: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)", flush=True)
     workers = {name: TreeWorker(root) for name, root in trees.items()}
-    cpu: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    values: dict[tuple[str, str], list[dict]] = {}   # (file, tree) -> the clips' signal values
+    cpu: dict[tuple[Path, str, str], list[float]] = defaultdict(list)
+    values: dict[tuple[Path, str], list[dict]] = {}   # (file, tree) -> the clips' signal values
     try:
         def tree_cases(tree: str) -> dict[str, list[str]]:  # the variant's keys may be new: this tree only
             return cases if tree == "this tree" else {k: cases[k] for k in ("worker", "+signals")}
@@ -304,9 +304,9 @@ def worker_benchmark(sizes: list[int], seconds: float, threads: int, repeats: in
                 for tree, w in workers.items():
                     for case, overrides in tree_cases(tree).items():
                         result = w.ingest(f, overrides)
-                        cpu[(f.name, tree, case)].append(result["cpu_s"])
+                        cpu[(f, tree, case)].append(result["cpu_s"])
                         if case == "+signals":
-                            values[(f.name, tree)] = result["clips"]
+                            values[(f, tree)] = result["clips"]
             print(f"  repeat {r + 1}/{repeats} done, load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         for w in workers.values():
@@ -319,21 +319,26 @@ def worker_benchmark(sizes: list[int], seconds: float, threads: int, repeats: in
     print("|---|---|---|---|---|---|---|")
     for f in files:
         for tree in trees:
-            runs = cpu[(f.name, tree, "worker")]
+            runs = cpu[(f, tree, "worker")]
             w, w_min = statistics.median(runs), min(runs)
             for case in list(tree_cases(tree))[1:]:
-                s, s_min = statistics.median(cpu[(f.name, tree, case)]), min(cpu[(f.name, tree, case)])
-                print(f"| {f.name} | {tree} | {case} | {w:.3f} | {s:.3f} | **{100 * (s / w - 1):+.0f}%** "
+                s, s_min = statistics.median(cpu[(f, tree, case)]), min(cpu[(f, tree, case)])
+                print(f"| {_label(f, files)} | {tree} | {case} | {w:.3f} | {s:.3f} | **{100 * (s / w - 1):+.0f}%** "
                       f"| {100 * (s_min / w_min - 1):+.0f}% |")
     for tree in list(trees)[1:]:
         compare_values(files, values, "this tree", tree)
+
+
+def _label(f: Path, files: list[Path]) -> str:
+    """A file's name in the tables; its path where two files share a name."""
+    return f.name if sum(g.name == f.name for g in files) == 1 else str(f)
 
 
 NUMERIC = ("motion_score", "camera_shake", "colorfulness", "brightness", "sharpness", "text_area")
 CATEGORICAL = ("camera_motion", "ocr_text", "phash", "bars")
 
 
-def compare_values(files: list[Path], values: dict[tuple[str, str], list[dict]], new: str, old: str) -> None:
+def compare_values(files: list[Path], values: dict[tuple[Path, str], list[dict]], new: str, old: str) -> None:
     """How the clips' signal values of `new` differ from `old`'s on the same clips, per file:
     Spearman rank correlation of each numeric column (1.000 = same order), share of equal values."""
     import numpy as np
@@ -342,9 +347,9 @@ def compare_values(files: list[Path], values: dict[tuple[str, str], list[dict]],
     print("| file | clips | " + " | ".join(NUMERIC + CATEGORICAL) + " |")
     print("|---|---|" + "---|" * (len(NUMERIC) + len(CATEGORICAL)))
     for f in files:
-        a, b = values[(f.name, old)], values[(f.name, new)]
+        a, b = values[(f, old)], values[(f, new)]
         if [(c["start_frame"], c["end_frame"]) for c in a] != [(c["start_frame"], c["end_frame"]) for c in b]:
-            print(f"| {f.name} | clips differ: not comparable |")
+            print(f"| {_label(f, files)} | clips differ: not comparable |")
             continue
         cells = []
         for col in NUMERIC:
@@ -358,7 +363,7 @@ def compare_values(files: list[Path], values: dict[tuple[str, str], list[dict]],
                 cells.append("n/a")
         for col in CATEGORICAL:
             cells.append(f"{sum(x[col] == y[col] for x, y in zip(a, b))}/{len(a)}")
-        print(f"| {f.name} | {len(a)} | " + " | ".join(cells) + " |")
+        print(f"| {_label(f, files)} | {len(a)} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
