@@ -2,7 +2,8 @@
 
 SOURCE can be a video file, a directory (searched recursively), a glob ('videos/**/*.mp4'),
 a manifest (.txt with one uri per line, or .csv/.jsonl/.parquet with a `uri` column; relative
-paths in it are read from its own folder) or an fsspec URL (s3://, gs://, https://, ...; staged through a size-bounded local cache).
+paths in it are read from its own folder) or an fsspec URL (s3://, gs://, https://, ...;
+staged through a size-bounded local cache).
 
 Rerunning the same command resumes: sources already handled are skipped, and a crash or
 kill -9 loses nothing but the batch in flight. Bad inputs become rows in LIB/errors/ and the

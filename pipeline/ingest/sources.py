@@ -234,7 +234,10 @@ def _check_relative_paths(manifest: Path, uris: list[str], sample: int = 100) ->
     folder = manifest.parent
     named = (u for u in uris if not os.path.isabs(u) and not u.startswith("~") and not is_url(u))
     relative = [Path(u) for u in itertools.islice(named, sample)]
-    if not relative or folder.resolve() == Path.cwd().resolve():
+    try:
+        if not relative or folder.resolve() == Path.cwd().resolve():
+            return
+    except OSError:   # the current directory was removed: nothing is relative to it
         return
     if any(os.path.lexists(folder / p) for p in relative):
         return
