@@ -15,7 +15,7 @@ from bench import shots_dev
 from pipeline.ingest.analysis import AnalysisFrame
 from pipeline.ingest.config import ShotsConfig, load_ingest_config
 from pipeline.ingest.decode import decode_pass
-from pipeline.ingest.shots import ContentScore, ShotDetector, ShotResult, detect_shots
+from pipeline.ingest.shots import ContentScore, ShotDetector, ShotResult, color_thumb, detect_shots
 from pipeline.samples.synth import Cut, Dissolve, FadeThroughBlack, Shot, plan_frames, render_frames
 
 CFG = ShotsConfig()
@@ -266,3 +266,19 @@ def test_fast_motion_on_real_footage_is_not_a_dissolve(real_take, case: str) -> 
     result = feed(frames)
     assert result.transitions == []
     assert [(s.start_frame, s.end_frame) for s in result.shots] == [(0, len(frames))]
+
+
+@pytest.mark.parametrize("size", [(160, 90), (90, 160), (120, 90), (161, 91), (30, 17)])
+def test_color_thumb_is_the_block_mean_of_the_centred_crop(size: tuple[int, int]) -> None:
+    """The histogram's thumbnail: every pixel the mean of a whole f x f block (f = width // 40),
+    the rows and columns f does not divide cropped evenly from both edges; a frame under 80 px
+    wide is used as it is."""
+    w, h = size
+    bgr = np.random.default_rng(w * h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    f = max(1, w // 40)
+    top, left = h % f // 2, w % f // 2
+    crop = bgr[top: top + h // f * f, left: left + w // f * f].astype(np.float64)
+    expected = crop.reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3))
+    thumb = color_thumb(bgr)
+    assert thumb.shape == (h // f, w // f, 3)
+    assert np.abs(thumb - expected).max() <= 0.5 + 1e-9   # the mean, rounded to uint8
