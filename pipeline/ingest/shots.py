@@ -45,7 +45,7 @@ from pipeline.ingest.config import ShotsConfig
 # and short dissolves, sparser for long dissolves (dissolve_max_frames must stay below the max).
 LAGS = tuple(range(1, 25)) + (28, 32, 40, 48, 56, 64)
 LAG_INDEX = {k: i for i, k in enumerate(LAGS)}
-COLOR_THUMB_WIDTH = 40   # the colour histogram is taken on a copy about this wide (cheaper, same result)
+COLOR_THUMB_WIDTH = 40   # the colour histogram is taken on a copy about this wide (cheaper; same detections: shots_eval)
 HIST_BINS = 4            # per channel: 4x4x4 joint BGR histogram
 BLEND_THUMB = (16, 9)    # colour thumbnail kept per frame (432 bytes) to test a dissolve as a blend
 # A dissolve's frames are a blend of the frames either side. What the blend leaves unexplained,
