@@ -99,6 +99,26 @@ def test_simplified_model_is_cached_and_checked(tmp_path):
     assert not list((tmp_path / "cache").glob("*.partial"))
 
 
+def test_the_cache_is_keyed_by_the_model_bytes_and_drops_older_rewrites(tmp_path):
+    """The same model installed in a second virtual environment reuses the copy (a key of the path
+    made one more 15 MB pair per environment); a copy from an older rewrite is removed."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / f"block-0123456789abcdef-r{ocr_graph.REWRITE_VERSION - 1}.onnx"
+    stale.write_bytes(b"made by an older rewrite")
+    first, second = tmp_path / "env1" / "block.onnx", tmp_path / "env2" / "block.onnx"
+    for path in (first, second):
+        path.parent.mkdir()
+    onnx.save(backbone_like_model(), str(first))
+    second.write_bytes(first.read_bytes())
+    made = ocr_graph.simplified_model(first, cache=cache)
+    assert ocr_graph.simplified_model(second, cache=cache) == made
+    assert sorted(cache.iterdir()) == [made]
+    onnx.save(backbone_like_model(), str(second))   # other weights: another version, its own copy
+    other = ocr_graph.simplified_model(second, cache=cache)
+    assert other not in (made, second) and sorted(cache.iterdir()) == sorted([made, other])
+
+
 def test_a_rewrite_that_changes_the_outputs_is_not_used(tmp_path, monkeypatch, capsys):
     source = tmp_path / "block.onnx"
     onnx.save(backbone_like_model(), str(source))

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-# Bump when `simplify` changes, so cached files made by an older rewrite are not reused.
-REWRITE_VERSION = 1
+# Bump when `simplify` or the cache's naming changes, so cached files made by an older rewrite are
+# not reused (and are removed: `_remove_older_rewrites`).
+REWRITE_VERSION = 2
 # Largest |difference| between the original and the rewritten model's outputs on the probe input
 # that still counts as the same arithmetic (float rounding of the folded weights is ~1e-6).
 PROBE_TOLERANCE = 1e-3
@@ -210,15 +211,17 @@ def same_outputs(original: str | Path, rewritten: str | Path) -> bool:
 
 def simplified_model(path: str | Path, cache: Path | None = None) -> Path:
     """The `simplify`-rewritten copy of the ONNX model at `path`: made once (~0.3 s), checked
-    against the original with `same_outputs`, kept in `cache` (default `cache_dir()`) under a key
-    of the file's path, size and modification time. Returns `path` itself, after a warning, when
-    the rewrite cannot be made, stored or trusted: the original computes the same, only slower."""
+    against the original with `same_outputs`, kept in `cache` (default `cache_dir()`) under a
+    digest of the model's bytes (~4-9 ms to read: every environment holding the same model shares
+    one copy, where a key of its path made one more per new virtual environment). Returns `path`
+    itself, after a warning, when the rewrite cannot be made, stored or trusted: the original
+    computes the same, only slower."""
     path = Path(path)
     cache = cache or cache_dir()
     partial = None
     try:
-        stat = path.stat()
-        key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        with path.open("rb") as f:
+            key = hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=8)).hexdigest()
         target = cache / f"{path.stem}-{key}-r{REWRITE_VERSION}.onnx"
         if target.is_file():
             return target
@@ -233,9 +236,18 @@ def simplified_model(path: str | Path, cache: Path | None = None) -> Path:
         if not same_outputs(path, partial):
             raise ValueError("the rewritten model's outputs differ from the original's")
         os.replace(partial, target)   # atomic: a process beside this one reads a whole file or none
+        _remove_older_rewrites(cache, path.stem)
         return target
     except Exception as err:  # noqa: BLE001 - any failure leaves the original model, which is correct
         if partial is not None:
             partial.unlink(missing_ok=True)
         print(f"warning: OCR model {path.name}: using it as shipped ({type(err).__name__}: {err})", file=sys.stderr)
         return path
+
+
+def _remove_older_rewrites(cache: Path, stem: str) -> None:
+    """Delete the copies of `stem` that an older REWRITE_VERSION made: this code never reads them
+    again. Copies of this version for other bytes of the model (another package version) stay."""
+    for old in cache.glob(f"{stem}-*-r*.onnx"):
+        if not old.name.endswith(f"-r{REWRITE_VERSION}.onnx"):
+            old.unlink(missing_ok=True)
