@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.library import CaptionStore, Library  # noqa: E402
-from pipeline.library.files import utcnow  # noqa: E402
+from pipeline.library.layout import utcnow  # noqa: E402
 
 VIDEOS_PER_BATCH = 16
 CLIPS_PER_VIDEO = 5

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.library import Library
-from pipeline.library.files import utcnow
+from pipeline.library.layout import utcnow
 from tests.avfiles import frame_image, write_video
 
 FPS = 25

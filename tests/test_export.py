@@ -21,7 +21,7 @@ import pytest
 from pipeline.export.buckets import BucketConfig, assign, window
 from pipeline.export.plan import split_videos
 from pipeline.library import Library
-from pipeline.library.files import utcnow
+from pipeline.library.layout import utcnow
 from pipeline.library.selections import list_selections, read_selection, write_selection
 from pipeline.library.views import write_view
 from tests.avfiles import frame_image, write_video

@@ -4,12 +4,15 @@
   imports only `pipeline.library` from `pipeline/`, and nothing from `captioner/`; `trainer/`
   imports none of the others; `pipeline/library/` holds no Ray, no models and nothing else of recap;
 - a module's imports sit at its top: an import inside a function says why (`# lazy: ...`);
-- only `pipeline/library/` names the files of a library (tables, markers, views).
+- only `pipeline/library/` names the files of a library (tables, markers, views);
+- the ingest child (one per worker, replaced after every crash or timeout) loads no table code.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,16 @@ def test_only_the_library_knows_its_files(package: str) -> None:
     bad = [b for p in modules(package) if p.relative_to(ROOT).parts[:2] != ("pipeline", "library")
            for b in library_paths_outside_the_library(p)]
     assert not bad, "read and write the library through pipeline.library:\n" + "\n".join(bad)
+
+
+def test_the_ingest_child_loads_no_table_code() -> None:
+    """What `python -m pipeline.ingest.sandbox` imports before its first source: the decoders and the
+    analyzers, not the tables, the stage runner, Parquet or pandas (~0.07 s and ~18 MB a child)."""
+    heavy = ("pipeline.library.tables", "pipeline.stages.runner", "pyarrow.parquet", "pyarrow.compute", "pandas")
+    code = ("import sys\nimport pipeline.ingest.sandbox, pipeline.ingest.worker\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_the_checks_catch_what_they_forbid(tmp_path: Path) -> None:

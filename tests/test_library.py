@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.library import Library, LibraryError
-from pipeline.library.files import new_batch_id, utcnow
+from pipeline.library.files import new_batch_id
+from pipeline.library.layout import utcnow
 from pipeline.library.schema import TABLES, table_schema
 
 

@@ -13,7 +13,7 @@ import pytest
 import pipeline.library.files as files
 import pipeline.library.tables as tables
 from pipeline.library import Library, LibraryError
-from pipeline.library.files import utcnow
+from pipeline.library.layout import utcnow
 from pipeline.library.views import write_view
 
 

@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 
 from pipeline.embed import load_index_config, run_index
 from pipeline.export.selection import select
-from pipeline.library import Library, media_dir
-from pipeline.library.files import utcnow
+from pipeline.library import Library
+from pipeline.library.layout import media_dir, utcnow
 from pipeline.library.selections import read_selection
 from pipeline.library.views import write_view
 from pipeline.serve import create_app

@@ -38,7 +38,7 @@ from pipeline.ingest.signals.config import ocr_available
 from pipeline.ingest.sources import expand_sources
 from pipeline.ingest.stage import IngestStage
 from pipeline.library import Library, LibraryError
-from pipeline.library.files import utcnow
+from pipeline.library.layout import utcnow
 from pipeline.library.views import read_view
 from pipeline.stages import Resources, run_stages
 from pipeline.stages.runner import check_resources, cluster_cpus

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.library.files import utcnow
+from pipeline.library.layout import utcnow
 
 
 @dataclass

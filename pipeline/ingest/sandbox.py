@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.result import SourceResult, error_result
-from pipeline.library import media_dir
+from pipeline.library.layout import media_dir
 
 _POLL_S = 0.5            # how often the parent looks at a silent child
 _PR_SET_PDEATHSIG = 1

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import ParseResult, unquote, urlparse
 
-import pyarrow.parquet as pq
-
 from pipeline.ingest.config import SourcesConfig
-from pipeline.library import is_library
+from pipeline.library.layout import is_library
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -210,6 +208,9 @@ def read_manifest(path: Path) -> list[Source]:
                     raise SourceError(f"{path}: line {i + 1} has no 'uri' field")
             uris = [row["uri"] for row in rows]
         else:
+            # lazy: pyarrow is for Parquet manifests only; the ingest child reads none
+            import pyarrow.parquet as pq
+
             schema = pq.read_schema(path)
             _require_uri_column(path, schema.names)
             uris = pq.read_table(path, columns=["uri"]).column("uri").to_pylist()

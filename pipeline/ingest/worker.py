@@ -28,8 +28,7 @@ from pipeline.ingest.result import source_row as _source_row
 from pipeline.ingest.shots import ShotDetector, detect_shots
 from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
 from pipeline.ingest.sources import SourceError, StagingCache, content_hash, local_file_problem
-from pipeline.library import media_dir
-from pipeline.library.files import utcnow
+from pipeline.library.layout import media_dir, utcnow
 
 
 class SourceFailure(Exception):

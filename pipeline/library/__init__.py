@@ -13,11 +13,27 @@
       milvus.db             Milvus Lite, owned by `index/` (rebuilt from the tables above)
       index/                `index/`'s record of its last sync into the collection (index/ledger.py)
 
-Every schema is declared in schema.py; every file is written whole or not at all (files.py).
+Every schema is declared in schema.py; every file is written whole or not at all (files.py); the
+names above and the clip media path are in layout.py.
 """
 
-from pipeline.library.captions import CaptionStore
-from pipeline.library.files import CannotWrite, DamagedFile
-from pipeline.library.tables import Library, LibraryError, is_library, media_dir
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["Library", "LibraryError", "DamagedFile", "CannotWrite", "CaptionStore", "is_library", "media_dir"]
+# Loaded on first use (PEP 562), so that importing one light module of the package (`layout`, as
+# the ingest child does) does not load the tables and pyarrow with it.
+_EXPORTS = {"Library": "tables", "LibraryError": "files", "DamagedFile": "files", "CannotWrite": "files",
+            "CaptionStore": "captions"}
+
+if TYPE_CHECKING:
+    from pipeline.library.captions import CaptionStore
+    from pipeline.library.files import CannotWrite, DamagedFile, LibraryError
+    from pipeline.library.tables import Library
+
+__all__ = ["Library", "LibraryError", "DamagedFile", "CannotWrite", "CaptionStore"]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pipeline.library.{_EXPORTS[name]}"), name)

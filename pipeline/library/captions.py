@@ -29,9 +29,9 @@ from pipeline.library.files import (
     read_again_if_merged,
     reading,
     remove_stale_temp_files,
-    utcnow,
     writable_folder,
 )
+from pipeline.library.layout import utcnow
 from pipeline.library.schema import CAPTION_SCHEMA
 
 FOLDER = "captions"

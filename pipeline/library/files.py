@@ -11,15 +11,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-TMP_SUFFIX = ".tmp"
-RECORD = "library.json"          # a library's record: schema version, runs
+from pipeline.library.layout import RECORD, TMP_SUFFIX
+
 STALE_TMP_S = 600     # far longer than writing one file takes: an older temp file is a crash's leftover
 
 _last_batch_us = 0
@@ -75,10 +74,6 @@ def new_batch_id() -> str:
     _last_batch_us = us
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(us // 1_000_000))
     return f"{stamp}.{us % 1_000_000:06d}-{uuid.uuid4().hex[:8]}"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def temp_path(path: Path) -> Path:

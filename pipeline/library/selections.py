@@ -10,7 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files, utcnow, writable_folder
+from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files, writable_folder
+from pipeline.library.layout import utcnow
 from pipeline.library.schema import SELECTION_SCHEMA
 
 SELECTIONS = "selections"

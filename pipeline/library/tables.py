@@ -41,8 +41,6 @@ from pipeline.library.captions import CaptionStore
 from pipeline.library.claims import CLAIMS, RunClaims
 from pipeline.library.embeddings import embeddings_dir
 from pipeline.library.files import (
-    RECORD,
-    TMP_SUFFIX,
     CannotWrite,
     LibraryError,
     atomic_write_bytes,
@@ -50,23 +48,15 @@ from pipeline.library.files import (
     new_batch_id,
     read_again_if_merged,
     read_parts,
-    utcnow,
     writable_folder,
     write_parts_as_one,
 )
+from pipeline.library.layout import COMMITS, MEDIA, RECORD, TMP_SUFFIX, utcnow
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 
-COMMITS = "_commits"
-MEDIA = "media"
 COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
 _LISTING_TRIES = 20              # listings of _commits/ a reader makes while writers keep committing
-
-
-def is_library(folder: str | Path) -> bool:
-    """Whether `folder` is a recap library (its record and its commits; a folder that merely holds
-    a library.json is not one). False, not an error, where the folder cannot be read."""
-    return os.path.isfile(os.path.join(folder, RECORD)) and os.path.isdir(os.path.join(folder, COMMITS))
 
 
 def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
@@ -74,11 +64,6 @@ def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     schema = table_schema(table)
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
     return pa.Table.from_pydict(columns, schema=schema)
-
-
-def media_dir(root: str | Path, video_id: str) -> Path:
-    """Where the clip files of one video go."""
-    return Path(root) / MEDIA / video_id[:2] / video_id
 
 
 def take_lock(path: Path, what: str) -> int:

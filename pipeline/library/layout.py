@@ -1,0 +1,29 @@
+"""The names a library gives things on disk, and its timestamps: what a process that writes clip
+files but no tables (the ingest child, `pipeline/ingest/sandbox.py`) needs, without pyarrow
+(~40 MB and ~0.07 CPU-s per process)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+RECORD = "library.json"          # a library's record: schema version, runs
+COMMITS = "_commits"
+MEDIA = "media"
+TMP_SUFFIX = ".tmp"              # a file being written; recovery removes what a crash left
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def is_library(folder: str | Path) -> bool:
+    """Whether `folder` is a recap library (its record and its commits; a folder that merely holds
+    a library.json is not one). False, not an error, where the folder cannot be read."""
+    return os.path.isfile(os.path.join(folder, RECORD)) and os.path.isdir(os.path.join(folder, COMMITS))
+
+
+def media_dir(root: str | Path, video_id: str) -> Path:
+    """Where the clip files of one video go."""
+    return Path(root) / MEDIA / video_id[:2] / video_id
