@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -214,11 +215,11 @@ class ClipIndex(Searching):
         enabled = self.cfg.enabled()
         if any(self.payloads(clips, n) for n in enabled):
             return None
-        lib = self.root
+        lib = shlex.quote(str(self.root))   # a command to paste into a shell
         visual = "--set embedders.visual.enabled=true --set embedders.visual.model=PATH_OR_HF_ID"
         if not enabled:
             return f"no embedder is enabled in the index config: enable one (e.g. {visual}) and run `recap index {lib}`"
-        return (f"{lib} has no captions yet, so there is nothing to embed: caption the clips first "
+        return (f"{self.root} has no captions yet, so there is nothing to embed: caption the clips first "
                 f"(`recap caption {lib}`), or embed their pictures with a visual embedder ({visual}); "
                 f"then run `recap index {lib}`")
 

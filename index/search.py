@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -177,7 +178,7 @@ class Searching:
                                   "index does not have (enable the embedder in configs/index.yaml and run `recap index`)")
         if not kinds:
             raise SearchError(self.nothing_to_embed(self.clip_table()) or
-                              f"{self.root} has no index yet: run `recap index {self.root}`")
+                              f"{self.root} has no index yet: run `recap index {shlex.quote(str(self.root))}`")
         return [have[k] for k in kinds]
 
     def search(self, text: str | None = None, *, like: str | None = None, top_k: int = 10,
@@ -255,7 +256,7 @@ class Searching:
         lite_path = self.lite_path()
         if (lite_path is not None and not lite_path.exists()) or not self.store.exists():   # (opening Lite creates it)
             raise SearchError(self.nothing_to_embed(self.clip_table()) or
-                              f"{self.root} has no index yet: run `recap index {self.root}`")
+                              f"{self.root} has no index yet: run `recap index {shlex.quote(str(self.root))}`")
         store = self.store
         expr = compile_where(where, self._collection_fields(), set(known_columns())).milvus() if where else ""
         names = self._resolve_mode(mode, self._embedders_in_collection())
@@ -263,7 +264,7 @@ class Searching:
             like = self.resolve_clip(like)
             got = store.get([like], [vector_field(n) for n in names] + [has_field(n) for n in names])
             if not got:
-                raise SearchError(f"clip {like!r} is not in the index yet: run `recap index {self.root}`")
+                raise SearchError(f"clip {like!r} is not in the index yet: run `recap index {shlex.quote(str(self.root))}`")
             names = [n for n in names if got[0].get(has_field(n))]
             if not names:
                 raise SearchError(f"clip {like!r} has no vectors for this mode")
@@ -286,6 +287,6 @@ class Searching:
             # "nothing found" from a store that does not hold the library
             error = StoreDamaged if store.is_lite else StoreError
             raise error(f"the Milvus collection holds {held} of the library's {n} clips, so this answer would be "
-                        f"incomplete: run `recap index {self.root}` (or `--repair` to rebuild it)")
+                        f"incomplete: run `recap index {shlex.quote(str(self.root))}` (or `--repair` to rebuild it)")
         return [[Hit(rank=i + 1, score=float(h["distance"]), clip_id=h[PK] if PK in h else h["id"],
                      **{k: h["entity"].get(k) for k in fields}) for i, h in enumerate(r)] for r in raw]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -148,7 +149,7 @@ class MilvusStore:
 
     def damaged(self, why: str) -> StoreDamaged:
         return StoreDamaged(f"the Milvus Lite store {self.uri} is damaged ({why}). The library's Parquet is "
-                            f"intact: `recap index {self.lib_root} --repair` rebuilds the store from it.", why)
+                            f"intact: `recap index {shlex.quote(str(self.lib_root))} --repair` rebuilds the store from it.", why)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:

@@ -6,6 +6,7 @@ library without captions or index shows. Also the library builders the other tes
 from __future__ import annotations
 
 import contextlib
+import shlex
 import socket
 import threading
 import time
@@ -252,21 +253,31 @@ def test_selections_round_trip_into_export(client, indexed):
 
 
 def test_a_library_without_captions_or_index_says_what_to_run(tmp_path):
-    root = build_library(tmp_path, captions=False, view=False)
+    """Each notice's command can be pasted into a shell as it is, also where the library's path has
+    a space and a quote in it."""
+    root = build_library(tmp_path / "my clips' copy", captions=False, view=False)
+
+    def commands(text: str) -> list[list[str]]:
+        return [shlex.split(c) for c in text.split(" && ")]
+
     with TestClient(create_app(root, caption_only_config())) as client:
         s = client.get("/api/status").json()
-        runs = " | ".join(n["run"] for n in s["notices"])
-        assert f"recap caption {root}" in runs and f"recap filter {root}" in runs and f"recap index {root}" in runs
+        runs = [words for n in s["notices"] for words in commands(n["run"])]
+        assert ["recap", "caption", str(root), "--backend", "signals"] in runs
+        assert ["recap", "filter", str(root)] in runs and ["recap", "index", str(root)] in runs
         assert s["clips"] == len(CLIPS) and s["search_modes"]["caption"] is False
         page = client.get("/api/clips").json()
         assert page["total"] == len(CLIPS) and page["items"][0].get("caption") is None     # browsing works
         r = client.get("/api/search", params={"q": "dog"})
-        assert r.status_code == 400 and "recap caption" in r.json()["detail"]
+        assert r.status_code == 400 and ["recap", "caption", str(root)] in [
+            shlex.split(c) for c in r.json()["detail"].split("`")[1::2]]
         write_captions(root, {clip_id(i): c[0] for i, c in enumerate(CLIPS)})
         s = client.get("/api/status").json()
-        assert [n["run"] for n in s["notices"] if "index" in n["run"]] == [f"recap index {root}"]
+        assert [words for n in s["notices"] for words in commands(n["run"]) if "index" in words] == [
+            ["recap", "index", str(root)]]
         r = client.get("/api/search", params={"q": "dog"})
-        assert r.status_code == 400 and f"recap index {root}" in r.json()["detail"]
+        assert r.status_code == 400 and ["recap", "index", str(root)] in [
+            shlex.split(c) for c in r.json()["detail"].split("`")[1::2]]
         assert client.get("/api/clips").json()["items"][0]["caption"]      # the new captions are read
 
 

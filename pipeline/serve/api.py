@@ -5,6 +5,7 @@ the library is a 400 whose `detail` is the parser's message, caret included."""
 from __future__ import annotations
 
 import mimetypes
+import shlex
 from typing import Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request
@@ -182,7 +183,7 @@ def save_selection(request: Request, body: SaveSelection = Body(...)) -> dict[st
     write_selection(cat.root, body.name, before + ids)
     count = len(dict.fromkeys(before + ids))
     return {"name": body.name, "count": count, "added": count - len(before),
-            "export": f"recap export {cat.root} --selection {body.name} --out SHARDS"}
+            "export": f"recap export {shlex.quote(str(cat.root))} --selection {body.name} --out SHARDS"}
 
 
 @router.get("/report", summary="State of the library report the Stats page shows")

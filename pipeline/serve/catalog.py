@@ -9,6 +9,7 @@ Every list is bounded: a page holds at most MAX_PAGE clips, a search at most MAX
 from __future__ import annotations
 
 import math
+import shlex
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -347,7 +348,7 @@ class Catalog:
     def status(self) -> dict[str, Any]:
         """Counts, caption versions, index state and notices (what is missing and the command to run)."""
         snap = self.snapshot()
-        lib = str(self.root)
+        lib = shlex.quote(str(self.root))   # the notices' commands are pasted into a shell
         notices: list[dict[str, str]] = []
         out: dict[str, Any] = {"library": str(self.root.resolve()), "clips": 0, "videos": 0}
         if snap.table is None:
