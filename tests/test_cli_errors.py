@@ -26,6 +26,16 @@ def test_commands_on_a_folder_that_is_not_a_library(tmp_path: Path, capsys, argv
     assert not lib.exists() and not (tmp_path / "shards").exists()      # nothing written, e.g. no report folder
 
 
+@pytest.mark.parametrize("command", ["info", "export", "ingest"])
+def test_an_unknown_option_is_named_with_its_commands_usage(tmp_path: Path, capsys, command: str):
+    with pytest.raises(SystemExit) as done:
+        out = ["--out", str(tmp_path / "out")] if command in ("export", "ingest") else []
+        main([command, str(tmp_path), "--no-such-option", *out])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and f"usage: recap {command} " in err
+    assert err.strip().splitlines()[-1] == f"recap {command}: error: unrecognized arguments: --no-such-option"
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path: Path):
     from tests.index_fixtures import make_library
 
