@@ -38,8 +38,8 @@ import numpy as np
 import safetensors.numpy
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
+from trainer.progress import progress_bar
 from trainer.runtime import gather, setup_distributed
 from trainer.shards import (
     SPLITS,
@@ -372,8 +372,7 @@ def build_cache(data: str, out: str | Path, source: AutoencoderSource, text_enco
     mine = inputs[rank::world]
     done: dict[str, dict[str, int] | None] = {}
     skipped = SkipCounter()
-    bar = tqdm(mine, desc=f"cache (rank {rank})" if world > 1 else "cache", unit="shard", dynamic_ncols=True,
-               disable=None)
+    bar = progress_bar(mine, desc=f"cache (rank {rank})" if world > 1 else "cache", unit="shard")
     for url in bar:
         name = shard_name(url)
         # a shard of an earlier, interrupted build is complete (renamed into place when it was)

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from tqdm import tqdm
 
 from trainer.cache import CacheSettings, CacheWorker, cache_inputs, finish_cache, open_cache, report, shard_name
 from trainer.checkpoint import latest_checkpoint
+from trainer.progress import progress_bar
 from trainer.tasks import TrainSetupError
 from trainer.text import resolve_text_encoder
 from trainer.train import JOB_CONFIGS, main
@@ -167,8 +167,7 @@ def run_ray_cache(data: str, out: str | Path, source: AutoencoderSource, text_en
         skipped: dict[str, int] = {}
         pool = ActorPool(workers)
         results = pool.map_unordered(lambda w, url: w.encode_shard.remote(url, str(out / shard_name(url))), todo)
-        bar = tqdm(results, total=len(todo), desc=f"cache ({num_workers} Ray workers)", unit="shard",
-                   dynamic_ncols=True, disable=None)
+        bar = progress_bar(results, total=len(todo), desc=f"cache ({num_workers} Ray workers)", unit="shard")
         for name, buckets, skips in bar:
             done[name] = buckets
             for reason, n in skips.items():

@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from trainer.progress import progress_bar
 from trainer.runtime import ATTENTION_KERNELS
 from trainer.sample import (
     Sampler,
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     records = []
     batches = -(-len(prompts) // args.batch_size)
     # every ODE step of every window of every batch, with the time left (tqdm's estimate)
-    bar = tqdm(total=batches * windows * args.steps, desc="sample", unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(total=batches * windows * args.steps, desc="sample", unit="step")
     for first in range(0, len(prompts), args.batch_size):
         batch = prompts[first:first + args.batch_size]
         bar.set_postfix(videos=f"{first}/{len(prompts)}", windows=windows)

@@ -43,6 +43,7 @@ from trainer.parallel import (
     make_layout,
     shard_model,
 )
+from trainer.progress import progress_bar
 from trainer.rf import FlowConfig
 from trainer.runtime import Generators, attention_kernels, gather, init_distributed
 from trainer.sharded import ShardedCheckpointer, load_sharded, load_whole_into_sharded
@@ -376,7 +377,7 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = 
                     if line.strip() and json.loads(line)["step"] <= start_step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
         metrics_file = open(metrics_path, "a")
-        bar = tqdm(total=tcfg.steps, initial=start_step, desc=f"train {kind}", dynamic_ncols=True)
+        bar = progress_bar(total=tcfg.steps, initial=start_step, desc=f"train {kind}")
         source = "a latent cache" if kind == "dit" and task.cached_only else f"{len(shards)} shards"
         mesh = f" ({tcfg.parallel} x {layout.dp}, context parallel {cp})" if cp > 1 else \
             (f" ({tcfg.parallel})" if world > 1 or fsdp else "")

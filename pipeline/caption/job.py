@@ -13,14 +13,12 @@ message and nothing written. Clips that already have a final caption of this ver
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from captioner.captioner import make_backend, signal_spec, version_id, version_spec
 from captioner.model import resolve_model
@@ -30,6 +28,7 @@ from pipeline.caption.config import CaptionJobConfig
 from pipeline.caption.stages import CLIP_FIELDS, CaptionStage, FramePrepStage, SignalCaptionStage
 from pipeline.library import CaptionStore, Library
 from pipeline.stages import Stage, run_stages
+from trainer.progress import progress_bar
 
 
 @dataclass
@@ -106,8 +105,7 @@ def _run_caption(lib: Library, cfg: CaptionJobConfig, where: str | None, all_cli
         if execution.uses_ray:
             preflight(cfg)
         stages = caption_stages(cfg, lib_root, backend)
-        bar = tqdm(total=len(todo), unit="clip", disable=not progress or signals, file=sys.stderr,
-                   dynamic_ncols=True)
+        bar = progress_bar(total=len(todo), unit="clip", disable=not progress or signals)
         for _ in _commit(store, run_stages(stages, todo, execution), cfg.execution.commit_every, summary):
             bar.update(1)
             bar.set_postfix(tok_s=f"{summary.output_tokens / max(time.perf_counter() - t0, 1e-6):.1f}")

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pipeline.export.buckets import BucketConfig
 from pipeline.export.card import write_card, write_manifest
 from pipeline.export.config import ExportConfig
@@ -34,6 +32,7 @@ from pipeline.export.writer import STATE, WriteShardStage
 from pipeline.library.files import atomic_write_bytes
 from pipeline.library.tables import locked
 from pipeline.stages import run_stages
+from trainer.progress import progress_bar
 from trainer.typedconfig import to_dict
 
 FORMAT_VERSION = 1
@@ -88,7 +87,7 @@ def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
 
 
 def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: bool) -> None:
-    bar = tqdm(total=sum(len(s.samples) for s in todo), unit="sample", disable=not progress)
+    bar = progress_bar(total=sum(len(s.samples) for s in todo), unit="sample", disable=not progress)
     failed = shards = 0
     # on Ray a task renders on the CPUs it asked for (tasks in parallel make the rest); a local run
     # has this machine's CPUs for one shard after another

@@ -42,6 +42,7 @@ from pipeline.library.layout import utcnow
 from pipeline.library.views import read_view
 from pipeline.stages import Resources, run_stages
 from pipeline.stages.runner import check_resources, cluster_cpus
+from trainer.progress import progress_bar
 from trainer.typedconfig import ConfigError, to_dict
 
 
@@ -190,7 +191,7 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
     cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, threads=threads))
     claims = lib.start_claims()
     stage = IngestStage(cfg, lib.root.resolve(), claims, Resources(cpus=cpus))
-    bar = SourcesBar(tqdm(total=len(todo), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True))
+    bar = SourcesBar(progress_bar(total=len(todo), unit="video", disable=not progress))
     pending: dict[str, list[dict[str, Any]]] = {}
     pending_videos, last_commit = 0, time.monotonic()
     seen: set[str] = set()

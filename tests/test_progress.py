@@ -1,0 +1,56 @@
+"""Progress bars: redrawn in place on a terminal, whole lines (throttled) in a log."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import struct
+import termios
+
+import pytest
+
+from trainer import progress
+from trainer.progress import progress_bar
+
+
+def run_bar(stream, every_s: float, steps: int = 5) -> None:
+    bar = progress_bar(total=steps, unit="video", file=stream, every_s=every_s, mininterval=0)
+    for _ in range(steps):
+        bar.update(1)
+    bar.close()
+
+
+def test_in_a_log_the_first_and_last_status_are_whole_lines():
+    log = io.StringIO()
+    run_bar(log, every_s=3600)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and log.getvalue().endswith("\n")
+    assert len(lines) == 2 and lines[0].startswith("0%") and lines[1].startswith("100%") and "5/5" in lines[1]
+
+
+@pytest.mark.parametrize("waits, shown", [
+    ([1, 31, 1, 31, 1], ["0%", "40%", "80%", "100%"]),     # the last step's line comes from the close
+    ([31] * 5, ["0%", "20%", "40%", "60%", "80%", "100%"]),  # the close repeats no line
+])
+def test_in_a_log_a_line_every_interval(monkeypatch, waits: list[int], shown: list[str]):
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    log = io.StringIO()
+    bar = progress_bar(total=5, unit="video", file=log, every_s=30, mininterval=0)
+    for wait in waits:
+        clock[0] += wait
+        bar.update(1)
+    bar.close()
+    assert [line.split("|")[0] for line in log.getvalue().splitlines()] == shown
+
+
+def test_on_a_terminal_the_bar_redraws_in_place():
+    parent, child = os.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))   # 24 rows, 100 columns
+    with os.fdopen(child, "w") as terminal:
+        run_bar(terminal, every_s=3600)
+    os.set_blocking(parent, False)
+    written = os.read(parent, 1 << 16).decode()
+    os.close(parent)
+    assert written.count("\r") >= 5 and "5/5" in written

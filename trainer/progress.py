@@ -1,0 +1,67 @@
+"""Progress bars of every recap command: tqdm on a terminal, whole lines in a log.
+
+Where the bar's stream is not a terminal (`recap ingest ... 2> ingest.log`, a cluster's job log),
+tqdm would still redraw in place with carriage returns: a day's job becomes one line of megabytes
+that `tail` and log viewers show as nothing or as garbage. There each redraw becomes a line of its
+own instead, at most one every LOG_EVERY_S seconds, plus the first and the last. It lives in
+`trainer/` so that the trainer and the pipeline share it (the pipeline may import the trainer, not
+the other way round: see typedconfig.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO, Any
+
+from tqdm import tqdm
+
+LOG_EVERY_S = 30.0
+
+
+class LogLines:
+    """A stream for tqdm that turns its redraws ('\\r' + status) into whole lines on `out`: the
+    first one, then at most one every `every_s` seconds, and the last (tqdm writes '\\n' on close)."""
+
+    def __init__(self, out: IO[str], every_s: float = LOG_EVERY_S):
+        self.out = out
+        self.every_s = every_s
+        self._latest = ""               # the newest status not written yet
+        self._written = ""              # the last one written
+        self._written_at = -float("inf")
+
+    def write(self, text: str) -> int:
+        status = text.replace("\r", "").strip()
+        if status:
+            self._latest = status
+        if not self._latest:
+            return len(text)
+        now = time.monotonic()
+        if "\n" in text:   # the bar closed: its last status, unless only its clock moved since the last line
+            due = _progress(self._latest) != _progress(self._written)
+        else:
+            due = now - self._written_at >= self.every_s
+        if due:
+            self.out.write(self._latest + "\n")
+            self.out.flush()
+            self._written, self._written_at = self._latest, now
+        self._latest = "" if due or "\n" in text else self._latest
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def progress_bar(iterable: Any = None, *, file: IO[str] | None = None, every_s: float = LOG_EVERY_S,
+                 **kwargs: Any) -> tqdm:
+    """tqdm(iterable, **kwargs) on `file` (default stderr), with dynamic width on a terminal and
+    `LogLines` where it is not one. `disable=True` hides it either way."""
+    file = file or sys.stderr
+    if getattr(file, "isatty", lambda: False)():
+        return tqdm(iterable, file=file, dynamic_ncols=True, **kwargs)
+    return tqdm(iterable, file=LogLines(file, every_s), **kwargs)
+
+
+def _progress(status: str) -> str:
+    """A status line without its clock and rate (tqdm puts them in [...]): the counts it shows."""
+    return status.split(" [")[0]
