@@ -377,12 +377,12 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = 
                     if line.strip() and json.loads(line)["step"] <= start_step]
             metrics_path.write_text("".join(line + "\n" for line in kept))
         metrics_file = open(metrics_path, "a")
-        bar = progress_bar(total=tcfg.steps, initial=start_step, desc=f"train {kind}")
         source = "a latent cache" if kind == "dit" and task.cached_only else f"{len(shards)} shards"
         mesh = f" ({tcfg.parallel} x {layout.dp}, context parallel {cp})" if cp > 1 else \
             (f" ({tcfg.parallel})" if world > 1 or fsdp else "")
         say(f"{kind}: {count_params(model) / 1e6:.2f}M parameters, {source}, {world} rank(s){mesh} on {device}"
             + (", compiled" if compiled else ""))
+        bar = progress_bar(total=tcfg.steps, initial=start_step, desc=f"train {kind}")
 
     end_step = min(tcfg.steps, tcfg.stop_at or tcfg.steps)
     window = Window(device)
