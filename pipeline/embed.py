@@ -28,8 +28,9 @@ from index.store import StoreDamaged
 from pipeline.library.embeddings import EMBEDDINGS
 from pipeline.library.files import writable_folder
 from pipeline.library.tables import checked_clip_row
-from pipeline.stages import Resources, Row, Stage, run_stages
+from pipeline.stages.base import Resources, Row, Stage
 from pipeline.stages.execution import ExecutionConfig
+from pipeline.stages.runner import run_stages
 from trainer.typedconfig import load_with_defaults
 
 FRAME_PIXELS = 448 * 448   # frames are shrunk to this budget while read; CLIP/SigLIP resize to 224-384 anyway

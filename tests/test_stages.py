@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from pipeline.stages import ExecutionConfig, Resources, Row, Stage, run_stages
-from pipeline.stages.runner import ray_dataset
+from pipeline.stages.base import Resources, Row, Stage
+from pipeline.stages.execution import ExecutionConfig
+from pipeline.stages.runner import ray_dataset, run_stages
 from trainer.typedconfig import ConfigError
 
 

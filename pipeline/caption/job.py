@@ -27,7 +27,8 @@ from index.catalog import compile_for_schema
 from pipeline.caption.config import CaptionJobConfig
 from pipeline.caption.stages import CLIP_FIELDS, CaptionStage, FramePrepStage, SignalCaptionStage
 from pipeline.library import CaptionStore, Library
-from pipeline.stages import Stage, run_stages
+from pipeline.stages.base import Stage
+from pipeline.stages.runner import run_stages
 from trainer.progress import progress_bar
 
 

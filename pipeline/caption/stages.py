@@ -18,7 +18,7 @@ from captioner.frames import FrameReader
 from captioner.prompts import load_prompt
 from pipeline.caption.config import CaptionJobConfig
 from pipeline.library.tables import checked_clip_row
-from pipeline.stages import Resources, Row, Stage
+from pipeline.stages.base import Resources, Row, Stage
 
 # what preparation, prompt hints and the signal caption read from a clip row (nothing bulky)
 CLIP_FIELDS = ("clip_id", "video_id", "clip_mode", "start_frame", "end_frame", "duration_s", "fps", "width",

@@ -31,7 +31,7 @@ from pipeline.export.selection import ExportError, Selection, select
 from pipeline.export.writer import STATE, WriteShardStage
 from pipeline.library.files import atomic_write_bytes
 from pipeline.library.tables import locked
-from pipeline.stages import run_stages
+from pipeline.stages.runner import run_stages
 from trainer.progress import progress_bar
 from trainer.typedconfig import to_dict
 

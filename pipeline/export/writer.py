@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from pipeline.export.plan import ShardPlan
 from pipeline.export.render import render_mp4
 from pipeline.library.files import atomic_write_bytes
-from pipeline.stages import Resources, Row, Stage
+from pipeline.stages.base import Resources, Row, Stage
 from trainer.shards import write_shard
 
 STATE = ".export"          # job.json and done/<shard>.json under SHARDS

@@ -40,8 +40,8 @@ from pipeline.ingest.stage import IngestStage
 from pipeline.library import Library, LibraryError
 from pipeline.library.layout import utcnow
 from pipeline.library.views import read_view
-from pipeline.stages import Resources, run_stages
-from pipeline.stages.runner import check_resources, cluster_cpus
+from pipeline.stages.base import Resources
+from pipeline.stages.runner import check_resources, cluster_cpus, run_stages
 from trainer.progress import progress_bar
 from trainer.typedconfig import ConfigError, to_dict
 

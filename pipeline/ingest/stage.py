@@ -12,7 +12,7 @@ from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.progress import IN_FLIGHT
 from pipeline.ingest.sandbox import shared_runner
 from pipeline.library.claims import RunClaims
-from pipeline.stages import Resources, Row, Stage
+from pipeline.stages.base import Resources, Row, Stage
 from pipeline.stages.runner import worker_node
 
 
