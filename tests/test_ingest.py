@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import av
@@ -24,6 +26,7 @@ from pipeline.ingest.job import largest_first, run_ingest
 from pipeline.ingest.sandbox import SourceRunner
 from pipeline.ingest.worker import ingest_source
 from pipeline.library import Library
+from pipeline.library.views import read_view
 from tests.conftest import RECAP, ROOT, recap
 from trainer.typedconfig import ConfigError
 
@@ -123,6 +126,20 @@ def test_damaged_video_is_ingested_with_a_warning(ingested) -> None:
     assert list(warned) == ["cut_off.webm"] and "the container declares (cut off?)" in warned["cut_off.webm"]
     info = recap("info", str(ingested["lib"].root)).stdout
     assert "damaged      1" in info and "cut_off.webm" in info
+
+
+def test_info_json_gives_the_tables_figures(ingested) -> None:
+    lib = ingested["lib"]
+    s = json.loads(recap("info", str(lib.root), "--json").stdout)
+    videos, clips, errors = (lib.read(t).to_pylist() for t in ("videos", "clips", "errors"))
+    assert s["videos"]["count"] == len(videos) and s["shots"]["count"] == lib.read("shots").num_rows
+    assert s["clips"]["count"] == len(clips)
+    assert s["clips"]["seconds"] == pytest.approx(sum(c["duration_s"] for c in clips))
+    assert s["errors"]["count"] == len(errors) > 0
+    assert s["errors"]["kinds"] == dict(Counter(e["error_type"] for e in errors))
+    assert s["videos"]["damaged"] == 1 and s["videos"]["damaged_example"]["uri"].endswith("cut_off.webm")
+    view = read_view(lib.root)[0]
+    assert (s["filter"]["passed"], s["filter"]["of"]) == (sum(view.column("passed").to_pylist()), len(clips))
 
 
 def _clips_by_name(lib: Library) -> dict[str, list[dict]]:

@@ -1,11 +1,15 @@
-"""Print a summary of a clip library: videos, shots, clips, durations and failures."""
+"""Print a summary of a clip library: videos, shots, clips, durations and failures.
+
+`--json` prints the same figures as one JSON object, for scripts and monitoring."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from pipeline.filters.evaluate import reason_counts
 from pipeline.library import CaptionStore, Library, LibraryError
@@ -14,72 +18,100 @@ from pipeline.library.views import read_view
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("lib", metavar="LIB", help="library folder")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        lines = summary_lines(Library(args.lib))
+        summary = library_summary(Library(args.lib))
     except LibraryError as e:      # not a library, or a damaged file of one
         print(f"recap info: error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(lines))
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else "\n".join(summary_lines(summary)))
     return 0
 
 
-def summary_lines(lib: Library) -> list[str]:
-    """Human summary of a library (also used by the demo)."""
+def library_summary(lib: Library) -> dict[str, Any]:
+    """What `recap info` reports, as data: counts, durations (seconds), error kinds, the filter
+    view's verdicts (None before `recap filter`) and the caption versions."""
     videos = lib.read("videos").to_pylist()
     shots = lib.read("shots", ["start_transition"]).column("start_transition").to_pylist()
     clips = lib.read("clips", ["duration_s", "clip_mode", "file_bytes"]).to_pylist()
     errors = lib.read("errors", ["error_type", "source"]).to_pylist()
     video_s = sum(v["duration_s"] or 0 for v in videos)
     clip_s = sum(c["duration_s"] for c in clips)
-    lines = [
-        f"library {lib.root}",
-        f"  videos  {len(videos):>6}  {video_s:8.1f} s" + ("   codecs: " if videos else "")
-        + ", ".join(f"{k}={v}" for k, v in Counter(v["video_codec"] for v in videos).most_common()),
-        f"  shots   {len(shots):>6}" + ("              starts: " if shots else "")
-        + ", ".join(f"{k}={v}" for k, v in Counter(shots).most_common()),
-        f"  clips   {len(clips):>6}  {clip_s:8.1f} s   ({100 * clip_s / video_s if video_s else 0:.0f}% of video kept)",
-    ]
-    if clips:
-        durations = sorted(c["duration_s"] for c in clips)
-        lines.append(f"          length min/median/max {durations[0]:.2f}/{durations[len(durations) // 2]:.2f}/"
-                     f"{durations[-1]:.2f} s; files {sum(c['file_bytes'] or 0 for c in clips) / 1e6:.1f} MB")
+    durations = sorted(c["duration_s"] for c in clips)
     damaged = [v for v in videos if v.get("decode_warnings")]
-    if damaged:
-        lines.append(f"  damaged {len(damaged):>6}   videos ingested from what decoded (see videos.decode_warnings), "
-                     f"e.g. {Path(damaged[0]['uri']).name}: {damaged[0]['decode_warnings']}")
-    lines.append(f"  errors  {len(errors):>6}" + ("   " + ", ".join(
-        f"{k}={v}" for k, v in Counter(e["error_type"] for e in errors).most_common()) if errors else ""))
-    if not clips:   # `recap filter` and `recap caption` would refuse: say why instead of sending the user there
+    return {
+        "library": str(lib.root),
+        "videos": {"count": len(videos), "seconds": video_s,
+                   "codecs": dict(Counter(v["video_codec"] for v in videos).most_common()),
+                   "damaged": len(damaged),
+                   "damaged_example": ({"uri": damaged[0]["uri"], "decode_warnings": damaged[0]["decode_warnings"]}
+                                       if damaged else None)},
+        "shots": {"count": len(shots), "starts": dict(Counter(shots).most_common())},
+        "clips": {"count": len(clips), "seconds": clip_s, "share_of_video": clip_s / video_s if video_s else 0.0,
+                  "length_s": ({"min": durations[0], "median": durations[len(durations) // 2], "max": durations[-1]}
+                               if clips else None),
+                  "file_bytes": sum(c["file_bytes"] or 0 for c in clips)},
+        "errors": {"count": len(errors), "kinds": dict(Counter(e["error_type"] for e in errors).most_common())},
+        "filter": _view_summary(lib) if clips else None,
+        "captions": _caption_summary(lib.captions) if clips else [],
+    }
+
+
+def _view_summary(lib: Library) -> dict[str, Any] | None:
+    found = read_view(lib.root)
+    if found is None:
+        return None
+    view = found[0]
+    return {"passed": sum(view.column("passed").to_pylist()), "of": view.num_rows,
+            "rejected_for": reason_counts(view), "stale": lib.view_is_stale()}
+
+
+def _caption_summary(store: CaptionStore) -> list[dict[str, Any]]:
+    default = store.default()
+    return [{"version": v["version"], "default": v["version"] == default, "counts": v["counts"],
+             "model": v["model_id"] or v["backend"]} for v in store.versions()]
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """`library_summary` for a person."""
+    videos, shots, clips, errors = s["videos"], s["shots"], s["clips"], s["errors"]
+    lines = [
+        f"library {s['library']}",
+        f"  videos  {videos['count']:>6}  {videos['seconds']:8.1f} s" + ("   codecs: " if videos["count"] else "")
+        + ", ".join(f"{k}={v}" for k, v in videos["codecs"].items()),
+        f"  shots   {shots['count']:>6}" + ("              starts: " if shots["count"] else "")
+        + ", ".join(f"{k}={v}" for k, v in shots["starts"].items()),
+        f"  clips   {clips['count']:>6}  {clips['seconds']:8.1f} s   ({100 * clips['share_of_video']:.0f}% of video kept)",
+    ]
+    if clips["length_s"]:
+        length = clips["length_s"]
+        lines.append(f"          length min/median/max {length['min']:.2f}/{length['median']:.2f}/"
+                     f"{length['max']:.2f} s; files {clips['file_bytes'] / 1e6:.1f} MB")
+    if videos["damaged"]:
+        example = videos["damaged_example"]
+        lines.append(f"  damaged {videos['damaged']:>6}   videos ingested from what decoded (see videos.decode_warnings), "
+                     f"e.g. {Path(example['uri']).name}: {example['decode_warnings']}")
+    lines.append(f"  errors  {errors['count']:>6}" + ("   " + ", ".join(
+        f"{k}={v}" for k, v in errors["kinds"].items()) if errors["count"] else ""))
+    if not clips["count"]:   # `recap filter` and `recap caption` would refuse: say why instead of sending the user there
         lines.append("  no clips yet: nothing to filter or caption (see errors/, and the videos' n_clips against "
                      "clips.min_seconds)")
         return lines
-    lines += _view_lines(lib) + _caption_lines(lib.captions)
+    view = s["filter"]
+    if view is None:
+        lines.append("  filter  (no view yet: run `recap filter`)")
+    else:
+        reasons = ", ".join(f"{k}={v}" for k, v in list(view["rejected_for"].items())[:5])
+        lines.append(f"  passed  {view['passed']:>6}   of {view['of']}" + (f"; rejected for {reasons}" if reasons else ""))
+        if view["stale"]:
+            lines.append("  warning: the filter view is older than the newest clips (they count as not passed): "
+                         "run `recap filter`")
+    if not s["captions"]:
+        lines.append("  captions (none yet: run `recap caption`)")
+    lines += [f"  captions version {v['version']}{' (default)' if v['default'] else ''}: "
+              f"{sum(v['counts'].values())} clips (" + ", ".join(f"{k} {n}" for k, n in v["counts"].items())
+              + f"), {v['model']}" for v in s["captions"]]
     return lines
-
-
-def _view_lines(lib: Library) -> list[str]:
-    found = read_view(lib.root)
-    if found is None:
-        return ["  filter  (no view yet: run `recap filter`)"]
-    view = found[0]
-    kept = sum(view.column("passed").to_pylist())
-    reasons = ", ".join(f"{k}={v}" for k, v in list(reason_counts(view).items())[:5])
-    lines = [f"  passed  {kept:>6}   of {view.num_rows}" + (f"; rejected for {reasons}" if reasons else "")]
-    if lib.view_is_stale():
-        lines.append("  warning: the filter view is older than the newest clips (they count as not passed): "
-                     "run `recap filter`")
-    return lines
-
-
-def _caption_lines(store: CaptionStore) -> list[str]:
-    versions = store.versions()
-    if not versions:
-        return ["  captions (none yet: run `recap caption`)"]
-    default = store.default()
-    return [f"  captions version {v['version']}{' (default)' if v['version'] == default else ''}: "
-            f"{sum(v['counts'].values())} clips ("
-            + ", ".join(f"{k} {n}" for k, n in v["counts"].items()) + f"), {v['model_id'] or v['backend']}"
-            for v in versions]
