@@ -76,6 +76,10 @@ class Searching:
     """Search methods of `ClipIndex` (a mixin: it reads the index's `cfg`, `library`, `root`, `store`,
     `notify` and embeddings, and keeps what it read in `_snapshot` and `_n_clips`)."""
 
+    def _index_command(self) -> str:
+        """`recap index LIB` for this library, to paste into a shell."""
+        return f"recap index {shlex.quote(str(self.root))}"
+
     # ---- fields -----------------------------------------------------------------------------------
     def fields(self) -> dict[str, Field]:
         """The fields `where` may use: the clip table's filterable columns, the same set `recap export`
@@ -178,7 +182,7 @@ class Searching:
                                   "index does not have (enable the embedder in configs/index.yaml and run `recap index`)")
         if not kinds:
             raise SearchError(self.nothing_to_embed(self.clip_table()) or
-                              f"{self.root} has no index yet: run `recap index {shlex.quote(str(self.root))}`")
+                              f"{self.root} has no index yet: run `{self._index_command()}`")
         return [have[k] for k in kinds]
 
     def search(self, text: str | None = None, *, like: str | None = None, top_k: int = 10,
@@ -256,7 +260,7 @@ class Searching:
         lite_path = self.lite_path()
         if (lite_path is not None and not lite_path.exists()) or not self.store.exists():   # (opening Lite creates it)
             raise SearchError(self.nothing_to_embed(self.clip_table()) or
-                              f"{self.root} has no index yet: run `recap index {shlex.quote(str(self.root))}`")
+                              f"{self.root} has no index yet: run `{self._index_command()}`")
         store = self.store
         expr = compile_where(where, self._collection_fields(), set(known_columns())).milvus() if where else ""
         names = self._resolve_mode(mode, self._embedders_in_collection())
@@ -264,7 +268,7 @@ class Searching:
             like = self.resolve_clip(like)
             got = store.get([like], [vector_field(n) for n in names] + [has_field(n) for n in names])
             if not got:
-                raise SearchError(f"clip {like!r} is not in the index yet: run `recap index {shlex.quote(str(self.root))}`")
+                raise SearchError(f"clip {like!r} is not in the index yet: run `{self._index_command()}`")
             names = [n for n in names if got[0].get(has_field(n))]
             if not names:
                 raise SearchError(f"clip {like!r} has no vectors for this mode")
@@ -287,6 +291,6 @@ class Searching:
             # "nothing found" from a store that does not hold the library
             error = StoreDamaged if store.is_lite else StoreError
             raise error(f"the Milvus collection holds {held} of the library's {n} clips, so this answer would be "
-                        f"incomplete: run `recap index {shlex.quote(str(self.root))}` (or `--repair` to rebuild it)")
+                        f"incomplete: run `{self._index_command()}` (or `--repair` to rebuild it)")
         return [[Hit(rank=i + 1, score=float(h["distance"]), clip_id=h[PK] if PK in h else h["id"],
                      **{k: h["entity"].get(k) for k in fields}) for i, h in enumerate(r)] for r in raw]

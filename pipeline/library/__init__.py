@@ -21,7 +21,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 # Loaded on first use (PEP 562), so that importing one light module of the package (`layout`, as
-# the ingest child does) does not load the tables and pyarrow with it.
+# the ingest child does) does not load the tables with it.
 _EXPORTS = {"Library": "tables", "LibraryError": "files", "DamagedFile": "files", "CannotWrite": "files",
             "CaptionStore": "captions"}
 
