@@ -51,6 +51,18 @@ def test_directory_is_recursive_filtered_and_sorted(tree: Path):
     assert not any(s.remote for s in sources)
 
 
+def test_a_walk_or_glob_lists_video_names_that_are_not_regular_files(tree: Path):
+    """A broken link (an unmounted disk) or a FIFO named like a video is listed, to become its
+    source's error row, not dropped: a folder of broken links said "no video files"."""
+    (tree / "gone.mp4").symlink_to("/mnt/unmounted/gone.mp4")
+    os.mkfifo(tree / "pipe.webm")
+    (tree / "folder.mp4").mkdir()
+    listed = _uris(expand_sources([str(tree)], CFG))
+    assert str(tree / "gone.mp4") in listed and str(tree / "pipe.webm") in listed
+    assert str(tree / "folder.mp4") not in listed
+    assert _uris(expand_sources([str(tree / "*.mp4")], CFG)) == [str(tree / "b.mp4"), str(tree / "gone.mp4")]
+
+
 def test_file_arguments_become_absolute(tree: Path, monkeypatch):
     monkeypatch.chdir(tree)
     assert expand_sources(["b.mp4", "./sub/c.webm"], CFG) == [

@@ -91,7 +91,7 @@ def _expand_one(arg: str, extensions: set[str]) -> list[Source]:
         return [_local(path)]
     if _GLOB_CHARS.search(arg):
         found = sorted(Path(p) for p in globlib.glob(os.path.expanduser(arg), recursive=True))
-        found = [p for p in found if p.is_file() and p.suffix.lower() in extensions
+        found = [p for p in found if p.suffix.lower() in extensions and not p.is_dir()
                  and _library_of(p.resolve().parent) is None]
         if not found:
             raise SourceError(f"{arg}: pattern matches no video files (looked for {_ext_list(extensions)})")
@@ -107,7 +107,8 @@ def _walk_videos(arg: str, root: Path, extensions: set[str]) -> tuple[list[Path]
     files and folders are skipped, as a glob does (macOS "._x.mp4" sidecars, our own ".part"
     files), and so are libraries (`recap ingest . --out lib`: its clips are not new videos). A
     folder that cannot be listed is an error naming it: skipping it silently would report "no
-    video files", or lose its videos."""
+    video files", or lose its videos. So is a video name that is not a regular file (a broken
+    link to an unmounted disk, a FIFO): it is listed, and becomes its source's error row."""
     def unreadable(exc: OSError) -> None:
         reason = "permission denied" if isinstance(exc, PermissionError) else _reason(exc)
         raise SourceError(f"{arg}: cannot list {exc.filename}: {reason}")
@@ -125,7 +126,7 @@ def _walk_videos(arg: str, root: Path, extensions: set[str]) -> tuple[list[Path]
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             p = Path(folder) / name
-            if not name.startswith(".") and p.suffix.lower() in extensions and p.is_file():
+            if not name.startswith(".") and p.suffix.lower() in extensions and not p.is_dir():
                 found.append(p)
     return sorted(found), libraries
 
