@@ -37,6 +37,20 @@ def test_bad_keys_and_values_name_the_key(override: str, words: str) -> None:
         load_ingest_config(None, [override])
 
 
+def test_a_key_given_one_level_too_high_is_suggested_in_full() -> None:
+    """A filter's reject reason reads `motion.min`, the key is `filters.motion.min`; `text` is under
+    `signals`. A key found nowhere below gets no suggestion."""
+    from pipeline.filters.config import load_filter_config
+
+    with pytest.raises(ConfigError, match=r"did you mean 'filters\.motion'\?"):
+        load_filter_config(None, ["motion.min=1"])
+    with pytest.raises(ConfigError, match=r"did you mean 'signals\.text'\?"):
+        load_ingest_config(None, ["text.enabled=false"])
+    with pytest.raises(ConfigError) as err:
+        load_ingest_config(None, ["nowhere.at_all=1"])
+    assert "did you mean" not in str(err.value)
+
+
 def test_override_syntax() -> None:
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a=hello world") == ("a", "hello world")

@@ -102,6 +102,18 @@ def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _one_level_down(name: str, data: dict[str, Any], hints: dict[str, Any]) -> list[str]:
+    """Known sections holding a key `name` (`motion` -> `filters.motion`, `text` -> `signals.text`):
+    a key given one level too high, as a filter's reject reason (`motion.min`) reads."""
+    found = []
+    for section, hint in hints.items():
+        value = data.get(section)
+        if (isinstance(value, dict) and name in value) or (
+                dataclasses.is_dataclass(hint) and name in {f.name for f in dataclasses.fields(hint)}):
+            found.append(f"{section}.{name}")
+    return found
+
+
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Instantiate dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
@@ -111,7 +123,9 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(f"unknown config key {key!r} (known here: {', '.join(sorted(fields))})")
+        nearby = _one_level_down(unknown[0], data, {name: hints[name] for name in fields})
+        hint = f"; did you mean {', '.join(repr(f'{where}.{k}' if where else k) for k in nearby)}?" if nearby else ""
+        raise ConfigError(f"unknown config key {key!r} (known here: {', '.join(sorted(fields))}{hint})")
     missing = [name for name, f in fields.items() if name not in data and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
