@@ -128,6 +128,23 @@ def test_damaged_video_is_ingested_with_a_warning(ingested) -> None:
     assert "damaged      1" in info and "cut_off.webm" in info
 
 
+def test_dry_run_counts_what_a_run_would_take_and_writes_nothing(ingested, tmp_path: Path) -> None:
+    corpus, lib = ingested["corpus"], ingested["lib"]
+    videos = [corpus / n for n in ingested["names"]]
+    new_lib = tmp_path / "new_lib"
+    out = recap("ingest", str(corpus), "--out", str(new_lib), "--dry-run").stdout
+    size_mb = sum(v.stat().st_size for v in videos) / 1e6
+    assert out.splitlines()[0] == (f"sources: {len(videos)} (0 already done, {len(videos)} to ingest: "
+                                   f"{len(videos)} local file(s), {size_mb:.1f} MB)")
+    assert not new_lib.exists()
+    extra = tmp_path / "extra.mp4"
+    shutil.copy(videos[0], extra)
+    before = sorted((p.relative_to(lib.root), p.stat().st_mtime_ns) for p in lib.root.rglob("*"))
+    out = recap("ingest", str(corpus), str(extra), "--out", str(lib.root), "--dry-run").stdout
+    assert out.startswith(f"sources: {len(videos) + 1} ({len(videos)} already done, 1 to ingest: 1 local file(s)")
+    assert sorted((p.relative_to(lib.root), p.stat().st_mtime_ns) for p in lib.root.rglob("*")) == before
+
+
 def test_info_json_gives_the_tables_figures(ingested) -> None:
     lib = ingested["lib"]
     s = json.loads(recap("info", str(lib.root), "--json").stdout)

@@ -18,6 +18,7 @@ flight, as many as the CPUs allow (execution.cpus_per_task, execution.max_tasks_
 
 Examples:
   recap ingest videos/ --out lib
+  recap ingest videos/ --out lib --dry-run          # how many videos a run would take; writes nothing
   recap ingest manifest.csv --out lib --set clips.mode=encode --set clips.max_seconds=8
   recap ingest s3://bucket/raw/ --out lib --ray-address auto
 """
@@ -29,7 +30,7 @@ import shlex
 import sys
 
 from pipeline.ingest.config import load_ingest_config
-from pipeline.ingest.job import run_ingest
+from pipeline.ingest.job import plan_ingest, run_ingest
 from pipeline.ingest.sources import SourceError
 from pipeline.library import LibraryError
 from trainer.typedconfig import ConfigError
@@ -46,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="run on this Ray cluster ('auto' or host:port); default: this machine without Ray, a "
                         "sandboxed process per video in flight (--set execution.executor=ray starts a local Ray)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the sources and the config, say how many sources a run would ingest (and "
+                        "their size), and write nothing")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (where stderr is not a terminal it writes a line every 30 s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_ingest_config(args.config, args.overrides)
         if args.ray_address:   # as given: an address is not parsed as YAML
             cfg.execution.ray_address = args.ray_address
+        if args.dry_run:
+            print("\n".join(plan_ingest(args.sources, args.out, cfg).lines()))
+            return 0
         summary = run_ingest(args.sources, args.out, cfg, progress=not args.no_progress,
                              command=" ".join(shlex.quote(a) for a in ["recap", *sys.argv[1:]]))
     except (ConfigError, SourceError, LibraryError) as e:

@@ -35,7 +35,7 @@ from pipeline.ingest.result import SourceResult, error_result
 from pipeline.ingest.sandbox import close_shared_runner, start_runners
 from pipeline.ingest.signals.aesthetic import check_model
 from pipeline.ingest.signals.config import ocr_available
-from pipeline.ingest.sources import expand_sources
+from pipeline.ingest.sources import Source, expand_sources
 from pipeline.ingest.stage import IngestStage
 from pipeline.library import Library, LibraryError
 from pipeline.library.layout import utcnow
@@ -97,6 +97,53 @@ def plan_resources(cfg: IngestConfig, n_sources: int, cpus_available: float) -> 
     return cpus, threads
 
 
+@dataclass
+class IngestPlan:
+    """What `recap ingest --dry-run` reports: the sources and which of them a run would ingest."""
+    sources: int
+    todo: list[Source]
+    local_bytes: int              # size of the local files to ingest (a missing one counts 0)
+
+    def lines(self) -> list[str]:
+        remote = sum(s.remote for s in self.todo)
+        size = f"{self.local_bytes / 1e9:.2f} GB" if self.local_bytes >= 1e9 else f"{self.local_bytes / 1e6:.1f} MB"
+        what = (f"{len(self.todo) - remote} local file(s), {size}"
+                + (f", and {remote} remote" if remote else ""))
+        return [f"sources: {self.sources} ({self.sources - len(self.todo)} already done, "
+                f"{len(self.todo)} to ingest: {what})", "dry run: nothing was written"]
+
+
+def plan_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig) -> IngestPlan:
+    """The checks `run_ingest` makes before it writes (sources, config, models; not Ray), and the
+    sources it would ingest; reads the library if there is one, writes nothing."""
+    items = expand_sources(sources, cfg.sources)
+    _checked(cfg)
+    lib = Library(lib_root) if _is_library(lib_root) else None
+    todo = set(_todo(lib, [s.uri for s in items], cfg))
+    planned = [s for s in items if s.uri in todo]
+    return IngestPlan(len(items), planned, sum(_size(s.uri) for s in planned if not s.remote))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:     # missing or unreadable: the run makes it an error row
+        return 0
+
+
+def _checked(cfg: IngestConfig) -> IngestConfig:
+    """`cfg` once its models are checked (ConfigError when one is missing), with text signals off
+    where the OCR engine is not installed: the run's record says what was measured."""
+    if cfg.signals.enabled:
+        check_model(cfg.signals.aesthetic)
+        if cfg.signals.text.enabled and not ocr_available():
+            cfg = dataclasses.replace(cfg, signals=dataclasses.replace(
+                cfg.signals, text=dataclasses.replace(cfg.signals.text, enabled=False)))
+    if cfg.after.caption:     # a bad caption config or a missing model fails now, not after the whole ingest
+        _check_caption_model(load_caption_config(cfg.after.caption_config, cfg.after.caption_set))
+    return cfg
+
+
 def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, progress: bool = True,
                command: str | None = None) -> IngestSummary:
     """Ingest `sources` (source arguments, expanded here) into the library at `lib_root`.
@@ -106,13 +153,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
     t0 = time.perf_counter()
     items = expand_sources(sources, cfg.sources)
     no_ocr = cfg.signals.enabled and cfg.signals.text.enabled and not ocr_available()
-    if cfg.signals.enabled:
-        check_model(cfg.signals.aesthetic)
-        if no_ocr:   # the run's record says what was measured
-            cfg = dataclasses.replace(cfg, signals=dataclasses.replace(
-                cfg.signals, text=dataclasses.replace(cfg.signals.text, enabled=False)))
-    if cfg.after.caption:     # a bad caption config or a missing model fails now, not after the whole ingest
-        _check_caption_model(load_caption_config(cfg.after.caption_config, cfg.after.caption_set))
+    cfg = _checked(cfg)
     lib: Library | None = None
     try:
         if _is_library(lib_root):
