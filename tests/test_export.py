@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import av
@@ -188,6 +189,25 @@ def test_shards_hold_exactly_the_selection_with_the_right_frames(library, export
         assert m.lineage["source_uri"] == truth["uri"][clip["video_id"]]
         assert m.lineage["frame_start"] == clip["start_frame"] and m.lineage["video_id"] == clip["video_id"]
         assert m.signals["motion_score"] == clip["motion_score"]
+
+
+def test_dry_run_plans_what_the_export_writes_and_writes_nothing(library, exported, tmp_path):
+    lib, _ = library
+    out, _ = exported
+    buckets = out.parent / "buckets.yaml"
+    dry = tmp_path / "dry"
+    proc = export(str(lib), "--out", str(dry), "--buckets", str(buckets), "--val-fraction", "0.3",
+                  "--shard-size", "10KB", "--seed", "1", "--dry-run")
+    assert not dry.exists() and proc.stdout.strip().endswith("dry run: nothing was written")
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    splits = Counter(row["split"] for row in manifest)
+    shards = len(list(out.glob("*.tar")))
+    plan = next(line for line in proc.stdout.splitlines() if line.startswith("plan: "))
+    assert plan.startswith(f"plan: {len(manifest)} samples ("
+                           + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())) + f") in {shards} shard(s)")
+    by_bucket = next(line for line in proc.stdout.splitlines() if line.startswith("by bucket: "))
+    assert sorted(by_bucket.removeprefix("by bucket: ").split(", ")) == sorted(
+        f"{k} {v}" for k, v in Counter(row["bucket"] for row in manifest).items())
 
 
 def test_letterbox_is_cropped_and_picks_the_wide_bucket(library, exported):

@@ -13,6 +13,7 @@ crash finishes the export without duplicates.
 
 Examples:
   recap export lib --out shards
+  recap export lib --out shards --dry-run                # the selection and the plan; writes nothing
   recap export lib --out shards --where 'duration_s >= 2 and camera_motion != "shaky"' --val-fraction 0.1
   recap export lib --out dogs --query "a dog running on a beach" --top-k 500 --caption-version 3f2a9c81d0e4
   recap export lib --out small --buckets my_buckets.yaml --shard-size 64MB
@@ -27,7 +28,7 @@ import sys
 
 from pipeline.export.buckets import load_buckets
 from pipeline.export.config import load_export_config
-from pipeline.export.job import run_export
+from pipeline.export.job import preview_export, run_export
 from pipeline.export.selection import ExportError
 from pipeline.library import LibraryError
 from trainer.typedconfig import ConfigError
@@ -53,7 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one export key, e.g. --set crf=23 (repeatable)")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to run on, one task per shard (default: this machine, no Ray)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="select and plan, then print the samples by split and bucket, the shards and their "
+                        "estimated size; render and write nothing")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (where stderr is not a terminal it writes a line every 30 s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
         if args.ray_address:   # as given: an address is not parsed as YAML
             cfg.execution.ray_address = args.ray_address
         buckets = load_buckets(args.buckets)
+        if args.dry_run:
+            print("\n".join(preview_export(args.library, where=args.where, query=args.query, top_k=args.top_k,
+                                            caption_version=args.caption_version, selection=args.selection,
+                                            buckets=buckets, cfg=cfg)))
+            return 0
         summary = run_export(args.library, args.out, where=args.where, query=args.query, top_k=args.top_k,
                              caption_version=args.caption_version, selection=args.selection, buckets=buckets, cfg=cfg,
                              buckets_file=args.buckets, progress=not args.no_progress,

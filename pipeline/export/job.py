@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,21 +114,7 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
     root, out = Path(root), Path(out)
     if out.exists() and not out.is_dir():      # said before the selection and the plan are worked out
         raise ExportError(f"--out {out} is a file, not a folder; choose another --out")
-    sel = select(root, where, query, top_k, caption_version, selection)
-    if sel.clips.num_rows == 0:
-        raise ExportError("no clips selected, nothing exported: "
-                          + "; ".join(f"{what}: {n}" for what, n in sel.steps)
-                          + "".join(f"\nnote: {note}" for note in sel.notes))   # e.g. selected ids not in the library
-    plan = plan_export(root, sel, buckets, cfg)
-    n_planned = sum(len(s.samples) for s in plan.shards)
-    if n_planned == 0:
-        raise ExportError(f"none of the {sel.clips.num_rows} selected clips fits a bucket "
-                          f"({', '.join(f'{k}: {v}' for k, v in plan.skipped.items())}); "
-                          "see configs/buckets.yaml (frames, resolutions, aspect_ratios)")
-    if cfg.val_fraction > 0 and not any(s.split == "val" for s in plan.shards):
-        n_videos = len({s.meta.lineage["video_id"] for shard in plan.shards for s in shard.samples})
-        sel.notes.append(f"no validation split: {n_videos} source video(s), and videos are never divided "
-                         f"(val_fraction {cfg.val_fraction:g} of the clips is closer to none than to one video)")
+    sel, plan = _select_and_plan(root, where, query, top_k, caption_version, selection, buckets, cfg)
     for note in sel.notes:
         log(f"note: {note}")
     job = {"format_version": FORMAT_VERSION, "fingerprint": plan.fingerprint, "library": str(root.resolve()),
@@ -140,6 +127,43 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
     (out / STATE).mkdir(parents=True, exist_ok=True)
     with locked(out / STATE / "lock", f"exporting to {out}"):   # two exports to one folder: one refused
         return _export(root, out, sel, plan, job, buckets, cfg, progress, log, t0)
+
+
+def preview_export(root: str | Path, *, where: str | None = None, query: str | list[str] | None = None,
+                   top_k: int = 100, caption_version: str | None = None, selection: str | None = None,
+                   buckets: BucketConfig, cfg: ExportConfig) -> list[str]:
+    """What `recap export --dry-run` prints: the selection step by step, then the planned samples by
+    split and bucket, the shards and their estimated size. Renders and writes nothing."""
+    sel, plan = _select_and_plan(Path(root), where, query, top_k, caption_version, selection, buckets, cfg)
+    samples = [s for shard in plan.shards for s in shard.samples]
+    splits = Counter(s.meta.split for s in samples)
+    lines = ["selection: " + " -> ".join(f"{what}: {n}" for what, n in sel.steps),
+             f"plan: {len(samples)} samples (" + ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
+             + f") in {len(plan.shards)} shard(s), ~{sum(s.est_bytes for s in samples) / 1e6:.1f} MB estimated",
+             "by bucket: " + ", ".join(f"{k} {v}" for k, v in Counter(s.meta.bucket for s in samples).most_common())]
+    if plan.skipped:
+        lines.append("fit no bucket: " + ", ".join(f"{k} {v}" for k, v in plan.skipped.items()))
+    return lines + [f"note: {note}" for note in sel.notes] + ["dry run: nothing was written"]
+
+
+def _select_and_plan(root: Path, where: str | None, query: str | list[str] | None, top_k: int,
+                     caption_version: str | None, selection: str | None, buckets: BucketConfig,
+                     cfg: ExportConfig) -> tuple[Selection, Plan]:
+    sel = select(root, where, query, top_k, caption_version, selection)
+    if sel.clips.num_rows == 0:
+        raise ExportError("no clips selected, nothing exported: "
+                          + "; ".join(f"{what}: {n}" for what, n in sel.steps)
+                          + "".join(f"\nnote: {note}" for note in sel.notes))   # e.g. selected ids not in the library
+    plan = plan_export(root, sel, buckets, cfg)
+    if not any(shard.samples for shard in plan.shards):
+        raise ExportError(f"none of the {sel.clips.num_rows} selected clips fits a bucket "
+                          f"({', '.join(f'{k}: {v}' for k, v in plan.skipped.items())}); "
+                          "see configs/buckets.yaml (frames, resolutions, aspect_ratios)")
+    if cfg.val_fraction > 0 and not any(s.split == "val" for s in plan.shards):
+        n_videos = len({s.meta.lineage["video_id"] for shard in plan.shards for s in shard.samples})
+        sel.notes.append(f"no validation split: {n_videos} source video(s), and videos are never divided "
+                         f"(val_fraction {cfg.val_fraction:g} of the clips is closer to none than to one video)")
+    return sel, plan
 
 
 def _export(root: Path, out: Path, sel: Selection, plan: Plan, job: dict[str, Any], buckets: BucketConfig,
