@@ -157,6 +157,9 @@ def test_info_json_gives_the_tables_figures(ingested) -> None:
     assert s["videos"]["damaged"] == 1 and s["videos"]["damaged_example"]["uri"].endswith("cut_off.webm")
     view = read_view(lib.root)[0]
     assert (s["filter"]["passed"], s["filter"]["of"]) == (sum(view.column("passed").to_pylist()), len(clips))
+    runs = json.loads((lib.root / "library.json").read_text())["runs"]      # one per ingest run, newest last
+    assert s["ingest_runs"]["count"] == len(runs) >= 1 and s["ingest_runs"]["last"]["command"].startswith("recap ingest ")
+    assert s["ingest_runs"]["last"] == {k: runs[-1][k] for k in ("at", "command", "summary")}
 
 
 def _clips_by_name(lib: Library) -> dict[str, list[dict]]:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
 def library_summary(lib: Library) -> dict[str, Any]:
     """What `recap info` reports, as data: counts, durations (seconds), error kinds, the filter
-    view's verdicts (None before `recap filter`) and the caption versions."""
+    view's verdicts (None before `recap filter`), the caption versions and the last ingest run."""
     videos = lib.read("videos").to_pylist()
     shots = lib.read("shots", ["start_transition"]).column("start_transition").to_pylist()
     clips = lib.read("clips", ["duration_s", "clip_mode", "file_bytes"]).to_pylist()
@@ -57,7 +57,14 @@ def library_summary(lib: Library) -> dict[str, Any]:
         "errors": {"count": len(errors), "kinds": dict(Counter(e["error_type"] for e in errors).most_common())},
         "filter": _view_summary(lib) if clips else None,
         "captions": _caption_summary(lib.captions) if clips else [],
+        "ingest_runs": _runs_summary(lib.meta.get("runs", [])),
     }
+
+
+def _runs_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many ingest runs library.json records, and the last one's time, command and counts."""
+    last = runs[-1] if runs else None
+    return {"count": len(runs), "last": {k: last.get(k) for k in ("at", "command", "summary")} if last else None}
 
 
 def _view_summary(lib: Library) -> dict[str, Any] | None:
@@ -96,6 +103,12 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
                      f"e.g. {Path(example['uri']).name}: {example['decode_warnings']}")
     lines.append(f"  errors  {errors['count']:>6}" + ("   " + ", ".join(
         f"{k}={v}" for k, v in errors["kinds"].items()) if errors["count"] else ""))
+    last = s["ingest_runs"]["last"]
+    if last:
+        done = last["summary"] or {}
+        lines.append(f"  runs    {s['ingest_runs']['count']:>6}   last {last['at'][:16].replace('T', ' ')} UTC: "
+                     f"{done.get('ingested', 0)} ingested, {done.get('failed', 0)} failed, {done.get('clips', 0)} clips "
+                     f"in {done.get('wall_seconds', 0):.1f} s" + (f" ({last['command']})" if last["command"] else ""))
     if not clips["count"]:   # `recap filter` and `recap caption` would refuse: say why instead of sending the user there
         lines.append("  no clips yet: nothing to filter or caption (see errors/, and the videos' n_clips against "
                      "clips.min_seconds)")
