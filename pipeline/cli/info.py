@@ -61,9 +61,11 @@ def library_summary(lib: Library) -> dict[str, Any]:
     }
 
 
-def _runs_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """How many ingest runs library.json records, and the last one's time, command and counts."""
-    last = runs[-1] if runs else None
+def _runs_summary(runs: Any) -> dict[str, Any]:
+    """How many ingest runs library.json records, and the last one's time, command and counts (a
+    record edited by hand into another shape counts as none)."""
+    runs = runs if isinstance(runs, list) else []
+    last = runs[-1] if runs and isinstance(runs[-1], dict) else None
     return {"count": len(runs), "last": {k: last.get(k) for k in ("at", "command", "summary")} if last else None}
 
 
@@ -105,10 +107,14 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         f"{k}={v}" for k, v in errors["kinds"].items()) if errors["count"] else ""))
     last = s["ingest_runs"]["last"]
     if last:
-        done = last["summary"] or {}
-        lines.append(f"  runs    {s['ingest_runs']['count']:>6}   last {last['at'][:16].replace('T', ' ')} UTC: "
-                     f"{done.get('ingested', 0)} ingested, {done.get('failed', 0)} failed, {done.get('clips', 0)} clips "
-                     f"in {done.get('wall_seconds', 0):.1f} s" + (f" ({last['command']})" if last["command"] else ""))
+        done = last["summary"] if isinstance(last["summary"], dict) else {}
+        try:
+            what = (f"{done.get('ingested', 0)} ingested, {done.get('failed', 0)} failed, {done.get('clips', 0)} clips "
+                    f"in {float(done.get('wall_seconds', 0)):.1f} s")
+        except (TypeError, ValueError):      # a record edited by hand
+            what = "(its record is not recap's)"
+        lines.append(f"  runs    {s['ingest_runs']['count']:>6}   last {str(last['at'])[:16].replace('T', ' ')} UTC: "
+                     + what + (f" ({last['command']})" if last["command"] else ""))
     if not clips["count"]:   # `recap filter` and `recap caption` would refuse: say why instead of sending the user there
         lines.append("  no clips yet: nothing to filter or caption (see errors/, and the videos' n_clips against "
                      "clips.min_seconds)")
