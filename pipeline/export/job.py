@@ -88,6 +88,8 @@ def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
 
 
 def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: bool) -> None:
+    if not todo:     # every shard written by an earlier run: no empty bar
+        return
     bar = progress_bar(total=sum(len(s.samples) for s in todo), unit="sample", disable=not progress)
     failed = shards = 0
     # on Ray a task renders on the CPUs it asked for (tasks in parallel make the rest); a local run
