@@ -46,6 +46,7 @@ from pipeline.library.embeddings import (
     vectors_of,
     write_embeddings,
 )
+from trainer.progress import progress_bar
 
 # columns of the clip table never written to Milvus (bookkeeping); every other scalar column is a
 # `--where` field, in search as in export and caption
@@ -371,9 +372,11 @@ class ClipIndex(Searching):
             store.create(want.scalars, want.dims)
             rec.missing = want.source.clips.column(PK).to_pylist()
             written = []
-            for batch in want.source.batches(batch_rows):
-                store.write(batch, replace=False)      # a new collection: nothing to replace
-                written.append(np.array(batch.hashes, dtype="S24"))
+            with _sync_bar(rec.rows) as bar:
+                for batch in want.source.batches(batch_rows):
+                    store.write(batch, replace=False)      # a new collection: nothing to replace
+                    written.append(np.array(batch.hashes, dtype="S24"))
+                    bar.update(len(batch.hashes))
             hashes = np.concatenate(written) if written else np.zeros(0, "S24")
         else:
             hashes = self._wanted_hashes(want)
@@ -385,8 +388,10 @@ class ClipIndex(Searching):
                 from_ledger = False
             if rec.extra:
                 store.delete(rec.extra)
-            for batch in want.source.batches(batch_rows, keep=keep):
-                store.write(batch, replace=True)
+            with _sync_bar(int(keep.sum())) as bar:
+                for batch in want.source.batches(batch_rows, keep=keep):
+                    store.write(batch, replace=True)
+                    bar.update(len(batch.hashes))
         store.flush()
         # a Lite store that loses rows while being written is not "repaired" (a server may count late)
         if store.is_lite and (held := store.count()) != rec.rows:
@@ -396,5 +401,13 @@ class ClipIndex(Searching):
             write_ledger(self._ledger_path(), want.source.clips.column(PK), hashes, token)
             store.set_sync_token(token)
         return rec
+
+# A sync writing fewer rows takes a few seconds at most: no bar for it.
+SYNC_BAR_ROWS = 10_000
+
+
+def _sync_bar(rows: int):
+    return progress_bar(total=rows, desc="write to Milvus", unit="clip", disable=rows < SYNC_BAR_ROWS)
+
 
 __all__ = ["ClipIndex", "Hit", "Mode", "NothingToIndex", "Reconcile", "SearchError", "WhereError"]

@@ -31,6 +31,7 @@ from pipeline.library.tables import checked_clip_row
 from pipeline.stages.base import Resources, Row, Stage
 from pipeline.stages.execution import ExecutionConfig
 from pipeline.stages.runner import run_stages
+from trainer.progress import progress_bar
 from trainer.typedconfig import load_with_defaults
 
 FRAME_PIXELS = 448 * 448   # frames are shrunk to this budget while read; CLIP/SigLIP resize to 224-384 anyway
@@ -138,13 +139,15 @@ def embed_library(index: ClipIndex, execution: ExecutionConfig, log: Callable[[s
                       EmbedStage(e, execution)]
         done = 0
         pending: list[Row] = []
-        for row in run_stages(stages, items, execution):
-            pending.append(row)
-            if len(pending) >= execution.commit_every:
-                done += _save(index, name, pending)
-                log(f"{name}: {done}/{len(stale)} clips")
-                pending = []
-        done += _save(index, name, pending)
+        with progress_bar(total=len(stale), desc=f"embed {name}", unit="clip") as bar:
+            for row in run_stages(stages, items, execution):
+                pending.append(row)
+                if len(pending) >= execution.commit_every:
+                    done += _save(index, name, pending)
+                    bar.update(len(pending))
+                    pending = []
+            done += _save(index, name, pending)
+            bar.update(len(pending))
         if done < len(stale):
             log(f"{name}: {len(stale) - done} clips could not be read and have no vector (rerun to retry)")
         index.drop_superseded(name)
