@@ -36,6 +36,17 @@ def test_an_unknown_option_is_named_with_its_commands_usage(tmp_path: Path, caps
     assert err.strip().splitlines()[-1] == f"recap {command}: error: unrecognized arguments: --no-such-option"
 
 
+@pytest.mark.parametrize("argv", [["caption", "{lib}", "--backend", "signals", "--all"],
+                                  ["export", "{lib}", "--out", "{tmp}/shards"]])
+def test_a_bad_where_is_said_the_same_way_by_every_command(tmp_path: Path, capsys, argv: list[str]):
+    from tests.index_fixtures import make_library
+
+    lib = make_library(tmp_path / "lib")
+    assert main([a.format(lib=lib, tmp=tmp_path) for a in argv] + ["--where", "bogus > 1"]) == 2
+    err = capsys.readouterr().err
+    assert f"recap {argv[0]}: error: --where: unknown field 'bogus'" in err and "^" in err
+
+
 def test_a_closed_pipe_ends_quietly(tmp_path: Path):
     from tests.index_fixtures import make_library
 

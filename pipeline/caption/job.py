@@ -24,6 +24,7 @@ from captioner.captioner import make_backend, signal_spec, version_id, version_s
 from captioner.model import resolve_model
 from captioner.prompts import load_prompt
 from index.catalog import compile_for_schema
+from index.where import WhereError
 from pipeline.caption.config import CaptionJobConfig
 from pipeline.caption.stages import CLIP_FIELDS, CaptionStage, FramePrepStage, SignalCaptionStage
 from pipeline.library import CaptionStore, Library
@@ -61,7 +62,10 @@ def select_clips(lib_root: str | Path, where: str | None = None, all_clips: bool
     if "passed" in clips.column_names and not all_clips:
         clips = clips.filter(pc.fill_null(clips.column("passed"), False))
     if where:
-        clips = clips.filter(compile_for_schema(where, clips.schema).arrow())
+        try:
+            clips = clips.filter(compile_for_schema(where, clips.schema).arrow())
+        except WhereError as e:      # said as `recap search` and `recap export` say it
+            raise WhereError(f"--where: {e}") from None
     return clips.select([c for c in CLIP_FIELDS if c in clips.column_names]).to_pylist()
 
 

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 found = index.search_many(texts, top_k=args.top_k, where=args.where, mode=args.mode)
     except WhereError as e:
-        print(f"recap search: error in --where: {e}", file=sys.stderr)
+        print(f"recap search: error: --where: {e}", file=sys.stderr)
         return 2
     except (ConfigError, FileNotFoundError, StoreError, EmbedderError, SearchError, LibraryError) as e:
         return _error(str(e))
