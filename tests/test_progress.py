@@ -9,9 +9,9 @@ import struct
 import termios
 
 import pytest
+from tqdm import tqdm
 
-from trainer import progress
-from trainer.progress import progress_bar
+from trainer.progress import LogLines, progress_bar
 
 
 def run_bar(stream, every_s: float, steps: int = 5) -> None:
@@ -33,11 +33,10 @@ def test_in_a_log_the_first_and_last_status_are_whole_lines():
     ([1, 31, 1, 31, 1], ["0%", "40%", "80%", "100%"]),     # the last step's line comes from the close
     ([31] * 5, ["0%", "20%", "40%", "60%", "80%", "100%"]),  # the close repeats no line
 ])
-def test_in_a_log_a_line_every_interval(monkeypatch, waits: list[int], shown: list[str]):
+def test_in_a_log_a_line_every_interval(waits: list[int], shown: list[str]):
     clock = [0.0]
-    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
     log = io.StringIO()
-    bar = progress_bar(total=5, unit="video", file=log, every_s=30, mininterval=0)
+    bar = tqdm(total=5, unit="video", file=LogLines(log, every_s=30, clock=lambda: clock[0]), mininterval=0)
     for wait in waits:
         clock[0] += wait
         bar.update(1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 from tqdm import tqdm
 
@@ -23,9 +23,10 @@ class LogLines:
     """A stream for tqdm that turns its redraws ('\\r' + status) into whole lines on `out`: the
     first one, then at most one every `every_s` seconds, and the last (tqdm writes '\\n' on close)."""
 
-    def __init__(self, out: IO[str], every_s: float = LOG_EVERY_S):
+    def __init__(self, out: IO[str], every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
         self.out = out
         self.every_s = every_s
+        self.clock = clock
         self._latest = ""               # the newest status not written yet
         self._written = ""              # the last one written
         self._written_at = -float("inf")
@@ -36,7 +37,7 @@ class LogLines:
             self._latest = status
         if not self._latest:
             return len(text)
-        now = time.monotonic()
+        now = self.clock()
         if "\n" in text:   # the bar closed: its last status, unless only its clock moved since the last line
             due = _progress(self._latest) != _progress(self._written)
         else:
