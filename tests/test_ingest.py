@@ -96,6 +96,8 @@ def test_exit_status_and_summary_report_failures(ingested) -> None:
     assert proc.returncode == 3, proc.stderr
     assert "failed" in proc.stdout and "ingested" in proc.stdout
     assert "source(s) failed" in proc.stderr
+    # the filter view's line closes the summary (stdout), after the counts it follows from
+    assert re.search(r"^filter view: \d+ of \d+ clips pass$", proc.stdout.splitlines()[-1]), proc.stdout
 
 
 def test_every_bad_input_is_an_error_row_with_a_reason(ingested) -> None:

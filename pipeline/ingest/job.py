@@ -58,6 +58,7 @@ class IngestSummary:
     wall_seconds: float = 0.0
     errors_by_type: dict[str, int] = field(default_factory=dict)
     library_clips: int = 0        # clips in the library after the run (0: nothing to work on: exit 3)
+    after: list[str] = field(default_factory=list)   # what the stages after ingest said (filter view, captions)
 
     def lines(self) -> list[str]:
         speed = self.video_seconds / self.wall_seconds if self.wall_seconds else 0.0
@@ -72,7 +73,7 @@ class IngestSummary:
         if not self.library_clips:
             out.append("the library has no clips: every source failed, or every video was shorter than "
                        "clips.min_seconds after clips.margin_frames (see errors/ and the videos' n_clips)")
-        return out
+        return out + self.after
 
     def count(self, result: SourceResult) -> None:
         if result.outcome == "ingested":
@@ -180,7 +181,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
         summary.library_clips = lib.read("clips", ["clip_id"]).num_rows
         # a library without clips has no view to refresh (and nothing to caption)
         if summary.library_clips and (summary.ingested or lib.view_is_stale()):
-            _after_ingest(lib.root, cfg, progress)
+            summary.after = _after_ingest(lib.root, cfg, progress)
         summary.wall_seconds = time.perf_counter() - t0
         lib.record_run({"at": utcnow().isoformat(), "command": command, "config": to_dict(cfg),
                         "summary": dataclasses.asdict(summary)})
@@ -323,18 +324,21 @@ def largest_first(uris: list[str]) -> list[str]:
     return sorted(uris, key=lambda u: -size(u))
 
 
-def _after_ingest(lib_root: Path, cfg: IngestConfig, progress: bool) -> None:
-    """The stages that read the committed library: the filter view, then (optionally) captions."""
+def _after_ingest(lib_root: Path, cfg: IngestConfig, progress: bool) -> list[str]:
+    """The stages that read the committed library: the filter view, then (optionally) captions;
+    returns what they did, for the run's summary."""
+    said = []
     if cfg.after.filter:
         # the thresholds of the view being refreshed (`recap filter --set ...` stays in force)
         found = read_view(lib_root)
         filters = from_saved_config(found[1]) if found and found[1] else load_filter_config()
         view, _ = run_filters(lib_root, filters)
-        print(f"filter view: {sum(view.column('passed').to_pylist())} of {view.num_rows} clips pass", file=sys.stderr)
+        said.append(f"filter view: {sum(view.column('passed').to_pylist())} of {view.num_rows} clips pass")
     if cfg.after.caption:
         from pipeline.caption.job import run_caption  # lazy: see _check_caption_model
 
         caption_cfg = load_caption_config(cfg.after.caption_config, cfg.after.caption_set)
         caption_cfg.execution.ray_address = caption_cfg.execution.ray_address or cfg.execution.ray_address
         result = run_caption(lib_root, caption_cfg, progress=progress)
-        print(f"captions: version {result.version}: {result.captioned} new, {result.skipped} already done", file=sys.stderr)
+        said.append(f"captions: version {result.version}: {result.captioned} new, {result.skipped} already done")
+    return said
