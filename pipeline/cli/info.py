@@ -34,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
 def library_summary(lib: Library) -> dict[str, Any]:
     """What `recap info` reports, as data: counts, durations (seconds), error kinds, the filter
     view's verdicts (None before `recap filter`), the caption versions and the last ingest run."""
-    videos = lib.read("videos").to_pylist()
+    videos = lib.read("videos", ["uri", "duration_s", "video_codec", "decode_warnings"]).to_pylist()
     shots = lib.read("shots", ["start_transition"]).column("start_transition").to_pylist()
     clips = lib.read("clips", ["duration_s", "clip_mode", "file_bytes"]).to_pylist()
-    errors = lib.read("errors", ["error_type", "source"]).to_pylist()
+    errors = lib.read("errors", ["error_type"]).to_pylist()
     video_s = sum(v["duration_s"] or 0 for v in videos)
     clip_s = sum(c["duration_s"] for c in clips)
     durations = sorted(c["duration_s"] for c in clips)
