@@ -153,8 +153,9 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
     written; a new library folder is created only once all of those checks passed."""
     t0 = time.perf_counter()
     items = expand_sources(sources, cfg.sources)
-    no_ocr = cfg.signals.enabled and cfg.signals.text.enabled and not ocr_available()
-    cfg = _checked(cfg)
+    checked = _checked(cfg)
+    no_ocr = cfg.signals.text.enabled and not checked.signals.text.enabled   # turned off: no OCR engine
+    cfg = checked
     lib: Library | None = None
     try:
         if _is_library(lib_root):

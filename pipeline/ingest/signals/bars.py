@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.ingest.signals.config import BarsConfig
 from pipeline.ingest.signals.series import SampleList
+from pipeline.library.schema import BARS_COLUMNS
 
 
 def _edge_run(is_bar: np.ndarray) -> int:
@@ -91,7 +92,7 @@ class BarsAnalyzer:
     def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]:
         samples = self.samples.window(start_frame, end_frame)
         if not samples:
-            return dict.fromkeys(("bars", "crop_x", "crop_y", "crop_w", "crop_h"))
+            return {name: None for name, _, _ in BARS_COLUMNS}
         top, bottom, left, right, h, w = np.min(np.array(samples), axis=0)
         min_v, min_h = self.cfg.min_share * h, self.cfg.min_share * w
         top, bottom = (t if t >= max(min_v, 1) else 0 for t in (top, bottom))
