@@ -7,6 +7,7 @@ before its fix (a traceback, a `failed` row retried on every run, or a video ref
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -256,6 +257,33 @@ def test_a_library_inside_the_source_folder_is_not_a_source(tmp_path: Path, caps
     assert Library(lib).read("videos").num_rows == 1
     assert main(["ingest", str(lib / "media"), *args]) == 2           # only a library there: say so
     assert f"skipped the recap library {lib}" in _error_line(capsys)
+
+
+def test_file_names_that_are_not_utf8_or_hold_control_characters(tmp_path: Path, capsys) -> None:
+    """A Latin-1 name (not valid UTF-8) reached Parquet as a lone surrogate: the commit raised
+    UnicodeEncodeError and the whole run's work was lost. Such a name is stored with its stray
+    byte as an escape, the rerun knows it as done, and what the commands print stays one line
+    per clip whatever the name holds (a newline, a terminal escape)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [b"caf\xe9.mp4", b"new\nline.mp4", b"\x1b[31mred.mp4"]
+    for i, name in enumerate(names):
+        write_video(Path(os.fsdecode(bytes(folder) + b"/" + name)), n_frames=60 + 10 * i)   # distinct content
+    lib = tmp_path / "lib"
+    args = ["--out", str(lib), "--no-progress", "--set", "signals.text.enabled=false"]
+    assert main(["ingest", str(folder), *args]) == 0
+    assert "3 ingested" in capsys.readouterr().out
+    uris = sorted(Library(lib).read("videos", ["uri"]).column("uri").to_pylist())
+    assert uris == sorted([f"{folder}/\x1b[31mred.mp4", f"{folder}/caf\\xe9.mp4", f"{folder}/new\nline.mp4"])
+    assert main(["ingest", str(folder), *args]) == 0                  # the rerun: nothing left to do
+    assert "3 already done, 0 ingested" in capsys.readouterr().out
+    assert main(["caption", str(lib), "--backend", "signals", "--all"]) == 0
+    assert main(["index", str(lib)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(lib), "a shot", "--top-k", "3"]) == 0
+    hits = [line for line in capsys.readouterr().out.splitlines() if str(folder) in line]
+    assert len(hits) == 3 and "\x1b" not in "".join(hits)
+    assert any("new\\nline.mp4" in h for h in hits) and any("\\x1b[31mred.mp4" in h for h in hits)
 
 
 def test_a_url_python_cannot_parse(tmp_path: Path, capsys) -> None:

@@ -47,6 +47,7 @@ from captioner.openai_backend import RequestError
 from pipeline.caption.config import load_caption_config
 from pipeline.caption.importer import import_captions
 from pipeline.caption.job import run_caption
+from pipeline.cli.display import one_line
 from pipeline.library import CaptionStore, Library, LibraryError
 from trainer.typedconfig import ConfigError
 
@@ -152,7 +153,7 @@ def import_from(args: argparse.Namespace, store: CaptionStore, fail) -> int:
           f"{summary.already} already done; {summary.unmatched_clips} clips without a caption, "
           f"{summary.unused_lines} of {summary.lines} lines matched no clip")
     if summary.unknown_sources:
-        print(f"  {len(summary.unknown_sources)} uris not in the library, e.g. {summary.unknown_sources[0]}")
+        print(f"  {len(summary.unknown_sources)} uris not in the library, e.g. {one_line(summary.unknown_sources[0])}")
     print(f"default version: {store.default()}")
     return 0
 

@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from pipeline.cli.display import one_line
 from pipeline.filters.evaluate import reason_counts
 from pipeline.library import CaptionStore, Library, LibraryError
 from pipeline.library.views import read_view
@@ -102,7 +103,7 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
     if videos["damaged"]:
         example = videos["damaged_example"]
         lines.append(f"  damaged {videos['damaged']:>6}   videos ingested from what decoded (see videos.decode_warnings), "
-                     f"e.g. {Path(example['uri']).name}: {example['decode_warnings']}")
+                     f"e.g. {one_line(Path(example['uri']).name)}: {example['decode_warnings']}")
     lines.append(f"  errors  {errors['count']:>6}" + ("   " + ", ".join(
         f"{k}={v}" for k, v in errors["kinds"].items()) if errors["count"] else ""))
     last = s["ingest_runs"]["last"]
@@ -114,7 +115,7 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         except (TypeError, ValueError):      # a record edited by hand
             what = "(its record is not recap's)"
         lines.append(f"  runs    {s['ingest_runs']['count']:>6}   last {str(last['at'])[:16].replace('T', ' ')} UTC: "
-                     + what + (f" ({last['command']})" if last["command"] else ""))
+                     + what + (f" ({one_line(str(last['command']))})" if last["command"] else ""))
     if not clips["count"]:   # `recap filter` and `recap caption` would refuse: say why instead of sending the user there
         lines.append("  no clips yet: nothing to filter or caption (see errors/, and the videos' n_clips against "
                      "clips.min_seconds)")

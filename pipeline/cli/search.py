@@ -36,6 +36,7 @@ from index.api import Hit, SearchError
 from index.embedders import EmbedderError
 from index.store import StoreError
 from index.where import WhereError
+from pipeline.cli.display import one_line
 from pipeline.cli.index import add_common, open_index
 from pipeline.library import LibraryError
 from trainer.typedconfig import ConfigError
@@ -123,7 +124,7 @@ def _print(hits: list[Hit], as_json: bool) -> None:
     if not hits:
         print("no matching clips")
     for h in hits:
-        where = f"{h.source or h.video_id} [{_time(h.start_s)}-{_time(h.end_s)}]"
+        where = f"{one_line(h.source or h.video_id)} [{_time(h.start_s)}-{_time(h.end_s)}]"
         print(f"{h.rank:>3}  {h.score:6.3f}  {h.clip_id}  {where}")
         if h.caption:
             cap = " ".join(h.caption.split())

@@ -38,7 +38,7 @@ from pipeline.ingest.signals.config import ocr_available
 from pipeline.ingest.sources import Source, expand_sources
 from pipeline.ingest.stage import IngestStage
 from pipeline.library import Library, LibraryError
-from pipeline.library.layout import utcnow
+from pipeline.library.layout import storable, utcnow
 from pipeline.library.views import read_view
 from pipeline.stages.base import Resources
 from pipeline.stages.runner import check_resources, cluster_cpus, run_stages
@@ -225,7 +225,7 @@ def _todo(lib: Library | None, uris: list[str], cfg: IngestConfig) -> list[str]:
         return uris
     handled = lib.handled_sources()
     again = {"failed", "error"} if cfg.sources.retry_errors else {"failed"}
-    return [u for u in uris if handled.get(u, "failed") in again]
+    return [u for u in uris if handled.get(storable(u), "failed") in again]
 
 
 def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSummary, progress: bool,

@@ -52,12 +52,12 @@ class RunClaims:
             return False
         path = self.folder / video_id
         mine = self.folder / f".{video_id}.{os.getpid()}.{time.time_ns()}"
-        mine.write_text(uri)
+        mine.write_bytes(os.fsencode(uri))    # a local file's name may not be UTF-8: its bytes as they are
         try:
             os.link(mine, path)
             return True
         except FileExistsError:
-            return path.read_text() == uri
+            return path.read_bytes() == os.fsencode(uri)
         finally:
             mine.unlink()
 

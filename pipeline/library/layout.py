@@ -18,6 +18,18 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def storable(text: str) -> str:
+    """`text` as the library's tables store it (UTF-8). A file name that is not valid UTF-8 comes
+    from the OS with its stray bytes as lone surrogates (Python's `surrogateescape`), which no
+    UTF-8 writer takes: those bytes are kept as `\\xNN` escapes, so `bad\\xffname.mp4` is what the
+    tables show for that file, the same on every run."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 def is_library(folder: str | Path) -> bool:
     """Whether `folder` is a recap library (its record and its commits; a folder that merely holds
     a library.json is not one). False, not an error, where the folder cannot be read."""

@@ -51,7 +51,7 @@ from pipeline.library.files import (
     writable_folder,
     write_parts_as_one,
 )
-from pipeline.library.layout import COMMITS, MEDIA, RECORD, TMP_SUFFIX, utcnow
+from pipeline.library.layout import COMMITS, MEDIA, RECORD, TMP_SUFFIX, storable, utcnow
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 
@@ -63,7 +63,19 @@ def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     """Rows (dicts) to an Arrow table with the declared schema; missing nullable columns are null."""
     schema = table_schema(table)
     columns = {f.name: [row.get(f.name) for row in rows] for f in schema}
-    return pa.Table.from_pydict(columns, schema=schema)
+    try:
+        return pa.Table.from_pydict(columns, schema=schema)
+    except UnicodeEncodeError:   # a file name that is not UTF-8, in a uri or a message: rare, so checked only then
+        columns = {name: [_storable_value(v) for v in values] for name, values in columns.items()}
+        return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _storable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [_storable_value(v) for v in value]
+    return value
 
 
 def take_lock(path: Path, what: str) -> int:
