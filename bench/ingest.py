@@ -256,7 +256,7 @@ def ffmpeg_all(paths: list[Path], at_once: int = 2) -> dict[str, float]:
             "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
 
 
-def run_corpus(files: int, repeats: int) -> dict:
+def run_corpus(files: int, repeats: int, only: list[str] | None = None) -> dict:
     folders = corpus(files)
     videos = sorted(p for name in CORPUS_SIZES for p in folders[name].glob("*.mp4"))
     whole = folders["360p"].parent / "all"
@@ -298,6 +298,11 @@ def run_corpus(files: int, repeats: int) -> dict:
         "fixed": lambda: measure_ok(ingest(folders["tiny"])),
         "fixed-ffmpeg": lambda: ffmpeg_all(list(folders["tiny"].glob("*.mp4")), 1),
     }
+    if only:
+        unknown = set(only) - set(cases)
+        if unknown:
+            raise SystemExit(f"unknown case(s) {sorted(unknown)}; corpus cases: {', '.join(cases)}")
+        cases = {name: make for name, make in cases.items() if name in {"ffmpeg", *only}}
     runs: dict[str, list[dict]] = {name: [] for name in cases}
     try:
         for r in range(repeats):  # interleaved: a change in machine load hits every case alike
@@ -324,19 +329,25 @@ def _print_corpus(result: dict) -> None:
           f"{result['repeats']} interleaved runs (load at the end {result['load'][0]:.1f})")
     print(f"  {'case':<15} {'wall s':>8} {'x ffmpeg':>9} {'CPU s':>8} {'x ffmpeg':>9} {'tree peak MB':>13}")
     for name in ("ffmpeg", "recap", "recap-ray", "recap -text"):
+        if name not in m:
+            continue
         r = m[name]
         peak = f"{r['peak_tree_rss_mb']:13.0f}" if "peak_tree_rss_mb" in r else f"{'':13}"
         print(f"  {name:<15} {r['wall_s']:8.2f} {r['wall_s'] / ff['wall_s']:9.2f} {r['cpu_s']:8.2f} "
               f"{r['cpu_s'] / ff['cpu_s']:9.2f} {peak}")
     for res in CORPUS_SIZES:
+        if not {f"{res} +signals", f"{res} -signals", f"{res} -text"} <= m.keys():
+            continue
         on, off = m[f"{res} +signals"], m[f"{res} -signals"]
         print(f"  {res}: signals add {100 * (on['cpu_s'] / off['cpu_s'] - 1):.0f}% CPU "
               f"({off['cpu_s']:.2f} -> {on['cpu_s']:.2f} CPU-s for the run, {off['wall_s']:.2f} -> {on['wall_s']:.2f} s wall); "
               f"without text {100 * (m[f'{res} -text']['cpu_s'] / off['cpu_s'] - 1):.0f}%")
-    fixed = m["fixed"]["wall_s"] - m["fixed-ffmpeg"]["wall_s"]
-    print(f"  fixed cost of a run: {fixed:.2f} s wall ({m['fixed']['cpu_s']:.2f} CPU-s, one 3 s file; "
-          f"peak tree {m['fixed']['peak_tree_rss_mb']:.0f} MB); with Ray: recap-ray - recap = "
-          f"{m['recap-ray']['wall_s'] - m['recap']['wall_s']:.2f} s")
+    if {"fixed", "fixed-ffmpeg"} <= m.keys():
+        fixed = m["fixed"]["wall_s"] - m["fixed-ffmpeg"]["wall_s"]
+        print(f"  fixed cost of a run: {fixed:.2f} s wall ({m['fixed']['cpu_s']:.2f} CPU-s, one 3 s file; "
+              f"peak tree {m['fixed']['peak_tree_rss_mb']:.0f} MB)")
+    if {"recap", "recap-ray"} <= m.keys():
+        print(f"  with Ray: recap-ray - recap = {m['recap-ray']['wall_s'] - m['recap']['wall_s']:.2f} s")
 
 
 def main() -> None:
@@ -351,7 +362,7 @@ def main() -> None:
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.corpus:
-        (OUT / "ingest_corpus.json").write_text(json.dumps(run_corpus(args.files, args.repeats), indent=2))
+        (OUT / "ingest_corpus.json").write_text(json.dumps(run_corpus(args.files, args.repeats, args.cases), indent=2))
         return
     results = run(args.seconds, args.threads, args.repeats, args.cases)
     (OUT / "ingest.json").write_text(json.dumps(results, indent=2))
