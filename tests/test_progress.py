@@ -7,11 +7,14 @@ import io
 import os
 import struct
 import termios
+from pathlib import Path
 
 import pytest
 from tqdm import tqdm
 
-from trainer.progress import LogLines, progress_bar
+from pipeline.cli import main
+from tests.avfiles import write_video
+from trainer.progress import NO_PROGRESS_ENV, LogLines, progress_bar
 
 
 def run_bar(stream, every_s: float, steps: int = 5) -> None:
@@ -53,3 +56,35 @@ def test_on_a_terminal_the_bar_redraws_in_place():
     written = os.read(parent, 1 << 16).decode()
     os.close(parent)
     assert written.count("\r") >= 5 and "5/5" in written
+
+
+@pytest.mark.parametrize("value, hidden", [("1", True), ("0", False), ("", False)])
+def test_the_environment_switch_hides_every_bar(monkeypatch, value: str, hidden: bool):
+    monkeypatch.setenv(NO_PROGRESS_ENV, value)
+    log = io.StringIO()
+    run_bar(log, every_s=3600)
+    assert (log.getvalue() == "") == hidden
+
+
+def test_no_progress_is_one_option_of_every_command_that_draws_bars(tmp_path: Path, capsys, monkeypatch):
+    """ingest and export had --no-progress, caption --quiet, index nothing: one option now, which
+    also reaches the bars inside (index's embedding bar) and is gone once the command returns."""
+    monkeypatch.delenv(NO_PROGRESS_ENV, raising=False)
+    lib = str(tmp_path / "lib")
+
+    def ingest(name: str, n_frames: int) -> list[str]:
+        write_video(tmp_path / name, n_frames=n_frames)
+        return ["ingest", str(tmp_path / name), "--out", lib, "--set", "signals.text.enabled=false"]
+
+    caption = ["caption", lib, "--backend", "signals", "--all"]
+    assert main(ingest("a.mp4", 60)) == 0
+    assert "100%|" in capsys.readouterr().err                     # a log line of the bar, stderr being no terminal
+    for command in (ingest("b.mp4", 70), caption, ["index", lib]):
+        assert main([*command, "--no-progress"]) == 0
+        assert "%|" not in capsys.readouterr().err
+        assert NO_PROGRESS_ENV not in os.environ
+    assert main([*ingest("c.mp4", 80), "--no-progress"]) == 0
+    assert main([*caption, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["index", lib]) == 0                              # without it: the embedding bar
+    assert "embed caption" in capsys.readouterr().err

@@ -10,6 +10,7 @@ the other way round: see typedconfig.py).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import IO, Any, Callable
@@ -17,6 +18,9 @@ from typing import IO, Any, Callable
 from tqdm import tqdm
 
 LOG_EVERY_S = 30.0
+# Set (to anything but "" or "0"), every bar is hidden: `--no-progress` of each command sets it, and
+# the processes a command starts (torchrun's ranks, the ingest children) inherit it.
+NO_PROGRESS_ENV = "RECAP_NO_PROGRESS"
 
 
 class LogLines:
@@ -56,8 +60,10 @@ class LogLines:
 def progress_bar(iterable: Any = None, *, file: IO[str] | None = None, every_s: float = LOG_EVERY_S,
                  **kwargs: Any) -> tqdm:
     """tqdm(iterable, **kwargs) on `file` (default stderr), with dynamic width on a terminal and
-    `LogLines` where it is not one. `disable=True` hides it either way."""
+    `LogLines` where it is not one. `disable=True` (or NO_PROGRESS_ENV) hides it either way."""
     file = file or sys.stderr
+    if os.environ.get(NO_PROGRESS_ENV, "") not in ("", "0"):
+        kwargs["disable"] = True
     if getattr(file, "isatty", lambda: False)():
         return tqdm(iterable, file=file, dynamic_ncols=True, **kwargs)
     return tqdm(iterable, file=LogLines(file, every_s), **kwargs)

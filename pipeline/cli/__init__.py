@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "train": "trainer.cli",
     "sample": "trainer.sample_cli",
 }
+# the subcommands that draw progress bars: each takes --no-progress
+WITH_PROGRESS = {"ingest", "caption", "export", "index", "train", "sample"}
+NO_PROGRESS_ENV = "RECAP_NO_PROGRESS"    # trainer.progress.NO_PROGRESS_ENV, named here so `recap --help` loads no tqdm
 
 
 def command_doc(module_name: str) -> str:
@@ -60,6 +63,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is None or name == only:
             module = importlib.import_module(module_name)
             module.add_arguments(p)
+            if name in WITH_PROGRESS:
+                p.add_argument("--no-progress", action="store_true",
+                               help="no progress bars (where stderr is not a terminal they write a line every 30 s); "
+                                    f"also {NO_PROGRESS_ENV}=1")
             p.set_defaults(_run=module.run, _parser=p)
     return parser
 
@@ -74,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    quiet_before = os.environ.get(NO_PROGRESS_ENV)
+    if getattr(args, "no_progress", False):
+        os.environ[NO_PROGRESS_ENV] = "1"      # every bar of the command, in the processes it starts too
     try:
         status = int(args._run(args) or 0)
         sys.stdout.flush()              # a closed pipe shows here, not at exit
@@ -86,3 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         # final flush of stdout go nowhere instead of raising again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:   # main() may be called again in this process (tests, embedding): as it was before
+        if quiet_before is None:
+            os.environ.pop(NO_PROGRESS_ENV, None)
+        else:
+            os.environ[NO_PROGRESS_ENV] = quiet_before

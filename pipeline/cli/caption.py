@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--make-default", action="store_true", help="mark this run's version as the one export uses")
     p.add_argument("--list", action="store_true", help="list the caption versions of LIB and exit")
     p.add_argument("--set-default", metavar="VERSION", help="mark VERSION as the one export uses and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", dest="no_progress", action="store_true", help=argparse.SUPPRESS)  # --no-progress's old name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
               "camera, motion, light, colour and on-screen text, not a description of the content")
     try:
         summary = run_caption(args.library, cfg, where=args.where, all_clips=args.all_clips, limit=args.limit,
-                              progress=not args.quiet)
+                              progress=not args.no_progress)
     except (MissingModelError, RequestError) as e:
         return fail(f"{e}\nnothing was written.")
     except (ValueError, FileNotFoundError, LibraryError) as e:

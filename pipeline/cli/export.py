@@ -57,8 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="select and plan, then print the samples by split and bucket, the shards and their "
                         "estimated size; render and write nothing")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (where stderr is not a terminal it writes a line every 30 s)")
 
 
 def run(args: argparse.Namespace) -> int:

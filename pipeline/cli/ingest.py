@@ -50,8 +50,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check the sources and the config, say how many sources a run would ingest (and "
                         "their size), and write nothing")
-    p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (where stderr is not a terminal it writes a line every 30 s)")
 
 
 def run(args: argparse.Namespace) -> int:
