@@ -51,17 +51,24 @@ def hits(found) -> list[tuple[str, float]]:
     return [(h.clip_id, round(h.score, 5)) for h in found]
 
 
+def same_hits(a, b) -> bool:
+    """The same clips in the same order, scores equal to float32 precision: Milvus Lite sums a
+    filtered search's products in another order than an unfiltered one (0.14176 against 0.14175)."""
+    return [h.clip_id for h in a] == [h.clip_id for h in b] and \
+        all(abs(x.score - y.score) < 1e-5 for x, y in zip(a, b))
+
+
 @pytest.mark.parametrize("where", WHERES)
 def test_exact_scan_gives_milvus_answers(both, where):
     fast, slow = both
     for q in QUERIES[:3]:
         for k in (2, 20):
             a, b = fast.search(q, top_k=k, where=where), slow.search(q, top_k=k, where=where)
-            assert hits(a) == hits(b), (q, k, where)
+            assert same_hits(a, b), (q, k, where, hits(a), hits(b))
             assert [h.to_dict() | {"score": 0} for h in a] == [h.to_dict() | {"score": 0} for h in b]
     for i in (0, 4, 10):
-        assert hits(fast.search(like=clip_id(i), top_k=4, where=where)) == \
-            hits(slow.search(like=clip_id(i), top_k=4, where=where)), (i, where)
+        a, b = fast.search(like=clip_id(i), top_k=4, where=where), slow.search(like=clip_id(i), top_k=4, where=where)
+        assert same_hits(a, b), (i, where, hits(a), hits(b))
     assert fast._store is None       # the exact path never opened the store
 
 
@@ -97,7 +104,7 @@ def test_where_takes_the_fields_export_and_caption_take(both, indexed):
         assert set(index.fields()) == set(compile_for_schema("passed", schema).fields)
     for where in ('ocr_text == ""', 'caption == "x"', "file_bytes is null", "caption_version is not null"):
         compile_for_schema(where, schema)              # what export and caption accept ...
-        assert hits(fast.search("dog", where=where)) == hits(slow.search("dog", where=where))   # ... search takes
+        assert same_hits(fast.search("dog", where=where), slow.search("dog", where=where))   # ... search takes
     for where, message in [("n_frames < 99999999999999999999999999", "out of range"),
                            ("duration_s > 1e999", "out of range"), ("ocr_text > 3", "needs a number field")]:
         with pytest.raises(WhereError, match=message) as from_export:
