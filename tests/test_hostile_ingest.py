@@ -15,6 +15,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
@@ -284,6 +286,27 @@ def test_file_names_that_are_not_utf8_or_hold_control_characters(tmp_path: Path,
     hits = [line for line in capsys.readouterr().out.splitlines() if str(folder) in line]
     assert len(hits) == 3 and "\x1b" not in "".join(hits)
     assert any("new\\nline.mp4" in h for h in hits) and any("\\x1b[31mred.mp4" in h for h in hits)
+
+
+def test_folders_whose_names_are_not_utf8(tmp_path: Path, capsys) -> None:
+    """Parquet files are opened by UTF-8 path: a library (or an export) in a folder named in
+    Latin-1 ingested every video, then crashed at the first commit. It is refused first, with
+    nothing created; a Parquet manifest under such a name is read."""
+    latin1 = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9"))
+    video = write_video(tmp_path / "v.mp4", n_frames=60)
+    args = ["--no-progress", "--set", "signals.text.enabled=false"]
+    assert main(["ingest", str(video), "--out", str(latin1 / "lib"), *args]) == 2
+    assert f"{tmp_path}/caf\\xe9/lib: a library's path must be valid UTF-8" in _error_line(capsys)
+    assert not latin1.exists()
+    manifest = Path(os.fsdecode(bytes(tmp_path) + b"/list\xe9.parquet"))
+    with manifest.open("wb") as f:
+        pq.write_table(pa.table({"uri": [str(video)]}), f)
+    lib = tmp_path / "lib"
+    assert main(["ingest", str(manifest), "--out", str(lib), *args]) == 0
+    assert "1 ingested" in capsys.readouterr().out
+    assert main(["export", str(lib), "--out", str(latin1), "--no-progress"]) == 2
+    assert "--out must be valid UTF-8" in _error_line(capsys)
+    assert not latin1.exists()
 
 
 def test_a_url_python_cannot_parse(tmp_path: Path, capsys) -> None:

@@ -30,7 +30,7 @@ from pipeline.export.config import ExportConfig
 from pipeline.export.plan import Plan, ShardPlan, plan_export
 from pipeline.export.selection import ExportError, Selection, select
 from pipeline.export.writer import STATE, WriteShardStage
-from pipeline.library.files import atomic_write_bytes
+from pipeline.library.files import atomic_write_bytes, require_utf8_path
 from pipeline.library.tables import locked
 from pipeline.stages.runner import run_stages
 from trainer.progress import progress_bar
@@ -116,6 +116,7 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
     root, out = Path(root), Path(out)
     if out.exists() and not out.is_dir():      # said before the selection and the plan are worked out
         raise ExportError(f"--out {out} is a file, not a folder; choose another --out")
+    require_utf8_path(out, "--out")
     sel, plan = _select_and_plan(root, where, query, top_k, caption_version, selection, buckets, cfg)
     for note in sel.notes:
         log(f"note: {note}")

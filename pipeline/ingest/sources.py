@@ -212,9 +212,9 @@ def read_manifest(path: Path) -> list[Source]:
             # lazy: pyarrow is for Parquet manifests only; the ingest child reads none
             import pyarrow.parquet as pq
 
-            schema = pq.read_schema(path)
-            _require_uri_column(path, schema.names)
-            uris = pq.read_table(path, columns=["uri"]).column("uri").to_pylist()
+            with path.open("rb") as f:   # a Python file: Arrow's own would need a UTF-8 path
+                _require_uri_column(path, pq.read_schema(f).names)
+                uris = pq.read_table(f, columns=["uri"]).column("uri").to_pylist()
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
         raise SourceError(f"{path}: cannot read manifest: {_reason(exc)}") from exc
     except SourceError:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.layout import RECORD, TMP_SUFFIX
+from pipeline.library.layout import RECORD, TMP_SUFFIX, storable
 
 STALE_TMP_S = 600     # far longer than writing one file takes: an older temp file is a crash's leftover
 
@@ -122,6 +122,16 @@ T = TypeVar("T")
 COMPACT_PARTS = 64
 COMPACT_LEVELS = 16      # merged parts that pile up before everything is merged into one (tiers)
 COMPACT_ROWS = 65536     # rows per row group of a compacted part
+
+
+def require_utf8_path(folder: Path, what: str) -> None:
+    """LibraryError unless `folder`'s absolute path is valid UTF-8: Arrow's file systems open
+    Parquet files by UTF-8 path, so a folder named in another encoding would fail at the first
+    table written into it, after the work."""
+    where = str(folder.absolute())
+    if storable(where) != where:
+        raise LibraryError(f"{storable(where)}: {what} must be valid UTF-8 (Parquet files are opened by "
+                           "UTF-8 path): rename or move the folder")
 
 
 def writable_folder(folder: Path, check: bool = True) -> Path:

@@ -48,6 +48,7 @@ from pipeline.library.files import (
     new_batch_id,
     read_again_if_merged,
     read_parts,
+    require_utf8_path,
     writable_folder,
     write_parts_as_one,
 )
@@ -155,6 +156,7 @@ class Library:
     def __init__(self, root: str | Path, write: bool = False):
         self.root = Path(root)
         meta_path = self.root / RECORD
+        require_utf8_path(self.root, "a library's path")
         if self.root.exists() and not self.root.is_dir():
             raise LibraryError(f"{self.root} is a file, not a library folder")
         if meta_path.exists():
