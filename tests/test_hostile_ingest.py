@@ -286,6 +286,11 @@ def test_file_names_that_are_not_utf8_or_hold_control_characters(tmp_path: Path,
     hits = [line for line in capsys.readouterr().out.splitlines() if str(folder) in line]
     assert len(hits) == 3 and "\x1b" not in "".join(hits)
     assert any("new\\nline.mp4" in h for h in hits) and any("\\x1b[31mred.mp4" in h for h in hits)
+    latin1 = os.fsdecode(bytes(folder) + b"/" + names[0])                 # as json.dumps writes it: \udce9
+    (tmp_path / "given.jsonl").write_text(json.dumps({"uri": latin1, "caption": "a cafe"}) + "\n")
+    assert main(["caption", str(lib), "--from", str(tmp_path / "given.jsonl")]) == 0
+    imported = capsys.readouterr().out
+    assert "): 1 clips captioned" in imported and "not in the library" not in imported
 
 
 def test_folders_whose_names_are_not_utf8(tmp_path: Path, capsys) -> None:

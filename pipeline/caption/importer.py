@@ -23,6 +23,7 @@ from typing import Any
 from captioner.captioner import version_id
 from pipeline.ingest.sources import manifest_entry
 from pipeline.library import Library
+from pipeline.library.layout import storable
 
 IMPORT_BACKEND = "import"
 
@@ -55,7 +56,8 @@ def read_caption_lines(path: str | Path) -> list[dict[str, Any]]:
         start, end = record.get("start_s"), record.get("end_s")
         if start is not None and end is not None and float(end) <= float(start):
             raise ValueError(f"{path}:{number}: end_s must be after start_s")
-        out.append({"uri": manifest_entry(path.parent, str(record["uri"])).uri, "text": text.strip(),
+        # storable: the name as the library stores it (a non-UTF-8 name written by json.dumps as \udcNN)
+        out.append({"uri": storable(manifest_entry(path.parent, str(record["uri"])).uri), "text": text.strip(),
                     "start_s": None if start is None else float(start),
                     "end_s": None if end is None else float(end), "line": number})
     if not out:
