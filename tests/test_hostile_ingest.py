@@ -244,6 +244,30 @@ def test_info_on_a_library_without_clips(tmp_path: Path, capsys) -> None:
     assert "empty_file=1" in out and "no clips yet" in out and "run `recap filter`" not in out
 
 
+def test_info_lists_the_sources_failing_now(tmp_path: Path, capsys) -> None:
+    """After "2 source(s) failed: see LIB/errors/" a user had to read Parquet to learn which. And
+    the summary counted error rows, which are history: a source a later run ingested still counted."""
+    ok, late = write_video(tmp_path / "ok.mp4", n_frames=60), tmp_path / "late.mp4"
+    (tmp_path / "list.txt").write_text(f"{ok}\n{late}\n")
+    lib = tmp_path / "lib"
+    args = ["--out", str(lib), "--no-progress", "--set", "signals.text.enabled=false"]
+    assert main(["ingest", str(tmp_path / "list.txt"), *args]) == 3
+    assert f"1 source(s) failed: `recap info {lib} --errors` lists them" in capsys.readouterr().err
+    assert main(["info", str(lib), "--errors"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [f"  {late}", "      error: not_found at fetch: no such file"]
+    assert main(["info", str(lib), "--errors", "--json"]) == 0
+    [failing] = json.loads(capsys.readouterr().out)
+    assert (failing["uri"], failing["outcome"], failing["error_type"]) == (str(late), "error", "not_found")
+    write_video(late, n_frames=70)                                    # the file arrives: retried, ingested
+    assert main(["ingest", str(tmp_path / "list.txt"), *args, "--set", "sources.retry_errors=true"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(lib), "--errors"]) == 0
+    assert capsys.readouterr().out.strip() == "no failing sources"
+    assert main(["info", str(lib), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["errors"] == {"count": 0, "kinds": {}}
+    assert Library(lib).read("errors").num_rows == 1                  # the history is kept
+
+
 def test_a_library_inside_the_source_folder_is_not_a_source(tmp_path: Path, capsys) -> None:
     """`recap ingest . --out lib` then a rerun (to resume, or for new videos): the walk found the
     library's own clip files under lib/media/ and ingested each as a new video."""

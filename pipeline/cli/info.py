@@ -1,11 +1,14 @@
 """Print a summary of a clip library: videos, shots, clips, durations and failures.
 
-`--json` prints the same figures as one JSON object, for scripts and monitoring."""
+`--json` prints the same figures as one JSON object, for scripts and monitoring. `--errors` lists
+the sources that are failing now (their latest outcome an error; one a later run ingested is not
+listed): each one's uri, and where and why it failed (with --json, a JSON list)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,16 +23,53 @@ from pipeline.library.views import read_view
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("lib", metavar="LIB", help="library folder")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--errors", action="store_true",
+                   help="list the sources failing now, with where and why, instead of the summary")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        summary = library_summary(Library(args.lib))
+        lib = Library(args.lib)
+        if args.errors:
+            found = failures(lib)
+            print(json.dumps(found, indent=2, ensure_ascii=False, default=lambda t: t.isoformat()) if args.json
+                  else "\n".join(failure_lines(found)))
+            return 0
+        summary = library_summary(lib)
     except LibraryError as e:      # not a library, or a damaged file of one
         print(f"recap info: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else "\n".join(summary_lines(summary)))
     return 0
+
+
+def failures(lib: Library) -> list[dict[str, Any]]:
+    """The sources whose latest outcome is `error` or `failed`, by uri, each with its latest error
+    row (uri, outcome, stage, error_type, message, at). Error rows are history: a source that
+    failed and was ingested by a later run has rows but is not failing."""
+    failing = {uri: outcome for uri, outcome in lib.handled_sources().items() if outcome in ("error", "failed")}
+    if not failing:
+        return []
+    latest: dict[str, dict[str, Any]] = {}
+    for row in lib.read("errors", ["source", "stage", "error_type", "message", "at"]).sort_by("at").to_pylist():
+        if row["source"] in failing:
+            latest[row["source"]] = row
+    return [{"uri": uri, "outcome": failing[uri], **{k: v for k, v in latest.get(uri, {}).items() if k != "source"}}
+            for uri in sorted(failing)]
+
+
+def failure_lines(found: list[dict[str, Any]]) -> list[str]:
+    """`failures` for a person: the uri, then its kind, stage and message (less the uri it repeats)."""
+    if not found:
+        return ["no failing sources"]
+    lines = [f"{len(found)} failing source(s) (`error`: bad input, retried only with sources.retry_errors; "
+             "`failed`: retried by the next run):"]
+    for f in found:
+        message = str(f.get("message") or "")
+        message = message[len(f["uri"]):].lstrip(": ") if message.startswith(f["uri"]) else message
+        lines += [f"  {one_line(f['uri'])}",
+                  f"      {f['outcome']}: {f.get('error_type') or '?'} at {f.get('stage') or '?'}: {one_line(message)}"]
+    return lines
 
 
 def library_summary(lib: Library) -> dict[str, Any]:
@@ -38,7 +78,7 @@ def library_summary(lib: Library) -> dict[str, Any]:
     videos = lib.read("videos", ["uri", "duration_s", "video_codec", "decode_warnings"]).to_pylist()
     shots = lib.read("shots", ["start_transition"]).column("start_transition").to_pylist()
     clips = lib.read("clips", ["duration_s", "clip_mode", "file_bytes"]).to_pylist()
-    errors = lib.read("errors", ["error_type"]).to_pylist()
+    failing = failures(lib)
     video_s = sum(v["duration_s"] or 0 for v in videos)
     clip_s = sum(c["duration_s"] for c in clips)
     durations = sorted(c["duration_s"] for c in clips)
@@ -55,7 +95,7 @@ def library_summary(lib: Library) -> dict[str, Any]:
                   "length_s": ({"min": durations[0], "median": durations[len(durations) // 2], "max": durations[-1]}
                                if clips else None),
                   "file_bytes": sum(c["file_bytes"] or 0 for c in clips)},
-        "errors": {"count": len(errors), "kinds": dict(Counter(e["error_type"] for e in errors).most_common())},
+        "errors": {"count": len(failing), "kinds": dict(Counter(f.get("error_type") for f in failing).most_common())},
         "filter": _view_summary(lib) if clips else None,
         "captions": _caption_summary(lib.captions) if clips else [],
         "ingest_runs": _runs_summary(lib.meta.get("runs", [])),
@@ -85,6 +125,10 @@ def _caption_summary(store: CaptionStore) -> list[dict[str, Any]]:
              "model": v["model_id"] or v["backend"]} for v in store.versions()]
 
 
+def _errors_command(s: dict[str, Any]) -> str:
+    return f"`recap info {shlex.quote(s['library'])} --errors`"
+
+
 def summary_lines(s: dict[str, Any]) -> list[str]:
     """`library_summary` for a person."""
     videos, shots, clips, errors = s["videos"], s["shots"], s["clips"], s["errors"]
@@ -105,7 +149,7 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"  damaged {videos['damaged']:>6}   videos ingested from what decoded (see videos.decode_warnings), "
                      f"e.g. {one_line(Path(example['uri']).name)}: {example['decode_warnings']}")
     lines.append(f"  errors  {errors['count']:>6}" + ("   " + ", ".join(
-        f"{k}={v}" for k, v in errors["kinds"].items()) if errors["count"] else ""))
+        f"{k}={v}" for k, v in errors["kinds"].items()) + f" (listed by {_errors_command(s)})" if errors["count"] else ""))
     last = s["ingest_runs"]["last"]
     if last:
         done = last["summary"] if isinstance(last["summary"], dict) else {}
@@ -117,8 +161,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         lines.append(f"  runs    {s['ingest_runs']['count']:>6}   last {str(last['at'])[:16].replace('T', ' ')} UTC: "
                      + what + (f" ({one_line(str(last['command']))})" if last["command"] else ""))
     if not clips["count"]:   # `recap filter` and `recap caption` would refuse: say why instead of sending the user there
-        lines.append("  no clips yet: nothing to filter or caption (see errors/, and the videos' n_clips against "
-                     "clips.min_seconds)")
+        lines.append(f"  no clips yet: nothing to filter or caption (see {_errors_command(s)}, and the videos' "
+                     "n_clips against clips.min_seconds)")
         return lines
     view = s["filter"]
     if view is None:

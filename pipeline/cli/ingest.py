@@ -6,8 +6,8 @@ paths in it are read from its own folder) or an fsspec URL (s3://, gs://, https:
 staged through a size-bounded local cache).
 
 Rerunning the same command resumes: sources already handled are skipped, and a crash or
-kill -9 loses nothing but the batch in flight. Bad inputs become rows in LIB/errors/ and the
-job goes on; a source that takes longer than sources.timeout_s (or sources.cpu_timeout_s of
+kill -9 loses nothing but the batch in flight. Bad inputs become rows in LIB/errors/ (listed by
+`recap info LIB --errors`) and the job goes on; a source that takes longer than sources.timeout_s (or sources.cpu_timeout_s of
 CPU) is given up as an error row. Exit status: 0 when every source succeeded, 3 when some
 failed or the library has no clips, 2 for a usage, config or Ray start error (then nothing
 is written).
@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print("\n".join(summary.lines()))
     if summary.failed:
-        print(f"{summary.failed} source(s) failed: see {args.out}/errors/", file=sys.stderr)
+        print(f"{summary.failed} source(s) failed: `recap info {shlex.quote(args.out)} --errors` lists them",
+              file=sys.stderr)
     if summary.failed or not summary.library_clips:
         return EXIT_SOME_FAILED
     return 0

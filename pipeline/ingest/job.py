@@ -72,7 +72,7 @@ class IngestSummary:
             out.append("failures: " + ", ".join(f"{k}={v}" for k, v in sorted(self.errors_by_type.items())))
         if not self.library_clips:
             out.append("the library has no clips: every source failed, or every video was shorter than "
-                       "clips.min_seconds after clips.margin_frames (see errors/ and the videos' n_clips)")
+                       "clips.min_seconds after clips.margin_frames (see `recap info LIB --errors` and the videos' n_clips)")
         return out + self.after
 
     def count(self, result: SourceResult) -> None:
