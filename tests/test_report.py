@@ -13,6 +13,8 @@ from pipeline.cli import report as report_cli
 from pipeline.filters.config import load_filter_config
 from pipeline.filters.evaluate import run_filters
 from pipeline.filters.report import HISTOGRAMS
+from pipeline.ingest.result import error_result, source_row
+from pipeline.library import Library
 from tests.test_filters import write_library
 
 
@@ -83,3 +85,20 @@ def test_report_without_view_or_aesthetic_says_so(tmp_path):
     assert "computed now with configs/filters.yaml" in page
     assert "no media" in page  # no clip files in this library: the strip says so instead of failing
     assert not (lib / "views").exists()  # the report never writes the view
+    assert "<h2>Failed sources</h2><p>None.</p>" in page
+
+
+def test_report_lists_the_sources_failing_now(tmp_path):
+    lib = write_library(tmp_path / "lib", n=40, parts=1)
+    bad, fixed = "/in/<b>odd</b>.mp4", "/in/late.mp4"
+    with Library(lib, write=True) as writer:
+        for uri in (bad, fixed):
+            writer.commit(error_result(uri, None, "fetch", "not_found", f"{uri}: no such file").rows)
+        writer.commit({"sources": [source_row(fixed, "v" * 32, "ingested")]})      # a later run ingested it
+    p = argparse.ArgumentParser()
+    report_cli.add_arguments(p)
+    assert report_cli.run(p.parse_args([str(lib)])) == 0
+    page = (lib / "report" / "index.html").read_text()
+    assert "<h2>Failed sources <small>(1: not_found=1)</small></h2>" in page
+    assert "<td>/in/&lt;b&gt;odd&lt;/b&gt;.mp4</td><td>error</td><td>not_found</td><td>fetch</td>" in page
+    assert "late.mp4" not in page

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         lib = Library(args.lib)
         if args.errors:
-            found = failures(lib)
+            found = lib.failing_sources()
             print(json.dumps(found, indent=2, ensure_ascii=False, default=lambda t: t.isoformat()) if args.json
                   else "\n".join(failure_lines(found)))
             return 0
@@ -43,23 +43,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def failures(lib: Library) -> list[dict[str, Any]]:
-    """The sources whose latest outcome is `error` or `failed`, by uri, each with its latest error
-    row (uri, outcome, stage, error_type, message, at). Error rows are history: a source that
-    failed and was ingested by a later run has rows but is not failing."""
-    failing = {uri: outcome for uri, outcome in lib.handled_sources().items() if outcome in ("error", "failed")}
-    if not failing:
-        return []
-    latest: dict[str, dict[str, Any]] = {}
-    for row in lib.read("errors", ["source", "stage", "error_type", "message", "at"]).sort_by("at").to_pylist():
-        if row["source"] in failing:
-            latest[row["source"]] = row
-    return [{"uri": uri, "outcome": failing[uri], **{k: v for k, v in latest.get(uri, {}).items() if k != "source"}}
-            for uri in sorted(failing)]
-
-
 def failure_lines(found: list[dict[str, Any]]) -> list[str]:
-    """`failures` for a person: the uri, then its kind, stage and message (less the uri it repeats)."""
+    """`Library.failing_sources` for a person: the uri, then its kind, stage and message (less the uri it repeats)."""
     if not found:
         return ["no failing sources"]
     lines = [f"{len(found)} failing source(s) (`error`: bad input, retried only with sources.retry_errors; "
@@ -78,7 +63,7 @@ def library_summary(lib: Library) -> dict[str, Any]:
     videos = lib.read("videos", ["uri", "duration_s", "video_codec", "decode_warnings"]).to_pylist()
     shots = lib.read("shots", ["start_transition"]).column("start_transition").to_pylist()
     clips = lib.read("clips", ["duration_s", "clip_mode", "file_bytes"]).to_pylist()
-    failing = failures(lib)
+    failing = lib.failing_sources()
     video_s = sum(v["duration_s"] or 0 for v in videos)
     clip_s = sum(c["duration_s"] for c in clips)
     durations = sorted(c["duration_s"] for c in clips)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 import json
 import os
+import shlex
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ HISTOGRAMS: dict[str, tuple[str, bool]] = {
     "blank_share": ("Blank frames (share)", False),
 }
 EXAMPLES_PER_REASON = 6
+FAILURES_SHOWN = 200      # rows of the failed-sources table; `recap info LIB --errors` has them all
 
 
 class ReportError(Exception):
@@ -279,6 +282,7 @@ def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Pat
         strips.append(f'<h3>{html.escape(reason)} <small>({counts[reason]} clips)</small></h3>'
                       f'<div class="strip">{"".join(cells)}</div>')
     sections.append("<h2>Examples per rejection reason</h2>" + ("".join(strips) or "<p>No clip rejected.</p>"))
+    sections.append(_failures_section(lib))
 
     config_json = html.escape(json.dumps(to_dict(cfg), indent=1))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>recap library report</title>
@@ -301,6 +305,23 @@ pre {{ background: #f6f6f6; padding: 8px; font-size: 11px; max-height: 240px; ov
     index = out / "index.html"
     index.write_text(page)
     return index
+
+
+def _failures_section(lib: Library) -> str:
+    """The sources failing now (`Library.failing_sources`), the first FAILURES_SHOWN of them."""
+    found = lib.failing_sources()
+    if not found:
+        return "<h2>Failed sources</h2><p>None.</p>"
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(f.get(k) or ''))}</td>"
+                         for k in ("uri", "outcome", "error_type", "stage", "message")) + "</tr>"
+        for f in found[:FAILURES_SHOWN])
+    more = (f"<p>{len(found) - FAILURES_SHOWN} more: <code>recap info {html.escape(shlex.quote(str(lib.root)))} "
+            "--errors</code> lists them all.</p>" if len(found) > FAILURES_SHOWN else "")
+    return (f"<h2>Failed sources <small>({len(found)}: "
+            + html.escape(", ".join(f"{k}={v}" for k, v in Counter(f.get("error_type") for f in found).most_common()))
+            + ")</small></h2><table><tr><th>source</th><th>outcome</th><th>kind</th><th>stage</th><th>message</th></tr>"
+            + rows + "</table>" + more)
 
 
 def _reason_value(reason: str, clip: dict[str, Any], cfg: FilterConfig, view: pa.Table, row: int) -> str:

@@ -386,6 +386,20 @@ class Library:
         t = self.read("sources", ["uri", "outcome", "at"]).sort_by("at")
         return dict(zip(t.column("uri").to_pylist(), t.column("outcome").to_pylist()))
 
+    def failing_sources(self) -> list[dict[str, Any]]:
+        """The sources whose latest outcome is `error` or `failed`, by uri, each with its latest
+        error row: uri, outcome, stage, error_type, message, at. Error rows are history: a source
+        that failed and was ingested by a later run has rows but is not failing."""
+        failing = {uri: outcome for uri, outcome in self.handled_sources().items() if outcome in ("error", "failed")}
+        if not failing:
+            return []
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.read("errors", ["source", "stage", "error_type", "message", "at"]).sort_by("at").to_pylist():
+            if row["source"] in failing:
+                latest[row["source"]] = row
+        return [{"uri": uri, "outcome": failing[uri], **{k: v for k, v in latest.get(uri, {}).items() if k != "source"}}
+                for uri in sorted(failing)]
+
     def video_ids(self) -> set[str]:
         return set(self.read("videos", ["video_id"]).column("video_id").to_pylist())
 
