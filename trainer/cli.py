@@ -27,6 +27,7 @@ from trainer.cache import CacheError, CacheSettings, build_cache
 from trainer.checkpoint import CheckpointError
 from trainer.launch import check_out, default_nproc, exec_torchrun, run_ray, run_ray_cache, torchrun_command
 from trainer.parallel import ParallelError
+from trainer.progress import add_no_progress_option, hidden_bars
 from trainer.shards import NoBatchError
 from trainer.tasks import TrainSetupError
 from trainer.train import load_job_config, main
@@ -85,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cache.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                        help="how latents and token states are stored (default float32)")
     cache.add_argument("--batch-size", type=int, default=8, metavar="N", help="samples encoded at once (default 8)")
+    add_no_progress_option(parser)
 
 
 def vae_source(text: str) -> AutoencoderSource:
@@ -161,4 +163,7 @@ if __name__ == "__main__":   # torchrun -m trainer.cli dit ...
     _parser = argparse.ArgumentParser(prog="trainer.cli", description=__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(_parser)
-    sys.exit(run(_parser.parse_args()))
+    _args = _parser.parse_args()
+    with hidden_bars(_args.no_progress):
+        _status = run(_args)
+    sys.exit(_status)

@@ -10,10 +10,12 @@ the other way round: see typedconfig.py).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import sys
 import time
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 from tqdm import tqdm
 
@@ -55,6 +57,29 @@ class LogLines:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+def add_no_progress_option(parser: argparse.ArgumentParser) -> None:
+    """`--no-progress`, the same on every command that draws bars (`hidden_bars` applies it)."""
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (where stderr is not a terminal they write a line every 30 s); "
+                             f"also {NO_PROGRESS_ENV}=1")
+
+
+@contextlib.contextmanager
+def hidden_bars(hide: bool = True) -> Iterator[None]:
+    """Every bar hidden inside the block (`hide`), in this process and the ones it starts, which
+    inherit NO_PROGRESS_ENV; as it was before afterwards (a caller may run several commands)."""
+    before = os.environ.get(NO_PROGRESS_ENV)
+    if hide:
+        os.environ[NO_PROGRESS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(NO_PROGRESS_ENV, None)
+        else:
+            os.environ[NO_PROGRESS_ENV] = before
 
 
 def progress_bar(iterable: Any = None, *, file: IO[str] | None = None, every_s: float = LOG_EVERY_S,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.progress import progress_bar
+from trainer.progress import add_no_progress_option, progress_bar
 from trainer.runtime import ATTENTION_KERNELS
 from trainer.sample import (
     Sampler,
@@ -81,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SDPA backend tried first, as train.attention_kernel (default auto: torch's order)")
     p.add_argument("--out", required=True, metavar="OUT", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace the samples of an earlier run in OUT")
+    add_no_progress_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

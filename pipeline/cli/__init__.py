@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -28,9 +29,6 @@ COMMANDS: dict[str, str] = {
     "train": "trainer.cli",
     "sample": "trainer.sample_cli",
 }
-# the subcommands that draw progress bars: each takes --no-progress
-WITH_PROGRESS = {"ingest", "caption", "export", "index", "train", "sample"}
-NO_PROGRESS_ENV = "RECAP_NO_PROGRESS"    # trainer.progress.NO_PROGRESS_ENV, named here so `recap --help` loads no tqdm
 
 
 def command_doc(module_name: str) -> str:
@@ -63,12 +61,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is None or name == only:
             module = importlib.import_module(module_name)
             module.add_arguments(p)
-            if name in WITH_PROGRESS:
-                p.add_argument("--no-progress", action="store_true",
-                               help="no progress bars (where stderr is not a terminal they write a line every 30 s); "
-                                    f"also {NO_PROGRESS_ENV}=1")
             p.set_defaults(_run=module.run, _parser=p)
     return parser
+
+
+def _bars_hidden_if_asked(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """`--no-progress`: every bar of the command hidden, in the processes it starts too."""
+    if not getattr(args, "no_progress", False):
+        return contextlib.nullcontext()
+    from trainer.progress import hidden_bars  # lazy: tqdm only for a command that draws bars
+    return hidden_bars()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,11 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    quiet_before = os.environ.get(NO_PROGRESS_ENV)
-    if getattr(args, "no_progress", False):
-        os.environ[NO_PROGRESS_ENV] = "1"      # every bar of the command, in the processes it starts too
     try:
-        status = int(args._run(args) or 0)
+        with _bars_hidden_if_asked(args):
+            status = int(args._run(args) or 0)
         sys.stdout.flush()              # a closed pipe shows here, not at exit
         return status
     except KeyboardInterrupt:
@@ -96,8 +96,3 @@ def main(argv: list[str] | None = None) -> int:
         # final flush of stdout go nowhere instead of raising again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    finally:   # main() may be called again in this process (tests, embedding): as it was before
-        if quiet_before is None:
-            os.environ.pop(NO_PROGRESS_ENV, None)
-        else:
-            os.environ[NO_PROGRESS_ENV] = quiet_before

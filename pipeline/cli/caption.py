@@ -49,6 +49,7 @@ from pipeline.caption.importer import import_captions
 from pipeline.caption.job import run_caption
 from pipeline.cli.display import one_line
 from pipeline.library import CaptionStore, Library, LibraryError
+from trainer.progress import add_no_progress_option
 from trainer.typedconfig import ConfigError
 
 
@@ -75,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--make-default", action="store_true", help="mark this run's version as the one export uses")
     p.add_argument("--list", action="store_true", help="list the caption versions of LIB and exit")
     p.add_argument("--set-default", metavar="VERSION", help="mark VERSION as the one export uses and exit")
+    add_no_progress_option(p)
     p.add_argument("--quiet", dest="no_progress", action="store_true", help=argparse.SUPPRESS)  # --no-progress's old name
 
 

@@ -31,6 +31,7 @@ from pipeline.export.config import load_export_config
 from pipeline.export.job import preview_export, run_export
 from pipeline.export.selection import ExportError
 from pipeline.library import LibraryError
+from trainer.progress import add_no_progress_option
 from trainer.typedconfig import ConfigError
 
 
@@ -57,6 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="select and plan, then print the samples by split and bucket, the shards and their "
                         "estimated size; render and write nothing")
+    add_no_progress_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from index.embedders import EmbedderError
 from index.store import StoreError
 from pipeline.embed import load_index_config, run_index
 from pipeline.library import LibraryError
+from trainer.progress import add_no_progress_option
 from trainer.typedconfig import ConfigError
 
 
@@ -53,6 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="report how Milvus differs from Parquet; change nothing")
     mode.add_argument("--repair", action="store_true", help="make Milvus match Parquet without embedding new clips")
+    add_no_progress_option(p)
 
 
 def open_index(args: argparse.Namespace) -> ClipIndex:

@@ -33,6 +33,7 @@ from pipeline.ingest.config import load_ingest_config
 from pipeline.ingest.job import plan_ingest, run_ingest
 from pipeline.ingest.sources import SourceError
 from pipeline.library import LibraryError
+from trainer.progress import add_no_progress_option
 from trainer.typedconfig import ConfigError
 
 EXIT_SOME_FAILED = 3
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="check the sources and the config, say how many sources a run would ingest (and "
                         "their size), and write nothing")
+    add_no_progress_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
