@@ -98,6 +98,19 @@ def test_messages_say_what_was_given(override: str, message: str) -> None:
         load_filter_config(None, [override])
 
 
+def test_a_number_where_text_is_wanted_says_how_to_quote_it(capsys) -> None:
+    """`--shard-size 0` said "shard_size: expected a string, got 0": YAML had read the 0."""
+    from pipeline.cli import main
+    from pipeline.export.config import load_export_config
+
+    with pytest.raises(ConfigError, match="""shard_size: expected a string, got 5 \\(YAML reads 5 as a number: """
+                                          """quote it, e.g. --set 'shard_size="5"'\\)"""):
+        load_export_config(None, ["shard_size=5"])
+    assert load_export_config(None, ['shard_size="64MB"']).shard_size == "64MB"
+    assert main(["export", "no-such-lib", "--out", "x", "--shard-size", "0"]) == 2
+    assert "shard size must look like 512MB, 2GB or 800KB, got '0'" in capsys.readouterr().err
+
+
 def test_a_new_entry_with_its_required_keys_is_accepted() -> None:
     from pipeline.filters.config import load_filter_config
 

@@ -222,7 +222,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            hint = (f" (YAML reads {value!r} as a number: quote it, e.g. --set '{key}=\"{value}\"')"
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) else "")
+            raise ConfigError(f"{key}: expected a string, got {value!r}{hint}")
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")

@@ -23,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 
@@ -63,8 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    for key, value in (("val_fraction", args.val_fraction), ("seed", args.seed), ("shard_size", args.shard_size)):
-        if value is not None:
+    for key, value in (("val_fraction", args.val_fraction), ("seed", args.seed),
+                       ("shard_size", None if args.shard_size is None else json.dumps(args.shard_size))):
+        if value is not None:   # the size as a string: YAML would read `--shard-size 0` as a number
             overrides.append(f"{key}={value}")
     if not args.query and args.top_k != 100:
         print("recap export: error: --top-k needs --query", file=sys.stderr)
