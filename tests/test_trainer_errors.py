@@ -193,6 +193,16 @@ def test_no_loadable_checkpoint_names_the_bad_file(shards: Path, tmp_path: Path,
     assert "no checkpoint" in line and "state.pt" in line and "Traceback" not in line
 
 
+def test_a_dit_without_its_vae_says_how_to_make_one(shards: Path, tmp_path: Path, capsys):
+    """configs/dit.yaml names runs/vae: a first `recap train dit` said only "No such file or directory: runs/vae"."""
+    vae = tmp_path / "no_vae"
+    assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(tmp_path / "run"),
+               "--set", "vae.kind=recap", "--set", f"vae.path={vae}") == 2
+    line = one_error_line(capsys)
+    assert f"VAE {vae} not found" in line and f"recap train vae --data SHARDS --out {vae}" in line
+    assert "vae.kind=pixel" in line
+
+
 def test_a_missing_local_text_encoder_is_named_without_a_download_hint(shards: Path, tmp_path: Path, capsys):
     assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(tmp_path / "run"),
                "--set", f"text.encoder={tmp_path / 'no_such_model'}") == 2

@@ -329,6 +329,12 @@ def save_vae(model: CausalVAE, path: str | Path) -> None:
     save_file(state, str(path), metadata={"format": "recap.vae", "config": json.dumps(to_dict(model.config))})
 
 
+def vae_not_found(path: str | Path) -> FileNotFoundError:
+    return FileNotFoundError(f"VAE {path} not found (vae.path: a `recap train vae` run or its .safetensors; train "
+                             f"one with `recap train vae --data SHARDS --out {path}`, or --set vae.kind=pixel to "
+                             "train in pixel space)")
+
+
 def load_vae(path: str | Path) -> CausalVAE:
     """A `save_vae` file, or a `recap train vae` run directory (its EMA weights of the last checkpoint)."""
     path = Path(path)
@@ -337,6 +343,8 @@ def load_vae(path: str | Path) -> CausalVAE:
         if ckpt is None:
             raise FileNotFoundError(f"no checkpoint in {path}")
         path = ckpt / "ema.safetensors"
+    elif not path.is_file():
+        raise vae_not_found(path)
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     if "config" not in meta:
@@ -402,7 +410,7 @@ def resolve_source(source: AutoencoderSource) -> AutoencoderSource:
                 raise FileNotFoundError(f"VAE run {source.path} has no checkpoint")
             path = ckpt / "ema.safetensors"
         if not path.is_file():
-            raise FileNotFoundError(f"VAE {source.path} not found (vae.path: a `recap train vae` run or its .safetensors)")
+            raise vae_not_found(source.path)
         return AutoencoderSource(kind="recap", path=str(path.resolve()))
     return AutoencoderSource(kind="diffusers", path=str(path.resolve()) if path.exists() else source.path,
                              subfolder=source.subfolder)
