@@ -203,6 +203,20 @@ def test_a_dit_without_its_vae_says_how_to_make_one(shards: Path, tmp_path: Path
     assert "vae.kind=pixel" in line
 
 
+@pytest.mark.parametrize("launcher", ["torchrun", "ray"])
+def test_a_launcher_checks_what_its_ranks_would_refuse_before_starting_them(shards: Path, tmp_path: Path, capsys,
+                                                                             launcher: str):
+    """Under torchrun a missing VAE was said by the rank, again at each of --max-restarts restarts, then
+    by torchrun as a ChildFailedError traceback: now once, before anything is started."""
+    out = tmp_path / "run"
+    assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(out), "--launcher", launcher,
+               "--set", "vae.kind=recap", "--set", f"vae.path={tmp_path / 'no_vae'}") == 2
+    assert "no_vae not found" in one_error_line(capsys)
+    assert run("dit", "--config", TINY, "--data", str(tmp_path / "none"), "--out", str(out), "--launcher", launcher) == 2
+    assert one_error_line(capsys).endswith(f"no shards at {tmp_path / 'none'}")
+    assert not out.exists()
+
+
 def test_a_missing_local_text_encoder_is_named_without_a_download_hint(shards: Path, tmp_path: Path, capsys):
     assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(tmp_path / "run"),
                "--set", f"text.encoder={tmp_path / 'no_such_model'}") == 2

@@ -22,14 +22,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from trainer.cache import CacheError, CacheSettings, build_cache
 from trainer.checkpoint import CheckpointError
 from trainer.launch import check_out, default_nproc, exec_torchrun, run_ray, run_ray_cache, torchrun_command
 from trainer.parallel import ParallelError
 from trainer.progress import add_no_progress_option, hidden_bars
-from trainer.shards import NoBatchError
-from trainer.tasks import TrainSetupError
+from trainer.shards import NoBatchError, list_shards
+from trainer.tasks import DiTTask, TrainSetupError
 from trainer.train import load_job_config, main
 from trainer.typedconfig import ConfigError, default_config
 from trainer.vae import AutoencoderSource
@@ -109,6 +110,16 @@ def worker_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def preflight(kind: str, cfg: Any, out: str, resume: bool) -> None:
+    """The checks every rank would make first, made once before launching them: under torchrun a
+    rank's mistake (no shards, no VAE) was printed by each rank, at each of --max-restarts
+    restarts, and then by torchrun as a traceback."""
+    check_out(out, resume)
+    shards = list_shards(cfg.data.shards, cfg.data.split)
+    if kind == "dit":
+        DiTTask.check_encoders(cfg, shards)
+
+
 def export(args: argparse.Namespace) -> int:
     # lazy: torch.distributed.checkpoint only for this subcommand
     from trainer.sharded import export_weights
@@ -133,12 +144,12 @@ def run(args: argparse.Namespace) -> int:
             if args.vae or args.text_encoder:
                 raise ConfigError("--vae and --text-encoder are options of `recap train cache`; a DiT run takes "
                                   "--set vae.path=... and --set text.encoder=...")
+            if args.launcher != "none":
+                preflight(kind, cfg, args.out, args.resume)
             if args.launcher == "torchrun":
-                check_out(args.out, args.resume)
                 exec_torchrun(torchrun_command(worker_args(args), args.nproc_per_node or default_nproc(),
                                                args.nnodes, args.rdzv_endpoint, args.rdzv_id, args.max_restarts))
             if args.launcher == "ray":
-                check_out(args.out, args.resume)
                 return run_ray(kind, cfg, args.out, args.ray_address, args.num_workers, args.gpus_per_worker,
                                args.cpus_per_worker, args.max_restarts)
             return main(kind, cfg, args.out, resume="auto" if args.auto_resume else args.resume)

@@ -24,9 +24,9 @@ from trainer.memory import MemoryEstimate, dit_step, encode_transient, vae_step
 from trainer.rf import flow_loss, resolution_shift, sample_condition_masks, sample_timesteps
 from trainer.runtime import Generators, randn
 from trainer.shards import Batch, Bucket
-from trainer.text import TextEncoder, pad_states, text_fingerprint
+from trainer.text import TextEncoder, pad_states, resolve_text_encoder, text_fingerprint
 from trainer.typedconfig import to_dict
-from trainer.vae import CausalVAE, LatentGeometry, fingerprint, kl_loss, load_autoencoder, video_tensor
+from trainer.vae import CausalVAE, LatentGeometry, fingerprint, kl_loss, load_autoencoder, resolve_source, video_tensor
 
 if TYPE_CHECKING:
     from trainer.parallel import Layout
@@ -118,10 +118,25 @@ class DiTTask:
     Batches from a latent cache bring their latents and token states; other batches are encoded
     here, by an autoencoder and text encoder loaded only when some shards are not cached."""
 
+    @staticmethod
+    def inputs(shards: list[str]) -> tuple[dict[str, dict[str, Any]], bool]:
+        """The latent caches among `shards` (folder -> manifest), and whether every shard is in
+        one (then no autoencoder or text encoder is loaded)."""
+        caches = manifests_for(shards)
+        return caches, bool(caches) and all(cache_folder(s) in caches for s in shards)
+
+    @staticmethod
+    def check_encoders(cfg: DiTJobConfig, shards: list[str]) -> None:
+        """What the first steps of __init__ would refuse, without loading a model: the autoencoder
+        and text encoder a run that encodes online needs are there (FileNotFoundError naming them)."""
+        _, cached_only = DiTTask.inputs(shards)
+        if not cached_only:
+            resolve_source(cfg.vae)
+            resolve_text_encoder(cfg.text.encoder)
+
     def __init__(self, cfg: DiTJobConfig, device: torch.device, shards: list[str]):
         self.cfg, self.device = cfg, device
-        caches = manifests_for(shards)
-        self.cached_only = bool(caches) and all(cache_folder(s) in caches for s in shards)
+        caches, self.cached_only = self.inputs(shards)
         self.cache_buckets: dict[str, int] = {}
         self.vae: nn.Module | None = None
         self.text: TextEncoder | None = None
