@@ -43,6 +43,14 @@ def write_media(lib, n_frames: int = 12) -> int:
     return written
 
 
+def report_page(lib) -> str:
+    """`recap report LIB` run, and the page it wrote."""
+    p = argparse.ArgumentParser()
+    report_cli.add_arguments(p)
+    assert report_cli.run(p.parse_args([str(lib)])) == 0
+    return (lib / "report" / "index.html").read_text()
+
+
 def test_report_has_every_plot_and_thumbnails(tmp_path):
     lib = write_library(tmp_path / "lib", n=80, parts=2)
     assert write_media(lib) == 80
@@ -77,10 +85,7 @@ def test_report_without_view_or_aesthetic_says_so(tmp_path):
     t = pq.read_table(part)
     t = t.set_column(t.schema.get_field_index("aesthetic_score"), "aesthetic_score", pa.nulls(t.num_rows, pa.float32()))
     pq.write_table(t, part)
-    p = argparse.ArgumentParser()
-    report_cli.add_arguments(p)
-    assert report_cli.run(p.parse_args([str(lib)])) == 0
-    page = (lib / "report" / "index.html").read_text()
+    page = report_page(lib)
     assert "no aesthetic model configured" in page
     assert "computed now with configs/filters.yaml" in page
     assert "no media" in page  # no clip files in this library: the strip says so instead of failing
@@ -95,10 +100,7 @@ def test_report_lists_the_sources_failing_now(tmp_path):
         for uri in (bad, fixed):
             writer.commit(error_result(uri, None, "fetch", "not_found", f"{uri}: no such file").rows)
         writer.commit({"sources": [source_row(fixed, "v" * 32, "ingested")]})      # a later run ingested it
-    p = argparse.ArgumentParser()
-    report_cli.add_arguments(p)
-    assert report_cli.run(p.parse_args([str(lib)])) == 0
-    page = (lib / "report" / "index.html").read_text()
+    page = report_page(lib)
     assert "<h2>Failed sources <small>(1: not_found=1)</small></h2>" in page
     assert "<td>/in/&lt;b&gt;odd&lt;/b&gt;.mp4</td><td>error</td><td>not_found</td><td>fetch</td>" in page
     assert "late.mp4" not in page

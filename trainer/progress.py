@@ -15,9 +15,11 @@ import contextlib
 import os
 import sys
 import time
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable
 
 from tqdm import tqdm
+
+from trainer.environ import scoped_env
 
 LOG_EVERY_S = 30.0
 # Set (to anything but "" or "0"), every bar is hidden: `--no-progress` of each command sets it, and
@@ -66,20 +68,10 @@ def add_no_progress_option(parser: argparse.ArgumentParser) -> None:
                              f"also {NO_PROGRESS_ENV}=1")
 
 
-@contextlib.contextmanager
-def hidden_bars(hide: bool = True) -> Iterator[None]:
+def hidden_bars(hide: bool = True) -> contextlib.AbstractContextManager[None]:
     """Every bar hidden inside the block (`hide`), in this process and the ones it starts, which
-    inherit NO_PROGRESS_ENV; as it was before afterwards (a caller may run several commands)."""
-    before = os.environ.get(NO_PROGRESS_ENV)
-    if hide:
-        os.environ[NO_PROGRESS_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(NO_PROGRESS_ENV, None)
-        else:
-            os.environ[NO_PROGRESS_ENV] = before
+    inherit NO_PROGRESS_ENV; as it was before afterwards."""
+    return scoped_env(NO_PROGRESS_ENV, "1" if hide else None)
 
 
 def progress_bar(iterable: Any = None, *, file: IO[str] | None = None, every_s: float = LOG_EVERY_S,

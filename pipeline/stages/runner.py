@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from pipeline.stages.base import Row, Stage
 from pipeline.stages.execution import ExecutionConfig, available_cpus
+from trainer.environ import scoped_env
 from trainer.typedconfig import ConfigError
 
 ROW = "row"            # the one column of the Arrow blocks: a pickled row
@@ -163,7 +164,7 @@ def init_ray(address: str = "") -> None:
     for attempt in range(START_ATTEMPTS):
         before = _descendants()
         try:
-            with _env(GCS_WAIT_ENV, str(wait_s) if attempt else os.environ.get(GCS_WAIT_ENV)):
+            with scoped_env(GCS_WAIT_ENV, str(wait_s) if attempt else os.environ.get(GCS_WAIT_ENV)):
                 ray.init(address="local", include_dashboard=False, **kwargs)
             logging.getLogger("ray").setLevel(logging.WARNING)
             return
@@ -192,21 +193,6 @@ def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    """`name` set to `value` (left alone when None) for the block."""
-    old = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
 
 
 def _descendants() -> set[int]:
