@@ -158,6 +158,8 @@ def test_cli_writes_videos_contact_sheet_and_records(run: Path, tmp_path: Path, 
     assert "must exceed" in capsys.readouterr().err
     assert cli("--ckpt", str(tmp_path / "no-run"), "--prompt", "x", "--out", str(tmp_path / "bad")) == 2
     assert "no-run: no such run folder or checkpoint file" in capsys.readouterr().err   # was: "No such file ..."
+    assert cli("--ckpt", str(run), "--prompt", "x", "--fps", "0", "--out", str(tmp_path / "bad")) == 2
+    assert "--fps must be between 0 and 1000, got 0" in capsys.readouterr().err   # was: after all the sampling
     assert not (tmp_path / "bad").exists()
 
 

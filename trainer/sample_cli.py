@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("--image and --video exclude each other")
     if args.frames < 1 or args.steps < 1 or args.batch_size < 1:
         return fail("--frames, --steps and --batch-size must be >= 1")
+    if not 0 < args.fps < 1000:    # checked now: the MP4s are written after all the sampling
+        return fail(f"--fps must be between 0 and 1000, got {args.fps:g}")
     out = Path(args.out)
     earlier = sorted(out.glob("sample_*.mp4")) + [p for p in (out / "samples.jsonl",) if p.exists()]
     if earlier and not args.overwrite:
