@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "pipeline.cli.ingest",
     "info": "pipeline.cli.info",
     "filter": "pipeline.cli.filter",
+    "remove": "pipeline.cli.remove",
     "report": "pipeline.cli.report",
     "caption": "pipeline.cli.caption",
     "export": "pipeline.cli.export",

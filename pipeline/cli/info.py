@@ -81,6 +81,7 @@ def library_summary(lib: Library) -> dict[str, Any]:
                                if clips else None),
                   "file_bytes": sum(c["file_bytes"] or 0 for c in clips)},
         "errors": {"count": len(failing), "kinds": dict(Counter(f.get("error_type") for f in failing).most_common())},
+        "removed_sources": sum(1 for outcome in lib.handled_sources().values() if outcome == "removed"),
         "filter": _view_summary(lib) if clips else None,
         "captions": _caption_summary(lib.captions) if clips else [],
         "ingest_runs": _runs_summary(lib.meta.get("runs", [])),
@@ -135,6 +136,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
                      f"e.g. {one_line(Path(example['uri']).name)}: {example['decode_warnings']}")
     lines.append(f"  errors  {errors['count']:>6}" + ("   " + ", ".join(
         f"{k}={v}" for k, v in errors["kinds"].items()) + f" (listed by {_errors_command(s)})" if errors["count"] else ""))
+    if s["removed_sources"]:
+        lines.append(f"  removed {s['removed_sources']:>6}   sources taken out with `recap remove` (not ingested again)")
     last = s["ingest_runs"]["last"]
     if last:
         done = last["summary"] if isinstance(last["summary"], dict) else {}

@@ -52,6 +52,7 @@ class IngestSummary:
     skipped: int = 0              # handled by an earlier run
     ingested: int = 0
     duplicates: int = 0
+    removed: int = 0              # content taken out earlier with `recap remove`: not ingested again
     failed: int = 0
     clips: int = 0
     video_seconds: float = 0.0
@@ -64,7 +65,9 @@ class IngestSummary:
         speed = self.video_seconds / self.wall_seconds if self.wall_seconds else 0.0
         out = [
             f"sources: {self.sources} ({self.skipped} already done, {self.ingested} ingested, "
-            f"{self.duplicates} duplicate content, {self.failed} failed)",
+            f"{self.duplicates} duplicate content, "
+            + (f"{self.removed} removed content (`recap remove`), " if self.removed else "")
+            + f"{self.failed} failed)",
             f"clips: {self.clips}   video: {self.video_seconds:.1f} s in {self.wall_seconds:.1f} s "
             f"({speed:.1f} video-s/s)",
         ]
@@ -82,6 +85,8 @@ class IngestSummary:
             self.video_seconds += result.video_seconds
         elif result.outcome == "duplicate":
             self.duplicates += 1
+        elif result.outcome == "removed":
+            self.removed += 1
         else:
             self.failed += 1
             for err in result.rows.get("errors", []):

@@ -15,7 +15,7 @@ from pipeline.library.layout import utcnow
 @dataclass
 class SourceResult:
     uri: str
-    outcome: str                                   # ingested | duplicate | error | failed
+    outcome: str                                   # ingested | duplicate | removed | error | failed
     video_id: str | None = None
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     video_seconds: float = 0.0

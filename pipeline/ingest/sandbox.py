@@ -51,7 +51,7 @@ class SourceRunner:
         self._ensure_child()
 
     def run(self, uri: str, cfg: IngestConfig, lib_root: str | Path,
-            claim: Callable[[str, str], bool] | None = None,
+            claim: Callable[[str, str], str | None] | None = None,
             on_progress: Callable[[float], None] | None = None) -> SourceResult:
         """The source's result; a source over budget or whose child died is an error row.
         `on_progress(share)` hears how much of the source's work the child has done."""

@@ -40,11 +40,12 @@ class SourceFailure(Exception):
 
 
 def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
-                  claim: Callable[[str, str], bool] | None = None,
+                  claim: Callable[[str, str], str | None] | None = None,
                   on_stage: Callable[[str, str | None], None] | None = None,
                   on_progress: Callable[[float], None] | None = None) -> SourceResult:
-    """Ingest one source; `claim(video_id, uri)` returns False when another worker (or an earlier
-    run) already owns that content, which makes this source a duplicate. `on_stage(stage,
+    """Ingest one source; `claim(video_id, uri)` returns this source's outcome when it is not the
+    one to ingest that content (`duplicate`: another worker or an earlier run owns it; `removed`:
+    it was taken out with `recap remove`), None when it is (see RunClaims). `on_stage(stage,
     video_id)` is told where the work is (the sandbox names it when a budget runs out);
     `on_progress(share)` how much of it is done (see pipeline.ingest.progress).
 
@@ -79,9 +80,9 @@ def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
                 raise SourceFailure("hash", "permission_denied", f"cannot read {uri}: permission denied") from e
             except SourceError as e:
                 raise SourceFailure("hash", e.kind, str(e)) from e
-            if claim is not None and not claim(video_id, uri):
-                return SourceResult(uri, "duplicate", video_id,
-                                    {"sources": [_source_row(uri, video_id, "duplicate")]})
+            taken = claim(video_id, uri) if claim is not None else None
+            if taken is not None:    # duplicate, or removed
+                return SourceResult(uri, taken, video_id, {"sources": [_source_row(uri, video_id, taken)]})
             return _ingest_file(uri, path, video_id, cfg, lib_root, enter, on_progress)
     except SourceFailure as e:
         return error_result(uri, video_id, e.stage, e.kind, _named(e.message, path, uri))

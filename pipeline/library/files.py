@@ -6,6 +6,7 @@ instead of Arrow's error (which names no file) or a traceback."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import tempfile
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.library.layout import RECORD, TMP_SUFFIX, storable
@@ -182,17 +184,26 @@ def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None =
 
 
 def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
-                       metadata: dict[bytes, bytes] | None = None) -> None:
-    """The rows of `paths` (read as `read_parts` reads them, in order) written to `path` atomically,
-    `COMPACT_ROWS` rows per row group: memory holds one group, not the table."""
+                       metadata: dict[bytes, bytes] | None = None,
+                       keep: Callable[[pa.Table], pa.Array] | None = None, extra: pa.Table | None = None) -> int:
+    """The rows of `paths` (read as `read_parts` reads them, in order), only those where `keep`
+    (a part's table -> boolean mask) is true, then the rows of `extra`, written to `path`
+    atomically, `COMPACT_ROWS` rows per row group: memory holds one group, not the table.
+    Returns the number of rows written."""
     out, tables = _part_tables(paths, schema)
     out = out.with_metadata(metadata) if metadata else out
+    if keep is not None:
+        tables = (t.filter(keep(t)) for t in tables)
+    if extra is not None:
+        tables = itertools.chain(tables, [extra.select(out.names).cast(out)])
     tmp = temp_path(path)
+    written = 0
     with _writing(path, tmp):
         with pq.ParquetWriter(tmp, out, compression="zstd") as writer:
             pending: list[pa.Table] = []
             rows = 0
             for t in tables:
+                written += t.num_rows
                 pending.append(t)
                 rows += t.num_rows
                 if rows >= COMPACT_ROWS:
@@ -201,6 +212,24 @@ def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
             if pending:
                 writer.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
         _sync_into_place(tmp, path)
+    return written
+
+
+def drop_rows_outside(parts: list[Path], column: str, allowed: pa.Array) -> int:
+    """Rewrite each of `parts` without its rows whose `column` is not in `allowed` (in place and
+    atomically, with its own schema and metadata; a reader sees the old part or the new one);
+    parts holding no such row are not touched. Returns the number of rows dropped."""
+    dropped = 0
+    for path in parts:
+        with reading(path):
+            values = pq.read_table(path, columns=[column]).column(column)
+            schema = pq.read_schema(path)
+        outside = len(values) - int(pc.sum(pc.is_in(values, value_set=allowed).cast(pa.int64())).as_py() or 0)
+        if outside:
+            write_parts_as_one([path], schema, path, schema.metadata,
+                               keep=lambda t: pc.is_in(t.column(column), value_set=allowed))
+            dropped += outside
+    return dropped
 
 
 def read_again_if_merged(read: Callable[[], T]) -> T:

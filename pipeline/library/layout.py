@@ -12,6 +12,7 @@ RECORD = "library.json"          # a library's record: schema version, runs
 COMMITS = "_commits"
 MEDIA = "media"
 TMP_SUFFIX = ".tmp"              # a file being written; recovery removes what a crash left
+UI_DIR = ".ui"                   # what `recap serve` makes and keeps (thumbnails/<clip_id>.jpg, the report)
 
 
 def utcnow() -> datetime:

@@ -163,7 +163,7 @@ ERROR_COLUMNS = [
 SOURCE_COLUMNS = [
     Column("uri", pa.string(), "A source as given on the command line or in a manifest (local paths made absolute)."),
     Column("video_id", pa.string(), "Content hash, when the source could be read.", True),
-    Column("outcome", pa.string(), "`ingested`, `duplicate` (same content already in the library), `error` (bad input) or `failed` (unexpected; retried by the next run)."),
+    Column("outcome", pa.string(), "`ingested`, `duplicate` (same content already in the library), `removed` (taken out with `recap remove`: not ingested again, nor its content under another name), `error` (bad input) or `failed` (unexpected; retried by the next run)."),
     Column("at", pa.timestamp("ms", tz="UTC"), "When it was handled."),
     COMMIT,
 ]

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 from pipeline.library import files
 from pipeline.library.captions import CaptionStore
 from pipeline.library.claims import CLAIMS, RunClaims
-from pipeline.library.embeddings import embeddings_dir
+from pipeline.library.embeddings import EMBEDDINGS, embeddings_dir
 from pipeline.library.files import (
     CannotWrite,
     LibraryError,
@@ -54,6 +54,7 @@ from pipeline.library.files import (
 )
 from pipeline.library.layout import COMMITS, MEDIA, RECORD, TMP_SUFFIX, storable, utcnow
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
+from pipeline.library.selections import SELECTIONS
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 
 COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
@@ -69,6 +70,11 @@ def rows_to_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     except UnicodeEncodeError:   # a file name that is not UTF-8, in a uri or a message: rare, so checked only then
         columns = {name: [_storable_value(v) for v in values] for name, values in columns.items()}
         return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _key_columns(table: str) -> list[str]:
+    """The columns that say which video or source a row of a committed table belongs to."""
+    return [c for c in ("video_id", "uri", "source") if c in table_schema(table).names]
 
 
 def _storable_value(value: Any) -> Any:
@@ -270,12 +276,7 @@ class Library:
         if (self.root / CLAIMS).exists():   # only a writer claims, and we hold the writer lock
             shutil.rmtree(self.root / CLAIMS, ignore_errors=True)
         # clip files of a video whose rows were never committed (a crash between the two)
-        videos = self.video_ids()
-        for folder in (self.root / MEDIA).glob("*/*"):
-            if folder.is_dir() and folder.name not in videos:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed += 1
-        return removed
+        return removed + self._remove_orphan_media()
 
     # ---- writing --------------------------------------------------------------------------
     def _require_writer(self) -> None:
@@ -301,10 +302,11 @@ class Library:
             atomic_write_bytes(self.root / COMMITS / f"{batch_id}.json", json.dumps(counts).encode())
         return batch_id
 
-    def record_run(self, run: dict[str, Any]) -> None:
-        """Append a run record (command, config, counts) to library.json."""
+    def record_run(self, run: dict[str, Any], key: str = "runs") -> None:
+        """Append a run record (command, config, counts) to library.json: ingest runs under `runs`,
+        removals under `removals`."""
         self._require_writer()
-        self.meta.setdefault("runs", []).append(run)
+        self.meta.setdefault(key, []).append(run)
         with _saying_what_was_lost("the run's record was not added to library.json (its work is committed)"):
             atomic_write_bytes(self.root / RECORD, json.dumps(self.meta, indent=2, default=str).encode())
 
@@ -349,10 +351,115 @@ class Library:
         self._remove_replaced(merge)
         return batch_id
 
+    # ---- taking videos out for good ---------------------------------------------------------
+    def remove(self, video_ids: set[str], uris: set[str]) -> dict[str, int]:
+        """Take videos (by content id) and sources (by uri) out of the library for good, and every
+        uri and video either leads to: their rows in every table, clip files, captions, vectors
+        and selection entries. Returns the rows removed per table (and `media` folders).
+
+        The tables change in one step, the way a compaction does: the batches holding any of those
+        rows are replaced by one batch with the rest, plus one `sources` row per uri with outcome
+        `removed`, which later runs skip; content that hashes to a removed video is not ingested
+        again under another name either (`start_claims`). What was derived from the rows is
+        cleaned after that step (`drop_orphans`): a crash in between leaves caption, vector or
+        selection rows that name no clip, which readers ignore and the next removal deletes."""
+        self._require_writer()
+        live, _, newest = self._read_markers(self._marker_names())
+        keys = {t: self.read(t, _key_columns(t)) for t in TABLES}
+        video_ids, uris = self.removal_of(video_ids, uris, keys)
+        id_set, uri_set = pa.array(sorted(video_ids), pa.string()), pa.array(sorted(uris), pa.string())
+
+        def gone(t: pa.Table) -> pa.Array:
+            """Which rows of a table (or of its key columns) go."""
+            mask = pc.is_in(t.column("video_id"), value_set=id_set)
+            for col in ("uri", "source"):
+                if col in t.column_names:
+                    mask = pc.or_(mask, pc.is_in(t.column(col), value_set=uri_set))
+            return pc.fill_null(mask, False)
+
+        counts = {t: int(pc.sum(gone(k).cast(pa.int64())).as_py() or 0) for t, k in keys.items()}
+        affected = {b for t in TABLES for b in self._batches_holding(t, live, gone)}
+        if affected or uris:
+            batch_id = new_batch_id()
+            marks = rows_to_table("sources", [{"uri": u, "video_id": v, "outcome": "removed", "at": utcnow(),
+                                               "batch_id": batch_id} for u, v in self._video_of(sorted(uris), keys)])
+            with _saying_what_was_lost("nothing was removed (the library reads as before); rerun to retry"):
+                for table in TABLES:
+                    parts = self._table_parts(table, affected)
+                    extra = marks if table == "sources" else None
+                    if parts or extra is not None:
+                        write_parts_as_one(parts, table_schema(table), self.root / table / f"part-{batch_id}.parquet",
+                                           keep=lambda t: pc.invert(gone(t)), extra=extra)
+                marker = {"replaces": sorted(affected), "newest": newest, "removed": len(uris)}
+                atomic_write_bytes(self.root / COMMITS / f"{batch_id}{COMPACT_SUFFIX}.json",
+                                   json.dumps(marker).encode())
+            self._remove_replaced(affected)
+        counts.update(self.drop_orphans())
+        return counts
+
+    def removal_of(self, video_ids: set[str], uris: set[str], keys: dict[str, pa.Table] | None = None
+                   ) -> tuple[set[str], set[str]]:
+        """(video ids, uris) that `remove(video_ids, uris)` takes out: a uri leads to the video it
+        gave, and a video to every uri of its content."""
+        keys = keys or {t: self.read(t, _key_columns(t)) for t in ("videos", "sources")}
+        rows = keys["videos"].to_pylist() + keys["sources"].to_pylist()
+        video_ids, uris = set(video_ids), set(uris)
+        for _ in range(2):
+            video_ids |= {r["video_id"] for r in rows if r["uri"] in uris and r["video_id"]}
+            uris |= {r["uri"] for r in rows if r["video_id"] in video_ids}
+        return video_ids, uris
+
+    def _batches_holding(self, table: str, live: set[str], gone) -> set[str]:
+        """Live batches with a part of `table` holding a row `gone` picks."""
+        found = set()
+        for part in self._table_parts(table, live):
+            if pc.any(gone(read_parts([part], table_schema(table), _key_columns(table)))).as_py():
+                found.add(part.stem.removeprefix("part-"))
+        return found
+
+    @staticmethod
+    def _video_of(uris: list[str], keys: dict[str, pa.Table]) -> list[tuple[str, str | None]]:
+        """(uri, the video it gave) for each uri, from the videos and sources rows."""
+        of: dict[str, str | None] = {}
+        for t in ("sources", "videos"):
+            for r in keys[t].to_pylist():
+                if r["video_id"]:
+                    of.setdefault(r["uri"], r["video_id"])
+        return [(u, of.get(u)) for u in uris]
+
+    def drop_orphans(self) -> dict[str, int]:
+        """Delete what names no committed clip or video any more (what `remove` left after a crash,
+        or would leave): caption rows, vectors, selection entries, filter-view rows and clip-file
+        folders. Returns how many of each."""
+        clip_ids = self.read("clips", ["clip_id"]).column("clip_id").combine_chunks()
+        stores = {"captions": self.captions.parts(),
+                  "embeddings": sorted((self.root / EMBEDDINGS).glob("*/part-*.parquet")),
+                  "selections": sorted((self.root / SELECTIONS).glob("*.parquet")),
+                  "view": [p for p in [self.root / VIEW_PATH] if p.exists()]}
+        counts = {name: files.drop_rows_outside(parts, "clip_id", clip_ids) for name, parts in stores.items()}
+        counts["media"] = self._remove_orphan_media()
+        return counts
+
+    def _remove_orphan_media(self) -> int:
+        """Remove the clip-file folders of videos the tables do not hold (a crash between writing
+        the files and committing the rows, or a removal)."""
+        videos, removed = self.video_ids(), 0
+        for folder in (self.root / MEDIA).glob("*/*"):
+            if folder.is_dir() and folder.name not in videos:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def removed_video_ids(self) -> set[str]:
+        """Videos taken out with `remove`: content a later run does not ingest again."""
+        t = self.read("sources", ["video_id", "outcome"])
+        t = t.filter(pc.equal(t.column("outcome"), "removed"))
+        return {v for v in t.column("video_id").to_pylist() if v}
+
     def start_claims(self) -> RunClaims:
         """Claims for one ingest run: which content a worker of this run took first (see claims.py)."""
         self._require_writer()
-        return RunClaims.start(self.root, self.video_ids())
+        return RunClaims.start(self.root, self.video_ids(), self.removed_video_ids())
 
     # ---- reading: the one committed-parts reader ------------------------------------------
     def parts(self, table: str) -> list[Path]:

@@ -18,8 +18,8 @@ from PIL import Image
 
 from pipeline.filters.report import build_report, clip_thumbnail
 from pipeline.library import Library
+from pipeline.library.layout import UI_DIR
 
-UI_DIR = ".ui"
 THUMB_WIDTH = 320
 DECODES = threading.BoundedSemaphore(2)   # thumbnails decoded at once: the rest of the server stays responsive
 

@@ -1,0 +1,152 @@
+"""Take sources out of a library for good: a takedown request, a folder ingested by mistake.
+
+Each SOURCE is a uri as ingest recorded it (a local path is made absolute, as ingest does), a
+folder (every source under it) or a glob (`'raw/2024-*/**'`, quoted). A source goes with the
+video it gave, and that video with every other source of the same content. Removed: their rows in
+every table, clip files, captions, vectors, selection entries and filter-view rows; the filter
+view is then judged again (near-duplicates of a removed clip may pass now) and a Milvus Lite index
+is synced (give --milvus-uri for a server). Each source keeps one `sources` row with outcome
+`removed`, so later ingest runs skip it, and the same content under another name is not ingested
+again either. Shards exported and reports written earlier are files of their own: make them again.
+
+Without --yes it only says what would go. Each removal is recorded in library.json.
+
+Examples:
+  recap remove lib /data/raw/bad_video.mp4                      # what would go
+  recap remove lib /data/raw/bad_video.mp4 'https://cdn.example.org/v/*' --yes
+  recap remove lib /data/wrong_folder/ --yes
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from pipeline.cli.display import one_line
+from pipeline.ingest.sources import StagingCache
+from pipeline.library import Library, LibraryError
+from pipeline.library.layout import UI_DIR, storable, utcnow
+from pipeline.library.views import read_view
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lib", metavar="LIB", help="library folder")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="a source uri, a folder of sources, or a glob")
+    p.add_argument("--yes", action="store_true", help="remove them (without it: only say what would go)")
+    p.add_argument("--milvus-uri", metavar="URI", help="Milvus server to sync as well (a Lite index in LIB always is)")
+    p.add_argument("--token", metavar="T", help="Milvus token (user:password or API key)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with Library(args.lib, write=args.yes) as lib:
+            return _remove(lib, args)
+    except LibraryError as e:
+        print(f"recap remove: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _remove(lib: Library, args: argparse.Namespace) -> int:
+    known = _known_sources(lib)
+    uris: set[str] = set()
+    for pattern in args.sources:
+        found = matching(pattern, known)
+        if not found:
+            print(f"recap remove: error: no source of {args.lib} matches {pattern!r} (nothing removed)",
+                  file=sys.stderr)
+            return 2
+        uris |= found
+    videos, uris = lib.removal_of(set(), uris)
+    clips = lib.read("clips", ["clip_id", "video_id"]).to_pylist()
+    clip_ids = [c["clip_id"] for c in clips if c["video_id"] in videos]
+    n_clips = len(clip_ids)
+    print(f"{len(uris)} source(s), {len(videos)} video(s), {n_clips} clip(s)" + (":" if args.yes else " would go:"))
+    for uri in sorted(uris)[:20]:
+        print(f"  {one_line(uri)}" + ("  (already removed)" if known.get(uri) == "removed" else ""))
+    if len(uris) > 20:
+        print(f"  ... and {len(uris) - 20} more")
+    if not args.yes:
+        print("nothing removed: add --yes to remove them")
+        return 0
+    # the writer lock keeps ingest out; this one a caption run, which would caption removed clips
+    with lib.lock("caption"):
+        counts = lib.remove(videos, uris)
+        lib.record_run({"at": utcnow().isoformat(), "command": shlex.join(["recap", *sys.argv[1:]]),
+                        "sources": len(uris), "videos": len(videos), "clips": n_clips}, key="removals")
+    print("removed rows: " + ", ".join(f"{t}={n}" for t, n in counts.items() if n))
+    _drop_copies(lib.root, uris, clip_ids)
+    for line in _refresh_derived(lib.root, args):
+        print(line)
+    return 0
+
+
+def _known_sources(lib: Library) -> dict[str, str]:
+    """Every uri the library knows (its sources and its videos'), with its latest outcome."""
+    known = {uri: "ingested" for uri in lib.source_uris().values()}
+    known.update(lib.handled_sources())
+    return known
+
+
+def matching(pattern: str, known: dict[str, str]) -> set[str]:
+    """The known uris `pattern` names: itself, the sources under it (a folder), or those it globs.
+    A local path is made absolute (and stray bytes escaped) the way ingest recorded it."""
+    if "://" not in pattern:
+        pattern = storable(os.path.abspath(pattern))
+    if pattern in known:
+        return {pattern}
+    folder = pattern.rstrip("/") + "/"
+    under = {u for u in known if u.startswith(folder)}
+    if under:
+        return under
+    return {u for u in known if fnmatch.fnmatchcase(u, pattern)} if any(c in pattern for c in "*?[") else set()
+
+
+def _drop_copies(lib_root: Path, uris: set[str], clip_ids: list[str]) -> None:
+    """Delete what else in the library shows the removed videos: the web UI's thumbnails and the
+    staged copies of remote sources in the default cache (`sources.cache_dir` elsewhere is not
+    known here; its copies are evicted by size)."""
+    for clip_id in clip_ids:
+        (lib_root / UI_DIR / "thumbs" / f"{clip_id}.jpg").unlink(missing_ok=True)
+    cache = lib_root / ".cache"
+    if cache.is_dir():
+        staged = StagingCache(cache, 0)
+        for uri in uris:
+            if "://" in uri:
+                staged.path_for(uri).unlink(missing_ok=True)
+
+
+def _refresh_derived(lib_root: Path, args: argparse.Namespace) -> list[str]:
+    """Judge the filter view again and sync the index, now that clips are gone."""
+    said = []
+    found = read_view(lib_root)
+    if found is not None:
+        # lazy: the filter code only when the library has a view to judge again
+        from pipeline.filters.config import from_saved_config, load_filter_config
+        from pipeline.filters.evaluate import run_filters
+        try:
+            view, _ = run_filters(lib_root, from_saved_config(found[1]) if found[1] else load_filter_config())
+            said.append(f"filter view: {sum(view.column('passed').to_pylist())} of {view.num_rows} clips pass")
+        except FileNotFoundError:      # no clips left: the view (already emptied) stays empty
+            said.append("filter view: no clips left")
+    if args.milvus_uri or (lib_root / "milvus.db").exists():
+        said.append(_sync_index(lib_root, args))
+    return said
+
+
+def _sync_index(lib_root: Path, args: argparse.Namespace) -> str:
+    # lazy: pymilvus and the index code only for a library that has an index
+    from index.api import ClipIndex
+    from pipeline.embed import NothingToIndex, load_index_config
+    again = f"recap index {shlex.quote(str(lib_root))} --repair"
+    try:
+        with ClipIndex(lib_root, load_index_config(None, []), milvus_uri=args.milvus_uri, token=args.token) as index:
+            rec = index.repair(log=lambda _: None)
+    except NothingToIndex:
+        return f"index: no clip has a vector any more; `{again}` once there are"
+    except Exception as e:  # noqa: BLE001 - the removal is done; the index can be synced later
+        return f"index: not synced ({e}); run `{again}`"
+    return f"index: {len(rec.extra)} vectors removed"
