@@ -247,7 +247,8 @@ def test_selections_round_trip_into_export(client, indexed):
 
     for bad in ({"name": "../x", "clip_ids": pair}, {"name": "a/b", "clip_ids": pair}, {"name": "x", "clip_ids": []},
                 {"name": "x", "clip_ids": ["ffffffffffffffff"]}, {"name": "x"},
-                {"name": "x", "results": {"where": "duration_s >"}}):
+                {"name": "x", "results": {"where": "duration_s >"}},
+                {"name": "x", "results": {"q": "a dog", "selection": "pair"}}):   # was: every hit, not the pair's
         r = client.post("/api/selections", json=bad)
         assert r.status_code == 400, (bad, r.json())
     assert client.get("/api/selections/nope").status_code == 404
