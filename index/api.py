@@ -220,6 +220,11 @@ class ClipIndex(Searching):
         visual = "--set embedders.visual.enabled=true --set embedders.visual.model=PATH_OR_HF_ID"
         if not enabled:
             return f"no embedder is enabled in the index config: enable one (e.g. {visual}) and run `recap index {lib}`"
+        version = self.cfg.captions.version
+        known = [v["version"] for v in self.library.captions.versions()]
+        if version and version not in known:     # not "no captions yet": the library has others
+            return (f"captions.version {version!r} is not a caption version of {self.root} (it has: "
+                    f"{', '.join(known) or 'none'}; `recap caption {lib} --list` shows them)")
         return (f"{self.root} has no captions yet, so there is nothing to embed: caption the clips first "
                 f"(`recap caption {lib}`), or embed their pictures with a visual embedder ({visual}); "
                 f"then run `recap index {lib}`")

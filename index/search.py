@@ -77,8 +77,11 @@ class Searching:
     `notify` and embeddings, and keeps what it read in `_snapshot` and `_n_clips`)."""
 
     def _index_command(self) -> str:
-        """`recap index LIB` for this library, to paste into a shell."""
-        return f"recap index {shlex.quote(str(self.root))}"
+        """`recap index LIB` for this library, to paste into a shell (with the caption version this
+        search asked for: a plain `recap index` embeds the default version's captions)."""
+        version = self.cfg.captions.version
+        return f"recap index {shlex.quote(str(self.root))}" + \
+            (f" --set captions.version={shlex.quote(version)}" if version else "")
 
     # ---- fields -----------------------------------------------------------------------------------
     def fields(self) -> dict[str, Field]:

@@ -67,11 +67,20 @@ def test_a_clip_needs_half_of_it_covered_and_an_edited_file_is_a_new_version(lib
     ('{"uri": "source.mp4"}\n', "needs 'uri' and 'caption'"),
     ('{"uri": "source.mp4", "caption": "x", "start_s": 3, "end_s": 1}\n', "end_s must be after start_s"),
     ("\n", "no captions"),
+    # a range that is not a number: a traceback (list), a message without its line (word), or, for
+    # NaN, no error at all and a caption for every clip of the video
+    ('{"uri": "source.mp4", "caption": "x", "start_s": [1], "end_s": 2}\n', "bad.jsonl:1: start_s must be a number"),
+    ('{"uri": "source.mp4", "caption": "x", "end_s": {"s": 2}}\n', "bad.jsonl:1: end_s must be a number"),
+    ('{"uri": "source.mp4", "caption": "x", "start_s": "soon"}\n', "bad.jsonl:1: start_s must be a number"),
+    ('{"uri": "source.mp4", "caption": "x", "start_s": "NaN", "end_s": "NaN"}\n', "start_s must be a number"),
+    ('{"uri": "source.mp4", "caption": "x", "start_s": true}\n', "start_s must be a number"),
+    ('{"uri": ["source.mp4"], "caption": "x"}\n', "needs 'uri' and 'caption'"),
+    (b'\xff{"uri": "source.mp4", "caption": "x"}\n', "bad.jsonl: not UTF-8"),
 ])
-def test_bad_caption_files_fail_without_writing(library, tmp_path: Path, capsys, content: str, message: str):
+def test_bad_caption_files_fail_without_writing(library, tmp_path: Path, capsys, content: str | bytes, message: str):
     lib, _ = library
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(content)
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert main(["caption", str(lib), "--from", str(bad)]) == 2
     assert message in capsys.readouterr().err
     assert CaptionStore(lib).versions() == []

@@ -19,7 +19,7 @@ from pipeline.cli import index as index_cli
 from pipeline.cli import search as search_cli
 from pipeline.embed import load_index_config
 from pipeline.library import Library
-from tests.index_fixtures import CLIPS, clip_id, make_library
+from tests.index_fixtures import CLIPS, clip_id, make_library, write_captions
 from tests.test_index_store import OFF, embed_with_numpy, indexed_library, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +150,23 @@ def test_nothing_to_index_says_what_to_do_and_writes_nothing(tmp_path, capsys):
     assert run_cli(index_cli, [root, "--repair", *OFF]) == 2
     assert "no captions yet" in capsys.readouterr().err
     assert _digest(root) == before
+
+
+def test_a_caption_version_that_is_not_there_or_not_indexed_says_so(tmp_path, capsys):
+    """--set captions.version=V: a V the library does not have was "no captions yet" (it has some),
+    and a V not indexed sent the user to a plain `recap index`, which indexes the default version."""
+    root = shutil.copytree(indexed_library(tmp_path / "src" / "lib"), tmp_path / "lib")
+    other = write_captions(root, {clip_id(0): "a red kite"}, model="someone/else", default=False)
+    for cli in (index_cli, search_cli):
+        assert run_cli(cli, [root, *(["a dog"] if cli is search_cli else []), *OFF,
+                             "--set", "captions.version=0000nope"]) == 2
+        err = capsys.readouterr().err
+        assert "captions.version '0000nope' is not a caption version" in err and other in err, err
+    assert run_cli(search_cli, [root, "a kite", *OFF, "--set", f"captions.version={other}"]) == 2
+    assert f"recap index {root} --set captions.version={other}`" in capsys.readouterr().err
+    assert run_cli(index_cli, [root, *OFF, "--set", f"captions.version={other}"]) == 0
+    assert run_cli(search_cli, [root, "a kite", *OFF, "--set", f"captions.version={other}"]) == 0
+    assert clip_id(0) in capsys.readouterr().out
 
 
 def test_search_loads_no_torch(indexed):

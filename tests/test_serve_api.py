@@ -6,10 +6,12 @@ library without captions or index shows. Also the library builders the other tes
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -245,7 +247,8 @@ def test_selections_round_trip_into_export(client, indexed):
 
     for bad in ({"name": "../x", "clip_ids": pair}, {"name": "a/b", "clip_ids": pair}, {"name": "x", "clip_ids": []},
                 {"name": "x", "clip_ids": ["ffffffffffffffff"]}, {"name": "x"},
-                {"name": "x", "results": {"where": "duration_s >"}}):
+                {"name": "x", "results": {"where": "duration_s >"}},
+                {"name": "x", "results": {"q": "a dog", "selection": "pair"}}):   # was: every hit, not the pair's
         r = client.post("/api/selections", json=bad)
         assert r.status_code == 400, (bad, r.json())
     assert client.get("/api/selections/nope").status_code == 404
@@ -340,3 +343,21 @@ def test_a_resaved_selection_shows_its_new_clips(client):
     assert ids_of(client.get("/api/clips", params={"selection": "again"}).json()) == [clip_id(2)]
     page = client.get("/api/clips", params={"selection": "again", "sort": "source"}).json()
     assert ids_of(page) == [clip_id(2)]
+
+
+def test_concurrent_appends_to_one_selection_lose_no_clip(indexed):
+    """Saves run in the server's thread pool: an append read the selection and wrote it back
+    unlocked, so of 11 clips added at once, one at a time, only a few stayed."""
+    def add(url: str, cid: str) -> None:
+        body = json.dumps({"name": "race", "clip_ids": [cid], "append": True}).encode()
+        req = urllib.request.Request(f"{url}/api/selections", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+
+    with serving(indexed) as url:
+        threads = [threading.Thread(target=add, args=(url, clip_id(i))) for i in range(len(CLIPS))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sorted(read_selection(indexed, "race")) == sorted(clip_id(i) for i in range(len(CLIPS)))

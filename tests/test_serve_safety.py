@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -161,3 +162,29 @@ def test_a_table_naming_paths_outside_is_refused_whole(tmp_path):
         assert client.get("/api/clips/evil/media").status_code == 404
         assert SECRET not in client.get("/api/clips/evil/media").text
 
+
+
+def test_a_copied_library_with_symlinks_in_its_ui_folder_serves_nothing_outside(tmp_path):
+    """LIB/.ui came with the library: a report folder linked to another folder was served whole
+    under /report (and built into), and a cached thumbnail linked to a file was served as a JPEG."""
+    (tmp_path / "secret.txt").write_text(SECRET)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "secret.txt").write_text(SECRET)
+    root = build_library(tmp_path)
+    (root / ".ui" / "thumbs").mkdir(parents=True)
+    (root / ".ui" / "report").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (root / ".ui" / "thumbs" / f"{clip_id(0)}.jpg").symlink_to(tmp_path / "secret.txt")
+    with TestClient(create_app(root, caption_only_config())) as client:
+        assert client.get("/report/secret.txt").status_code == 404
+        r = client.get(f"/api/clips/{clip_id(0)}/thumb")
+        assert r.status_code == 200 and SECRET not in r.text and r.content[:2] == b"\xff\xd8"
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["secret.txt"]   # nothing written there
+
+    # a thumbnail planted in a library's own .ui folder is replaced by the clip's frame
+    shutil.rmtree(root / ".ui")
+    (root / ".ui" / "thumbs").mkdir(parents=True)
+    (root / ".ui" / "thumbs" / f"{clip_id(0)}.jpg").symlink_to(tmp_path / "secret.txt")
+    with TestClient(create_app(root, caption_only_config())) as client:
+        r = client.get(f"/api/clips/{clip_id(0)}/thumb")
+        assert r.status_code == 200 and SECRET not in r.text and r.content[:2] == b"\xff\xd8"
+    assert not (root / ".ui" / "thumbs" / f"{clip_id(0)}.jpg").is_symlink()

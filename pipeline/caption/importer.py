@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,30 @@ class ImportSummary:
     unknown_sources: list[str] = field(default_factory=list)   # uris not in the library
 
 
+def _seconds(value: Any, where: str, key: str) -> float | None:
+    """A line's `start_s` / `end_s` (None when absent): a finite number, or the text of one. NaN
+    would compare false with every bound and so cover the whole video; a list, a bool or a word
+    is a mistake in the file, said with its line."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(f"{where}: {key} must be a number of seconds, not {value!r}")
+    return seconds
+
+
 def read_caption_lines(path: str | Path) -> list[dict[str, Any]]:
     """The lines of a caption file, uris resolved like ingest resolves manifest entries."""
     path = Path(path)
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 JSON lines ({e.reason} at byte {e.start})") from None
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -51,15 +71,16 @@ def read_caption_lines(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
         text = record.get("caption", record.get("text")) if isinstance(record, dict) else None
-        if not isinstance(record, dict) or not record.get("uri") or not isinstance(text, str):
+        if not isinstance(record, dict) or not isinstance(record.get("uri"), str) or not record["uri"] \
+                or not isinstance(text, str):
             raise ValueError(f"{path}:{number}: a line needs 'uri' and 'caption' (or 'text')")
-        start, end = record.get("start_s"), record.get("end_s")
-        if start is not None and end is not None and float(end) <= float(start):
+        start = _seconds(record.get("start_s"), f"{path}:{number}", "start_s")
+        end = _seconds(record.get("end_s"), f"{path}:{number}", "end_s")
+        if start is not None and end is not None and end <= start:
             raise ValueError(f"{path}:{number}: end_s must be after start_s")
         # storable: the name as the library stores it (a non-UTF-8 name written by json.dumps as \udcNN)
         out.append({"uri": storable(manifest_entry(path.parent, str(record["uri"])).uri), "text": text.strip(),
-                    "start_s": None if start is None else float(start),
-                    "end_s": None if end is None else float(end), "line": number})
+                    "start_s": start, "end_s": end, "line": number})
     if not out:
         raise ValueError(f"{path}: no captions")
     return out

@@ -1,16 +1,21 @@
 """Named clip selections: `LIB/selections/<name>.parquet` (SELECTION_COLUMNS), saved by the web UI
 or by hand and exported with `recap export LIB --selection NAME`. A selection file is replaced
-whole, atomically."""
+whole, atomically; a save reads and writes under a lock, so two saves at once (the server answers
+requests in a thread pool) never lose each other's clips."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import atomic_write_table, reading, remove_stale_temp_files, writable_folder
+from pipeline.library.files import CannotWrite, atomic_write_table, reading, remove_stale_temp_files, writable_folder
 from pipeline.library.layout import utcnow
 from pipeline.library.schema import SELECTION_SCHEMA
 
@@ -25,15 +30,34 @@ def selection_path(lib_root: str | Path, name: str) -> Path:
     return Path(lib_root) / SELECTIONS / f"{name}.parquet"
 
 
-def write_selection(lib_root: str | Path, name: str, clip_ids: list[str]) -> Path:
-    """Save `clip_ids` (duplicates dropped, order kept) as selection `name`, replacing it."""
+@contextlib.contextmanager
+def _saving(folder: Path) -> Iterator[None]:
+    """One save at a time in `folder` (a blocking flock on `.lock`, also between threads: each
+    save opens its own descriptor): an append reads the selection and writes it back, and a save
+    in between would be lost."""
+    writable_folder(folder, check=False)
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CannotWrite(folder / ".lock", e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_selection(lib_root: str | Path, name: str, clip_ids: list[str], append: bool = False) -> tuple[int, int]:
+    """Save `clip_ids` (duplicates dropped, order kept) as selection `name`, replacing it, or with
+    `append` added after the clips it already holds. Returns (clips before, clips after)."""
     path = selection_path(lib_root, name)
-    writable_folder(path.parent, check=False)
-    remove_stale_temp_files(path.parent)
-    ids = list(dict.fromkeys(clip_ids))
-    now = utcnow()
-    atomic_write_table(path, pa.table({"clip_id": ids, "added_at": [now] * len(ids)}, schema=SELECTION_SCHEMA))
-    return path
+    with _saving(path.parent):
+        remove_stale_temp_files(path.parent)
+        before = read_selection(lib_root, name) if append and path.exists() else []
+        ids = list(dict.fromkeys(before + clip_ids))
+        now = utcnow()
+        atomic_write_table(path, pa.table({"clip_id": ids, "added_at": [now] * len(ids)}, schema=SELECTION_SCHEMA))
+    return len(dict.fromkeys(before)), len(ids)
 
 
 def read_selection(lib_root: str | Path, name: str) -> list[str]:

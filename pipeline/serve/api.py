@@ -12,7 +12,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from pipeline.library.selections import list_selections, read_selection, selection_path, write_selection
+from pipeline.library.selections import selection_path, write_selection
 from pipeline.serve.catalog import MAX_HITS, MAX_PAGE, SORTS, BadRequest, Catalog, Page
 from pipeline.serve.filters import FilterSpec, build_where
 from pipeline.serve.media import ReportBuilder, thumbnail
@@ -179,10 +179,8 @@ def save_selection(request: Request, body: SaveSelection = Body(...)) -> dict[st
         ids = cat.result_ids(r.where or None, r.q or None, r.like or None, r.mode, r.selection or None)
     if not ids and not body.append:
         raise HTTPException(400, "nothing to save: the selection would be empty")
-    before = read_selection(cat.root, body.name) if body.append and body.name in list_selections(cat.root) else []
-    write_selection(cat.root, body.name, before + ids)
-    count = len(dict.fromkeys(before + ids))
-    return {"name": body.name, "count": count, "added": count - len(before),
+    before, count = write_selection(cat.root, body.name, ids, append=body.append)
+    return {"name": body.name, "count": count, "added": count - before,
             "export": f"recap export {shlex.quote(str(cat.root))} --selection {body.name} --out SHARDS"}
 
 

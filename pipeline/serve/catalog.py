@@ -261,6 +261,9 @@ class Catalog:
         first MAX_HITS hits of a search."""
         snap = self.require()
         if text is not None or like is not None:
+            if selection:       # a search is not narrowed to a selection: its hits would come from every clip
+                raise BadRequest("a search's results cannot be narrowed to a selection: give `selection` "
+                                 "without `q` / `like` (or a `where`)")
             return [h.clip_id for h in self.hits(snap, text, like, mode, where)]
         rows = self._rows(snap, where, selection, "clip_id", False)
         return snap.table.column("clip_id").take(pa.array(rows)).to_pylist()

@@ -25,10 +25,16 @@ DECODES = threading.BoundedSemaphore(2)   # thumbnails decoded at once: the rest
 
 
 def ui_dir(lib_root: Path) -> Path:
-    """`LIB/.ui`, or a fresh temporary folder when the library cannot be written."""
+    """`LIB/.ui` (with `report/` and `thumbs/`), or a fresh temporary folder when the library cannot
+    be written, or when one of those is a symlink or not a folder: /report serves that folder whole
+    and the report is built into it, so a library that came with `.ui/report -> /etc` would serve
+    /etc and write into it."""
     folder = lib_root / UI_DIR
     try:
-        folder.mkdir(exist_ok=True)
+        for own in (folder, folder / "report", folder / "thumbs"):
+            own.mkdir(exist_ok=True)
+            if own.is_symlink() or not own.is_dir():
+                raise NotADirectoryError(own)
         probe = folder / f".probe-{threading.get_ident()}"
         probe.write_bytes(b"")
         probe.unlink()
@@ -41,10 +47,10 @@ def thumbnail(lib: Library, folder: Path, clip: dict[str, Any], uris: dict[str, 
     """The clip's middle frame as a JPEG, made once and kept in `folder` (None when no frame can be
     read: no file, and no local source video)."""
     path = folder / f"{clip['clip_id']}.jpg"        # the library checked the id: a plain file name
-    if path.is_file():
+    if _made(path):
         return path
     with DECODES:
-        if path.is_file():
+        if _made(path):
             return path
         frame = clip_thumbnail(lib, clip, uris)
         if frame is None:
@@ -57,6 +63,12 @@ def thumbnail(lib: Library, folder: Path, clip: dict[str, Any], uris: dict[str, 
         img.save(tmp, format="JPEG", quality=82)
         tmp.replace(path)
     return path
+
+
+def _made(thumb: Path) -> bool:
+    """A thumbnail this server wrote: a plain file (a symlink planted in a copied library would be
+    served as a JPEG whatever it points to; it is replaced by the frame instead)."""
+    return thumb.is_file() and not thumb.is_symlink()
 
 
 class ReportBuilder:
