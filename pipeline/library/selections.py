@@ -15,7 +15,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.library.files import CannotWrite, atomic_write_table, reading, remove_stale_temp_files, writable_folder
+from pipeline.library.files import (
+    CannotWrite,
+    atomic_write_table,
+    drop_rows_outside,
+    reading,
+    remove_stale_temp_files,
+    writable_folder,
+)
 from pipeline.library.layout import utcnow
 from pipeline.library.schema import SELECTION_SCHEMA
 
@@ -58,6 +65,16 @@ def write_selection(lib_root: str | Path, name: str, clip_ids: list[str], append
         now = utcnow()
         atomic_write_table(path, pa.table({"clip_id": ids, "added_at": [now] * len(ids)}, schema=SELECTION_SCHEMA))
     return len(dict.fromkeys(before)), len(ids)
+
+
+def drop_clips_outside(lib_root: str | Path, clip_ids: pa.Array) -> int:
+    """Take every clip not in `clip_ids` out of every selection (a `recap remove`), under the
+    same lock as a save, so a save at the same time is neither lost nor undone. Returns how many."""
+    folder = Path(lib_root) / SELECTIONS
+    if not folder.is_dir():
+        return 0
+    with _saving(folder):
+        return drop_rows_outside(sorted(folder.glob("*.parquet")), "clip_id", clip_ids)
 
 
 def read_selection(lib_root: str | Path, name: str) -> list[str]:

@@ -54,7 +54,7 @@ from pipeline.library.files import (
 )
 from pipeline.library.layout import COMMITS, MEDIA, RECORD, TMP_SUFFIX, storable, utcnow
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
-from pipeline.library.selections import SELECTIONS
+from pipeline.library.selections import drop_clips_outside
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
 
 COMPACT_SUFFIX = ".compact"      # _commits/<batch_id>.compact.json: a batch that replaces others
@@ -434,9 +434,9 @@ class Library:
         clip_ids = self.read("clips", ["clip_id"]).column("clip_id").combine_chunks()
         stores = {"captions": self.captions.parts(),
                   "embeddings": sorted((self.root / EMBEDDINGS).glob("*/part-*.parquet")),
-                  "selections": sorted((self.root / SELECTIONS).glob("*.parquet")),
                   "view": [p for p in [self.root / VIEW_PATH] if p.exists()]}
         counts = {name: files.drop_rows_outside(parts, "clip_id", clip_ids) for name, parts in stores.items()}
+        counts["selections"] = drop_clips_outside(self.root, clip_ids)
         counts["media"] = self._remove_orphan_media()
         return counts
 
