@@ -35,3 +35,25 @@ def test_variable_frame_rate_chunks_respect_max_seconds() -> None:
 def test_clip_id_is_deterministic_and_range_sensitive() -> None:
     assert clip_id("v", 0, 10) == clip_id("v", 0, 10)
     assert len({clip_id("v", 0, 10), clip_id("v", 0, 11), clip_id("w", 0, 10)}) == 3
+
+
+def test_a_gap_in_the_timestamps_costs_only_its_own_frame() -> None:
+    # 25 fps with one frame shown for 20 s (a paused recording): that frame fits in no clip of at
+    # most 10 s; both halves around it still become clips. It cost the whole shot (one clip: the
+    # 20 s frame alone) and, splitting the shot one piece more at a time, minutes on a long video.
+    n = 60_000
+    pts = np.arange(n) / 25.0
+    pts[n // 2:] += 20.0
+    cfg = ClipsConfig(min_seconds=1.0, max_seconds=10.0, margin_frames=0)
+    clips = plan_clips([(0, n)], pts, cfg)
+    gap = n // 2 - 1
+    assert not any(c.start_frame <= gap < c.end_frame for c in clips)
+    assert sum(c.n_frames for c in clips) == n - 1
+    assert {c.n_frames for c in clips} <= {249, 250}
+    # a long frame that fits in a clip changes only the chunks around it
+    pts = np.arange(n) / 25.0
+    pts[n // 2:] += 9.5
+    clips = plan_clips([(0, n)], pts, cfg)
+    assert sum(c.n_frames for c in clips) > n - 100
+    ends = np.append(pts[1:], pts[-1] + 0.04)
+    assert all(ends[c.end_frame - 1] - pts[c.start_frame] <= 10.0 + 1e-6 for c in clips)

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -118,6 +119,23 @@ def test_random_bytes_are_not_a_video(tmp_path: Path):
 def test_audio_only(tmp_path: Path, name: str, codec: str):
     kind, message = _kind(write_audio_only(tmp_path / name, codec))
     assert kind == "no_video_stream" and "audio only" in message
+
+
+def test_a_video_track_without_frames(tmp_path: Path):
+    """A Matroska file whose video track holds no frame (a recorder that wrote only the sound):
+    FFmpeg reads it without a complaint; it said "truncated or damaged (End of file)"."""
+    path = tmp_path / "silent-picture.mkv"
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("mpeg4", rate=25)
+        v.width, v.height, v.pix_fmt = 160, 96, "yuv420p"
+        a = out.add_stream("pcm_s16le", rate=48000, layout="mono")
+        for k in range(25):
+            af = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+            af.sample_rate, af.pts = 48000, k * 960
+            for packet in a.encode(af):
+                out.mux(packet)
+    kind, message = _kind(path)
+    assert kind == "no_video_stream" and "holds no frames" in message and "pcm_s16le" in message
 
 
 def test_unsupported_codec(tmp_path: Path):

@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.ingest.config import SourcesConfig
-from pipeline.ingest.sources import Source, SourceError, StagingCache, content_hash, expand_sources
+from pipeline.ingest.config import IngestConfig, SourcesConfig
+from pipeline.ingest.job import plan_ingest
+from pipeline.ingest.sources import Source, SourceError, StagingCache, content_hash, expand_sources, local_file_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = SourcesConfig()
@@ -151,6 +152,34 @@ def test_empty_manifest(tree: Path):
     (tree / "m.txt").write_text("# nothing yet\n")
     with pytest.raises(SourceError, match="lists no uris"):
         expand_sources([str(tree / "m.txt")], CFG)
+
+
+def test_a_jsonl_manifest_error_names_its_line(tree: Path):
+    # json's own message said "line 1" (of the one line it was given) whatever the line
+    (tree / "m.jsonl").write_text('{"uri": "b.mp4"}\n\n{"uri": "a.MKV",}\n')
+    with pytest.raises(SourceError, match="line 3 is not JSON"):
+        expand_sources([str(tree / "m.jsonl")], CFG)
+    # lines end at \n only: a U+2028 (or \x85) inside a name is part of it, as JSON Lines says
+    _touch(tree / "odd\u2028name\x85.mp4")
+    (tree / "m.jsonl").write_text('{"uri": "odd\u2028name\x85.mp4"}\r\n{"uri": "b.mp4"}\n', encoding="utf-8")
+    assert _uris(expand_sources([str(tree / "m.jsonl")], CFG)) == [str(tree / "odd\u2028name\x85.mp4"),
+                                                                   str(tree / "b.mp4")]
+
+
+def test_parquet_manifest_of_binary_uris(tree: Path):
+    # a string column written without its UTF-8 annotation reads back as bytes, not "b'b.mp4'"
+    pq.write_table(pa.table({"uri": pa.array([b"b.mp4", None], pa.binary())}), tree / "m.parquet")
+    assert _uris(expand_sources([str(tree / "m.parquet")], CFG)) == [str(tree / "b.mp4")]
+
+
+def test_a_nul_byte_in_a_manifest_entry_is_that_sources_error(tree: Path, tmp_path: Path):
+    # was a traceback in `--dry-run`, and in a run a `failed` row (recap's fault) retried every time
+    (tree / "m.csv").write_text("uri\nb.mp4\nc\0.mp4\n")
+    sources = expand_sources([str(tree / "m.csv")], CFG)
+    assert _uris(sources) == [str(tree / "b.mp4"), str(tree / "c\0.mp4")]
+    assert local_file_problem(sources[1].uri)[0] == "not_found"
+    assert "NUL byte" in local_file_problem(sources[1].uri)[1]
+    assert plan_ingest([str(tree / "m.csv")], tmp_path / "lib", IngestConfig()).sources == 2
 
 
 def test_manifest_written_relative_to_the_current_directory_is_refused(tree: Path, monkeypatch):

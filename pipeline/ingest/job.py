@@ -133,7 +133,7 @@ def plan_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig) -> 
 def _size(path: str) -> int:
     try:
         return os.stat(path).st_size
-    except OSError:     # missing or unreadable: the run makes it an error row
+    except (OSError, ValueError):     # missing, unreadable, a NUL in the name: the run makes it an error row
         return 0
 
 

@@ -332,14 +332,19 @@ def _scan_start(path: Path, label: str, container, stream, max_pixels: int) -> t
     stream.codec_context.thread_type = "AUTO"
     first = None
     pts: list[int] = []
+    # read to its end without a packet holding data, FFmpeg saying nothing wrong: empty, not damaged
+    data = ended = False
     try:
         for packet in container.demux(stream):
+            data = data or packet.size > 0
             if packet.pts is not None:
                 pts.append(packet.pts)
             if first is None:
                 first = next(iter(packet.decode()), None)
             if (first is not None and len(pts) >= _VFR_PACKETS) or len(pts) > _FIRST_FRAME_PACKETS:
                 break
+        else:
+            ended = True
         if first is None:  # drain the decoder: a tiny file may hold a single frame
             first = next(iter(stream.codec_context.decode(None)), None)
     except av.error.DecoderNotFoundError as exc:
@@ -348,12 +353,16 @@ def _scan_start(path: Path, label: str, container, stream, max_pixels: int) -> t
     except av.FFmpegError as exc:
         if first is None:
             log = _ffmpeg_log_of_failure(path, max_pixels)
+            if ended and not data and not log:
+                raise _empty_video(label, container) from exc
             raise _refused_size(label, log, max_pixels) or ProbeError(
                 "truncated", f"{label}: the video data cannot be decoded: truncated or "
                              f"damaged ({_ffmpeg_says(log) or _ffmpeg_text(exc)})") from exc
         # damaged later on: the decode pass will find out where; judge the rate from what was read
     if first is None:
         log = _ffmpeg_log_of_failure(path, max_pixels)
+        if ended and not data and not log:
+            raise _empty_video(label, container)
         said = _ffmpeg_says(log)
         raise _refused_size(label, log, max_pixels) or ProbeError(
             "truncated", f"{label}: no video frame could be decoded: truncated or damaged"
@@ -361,6 +370,14 @@ def _scan_start(path: Path, label: str, container, stream, max_pixels: int) -> t
     ordered = np.unique(np.asarray(pts, dtype=np.int64))
     # B-frame reordering can leave the last few PTS of the window missing: drop that tail
     return first, np.diff(ordered[: max(0, len(ordered) - 8)])
+
+
+def _empty_video(label: str, container) -> ProbeError:
+    """A video track with no frames in it (a recorder that wrote only the sound): no video, where
+    decoding's end-of-file would have said "truncated or damaged"."""
+    audio = [_codec_name(s) for s in container.streams.audio if s.codec_context]
+    return ProbeError("no_video_stream", f"{label}: its video stream holds no frames"
+                                         + (f" (audio only: {', '.join(audio)})" if audio else ""))
 
 
 def _is_vfr(deltas: np.ndarray) -> bool:

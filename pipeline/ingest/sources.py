@@ -143,6 +143,8 @@ def local_file_problem(path: str | os.PathLike) -> tuple[str, str] | None:
     file's type is looked at, never its bytes: a FIFO or a device would block or never end."""
     try:
         st = os.stat(path)
+    except ValueError:    # a manifest entry holding a NUL byte: no file can have that name
+        return "not_found", "the name holds a NUL byte (\\x00), which no file name can"
     except FileNotFoundError:
         if os.path.islink(path):
             return "not_found", f"broken symbolic link (to {os.readlink(path)}): no such file"
@@ -203,11 +205,19 @@ def read_manifest(path: Path) -> list[Source]:
                 _require_uri_column(path, reader.fieldnames or [])
                 uris = [row["uri"] for row in reader]
         elif suffix == ".jsonl":
-            rows = [json.loads(ln) for ln in path.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
-            for i, row in enumerate(rows):
+            uris = []
+            # JSON Lines ends lines with \n only: splitlines() would also cut at a U+2028 in a name,
+            # and json's own error says "line 1" of the one line it was given, not which line
+            for number, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SourceError(f"{path}: line {number} is not JSON ({exc.msg}, column {exc.colno})") from None
                 if not isinstance(row, dict) or "uri" not in row:
-                    raise SourceError(f"{path}: line {i + 1} has no 'uri' field")
-            uris = [row["uri"] for row in rows]
+                    raise SourceError(f"{path}: line {number} has no 'uri' field")
+                uris.append(row["uri"])
         else:
             # lazy: pyarrow is for Parquet manifests only; the ingest child reads none
             import pyarrow.parquet as pq
@@ -221,6 +231,8 @@ def read_manifest(path: Path) -> list[Source]:
         raise
     except Exception as exc:  # pyarrow raises its own types for a damaged parquet file
         raise SourceError(f"{path}: cannot read manifest: {_reason(exc)}") from exc
+    # a Parquet string column written as plain binary (no UTF-8 annotation) gives bytes, not "b'...'"
+    uris = [os.fsdecode(u) if isinstance(u, bytes) else u for u in uris]
     uris = [str(u).strip() for u in uris if u is not None and str(u).strip()]
     if not uris:
         raise SourceError(f"{path}: manifest lists no uris")
