@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -81,6 +82,41 @@ def test_odd_and_tiny_picture_sizes_are_ingested(tmp_path: Path, size: tuple[int
     if size[0] > 100:      # a picture with content gives a clip, measured
         assert result.n_clips == 1
         assert result.rows["clips"][0]["sharpness"] is not None
+
+
+def _ts_segment(path: Path, size: tuple[int, int], first: int, n_frames: int = 75, fps: int = 25) -> Path:
+    """An MPEG-TS segment of `n_frames` at `size`, its timestamps starting at frame `first`."""
+    with av.open(str(path), "w", format="mpegts") as out:
+        v = out.add_stream("libx264", rate=fps)
+        v.width, v.height, v.pix_fmt = *size, "yuv420p"
+        v.codec_context.time_base = Fraction(1, fps)
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, *size), format="rgb24")
+            frame.pts = first + i
+            for packet in v.encode(frame):
+                out.mux(packet)
+        flush(out, v)
+    return path
+
+
+def test_a_stream_that_switches_picture_size_gives_clips_of_each_size(tmp_path: Path) -> None:
+    """Stitched HLS renditions (a TS at 320x240 followed by one at 640x480): every clip row said
+    the first size, and its bar crop was in those pixels, while the later clip's file was 640x480.
+    Shots are now split where the size changes, and each clip says its own size."""
+    joined = tmp_path / "switch.ts"
+    joined.write_bytes(b"".join(_ts_segment(tmp_path / f"{i}.ts", size, first).read_bytes()
+                                for i, (size, first) in enumerate([((320, 240), 0), ((640, 480), 80)])))
+    result = _ingest(joined, tmp_path / "lib")
+    assert result.outcome == "ingested", result.rows.get("errors")
+    assert [(s["start_transition"], s["end_transition"]) for s in result.rows["shots"]] == \
+        [("start", "resize"), ("resize", "end")]
+    clips = result.rows["clips"]
+    assert [(c["width"], c["height"]) for c in clips] == [(320, 240), (640, 480)]
+    assert [(c["crop_w"], c["crop_h"]) for c in clips] == [(320, 240), (640, 480)]
+    for clip in clips:                   # each clip file holds the size its row says
+        with av.open(str(tmp_path / "lib" / clip["path"])) as f:
+            frame = next(f.decode(video=0))
+        assert (frame.width, frame.height) == (clip["width"], clip["height"])
 
 
 @pytest.mark.parametrize("width", [1, 3, 161, 479, 480, 1920])

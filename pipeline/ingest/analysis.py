@@ -30,6 +30,7 @@ class AnalysisFrame:
     bgr: np.ndarray     # (h, w, 3) uint8, downscaled, display orientation not applied
     luma: np.ndarray    # (h, w) uint8, the Y plane at the same size
     detail: np.ndarray | None = None  # (H, W, 3) uint8 BGR at `signals.detail_width`, on sampled frames only
+    source_size: tuple[int, int] = (0, 0)  # (width, height) of the decoded picture (a stream may switch sizes)
 
     @functools.cached_property
     def structure(self) -> tuple[np.ndarray, float]:

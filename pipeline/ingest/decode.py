@@ -15,7 +15,7 @@ import heapq
 import math
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
@@ -63,6 +63,9 @@ class DecodeResult:
                                    # B-frames): its packets cannot be cut by PTS (see PresentationTimes)
     truncated: bool = False        # demuxing stopped early on a read error
     declared_end_s: float | None = None  # where the container says the file ends (any stream), if it says
+    # (first frame, width, height) of each run of frames of one coded size: one entry, unless the
+    # stream switches sizes (stitched HLS renditions, a camera changing mode)
+    sizes: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def ends_early(self) -> bool:
@@ -305,6 +308,7 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         step_s = 1.0 / float(rate) if rate else 1.0 / 30.0
 
         pts: list[float] = []
+        sizes: list[tuple[int, int, int]] = []
         errors = corrupt = 0
         truncated = False
         pix_fmt = ctx.pix_fmt or ""
@@ -314,11 +318,14 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
             nonlocal corrupt, pix_fmt
             corrupt += frame.is_corrupt
             pix_fmt = frame.format.name
+            size = (frame.width, frame.height)
+            if not sizes or sizes[-1][1:] != size:
+                sizes.append((len(pts), *size))
             bgr, luma = shrink(frame)
             big = None
             if schedule is not None and schedule.due(t):
                 big = detail_shrink(frame)[0]
-            af = AnalysisFrame(index=len(pts), pts_s=t, bgr=bgr, luma=luma, detail=big)
+            af = AnalysisFrame(index=len(pts), pts_s=t, bgr=bgr, luma=luma, detail=big, source_size=size)
             pts.append(t)
             for analyzer in analyzers:
                 analyzer.update(af)
@@ -360,4 +367,4 @@ def decode_pass(path: str | Path, cfg: DecodeConfig, analyzers: Sequence[FrameAn
         analysis_size=(aw, ah), pix_fmt=pix_fmt, codec=ctx.name, threads=threads, device=device,
         decode_errors=errors, corrupt_frames=corrupt, dropped_frames=times.dropped, truncated=truncated,
         relabeled=times.relabeled,
-        declared_end_s=declared_end_s)
+        declared_end_s=declared_end_s, sizes=sizes)

@@ -91,6 +91,13 @@ class ProbeInfo:
         return asdict(self)
 
 
+def display_size(width: int, height: int, sar: float, rotation: int) -> tuple[int, int]:
+    """What a player shows of a (width, height) coded picture: the sample aspect ratio applied to
+    the width, then the rotation."""
+    dw, dh = (round(width * sar), height) if sar != 1 else (width, height)
+    return (dh, dw) if rotation in (90, 270) else (dw, dh)
+
+
 def probe(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> ProbeInfo:
     """Probe a local video file; raise `ProbeError` if it cannot be ingested.
 
@@ -284,9 +291,7 @@ def _probe_open(path: Path, label: str, size: int, container: av.container.Input
     rotation = _rotation(first, stream)
     sar = _sar(stream)
     width, height = first.width, first.height
-    dw, dh = (round(width * sar), height) if sar != 1 else (width, height)
-    if rotation in (90, 270):
-        dw, dh = dh, dw
+    dw, dh = display_size(width, height, float(sar), rotation)
     audio = next((_codec_name(s) for s in container.streams.audio if s.codec_context), None)
     if audio is None and container.streams.audio:
         audio = "unknown"

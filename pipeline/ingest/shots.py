@@ -74,8 +74,8 @@ class Transition:
 class Shot:
     start_frame: int
     end_frame: int     # exclusive
-    start_transition: str  # what the shot begins with: start | cut | fade | dissolve | black
-    end_transition: str    # what ends it: end | cut | fade | dissolve | black
+    start_transition: str  # what the shot begins with: start | cut | fade | dissolve | black | resize
+    end_transition: str    # what ends it: end | cut | fade | dissolve | black | resize
 
 
 @dataclass
@@ -635,6 +635,20 @@ def _assemble(n: int, kind: np.ndarray, cuts: list[int], cfg: ShotsConfig) -> Sh
         for s, e in zip(edges[:-1], edges[1:]):
             shots.append(Shot(s, e, _kind_before(s, kind, cuts), _kind_after(e, kind, cuts, n)))
     return ShotResult(n, shots, transitions)
+
+
+def split_at(shots: list[Shot], frames: list[int], transition: str = "resize") -> list[Shot]:
+    """`shots` split at each of `frames` (the first frame of a new part) that falls inside one,
+    the two parts meeting at `transition`: where a stream switches picture size, a clip (one
+    file, one width and height) must not hold both sizes."""
+    out = []
+    for shot in shots:
+        inside = [f for f in sorted(set(frames)) if shot.start_frame < f < shot.end_frame]
+        edges = [shot.start_frame, *inside, shot.end_frame]
+        for i, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            out.append(Shot(a, b, shot.start_transition if i == 0 else transition,
+                            shot.end_transition if i == len(edges) - 2 else transition))
+    return out
 
 
 def _kind_before(s: int, kind: np.ndarray, cuts: list[int]) -> str:

@@ -7,6 +7,7 @@ A failure at any stage becomes an `errors` row naming the stage; nothing raises 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 import traceback
@@ -21,11 +22,11 @@ from pipeline.ingest.clipfiles import can_stream_copy, write_clips
 from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.decode import DecodeError, decode_pass
 from pipeline.ingest.plan import clip_id, frame_end_times, plan_clips
-from pipeline.ingest.probe import ProbeError, probe
+from pipeline.ingest.probe import ProbeError, display_size, probe
 from pipeline.ingest.progress import DecodeProgress, clip_share
 from pipeline.ingest.result import SourceResult, error_result
 from pipeline.ingest.result import source_row as _source_row
-from pipeline.ingest.shots import ShotDetector, detect_shots
+from pipeline.ingest.shots import ShotDetector, detect_shots, split_at
 from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
 from pipeline.ingest.sources import SourceError, StagingCache, content_hash, local_file_problem
 from pipeline.library.layout import media_dir, utcnow
@@ -125,7 +126,8 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
             raise SourceFailure("decode", type(e).__name__, f"decoding failed: {e}") from e
         if decoded.n_frames == 0:
             raise SourceFailure("decode", "no_frames", "no video frame could be decoded")
-        shots = detect_shots(shot_detector, cfg.shots).shots
+        # a stream that switches picture size (stitched HLS renditions) is split there too
+        shots = split_at(detect_shots(shot_detector, cfg.shots).shots, [first for first, _, _ in decoded.sizes[1:]])
         pts = decoded.pts_s
         ends = frame_end_times(pts)
 
@@ -152,15 +154,18 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
         raise signals_error  # a bug, not bad input: recorded as `failed`, so a rerun retries it
 
     width, height = info.display_width, info.display_height
+    size_starts = [first for first, _, _ in decoded.sizes]
     clip_rows = []
     for i, (c, cid, f) in enumerate(zip(planned, ids, files)):
         start_s, end_s = float(pts[c.start_frame]), float(ends[c.end_frame - 1])
+        _, coded_w, coded_h = decoded.sizes[bisect.bisect_right(size_starts, c.start_frame) - 1]
+        clip_w, clip_h = display_size(coded_w, coded_h, info.sample_aspect_ratio, info.rotation)
         clip_rows.append({
             "clip_id": cid, "video_id": video_id, "shot_index": c.shot_index, "clip_index": i,
             "start_frame": c.start_frame, "end_frame": c.end_frame, "n_frames": c.n_frames,
             "start_s": start_s, "end_s": end_s, "duration_s": end_s - start_s,
             "fps": c.n_frames / (end_s - start_s) if end_s > start_s else decoded.fps,
-            "width": width, "height": height, "clip_mode": clips_cfg.mode,
+            "width": clip_w, "height": clip_h, "clip_mode": clips_cfg.mode,
             "path": str(Path(f.path).relative_to(lib_root)) if f else None,
             "file_start_frame": f.file_start_frame if f else None,
             "file_n_frames": f.n_frames if f else None,

@@ -122,8 +122,8 @@ SHOT_COLUMNS = [
     Column("end_frame", pa.int64(), "One past the last frame (end exclusive)."),
     Column("start_s", pa.float64(), "PTS of the first frame, seconds."),
     Column("end_s", pa.float64(), "PTS of the frame after the last one (or stream end), seconds."),
-    Column("start_transition", pa.string(), "What precedes the shot: `start`, `cut`, `fade`, `dissolve` or `black`."),
-    Column("end_transition", pa.string(), "What follows the shot: `end`, `cut`, `fade`, `dissolve` or `black`."),
+    Column("start_transition", pa.string(), "What precedes the shot: `start`, `cut`, `fade`, `dissolve`, `black` or `resize` (the stream switched picture size here)."),
+    Column("end_transition", pa.string(), "What follows the shot: `end`, `cut`, `fade`, `dissolve`, `black` or `resize`."),
     COMMIT,
 ]
 

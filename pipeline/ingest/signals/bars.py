@@ -73,7 +73,9 @@ def _even_down(x: float) -> int:
 
 
 class BarsAnalyzer:
-    """Keeps (top, bottom, left, right, h, w) per sampled detail frame."""
+    """Keeps (top, bottom, left, right, h, w, source w, source h) per sampled detail frame; the
+    source size is the frame's own (`source_size`, the coded `source_size` given here where a
+    frame does not say it)."""
 
     name = "bars"
 
@@ -87,13 +89,18 @@ class BarsAnalyzer:
         found = self.measure(frame)
         if found is not None:
             gray, sizes = found
-            self.samples.add(frame.index, (*sizes, *gray.shape[:2]))
+            source = frame.source_size
+            self.samples.add(frame.index, (*sizes, *gray.shape[:2], *(source if source[0] else
+                                                                       (self.source_w, self.source_h))))
 
     def clip_signals(self, start_frame: int, end_frame: int) -> dict[str, Any]:
         samples = self.samples.window(start_frame, end_frame)
         if not samples:
             return {name: None for name, _, _ in BARS_COLUMNS}
-        top, bottom, left, right, h, w = np.min(np.array(samples), axis=0)
+        # a clip holds one picture size (shots are split where a stream switches sizes)
+        source_w, source_h = samples[0][6:]
+        top, bottom, left, right, h, w = np.min(np.array([s[:6] for s in samples if s[6:] == (source_w, source_h)]),
+                                                axis=0)
         min_v, min_h = self.cfg.min_share * h, self.cfg.min_share * w
         top, bottom = (t if t >= max(min_v, 1) else 0 for t in (top, bottom))
         left, right = (s if s >= max(min_h, 1) else 0 for s in (left, right))
@@ -102,14 +109,14 @@ class BarsAnalyzer:
             top = bottom = 0
         if not (left and right):
             left = right = 0
-        sx, sy = self.source_w / w, self.source_h / h
+        sx, sy = source_w / w, source_h / h
         # the first picture row of the detail frame may still hold a sliver of bar: skip it too
         x0, y0 = (_even_up((left + 1) * sx) if left else 0), (_even_up((top + 1) * sy) if top else 0)
-        x1 = _even_down(self.source_w - (right + 1) * sx) if right else self.source_w
-        y1 = _even_down(self.source_h - (bottom + 1) * sy) if bottom else self.source_h
+        x1 = _even_down(source_w - (right + 1) * sx) if right else source_w
+        y1 = _even_down(source_h - (bottom + 1) * sy) if bottom else source_h
         vertical, horizontal = bool(top or bottom), bool(left or right)
         kind = {(False, False): "none", (True, False): "letterbox", (False, True): "pillarbox",
                 (True, True): "windowbox"}[(vertical, horizontal)]
         if kind == "none":
-            x0, y0, x1, y1 = 0, 0, self.source_w, self.source_h
+            x0, y0, x1, y1 = 0, 0, source_w, source_h
         return {"bars": kind, "crop_x": x0, "crop_y": y0, "crop_w": x1 - x0, "crop_h": y1 - y0}
