@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from trainer.sample import Sampler, SampleSettings, read_video, write_png
+from trainer.sample import Sampler, SampleSettings, read_image, read_video, write_png
 from trainer.shards import Bucket, encode_mp4
 from trainer.synthetic import synthetic_video, write_synthetic_shards
 from trainer.train import load_job_config, main
@@ -89,6 +90,24 @@ def test_bf16_precision_runs_the_model_in_bf16_and_samples_alike(run: Path, samp
     assert low.shape == full.shape and psnr_uint8(low, full) >= 40.0     # ~59 dB here
     with pytest.raises(ValueError, match="attention kernel"):
         Sampler(run, device="cpu", attention_kernel="fastest")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "L", "RGBA"])
+def test_first_frames_of_any_pixel_format_keep_their_brightness(tmp_path: Path, mode: str):
+    """A 16-bit grayscale PNG came in nearly all white: convert("RGB") clips Pillow's integer
+    modes at 255 instead of scaling them."""
+    ramp = np.linspace(0, 255, 64).round().astype(np.uint8).reshape(8, 8)
+    if mode.startswith("I"):     # 16-bit samples, 0..65535
+        wide = (ramp.astype(">u2" if mode == "I;16B" else "<u2") * 257).tobytes()
+        image = Image.frombytes("I;16B" if mode == "I;16B" else "I;16", (8, 8), wide)
+        image = image.convert("I") if mode == "I" else image
+    else:
+        image = Image.fromarray(np.repeat(ramp[..., None], 3, axis=-1)).convert(mode)
+    path = tmp_path / ("first.tiff" if mode == "I" else "first.png")    # PNG cannot hold 32-bit "I"
+    image.save(path)
+    frame = read_image(path)
+    assert frame.shape == (8, 8, 3) and frame.dtype == np.uint8
+    assert (frame[..., 0] == ramp).all()
 
 
 def test_extension_keeps_the_given_frames_and_continues_them(sampler: Sampler):
