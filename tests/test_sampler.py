@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from trainer.sample import Sampler, SampleSettings, read_image, read_video, write_png
 from trainer.shards import Bucket, encode_mp4
@@ -180,6 +181,22 @@ def test_cli_writes_videos_contact_sheet_and_records(run: Path, tmp_path: Path, 
     assert cli("--ckpt", str(run), "--prompt", "x", "--fps", "0", "--out", str(tmp_path / "bad")) == 2
     assert "--fps must be between 0 and 1000, got 0" in capsys.readouterr().err   # was: after all the sampling
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_says_in_one_line_when_the_checkpoint_or_the_out_is_not_what_it_needs(tmp_path: Path, capsys):
+    """A --ckpt file that is not safetensors (or is truncated) and an --out that is a file were
+    tracebacks (SafetensorError, FileExistsError)."""
+    whole = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(64)}, str(whole), metadata={"format": "recap.dit"})
+    (tmp_path / "cut.safetensors").write_bytes(whole.read_bytes()[:40])
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    for name in ("cut.safetensors", "picture.png"):
+        assert cli("--ckpt", str(tmp_path / name), "--prompt", "x", "--out", str(tmp_path / "out")) == 2
+        err = capsys.readouterr().err
+        assert f"{name} cannot be read as a checkpoint" in err and "Traceback" not in err
+    (tmp_path / "taken").write_text("not a folder")
+    assert cli("--ckpt", str(whole), "--prompt", "x", "--out", str(tmp_path / "taken")) == 2
+    assert "--out " in capsys.readouterr().err and (tmp_path / "taken").read_text() == "not a folder"
 
 
 def test_cli_refuses_to_overwrite_samples_and_shows_progress(run: Path, tmp_path: Path, capsys):
