@@ -79,6 +79,15 @@ def test_an_out_that_holds_a_run_needs_resume(shards: Path, tmp_path: Path, caps
     assert run(*common, "--resume") == 0
 
 
+@pytest.mark.parametrize("kind", ["dit", "vae", "cache"])
+def test_an_out_that_is_a_file_is_one_error_line(shards: Path, tmp_path: Path, capsys, kind: str):
+    """It was a FileExistsError traceback from mkdir, after the shards were listed and the models built."""
+    taken = tmp_path / "taken"
+    taken.write_text("notes")
+    assert run(kind, "--data", str(shards), "--out", str(taken), "--set", "train.steps=1") == 2
+    assert "is a file, not a folder" in one_error_line(capsys) and taken.read_text() == "notes"
+
+
 def test_memory_estimate_is_printed_and_a_bucket_too_big_is_refused(shards: Path, tmp_path: Path, capsys):
     assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(tmp_path / "ok"),
                "--set", "train.steps=1") == 0
