@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import save_file
 
-from trainer.sample import Sampler, SampleSettings, read_video, write_png
+from trainer.sample import Sampler, SampleSettings, read_image, read_video, write_png
 from trainer.shards import Bucket, encode_mp4
 from trainer.synthetic import synthetic_video, write_synthetic_shards
 from trainer.train import load_job_config, main
@@ -91,6 +93,24 @@ def test_bf16_precision_runs_the_model_in_bf16_and_samples_alike(run: Path, samp
         Sampler(run, device="cpu", attention_kernel="fastest")
 
 
+@pytest.mark.parametrize("mode", ["I;16", "I;16B", "I", "L", "RGBA"])
+def test_first_frames_of_any_pixel_format_keep_their_brightness(tmp_path: Path, mode: str):
+    """A 16-bit grayscale PNG came in nearly all white: convert("RGB") clips Pillow's integer
+    modes at 255 instead of scaling them."""
+    ramp = np.linspace(0, 255, 64).round().astype(np.uint8).reshape(8, 8)
+    if mode.startswith("I"):     # 16-bit samples, 0..65535
+        wide = (ramp.astype(">u2" if mode == "I;16B" else "<u2") * 257).tobytes()
+        image = Image.frombytes("I;16B" if mode == "I;16B" else "I;16", (8, 8), wide)
+        image = image.convert("I") if mode == "I" else image
+    else:
+        image = Image.fromarray(np.repeat(ramp[..., None], 3, axis=-1)).convert(mode)
+    path = tmp_path / ("first.tiff" if mode == "I" else "first.png")    # PNG cannot hold 32-bit "I"
+    image.save(path)
+    frame = read_image(path)
+    assert frame.shape == (8, 8, 3) and frame.dtype == np.uint8
+    assert (frame[..., 0] == ramp).all()
+
+
 def test_extension_keeps_the_given_frames_and_continues_them(sampler: Sampler):
     context = clip(101, "green", "right")
     videos = sampler.generate(PROMPTS[:1], settings(frames=11, window=5, overlap=3), video=context)
@@ -161,6 +181,22 @@ def test_cli_writes_videos_contact_sheet_and_records(run: Path, tmp_path: Path, 
     assert cli("--ckpt", str(run), "--prompt", "x", "--fps", "0", "--out", str(tmp_path / "bad")) == 2
     assert "--fps must be between 0 and 1000, got 0" in capsys.readouterr().err   # was: after all the sampling
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_says_in_one_line_when_the_checkpoint_or_the_out_is_not_what_it_needs(tmp_path: Path, capsys):
+    """A --ckpt file that is not safetensors (or is truncated) and an --out that is a file were
+    tracebacks (SafetensorError, FileExistsError)."""
+    whole = tmp_path / "model.safetensors"
+    save_file({"w": torch.zeros(64)}, str(whole), metadata={"format": "recap.dit"})
+    (tmp_path / "cut.safetensors").write_bytes(whole.read_bytes()[:40])
+    (tmp_path / "picture.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    for name in ("cut.safetensors", "picture.png"):
+        assert cli("--ckpt", str(tmp_path / name), "--prompt", "x", "--out", str(tmp_path / "out")) == 2
+        err = capsys.readouterr().err
+        assert f"{name} cannot be read as a checkpoint" in err and "Traceback" not in err
+    (tmp_path / "taken").write_text("not a folder")
+    assert cli("--ckpt", str(whole), "--prompt", "x", "--out", str(tmp_path / "taken")) == 2
+    assert "--out " in capsys.readouterr().err and (tmp_path / "taken").read_text() == "not a folder"
 
 
 def test_cli_refuses_to_overwrite_samples_and_shows_progress(run: Path, tmp_path: Path, capsys):

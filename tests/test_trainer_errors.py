@@ -79,6 +79,15 @@ def test_an_out_that_holds_a_run_needs_resume(shards: Path, tmp_path: Path, caps
     assert run(*common, "--resume") == 0
 
 
+@pytest.mark.parametrize("kind", ["dit", "vae", "cache"])
+def test_an_out_that_is_a_file_is_one_error_line(shards: Path, tmp_path: Path, capsys, kind: str):
+    """It was a FileExistsError traceback from mkdir, after the shards were listed and the models built."""
+    taken = tmp_path / "taken"
+    taken.write_text("notes")
+    assert run(kind, "--data", str(shards), "--out", str(taken), "--set", "train.steps=1") == 2
+    assert "is a file, not a folder" in one_error_line(capsys) and taken.read_text() == "notes"
+
+
 def test_memory_estimate_is_printed_and_a_bucket_too_big_is_refused(shards: Path, tmp_path: Path, capsys):
     assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(tmp_path / "ok"),
                "--set", "train.steps=1") == 0
@@ -191,6 +200,44 @@ def test_no_loadable_checkpoint_names_the_bad_file(shards: Path, tmp_path: Path,
     assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(out), "--resume") == 2
     line = capsys.readouterr().err.splitlines()[-1]
     assert "no checkpoint" in line and "state.pt" in line and "Traceback" not in line
+
+
+def test_resume_with_another_model_or_kind_is_refused_in_one_line(shards: Path, tmp_path: Path, capsys):
+    """A changed model size, or a VAE run resumed as a DiT, failed in load_state_dict: a traceback
+    with a page of tensor names."""
+    dit, vae = tmp_path / "dit", tmp_path / "vae"
+    assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(dit), "--set", "train.steps=1") == 0
+    assert run("vae", "--config", str(REPO / "configs" / "vae_tiny.yaml"), "--data", str(shards), "--out", str(vae),
+               "--set", "train.steps=1", "--set", "data.batch_size=2") == 0
+    capsys.readouterr()
+    assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(dit), "--resume",
+               "--set", "train.steps=2", "--set", "model.depth=3") == 2
+    line = one_error_line(capsys)
+    assert "model.depth: 2 -> 3" in line and "new --out" in line
+    assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(vae), "--resume",
+               "--set", "train.steps=2") == 2
+    assert "checkpoint of a VAE run and this run trains a DiT" in one_error_line(capsys)
+    # a setting that leaves the weights' shapes alone still resumes
+    assert run("dit", "--config", TINY, "--data", str(shards), "--out", str(dit), "--resume",
+               "--set", "train.steps=2", "--set", "model.rope_theta=500") == 0
+
+
+def test_resume_takes_the_optimizer_settings_of_its_config(shards: Path, tmp_path: Path, capsys):
+    """`--resume --set optim.lr=...` went on with the checkpoint's lr (the optimizer's and the
+    schedule's state brought it back) while config.json said the new one."""
+    out = tmp_path / "run"
+    common = ("dit", "--config", TINY, "--data", str(shards), "--out", str(out), "--set", "data.batch_size=2",
+              "--set", "optim.warmup_steps=0", "--set", "optim.min_lr_ratio=1", "--set", "train.log_every=1")
+    assert run(*common, "--set", "train.steps=1") == 0
+    capsys.readouterr()
+    assert run(*common, "--set", "train.steps=2", "--set", "optim.lr=0.25", "--set", "optim.weight_decay=0.5",
+               "--resume") == 0
+    err = capsys.readouterr().err
+    assert "optim.lr 0.001 -> 0.25" in err and "optim.weight_decay 0.0 -> 0.5" in err
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == [1e-3, 0.25]
+    state = torch.load(out / "checkpoints" / "step_00000002" / "state.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.5
 
 
 def test_a_dit_without_its_vae_says_how_to_make_one(shards: Path, tmp_path: Path, capsys):

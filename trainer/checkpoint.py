@@ -16,6 +16,7 @@ loaded: `load_latest_valid` says which file is bad and falls back to the newest 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -155,6 +156,19 @@ def load_latest_valid(run_dir: str | Path, warn: Callable[[str], object] = print
     return None
 
 
+def checkpoint_metadata(checkpoint_dir: str | Path) -> dict[str, str]:
+    """What a checkpoint's weights are (format, model config...): the safetensors metadata of a
+    whole checkpoint, `meta.json` of a sharded one; {} when neither can be read."""
+    ckpt = Path(checkpoint_dir)
+    try:
+        if (ckpt / "dcp").is_dir():
+            return json.loads((ckpt / "meta.json").read_text())
+        with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+            return f.metadata() or {}
+    except Exception:   # safetensors and json errors of a damaged file, which loading the weights names
+        return {}
+
+
 def set_aside(checkpoint_dir: Path) -> Path:
     """Rename a damaged checkpoint to `step_N.damaged`, kept for inspection and never picked again."""
     target = checkpoint_dir.with_name(checkpoint_dir.name + ".damaged")
@@ -164,4 +178,4 @@ def set_aside(checkpoint_dir: Path) -> Path:
 
 
 __all__ = ["save_checkpoint", "prune", "fsync_dir", "Weights", "list_checkpoints", "latest_checkpoint", "load_weights", "load_state",
-           "CheckpointError", "load_checkpoint", "load_latest_valid", "set_aside"]
+           "CheckpointError", "load_checkpoint", "load_latest_valid", "checkpoint_metadata", "set_aside"]

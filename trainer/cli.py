@@ -136,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
             return export(args)
         if not args.data or not args.out:
             raise ConfigError(f"recap train {args.kind} needs --data and --out")
+        if Path(args.out).exists() and not Path(args.out).is_dir():   # was mkdir's traceback, once the models loaded
+            raise ConfigError(f"--out {args.out} is a file, not a folder; choose another --out")
         kind = "dit" if args.kind == "cache" else args.kind
         config = args.config or default_config(f"{kind}.yaml")
         cfg = load_job_config(kind, config, args.overrides)

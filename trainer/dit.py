@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from trainer.checkpoint import latest_checkpoint, load_weights
+from trainer.checkpoint import CheckpointError, latest_checkpoint, load_weights
 from trainer.typedconfig import ConfigError, from_dict
 
 if TYPE_CHECKING:
@@ -462,7 +462,11 @@ def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
             tensors, meta = load_sharded_weights(ckpt, (weights,))
             state, file = tensors[weights], ckpt
     if state is None:
-        state, meta = load_weights(file)
+        try:
+            state, meta = load_weights(file)
+        except Exception as e:   # safetensors' own errors for a truncated file or one that is not safetensors
+            raise CheckpointError(f"{file} cannot be read as a checkpoint ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
     if meta.get("format") != "recap.dit":
         raise ValueError(f"{file} is not a recap DiT checkpoint (format {meta.get('format')!r})")
     model = DiT(from_dict(DiTConfig, json.loads(meta["config"])), int(meta["in_channels"]), int(meta["text_dim"]))

@@ -250,7 +250,14 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
 
 
 def read_image(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB. A 16-bit grayscale image (PNG, TIFF) opens in
+    Pillow's integer modes, which convert("RGB") clips at 255 instead of scaling: a first frame
+    came out nearly all white. Its 0..65535 range is scaled to 0..255 here."""
     with Image.open(str(path)) as im:
+        if im.mode.startswith("I"):       # "I;16", "I;16B"... and "I": 16-bit samples
+            wide = np.asarray(im, dtype=np.float64)
+            gray = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=-1)
         return np.asarray(im.convert("RGB"))
 
 

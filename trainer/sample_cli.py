@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.fps < 1000:    # checked now: the MP4s are written after all the sampling
         return fail(f"--fps must be between 0 and 1000, got {args.fps:g}")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():    # said now, not as a traceback once the models are loaded
+        return fail(f"--out {out} is a file, not a folder; choose another --out")
     earlier = sorted(out.glob("sample_*.mp4")) + [p for p in (out / "samples.jsonl",) if p.exists()]
     if earlier and not args.overwrite:
         return fail(f"{out} already holds samples ({earlier[0].name}{' and more' if len(earlier) > 1 else ''}): "

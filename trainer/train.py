@@ -31,7 +31,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from trainer.checkpoint import latest_checkpoint, load_latest_valid, save_checkpoint, set_aside
+from trainer.checkpoint import checkpoint_metadata, latest_checkpoint, load_latest_valid, save_checkpoint, set_aside
 from trainer.dit import DiTConfig, count_params
 from trainer.memory import GB, device_memory
 from trainer.parallel import (
@@ -46,7 +46,7 @@ from trainer.parallel import (
 from trainer.progress import progress_bar
 from trainer.rf import FlowConfig
 from trainer.runtime import Generators, attention_kernels, gather, init_distributed
-from trainer.sharded import ShardedCheckpointer, load_sharded, load_whole_into_sharded
+from trainer.sharded import ShardedCheckpointer, build_from_meta, load_sharded, load_whole_into_sharded
 from trainer.shards import Bucket, BucketLoader, list_shards
 from trainer.tasks import DiTTask, TrainSetupError, VAETask, bf16_autocast, compiles
 from trainer.text import DEFAULT_TEXT_ENCODER
@@ -200,6 +200,55 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     EMA(ema, model).update(decay)
 
 
+def check_resumable(ckpt: Path, want: dict[str, str], model: nn.Module) -> None:
+    """TrainSetupError unless `ckpt` holds the model this run builds (`want`: its metadata):
+    resuming a VAE run as a DiT, or with another model size, failed inside load_state_dict with a
+    page of tensor names. Settings that leave the weights' shapes alone may change."""
+    have = checkpoint_metadata(ckpt)
+    kinds = {"recap.vae": "VAE", "recap.dit": "DiT"}
+    if have.get("format") != want["format"]:
+        raise TrainSetupError(f"{ckpt} is a checkpoint of a {kinds.get(have.get('format', ''), 'other')} run and "
+                              f"this run trains a {kinds[want['format']]}: choose another --out")
+    try:
+        with torch.device("meta"):   # names and shapes only
+            theirs = {k: tuple(v.shape) for k, v in build_from_meta(have).state_dict().items()}
+    except Exception:   # metadata this version cannot rebuild from: loading the weights says what is wrong
+        return
+    if theirs == {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+        return
+    old, new = json.loads(have.get("config", "{}")), json.loads(want["config"])
+    changes = [f"model.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]
+    changes += [f"{k} (from the autoencoder or text encoder): {have.get(k)} -> {want[k]}"
+                for k in ("in_channels", "text_dim") if k in want and have.get(k) != want[k]]
+    raise TrainSetupError(f"{ckpt} holds a model of another shape than this config builds ("
+                          + ("; ".join(changes) or "its weights' shapes differ") + "): resume with the run's "
+                          "own settings (its config.json), or train the new model into a new --out")
+
+
+def apply_optim_config(opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR,
+                       ocfg: OptimConfig) -> list[str]:
+    """Give a resumed optimizer this run's optim settings; returns what changed. Loading the
+    checkpoint's optimizer and schedule brought back the old lr, betas, weight decay and eps, so
+    `--resume --set optim.lr=...` went on with the old lr while config.json said the new one."""
+    changes = []
+    if any(base != ocfg.lr for base in sched.base_lrs):
+        changes.append(f"optim.lr {sched.base_lrs[0]:g} -> {ocfg.lr:g}")
+        sched.base_lrs = [ocfg.lr for _ in sched.base_lrs]
+    for group in opt.param_groups:
+        for key, value in (("betas", tuple(ocfg.betas)), ("weight_decay", ocfg.weight_decay), ("eps", ocfg.eps)):
+            old = tuple(group[key]) if key == "betas" else group[key]
+            if old != value:
+                changes.append(f"optim.{key} {old} -> {value}")
+                group[key] = value
+        group["initial_lr"] = ocfg.lr
+    lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs    # what get_last_lr() reports until the next step
+    return list(dict.fromkeys(changes))
+
+
 TIMESTEP_BINS = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -308,6 +357,7 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = 
         say(f"no checkpoint in {out}: starting from scratch")
     if found is not None:
         ckpt, model_sd, ema_sd, state, damaged = found
+        check_resumable(ckpt, task.metadata(), model)
         if model_sd is None:          # sharded: each rank reads what its shards need
             load_sharded(ckpt, model, ema, opt)
         elif layout.mesh is not None:
@@ -317,6 +367,8 @@ def main(kind: str, cfg: Any, out: str | Path, resume: bool | Literal["auto"] = 
             ema.load_state_dict(ema_sd)
             opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        for change in apply_optim_config(opt, sched, cfg.optim):
+            say(f"resuming with {change} (this run's config)")
         start_step = int(state["step"])
         old_cp = int(state.get("context_parallel", 1))
         old_dp = int(state.get("data_parallel", state["world_size"]))
