@@ -336,6 +336,18 @@ def test_fields_videos_and_the_report_page(client, indexed):
     assert (indexed / ".ui" / "report" / "index.html").is_file()
 
 
+def test_a_damaged_selection_file_does_not_hide_the_others(client, indexed):
+    """One cut-off file in LIB/selections/ made GET /api/selections a 500: no selection listed."""
+    client.post("/api/selections", json={"name": "fine", "clip_ids": [clip_id(3)]})
+    (indexed / "selections" / "cutoff.parquet").write_bytes(b"PAR1 not a whole file")
+    try:
+        listed = {s["name"]: s for s in client.get("/api/selections").json()}
+        assert listed["fine"]["count"] == 1
+        assert listed["cutoff"]["count"] is None and "cutoff.parquet" in listed["cutoff"]["error"]
+    finally:
+        (indexed / "selections" / "cutoff.parquet").unlink()
+
+
 def test_a_resaved_selection_shows_its_new_clips(client):
     client.post("/api/selections", json={"name": "again", "clip_ids": [clip_id(1)]})
     assert ids_of(client.get("/api/clips", params={"selection": "again"}).json()) == [clip_id(1)]

@@ -335,7 +335,15 @@ class Catalog:
             raise NotFound(str(e)) from None
 
     def selections(self) -> list[dict[str, Any]]:
-        return [{"name": n, "count": len(read_selection(self.root, n))} for n in list_selections(self.root)]
+        """Each saved selection with its size; one that cannot be read (cut off, not a selection)
+        with `count` null and the `error` that says what to do, so the others still list."""
+        out = []
+        for name in list_selections(self.root):
+            try:
+                out.append({"name": name, "count": len(read_selection(self.root, name))})
+            except LibraryError as e:
+                out.append({"name": name, "count": None, "error": str(e)})
+        return out
 
     def unknown_ids(self, ids: list[str]) -> list[str]:
         snap = self.require()
