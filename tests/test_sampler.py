@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from trainer.checkpoint import CheckpointError
+from trainer.dit import count_params, load_dit
 from trainer.sample import Sampler, SampleSettings, read_image, read_video, write_png
 from trainer.shards import Bucket, encode_mp4
 from trainer.synthetic import synthetic_video, write_synthetic_shards
@@ -197,6 +200,23 @@ def test_cli_says_in_one_line_when_the_checkpoint_or_the_out_is_not_what_it_need
     (tmp_path / "taken").write_text("not a folder")
     assert cli("--ckpt", str(whole), "--prompt", "x", "--out", str(tmp_path / "taken")) == 2
     assert "--out " in capsys.readouterr().err and (tmp_path / "taken").read_text() == "not a folder"
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(run: Path, tmp_path: Path, capsys):
+    """A run whose newest EMA file was cut off (a crash while copying it) could not be sampled at
+    all, while `recap train --resume` falls back to the checkpoint before: sampling now does too."""
+    copy = tmp_path / "dit"
+    shutil.copytree(run, copy)
+    newest = sorted((copy / "checkpoints").iterdir())[-1]
+    step = int(newest.name.removeprefix("step_"))
+    damaged = shutil.copytree(newest, newest.with_name(f"step_{step + 1:08d}"))
+    (damaged / "ema.safetensors").write_bytes((newest / "ema.safetensors").read_bytes()[:100])
+    model, meta = load_dit(str(copy))
+    assert meta["format"] == "recap.dit" and count_params(model) > 0
+    assert f"step_{step + 1:08d}/ema.safetensors cannot be read" in capsys.readouterr().err
+    shutil.rmtree(newest)                 # nothing readable left: one error naming each file
+    with pytest.raises(CheckpointError, match="no checkpoint of .* can be read"):
+        load_dit(str(copy))
 
 
 def test_cli_refuses_to_overwrite_samples_and_shows_progress(run: Path, tmp_path: Path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from trainer.checkpoint import CheckpointError, latest_checkpoint, load_weights
+from trainer.checkpoint import CheckpointError, list_checkpoints, load_weights
 from trainer.typedconfig import ConfigError, from_dict
 
 if TYPE_CHECKING:
@@ -443,35 +444,53 @@ def count_params(model: nn.Module) -> int:
 
 
 def load_dit(path: str, weights: str = "ema") -> tuple[DiT, dict[str, str]]:
-    """A DiT from a `recap train dit` run directory (its last checkpoint's `weights`: ema or model;
+    """A DiT from a `recap train dit` run directory (its newest readable checkpoint's `weights`: ema or model;
     sharded checkpoints too) or a checkpoint's .safetensors file. Returns the model (eval mode) and
     the file's metadata, which also names the text encoder, the autoencoder and the flow settings it was trained with."""
     file = Path(path)
     if not file.exists():
         raise FileNotFoundError(f"{file}: no such run folder or checkpoint file (give the --out of `recap train "
                                 "dit`, or a .safetensors file of one of its checkpoints)")
-    state: dict[str, torch.Tensor] | None = None
     if file.is_dir():
-        ckpt = latest_checkpoint(file)
-        if ckpt is None:
+        found = list_checkpoints(file)
+        if not found:
             raise FileNotFoundError(f"no checkpoint in {file}")
-        file = ckpt / f"{weights}.safetensors"
-        if not file.exists() and (ckpt / "dcp").is_dir():   # a sharded (FSDP) run, not exported yet
-            # lazy: torch.distributed.checkpoint only for sharded runs
-            from trainer.sharded import load_sharded_weights
-            tensors, meta = load_sharded_weights(ckpt, (weights,))
-            state, file = tensors[weights], ckpt
-    if state is None:
-        try:
-            state, meta = load_weights(file)
-        except Exception as e:   # safetensors' own errors for a truncated file or one that is not safetensors
-            raise CheckpointError(f"{file} cannot be read as a checkpoint ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+        problems = []
+        for ckpt in reversed(found):     # the newest that reads, as `recap train --resume` does
+            try:
+                state, meta = _checkpoint_weights(ckpt, weights)
+                break
+            except CheckpointError as e:
+                problems.append(str(e))
+                print(f"warning: {e}; trying the checkpoint before it", file=sys.stderr)
+        else:
+            raise CheckpointError(f"no checkpoint of {file} can be read: " + "; ".join(problems))
+    else:
+        state, meta = _read_weights(file)
     if meta.get("format") != "recap.dit":
         raise ValueError(f"{file} is not a recap DiT checkpoint (format {meta.get('format')!r})")
     model = DiT(from_dict(DiTConfig, json.loads(meta["config"])), int(meta["in_channels"]), int(meta["text_dim"]))
     model.load_state_dict(state)
     return model.eval().requires_grad_(False), meta
+
+
+def _checkpoint_weights(ckpt: Path, weights: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """`weights` (ema or model) of one checkpoint folder, whole or sharded (FSDP, not exported yet)."""
+    file = ckpt / f"{weights}.safetensors"
+    if not file.exists() and (ckpt / "dcp").is_dir():
+        # lazy: torch.distributed.checkpoint only for sharded runs
+        from trainer.sharded import load_sharded_weights
+        tensors, meta = load_sharded_weights(ckpt, (weights,))
+        return tensors[weights], meta
+    return _read_weights(file)
+
+
+def _read_weights(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        return load_weights(file)
+    except Exception as e:   # safetensors' own errors for a truncated file or one that is not safetensors
+        raise CheckpointError(f"{file} cannot be read as a checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
 
 
 __all__ = ["DiT", "DiTConfig", "DIT_SIZES", "count_params", "load_dit", "rope_3d", "rope_tables", "sincos_3d", "apply_rope",
