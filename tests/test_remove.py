@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 import pipeline.library.tables as tables
+from pipeline.cli.remove import matching
 from pipeline.library import Library
 from pipeline.library.embeddings import read_embeddings, write_embeddings
 from pipeline.library.layout import media_dir, utcnow
@@ -210,3 +211,19 @@ def test_recap_remove_end_to_end(sample_corpus, tmp_path) -> None:
     assert "2 already done, 0 ingested, 0 duplicate content, 1 removed content" in out, out
     assert set(Library(lib).read("clips").column("clip_id").to_pylist()) == left
     assert json.loads(recap("info", str(lib), "--json").stdout)["removed_sources"] == 2
+
+
+def test_a_glob_matches_as_ingest_globs_never_into_subfolders(tmp_path) -> None:
+    """`*` stays in its folder (fnmatch's crosses `/`: `raw/*.mp4` took `raw/keep/x.mp4` too, for
+    good); `**` crosses folders; a name with glob characters is itself first."""
+    known = dict.fromkeys(["/raw/a.mp4", "/raw/keep/b.mp4", "/raw/[1].mp4", "/raw/1.mp4",
+                           "https://cdn.example.org/v/x.mp4", "https://cdn.example.org/v/sub/y.mp4"], "ingested")
+    assert matching("/raw/*.mp4", known) == {"/raw/a.mp4", "/raw/[1].mp4", "/raw/1.mp4"}
+    assert matching("/raw/?.mp4", known) == {"/raw/a.mp4", "/raw/1.mp4"}
+    assert matching("/raw/**/*.mp4", known) == {"/raw/a.mp4", "/raw/keep/b.mp4", "/raw/[1].mp4", "/raw/1.mp4"}
+    assert matching("/raw/**/b.mp4", known) == {"/raw/keep/b.mp4"}
+    assert matching("/raw/[1].mp4", known) == {"/raw/[1].mp4"}
+    assert matching("/raw/[!a1]*", known) == {"/raw/[1].mp4"}
+    assert matching("https://cdn.example.org/v/*", known) == {"https://cdn.example.org/v/x.mp4"}
+    assert matching("/raw/", known) == matching("/raw", known) == matching("/raw/**", known)
+    assert len(matching("/raw", known)) == 4
