@@ -7,7 +7,8 @@ every table, clip files, captions, vectors, selection entries and filter-view ro
 view is then judged again (near-duplicates of a removed clip may pass now) and a Milvus Lite index
 is synced (give --milvus-uri for a server). Each source keeps one `sources` row with outcome
 `removed`, so later ingest runs skip it, and the same content under another name is not ingested
-again either. Shards exported and reports written earlier are files of their own: make them again.
+again either. The web UI's thumbnails and the reports in LIB showing removed clips are deleted;
+shards exported and reports written elsewhere are files of their own: make them again.
 
 Without --yes it only says what would go. Each removal is recorded in library.json.
 
@@ -26,10 +27,13 @@ import shlex
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.cli.display import one_line
 from pipeline.ingest.sources import StagingCache
 from pipeline.library import Library, LibraryError
-from pipeline.library.layout import UI_DIR, storable, utcnow
+from pipeline.library.layout import storable, utcnow
 from pipeline.library.views import read_view
 
 
@@ -61,9 +65,8 @@ def _remove(lib: Library, args: argparse.Namespace) -> int:
             return 2
         uris |= found
     videos, uris = lib.removal_of(set(), uris)
-    clips = lib.read("clips", ["clip_id", "video_id"]).to_pylist()
-    clip_ids = [c["clip_id"] for c in clips if c["video_id"] in videos]
-    n_clips = len(clip_ids)
+    clip_videos = lib.read("clips", ["video_id"]).column("video_id")
+    n_clips = int(pc.sum(pc.is_in(clip_videos, value_set=pa.array(sorted(videos), pa.string()))).as_py() or 0)
     print(f"{len(uris)} source(s), {len(videos)} video(s), {n_clips} clip(s)" + (":" if args.yes else " would go:"))
     for uri in sorted(uris)[:20]:
         print(f"  {one_line(uri)}" + ("  (already removed)" if known.get(uri) == "removed" else ""))
@@ -78,7 +81,10 @@ def _remove(lib: Library, args: argparse.Namespace) -> int:
         lib.record_run({"at": utcnow().isoformat(), "command": shlex.join(["recap", *sys.argv[1:]]),
                         "sources": len(uris), "videos": len(videos), "clips": n_clips}, key="removals")
     print("removed rows: " + ", ".join(f"{t}={n}" for t, n in counts.items() if n))
-    _drop_copies(lib.root, uris, clip_ids)
+    if counts.get("reports"):
+        print(f"{counts['reports']} report(s) in the library showed removed clips and were deleted: "
+              f"`recap report {shlex.quote(str(lib.root))}` makes one again (`recap serve` on request)")
+    _drop_copies(lib.root, uris)
     for line in _refresh_derived(lib.root, args):
         print(line)
     return 0
@@ -139,12 +145,10 @@ def glob_regex(pattern: str) -> re.Pattern:
     return re.compile("".join(out), re.DOTALL)
 
 
-def _drop_copies(lib_root: Path, uris: set[str], clip_ids: list[str]) -> None:
-    """Delete what else in the library shows the removed videos: the web UI's thumbnails and the
-    staged copies of remote sources in the default cache (`sources.cache_dir` elsewhere is not
-    known here; its copies are evicted by size)."""
-    for clip_id in clip_ids:
-        (lib_root / UI_DIR / "thumbs" / f"{clip_id}.jpg").unlink(missing_ok=True)
+def _drop_copies(lib_root: Path, uris: set[str]) -> None:
+    """Delete the staged copies of remote sources in the default cache (`sources.cache_dir`
+    elsewhere is not known here; its copies are evicted by size). The web UI's thumbnails and the
+    reports in the library went with the rows (`Library.drop_orphans`)."""
     cache = lib_root / ".cache"
     if cache.is_dir():
         staged = StagingCache(cache, 0)

@@ -52,7 +52,7 @@ from pipeline.library.files import (
     writable_folder,
     write_parts_as_one,
 )
-from pipeline.library.layout import COMMITS, MEDIA, RECORD, TMP_SUFFIX, storable, utcnow
+from pipeline.library.layout import COMMITS, MEDIA, RECORD, REPORT_DIR, TMP_SUFFIX, UI_DIR, storable, utcnow
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
 from pipeline.library.selections import drop_clips_outside
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
@@ -429,8 +429,9 @@ class Library:
 
     def drop_orphans(self) -> dict[str, int]:
         """Delete what names no committed clip or video any more (what `remove` left after a crash,
-        or would leave): caption rows, vectors, selection entries, filter-view rows and clip-file
-        folders. Returns how many of each."""
+        or would leave): caption rows, vectors, selection entries, filter-view rows, clip-file
+        folders, and the frames the web UI and the reports in the library show of them (with the
+        pages that show them: built again on request, or by `recap report`). Returns how many of each."""
         clip_ids = self.read("clips", ["clip_id"]).column("clip_id").combine_chunks()
         stores = {"captions": self.captions.parts(),
                   "embeddings": sorted((self.root / EMBEDDINGS).glob("*/part-*.parquet")),
@@ -438,6 +439,16 @@ class Library:
         counts = {name: files.drop_rows_outside(parts, "clip_id", clip_ids) for name, parts in stores.items()}
         counts["selections"] = drop_clips_outside(self.root, clip_ids)
         counts["media"] = self._remove_orphan_media()
+        counts["thumbnails"] = counts["reports"] = 0
+        kept = set(clip_ids.to_pylist())
+        for folder in (self.root / UI_DIR, self.root / UI_DIR / REPORT_DIR, self.root / REPORT_DIR):
+            thumbs = [p for p in (folder / "thumbs").glob("*.jpg") if p.stem not in kept]
+            for p in thumbs:
+                p.unlink(missing_ok=True)
+            counts["thumbnails"] += len(thumbs)
+            if thumbs and folder.name == REPORT_DIR and (folder / "index.html").exists():
+                (folder / "index.html").unlink()
+                counts["reports"] += 1
         return counts
 
     def _remove_orphan_media(self) -> int:
