@@ -258,3 +258,17 @@ def test_frames_of_removed_clips_go_even_when_the_first_try_crashed(tmp_path, mo
         assert {p.stem for p in (folder / "thumbs").iterdir()} == left
     assert not any((folder / "index.html").exists() for folder in folders[1:])
     assert counts["thumbnails"] == 6 and counts["reports"] == 2
+
+
+def test_a_removal_follows_every_link_between_names_and_contents(tmp_path) -> None:
+    """A uri whose rows name two videos (it failed with one content, was later a duplicate of
+    another) links them: the closure is followed to its end, not two steps."""
+    lib = Library(tmp_path / "lib", write=True)
+    for n in range(4):
+        _commit_video(lib, n)
+    lib.commit({"sources": [_row("sources", uri="/raw/v0.mp4", video_id="id1", outcome="failed"),
+                            _row("sources", uri="/raw/v1.mp4", video_id="id2", outcome="failed"),
+                            _row("sources", uri="/raw/v2.mp4", video_id="id3", outcome="failed")]})
+    videos, uris = lib.removal_of(set(), {"/raw/v0.mp4"})
+    assert videos == {"id0", "id1", "id2", "id3"} and len(uris) == 4
+    lib.close()

@@ -404,10 +404,12 @@ class Library:
         keys = keys or {t: self.read(t, _key_columns(t)) for t in ("videos", "sources")}
         rows = keys["videos"].to_pylist() + keys["sources"].to_pylist()
         video_ids, uris = set(video_ids), set(uris)
-        for _ in range(2):
-            video_ids |= {r["video_id"] for r in rows if r["uri"] in uris and r["video_id"]}
-            uris |= {r["uri"] for r in rows if r["video_id"] in video_ids}
-        return video_ids, uris
+        while True:     # until nothing is added: a uri's rows can name several videos (a file that changed)
+            more_ids = video_ids | {r["video_id"] for r in rows if r["uri"] in uris and r["video_id"]}
+            more_uris = uris | {r["uri"] for r in rows if r["video_id"] in more_ids}
+            if (more_ids, more_uris) == (video_ids, uris):
+                return video_ids, uris
+            video_ids, uris = more_ids, more_uris
 
     def _batches_holding(self, table: str, live: set[str], gone) -> set[str]:
         """Live batches with a part of `table` holding a row `gone` picks."""
