@@ -272,3 +272,19 @@ def test_a_removal_follows_every_link_between_names_and_contents(tmp_path) -> No
     videos, uris = lib.removal_of(set(), {"/raw/v0.mp4"})
     assert videos == {"id0", "id1", "id2", "id3"} and len(uris) == 4
     lib.close()
+
+
+def test_batches_a_removal_left_alone_are_still_compacted(tmp_path) -> None:
+    """A removal replaces only the batches holding removed rows; the others, committed before it,
+    are merged by the next compaction (they were skipped as if already compacted: up to
+    COMPACT_PARTS small parts more for every reader, per removal)."""
+    lib = Library(tmp_path / "lib", write=True)
+    for n in range(5):
+        _commit_video(lib, n)
+    lib.remove(*lib.removal_of(set(), {"/raw/v1.mp4"}))
+    for n in range(5, 10):
+        _commit_video(lib, n)
+    assert lib.compact(min_parts=3) is not None
+    assert len(lib.parts("clips")) == 2                    # the removal's part and one merged part
+    assert sorted(set(lib.read("clips").column("video_id").to_pylist())) == [f"id{n}" for n in range(10) if n != 1]
+    lib.close()

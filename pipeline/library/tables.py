@@ -13,7 +13,7 @@ Writes and resume:
   what a rerun skips.
 - Compaction: a job commits every few videos, so a large library would be thousands of small parts
   per table, and every reader opens them all (2,000 batches: ~4 s to read the clips). When a table
-  holds more than `COMPACT_PARTS` parts committed since the last compaction, `compact` merges them
+  holds more than `COMPACT_PARTS` parts that no compaction merged yet, `compact` merges them
   into one part per table under a new batch (and all parts into one once `COMPACT_LEVELS`
   compacted parts have piled up), whose marker `_commits/<batch_id>.compact.json` names the
   batches it replaces; rows keep their own `batch_id`. Ingest runs it after every commit, so a
@@ -334,7 +334,9 @@ class Library:
         live, _, newest = self._read_markers(names)
         compacted = {n.removesuffix(f"{COMPACT_SUFFIX}.json") for n in names if n.endswith(f"{COMPACT_SUFFIX}.json")}
         compacted &= live
-        since = {b for b in live if b > max(compacted, default="")}   # batch ids sort in write order
+        # the batches no compaction merged yet: those after the last one, and those a removal (a
+        # compaction of only the batches holding removed rows) left before it
+        since = live - compacted
         merge = live if len(compacted) >= files.COMPACT_LEVELS else since
         parts = {t: self._table_parts(t, merge) for t in TABLES}
         if len(merge) < 2 or (merge is since and max(len(ps) for ps in parts.values())
