@@ -4,6 +4,7 @@ under another name, and a crash between the steps leaves nothing a rerun does no
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 import pipeline.library.tables as tables
-from pipeline.cli.remove import matching
+from pipeline.cli.remove import _sync_index, matching
 from pipeline.library import Library
 from pipeline.library.embeddings import read_embeddings, write_embeddings
 from pipeline.library.layout import media_dir, utcnow
@@ -288,3 +289,18 @@ def test_batches_a_removal_left_alone_are_still_compacted(tmp_path) -> None:
     assert len(lib.parts("clips")) == 2                    # the removal's part and one merged part
     assert sorted(set(lib.read("clips").column("video_id").to_pylist())) == [f"id{n}" for n in range(10) if n != 1]
     lib.close()
+
+
+def test_removing_every_clip_removes_the_lite_index_too(tmp_path) -> None:
+    """With no clip left the index cannot be synced (`recap index` refuses an empty library, the
+    advice to run `--repair` with it): the Lite store, holding every removed clip's vector and
+    fields, is removed instead."""
+    lib = Library(tmp_path / "lib", write=True)
+    _commit_video(lib, 0)
+    store = lib.root / "milvus.db"
+    (store / "collections").mkdir(parents=True)
+    (store / "LOCK").write_bytes(b"")
+    lib.remove(*lib.removal_of(set(), {"/raw/v0.mp4"}))
+    lib.close()
+    said = _sync_index(lib.root, argparse.Namespace(milvus_uri=None, token=None))
+    assert "no clips left" in said and not store.exists(), said

@@ -177,9 +177,19 @@ def _refresh_derived(lib_root: Path, args: argparse.Namespace) -> list[str]:
 
 def _sync_index(lib_root: Path, args: argparse.Namespace) -> str:
     # lazy: pymilvus and the index code only for a library that has an index
+    from index import lite
     from index.api import ClipIndex
     from pipeline.embed import NothingToIndex, load_index_config
     again = f"recap index {shlex.quote(str(lib_root))} --repair"
+    if Library(lib_root).read("clips", ["clip_id"]).num_rows == 0:
+        # no clip left: nothing to sync against (`recap index` refuses an empty library), yet the
+        # index still holds the removed clips' vectors and fields
+        if args.milvus_uri:
+            return f"index: no clips left; drop the collection on {args.milvus_uri} (it holds the removed clips)"
+        try:
+            return f"index: no clips left; {lite.remove(lib_root / 'milvus.db')}"
+        except (lite.Busy, OSError) as e:
+            return f"index: no clips left, but {lib_root / 'milvus.db'} was not removed ({e}): remove it"
     try:
         with ClipIndex(lib_root, load_index_config(None, []), milvus_uri=args.milvus_uri, token=args.token) as index:
             rec = index.repair(log=lambda _: None)
