@@ -4,6 +4,7 @@ under another name, and a crash between the steps leaves nothing a rerun does no
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 import pipeline.library.tables as tables
+from pipeline.cli.remove import _sync_index, matching
 from pipeline.library import Library
 from pipeline.library.embeddings import read_embeddings, write_embeddings
 from pipeline.library.layout import media_dir, utcnow
@@ -210,3 +212,95 @@ def test_recap_remove_end_to_end(sample_corpus, tmp_path) -> None:
     assert "2 already done, 0 ingested, 0 duplicate content, 1 removed content" in out, out
     assert set(Library(lib).read("clips").column("clip_id").to_pylist()) == left
     assert json.loads(recap("info", str(lib), "--json").stdout)["removed_sources"] == 2
+
+
+def test_a_glob_matches_as_ingest_globs_never_into_subfolders(tmp_path) -> None:
+    """`*` stays in its folder (fnmatch's crosses `/`: `raw/*.mp4` took `raw/keep/x.mp4` too, for
+    good); `**` crosses folders; a name with glob characters is itself first."""
+    known = dict.fromkeys(["/raw/a.mp4", "/raw/keep/b.mp4", "/raw/[1].mp4", "/raw/1.mp4",
+                           "https://cdn.example.org/v/x.mp4", "https://cdn.example.org/v/sub/y.mp4"], "ingested")
+    assert matching("/raw/*.mp4", known) == {"/raw/a.mp4", "/raw/[1].mp4", "/raw/1.mp4"}
+    assert matching("/raw/?.mp4", known) == {"/raw/a.mp4", "/raw/1.mp4"}
+    assert matching("/raw/**/*.mp4", known) == {"/raw/a.mp4", "/raw/keep/b.mp4", "/raw/[1].mp4", "/raw/1.mp4"}
+    assert matching("/raw/**/b.mp4", known) == {"/raw/keep/b.mp4"}
+    assert matching("/raw/[1].mp4", known) == {"/raw/[1].mp4"}
+    assert matching("/raw/[!a1]*", known) == {"/raw/[1].mp4"}
+    assert matching("https://cdn.example.org/v/*", known) == {"https://cdn.example.org/v/x.mp4"}
+    assert matching("/raw/", known) == matching("/raw", known) == matching("/raw/**", known)
+    assert len(matching("/raw", known)) == 4
+
+
+def test_frames_of_removed_clips_go_even_when_the_first_try_crashed(tmp_path, monkeypatch) -> None:
+    """The web UI's thumbnails and the reports in the library (`LIB/report`, the server's
+    `LIB/.ui/report`) show removed clips' frames: they go with the rows, also on the rerun after
+    a crash between the tables' step and the rest (the removed clips' ids are not known then)."""
+    lib = _library(tmp_path)
+    clips = lib.read("clips").column("clip_id").to_pylist()
+    folders = [lib.root / ".ui", lib.root / ".ui" / "report", lib.root / "report"]
+    for folder in folders:
+        (folder / "thumbs").mkdir(parents=True)
+        for c in clips:
+            (folder / "thumbs" / f"{c}.jpg").write_bytes(b"jpeg")
+    for folder in folders[1:]:
+        (folder / "index.html").write_text("<img src='thumbs/c2a.jpg'>")
+
+    def crash(self, *args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Library, "drop_orphans", crash)
+    with pytest.raises(KeyboardInterrupt):
+        lib.remove(*lib.removal_of(set(), {"/raw/v2.mp4"}))
+    monkeypatch.undo()
+    lib.close()
+    lib = Library(lib.root, write=True)
+    counts = lib.remove(*lib.removal_of(set(), {"/raw/v2.mp4"}))
+    lib.close()
+    left = {c for c in clips if not c.startswith("c2")}
+    for folder in folders:
+        assert {p.stem for p in (folder / "thumbs").iterdir()} == left
+    assert not any((folder / "index.html").exists() for folder in folders[1:])
+    assert counts["thumbnails"] == 6 and counts["reports"] == 2
+
+
+def test_a_removal_follows_every_link_between_names_and_contents(tmp_path) -> None:
+    """A uri whose rows name two videos (it failed with one content, was later a duplicate of
+    another) links them: the closure is followed to its end, not two steps."""
+    lib = Library(tmp_path / "lib", write=True)
+    for n in range(4):
+        _commit_video(lib, n)
+    lib.commit({"sources": [_row("sources", uri="/raw/v0.mp4", video_id="id1", outcome="failed"),
+                            _row("sources", uri="/raw/v1.mp4", video_id="id2", outcome="failed"),
+                            _row("sources", uri="/raw/v2.mp4", video_id="id3", outcome="failed")]})
+    videos, uris = lib.removal_of(set(), {"/raw/v0.mp4"})
+    assert videos == {"id0", "id1", "id2", "id3"} and len(uris) == 4
+    lib.close()
+
+
+def test_batches_a_removal_left_alone_are_still_compacted(tmp_path) -> None:
+    """A removal replaces only the batches holding removed rows; the others, committed before it,
+    are merged by the next compaction (they were skipped as if already compacted: up to
+    COMPACT_PARTS small parts more for every reader, per removal)."""
+    lib = Library(tmp_path / "lib", write=True)
+    for n in range(5):
+        _commit_video(lib, n)
+    lib.remove(*lib.removal_of(set(), {"/raw/v1.mp4"}))
+    for n in range(5, 10):
+        _commit_video(lib, n)
+    assert lib.compact(min_parts=3) is not None
+    assert len(lib.parts("clips")) == 2                    # the removal's part and one merged part
+    assert sorted(set(lib.read("clips").column("video_id").to_pylist())) == [f"id{n}" for n in range(10) if n != 1]
+    lib.close()
+
+
+def test_removing_every_clip_removes_the_lite_index_too(tmp_path) -> None:
+    """With no clip left the index cannot be synced (`recap index` refuses an empty library, the
+    advice to run `--repair` with it): the Lite store, holding every removed clip's vector and
+    fields, is removed instead."""
+    lib = Library(tmp_path / "lib", write=True)
+    _commit_video(lib, 0)
+    store = lib.root / "milvus.db"
+    (store / "collections").mkdir(parents=True)
+    (store / "LOCK").write_bytes(b"")
+    lib.remove(*lib.removal_of(set(), {"/raw/v0.mp4"}))
+    lib.close()
+    said = _sync_index(lib.root, argparse.Namespace(milvus_uri=None, token=None))
+    assert "no clips left" in said and not store.exists(), said

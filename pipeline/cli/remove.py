@@ -7,7 +7,8 @@ every table, clip files, captions, vectors, selection entries and filter-view ro
 view is then judged again (near-duplicates of a removed clip may pass now) and a Milvus Lite index
 is synced (give --milvus-uri for a server). Each source keeps one `sources` row with outcome
 `removed`, so later ingest runs skip it, and the same content under another name is not ingested
-again either. Shards exported and reports written earlier are files of their own: make them again.
+again either. The web UI's thumbnails and the reports in LIB showing removed clips are deleted;
+shards exported and reports written elsewhere are files of their own: make them again.
 
 Without --yes it only says what would go. Each removal is recorded in library.json.
 
@@ -20,16 +21,19 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from pipeline.cli.display import one_line
 from pipeline.ingest.sources import StagingCache
 from pipeline.library import Library, LibraryError
-from pipeline.library.layout import UI_DIR, storable, utcnow
+from pipeline.library.layout import storable, utcnow
 from pipeline.library.views import read_view
 
 
@@ -61,9 +65,8 @@ def _remove(lib: Library, args: argparse.Namespace) -> int:
             return 2
         uris |= found
     videos, uris = lib.removal_of(set(), uris)
-    clips = lib.read("clips", ["clip_id", "video_id"]).to_pylist()
-    clip_ids = [c["clip_id"] for c in clips if c["video_id"] in videos]
-    n_clips = len(clip_ids)
+    clip_videos = lib.read("clips", ["video_id"]).column("video_id")
+    n_clips = int(pc.sum(pc.is_in(clip_videos, value_set=pa.array(sorted(videos), pa.string()))).as_py() or 0)
     print(f"{len(uris)} source(s), {len(videos)} video(s), {n_clips} clip(s)" + (":" if args.yes else " would go:"))
     for uri in sorted(uris)[:20]:
         print(f"  {one_line(uri)}" + ("  (already removed)" if known.get(uri) == "removed" else ""))
@@ -78,7 +81,10 @@ def _remove(lib: Library, args: argparse.Namespace) -> int:
         lib.record_run({"at": utcnow().isoformat(), "command": shlex.join(["recap", *sys.argv[1:]]),
                         "sources": len(uris), "videos": len(videos), "clips": n_clips}, key="removals")
     print("removed rows: " + ", ".join(f"{t}={n}" for t, n in counts.items() if n))
-    _drop_copies(lib.root, uris, clip_ids)
+    if counts.get("reports"):
+        print(f"{counts['reports']} report(s) in the library showed removed clips and were deleted: "
+              f"`recap report {shlex.quote(str(lib.root))}` makes one again (`recap serve` on request)")
+    _drop_copies(lib.root, uris)
     for line in _refresh_derived(lib.root, args):
         print(line)
     return 0
@@ -92,25 +98,57 @@ def _known_sources(lib: Library) -> dict[str, str]:
 
 
 def matching(pattern: str, known: dict[str, str]) -> set[str]:
-    """The known uris `pattern` names: itself, the sources under it (a folder), or those it globs.
-    A local path is made absolute (and stray bytes escaped) the way ingest recorded it."""
+    """The known uris `pattern` names: itself, the sources under it (a folder), or those it globs
+    as ingest globs (`*` and `?` within one folder, `**` across folders). A local path is made
+    absolute (`~` expanded, stray bytes escaped) the way ingest recorded it."""
     if "://" not in pattern:
-        pattern = storable(os.path.abspath(pattern))
+        pattern = storable(os.path.abspath(os.path.expanduser(pattern)))
     if pattern in known:
         return {pattern}
     folder = pattern.rstrip("/") + "/"
     under = {u for u in known if u.startswith(folder)}
     if under:
         return under
-    return {u for u in known if fnmatch.fnmatchcase(u, pattern)} if any(c in pattern for c in "*?[") else set()
+    if not any(c in pattern for c in "*?["):
+        return set()
+    globbed = glob_regex(pattern)
+    return {u for u in known if globbed.fullmatch(u)}
 
 
-def _drop_copies(lib_root: Path, uris: set[str], clip_ids: list[str]) -> None:
-    """Delete what else in the library shows the removed videos: the web UI's thumbnails and the
-    staged copies of remote sources in the default cache (`sources.cache_dir` elsewhere is not
-    known here; its copies are evicted by size)."""
-    for clip_id in clip_ids:
-        (lib_root / UI_DIR / "thumbs" / f"{clip_id}.jpg").unlink(missing_ok=True)
+def glob_regex(pattern: str) -> re.Pattern:
+    """`pattern` as a regex with the glob rules of ingest (Python's `glob`, recursive): `*`, `?`
+    and `[...]` never match a `/`, `**` matches across folders (`a/**/b`: `a/b` too). fnmatch
+    would let `raw/*.mp4` take `raw/keep/x.mp4` as well: more than asked, for good."""
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[" and (end := pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("!", "]") else i + 1)) > 0:
+            body = pattern[i + 1:end].replace("\\", "\\\\")
+            body = "^" + body[1:] if body.startswith("!") else "\\" + body if body.startswith("^") else body
+            out.append("(?!/)[" + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _drop_copies(lib_root: Path, uris: set[str]) -> None:
+    """Delete the staged copies of remote sources in the default cache (`sources.cache_dir`
+    elsewhere is not known here; its copies are evicted by size). The web UI's thumbnails and the
+    reports in the library went with the rows (`Library.drop_orphans`)."""
     cache = lib_root / ".cache"
     if cache.is_dir():
         staged = StagingCache(cache, 0)
@@ -139,9 +177,19 @@ def _refresh_derived(lib_root: Path, args: argparse.Namespace) -> list[str]:
 
 def _sync_index(lib_root: Path, args: argparse.Namespace) -> str:
     # lazy: pymilvus and the index code only for a library that has an index
+    from index import lite
     from index.api import ClipIndex
     from pipeline.embed import NothingToIndex, load_index_config
     again = f"recap index {shlex.quote(str(lib_root))} --repair"
+    if Library(lib_root).read("clips", ["clip_id"]).num_rows == 0:
+        # no clip left: nothing to sync against (`recap index` refuses an empty library), yet the
+        # index still holds the removed clips' vectors and fields
+        if args.milvus_uri:
+            return f"index: no clips left; drop the collection on {args.milvus_uri} (it holds the removed clips)"
+        try:
+            return f"index: no clips left; {lite.remove(lib_root / 'milvus.db')}"
+        except (lite.Busy, OSError) as e:
+            return f"index: no clips left, but {lib_root / 'milvus.db'} was not removed ({e}): remove it"
     try:
         with ClipIndex(lib_root, load_index_config(None, []), milvus_uri=args.milvus_uri, token=args.token) as index:
             rec = index.repair(log=lambda _: None)

@@ -28,6 +28,7 @@ from PIL import Image
 from pipeline.filters.config import FilterConfig, from_saved_config, load_filter_config
 from pipeline.filters.evaluate import DUPLICATE, evaluate, reason_counts
 from pipeline.library import Library
+from pipeline.library.layout import REPORT_DIR
 from pipeline.library.views import read_view
 from pipeline.plots import histogram_bins
 from trainer.typedconfig import to_dict
@@ -189,7 +190,7 @@ def build_report(lib_root: str | Path, out_dir: str | Path | None = None) -> Pat
     lib_root = Path(lib_root)
     lib = Library(lib_root)
     data = load_report_data(lib_root)      # not a library, or no clips: fail before writing anything
-    out = Path(out_dir) if out_dir else lib_root / "report"
+    out = Path(out_dir) if out_dir else lib_root / REPORT_DIR
     try:
         (out / "thumbs").mkdir(parents=True, exist_ok=True)
     except OSError as e:    # a file where the folder should be, no permission, read-only file system

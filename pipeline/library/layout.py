@@ -13,6 +13,7 @@ COMMITS = "_commits"
 MEDIA = "media"
 TMP_SUFFIX = ".tmp"              # a file being written; recovery removes what a crash left
 UI_DIR = ".ui"                   # what `recap serve` makes and keeps (thumbnails/<clip_id>.jpg, the report)
+REPORT_DIR = "report"            # `recap report`'s default folder (index.html, thumbs/<clip_id>.jpg)
 
 
 def utcnow() -> datetime:

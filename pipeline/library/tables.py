@@ -13,7 +13,7 @@ Writes and resume:
   what a rerun skips.
 - Compaction: a job commits every few videos, so a large library would be thousands of small parts
   per table, and every reader opens them all (2,000 batches: ~4 s to read the clips). When a table
-  holds more than `COMPACT_PARTS` parts committed since the last compaction, `compact` merges them
+  holds more than `COMPACT_PARTS` parts that no compaction merged yet, `compact` merges them
   into one part per table under a new batch (and all parts into one once `COMPACT_LEVELS`
   compacted parts have piled up), whose marker `_commits/<batch_id>.compact.json` names the
   batches it replaces; rows keep their own `batch_id`. Ingest runs it after every commit, so a
@@ -52,7 +52,7 @@ from pipeline.library.files import (
     writable_folder,
     write_parts_as_one,
 )
-from pipeline.library.layout import COMMITS, MEDIA, RECORD, TMP_SUFFIX, storable, utcnow
+from pipeline.library.layout import COMMITS, MEDIA, RECORD, REPORT_DIR, TMP_SUFFIX, UI_DIR, storable, utcnow
 from pipeline.library.schema import CLIP_ID, SCHEMA_VERSION, TABLES, table_schema
 from pipeline.library.selections import drop_clips_outside
 from pipeline.library.views import VIEW_PATH, read_view, view_source_batch
@@ -334,7 +334,9 @@ class Library:
         live, _, newest = self._read_markers(names)
         compacted = {n.removesuffix(f"{COMPACT_SUFFIX}.json") for n in names if n.endswith(f"{COMPACT_SUFFIX}.json")}
         compacted &= live
-        since = {b for b in live if b > max(compacted, default="")}   # batch ids sort in write order
+        # the batches no compaction merged yet: those after the last one, and those a removal (a
+        # compaction of only the batches holding removed rows) left before it
+        since = live - compacted
         merge = live if len(compacted) >= files.COMPACT_LEVELS else since
         parts = {t: self._table_parts(t, merge) for t in TABLES}
         if len(merge) < 2 or (merge is since and max(len(ps) for ps in parts.values())
@@ -404,10 +406,12 @@ class Library:
         keys = keys or {t: self.read(t, _key_columns(t)) for t in ("videos", "sources")}
         rows = keys["videos"].to_pylist() + keys["sources"].to_pylist()
         video_ids, uris = set(video_ids), set(uris)
-        for _ in range(2):
-            video_ids |= {r["video_id"] for r in rows if r["uri"] in uris and r["video_id"]}
-            uris |= {r["uri"] for r in rows if r["video_id"] in video_ids}
-        return video_ids, uris
+        while True:     # until nothing is added: a uri's rows can name several videos (a file that changed)
+            more_ids = video_ids | {r["video_id"] for r in rows if r["uri"] in uris and r["video_id"]}
+            more_uris = uris | {r["uri"] for r in rows if r["video_id"] in more_ids}
+            if (more_ids, more_uris) == (video_ids, uris):
+                return video_ids, uris
+            video_ids, uris = more_ids, more_uris
 
     def _batches_holding(self, table: str, live: set[str], gone) -> set[str]:
         """Live batches with a part of `table` holding a row `gone` picks."""
@@ -429,8 +433,9 @@ class Library:
 
     def drop_orphans(self) -> dict[str, int]:
         """Delete what names no committed clip or video any more (what `remove` left after a crash,
-        or would leave): caption rows, vectors, selection entries, filter-view rows and clip-file
-        folders. Returns how many of each."""
+        or would leave): caption rows, vectors, selection entries, filter-view rows, clip-file
+        folders, and the frames the web UI and the reports in the library show of them (with the
+        pages that show them: built again on request, or by `recap report`). Returns how many of each."""
         clip_ids = self.read("clips", ["clip_id"]).column("clip_id").combine_chunks()
         stores = {"captions": self.captions.parts(),
                   "embeddings": sorted((self.root / EMBEDDINGS).glob("*/part-*.parquet")),
@@ -438,6 +443,16 @@ class Library:
         counts = {name: files.drop_rows_outside(parts, "clip_id", clip_ids) for name, parts in stores.items()}
         counts["selections"] = drop_clips_outside(self.root, clip_ids)
         counts["media"] = self._remove_orphan_media()
+        counts["thumbnails"] = counts["reports"] = 0
+        kept = set(clip_ids.to_pylist())
+        for folder in (self.root / UI_DIR, self.root / UI_DIR / REPORT_DIR, self.root / REPORT_DIR):
+            thumbs = [p for p in (folder / "thumbs").glob("*.jpg") if p.stem not in kept]
+            for p in thumbs:
+                p.unlink(missing_ok=True)
+            counts["thumbnails"] += len(thumbs)
+            if thumbs and folder.name == REPORT_DIR and (folder / "index.html").exists():
+                (folder / "index.html").unlink()
+                counts["reports"] += 1
         return counts
 
     def _remove_orphan_media(self) -> int:
