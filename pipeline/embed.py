@@ -185,6 +185,9 @@ def run_index(lib_root: str | Path, cfg: IndexJobConfig, embed: bool = True, mil
             if index.lite_path() is None:
                 raise
             # a damaged Lite store is no reason to stop: `repair` rebuilds it from Parquet below
-        if embed:
-            embed_library(index, cfg.execution, log)
-        return index.repair(log, rebuild=rebuild)
+        # none while `recap remove` takes clips out: it would embed them, and sync them back into
+        # Milvus, after the removal's cleanup (index runs themselves take turns on the store)
+        with index.library.lock("index", shared=True):
+            if embed:
+                embed_library(index, cfg.execution, log)
+            return index.repair(log, rebuild=rebuild)

@@ -15,7 +15,7 @@ import pytest
 
 import pipeline.library.tables as tables
 from pipeline.cli.remove import _sync_index, matching
-from pipeline.library import Library
+from pipeline.library import Library, LibraryError
 from pipeline.library.embeddings import read_embeddings, write_embeddings
 from pipeline.library.layout import media_dir, utcnow
 from pipeline.library.schema import table_schema
@@ -162,6 +162,23 @@ def test_a_crash_at_any_step_leaves_a_library_the_rerun_finishes(tmp_path, monke
     assert after["media"] == ["id0", "id1", "id3"] and after["sources"]["/raw/v2.mp4"] == "removed"
     assert after["selection"] == ["c0a", "c1a"]
     assert len(Library(lib.root).read("sources")) == len(before["sources"])   # v2 marked removed, no row twice
+
+
+def test_no_removal_while_an_index_run_embeds_and_each_lock_names_its_holder(tmp_path) -> None:
+    """An index (or caption) run that read the clips before a removal would embed (caption) removed
+    clips after its cleanup and sync them back into Milvus: a removal waits for neither, and a lock
+    holder says what it is doing (remove holds the caption and index locks)."""
+    lib = _library(tmp_path)
+    lib.close()
+    root = lib.root
+    with Library(root).lock("index", shared=True):      # what an index run holds
+        refused = recap("remove", str(root), "/raw/v0.mp4", "--yes", check=False)
+    assert refused.returncode == 2 and "is running `recap index`" in refused.stderr, refused.stderr
+    assert Library(root).handled_sources()["/raw/v0.mp4"] == "ingested"        # nothing removed
+    with Library(root).lock("caption", by="remove"):
+        with pytest.raises(LibraryError, match="is running `recap remove` on"):
+            with Library(root).lock("caption"):
+                pass
 
 
 def _ingest(sources: list[Path], lib: Path) -> str:

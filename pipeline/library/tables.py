@@ -85,7 +85,7 @@ def _storable_value(value: Any) -> Any:
     return value
 
 
-def take_lock(path: Path, what: str) -> int:
+def take_lock(path: Path, what: str, shared: bool = False) -> int:
     """An exclusive flock on `path` (created if needed): one holder at a time does `what` (a
     second open, even in the same process, is refused). The kernel drops it when the process
     dies, so a kill -9 never leaves a stale lock. Returns the descriptor to release."""
@@ -94,21 +94,23 @@ def take_lock(path: Path, what: str) -> int:
     except OSError as e:     # a read-only library: said in one line by every command that writes
         raise CannotWrite(path, e) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+        # the holder wrote its pid and what it does (a lock may be held by another kind of job:
+        # `recap remove` holds the caption lock)
+        pid, _, doing = os.read(fd, 4096).decode(errors="replace").strip().partition(" ")
         os.close(fd)
-        raise LibraryError(f"another recap process (pid {holder}) is {what}; wait for it to finish, "
+        raise LibraryError(f"another recap process (pid {pid or '?'}) is {doing or what}; wait for it to finish, "
                            "or stop it and rerun") from None
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    os.write(fd, f"{os.getpid()} {what}".encode())
     return fd
 
 
 @contextlib.contextmanager
-def locked(path: Path, what: str) -> Iterator[None]:
+def locked(path: Path, what: str, shared: bool = False) -> Iterator[None]:
     """`take_lock` for the length of a block."""
-    fd = take_lock(path, what)
+    fd = take_lock(path, what, shared)
     try:
         yield
     finally:
@@ -210,10 +212,12 @@ class Library:
             os.close(self._lock)
             self._lock = None
 
-    def lock(self, job: str) -> contextlib.AbstractContextManager[None]:
+    def lock(self, job: str, by: str | None = None, shared: bool = False) -> contextlib.AbstractContextManager[None]:
         """One `recap <job>` at a time writes to this library (e.g. two captioning runs would do
-        the same GPU work twice); a second is refused with a clear message."""
-        return locked(self.root / f".{job}.lock", f"running `recap {job}` on {self.root}")
+        the same GPU work twice); a second is refused with a clear message. `by`: the command
+        taking `job`'s lock to keep it out (`recap remove`), which that message names. `shared`:
+        runs of `job` may overlap (index runs take turns on their store), only `by` is kept out."""
+        return locked(self.root / f".{job}.lock", f"running `recap {by or job}` on {self.root}", shared)
 
     def __enter__(self) -> "Library":
         return self
