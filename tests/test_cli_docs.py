@@ -6,9 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.cli import COMMANDS, build_parser
 from pipeline.library.schema import markdown_reference
+from trainer.train import JOB_CONFIGS
+from trainer.typedconfig import from_dict, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +55,19 @@ def test_files_the_docs_name_exist() -> None:
                       for name in REPO_PATH.findall(path.read_text(errors="replace"))
                       if name not in NOT_OURS and not (ROOT / name).exists()})
     assert not missing, "files named that do not exist:\n" + "\n".join(missing)
+
+
+def _differences(ours: object, theirs: object, path: str = "") -> set[str]:
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return {d for k in ours.keys() & theirs.keys() for d in _differences(ours[k], theirs[k], f"{path}{k}.")}
+    return set() if ours == theirs else {path.rstrip(".")}
+
+
+@pytest.mark.parametrize("kind, documented", [("dit", {"vae.kind", "vae.path", "model.pooled_text"}),
+                                              ("vae", {"data.batch_size", "train.ema_decay"})])
+def test_train_builtin_defaults_differ_from_the_yaml_only_where_the_readme_says(kind: str, documented: set) -> None:
+    """`recap train --config FILE` replaces configs/<kind>.yaml; the README names where the built-in
+    defaults that fill a partial file differ from it."""
+    builtin = to_dict(from_dict(JOB_CONFIGS[kind], {}))
+    shipped = yaml.safe_load((ROOT / "configs" / f"{kind}.yaml").read_text())
+    assert _differences(shipped, builtin) == documented, "update the README's Configuration section"
