@@ -41,7 +41,8 @@ def test_every_command_is_in_the_readme() -> None:
 
 
 # repository files named in the docs, the configs' comments, the --help texts and code comments
-REPO_PATH = re.compile(r"\b(?:pipeline|trainer|index|captioner|bench|tests|configs|docs)/[\w./-]*\w\.(?:py|sh|yaml|png|txt|md|json)\b")
+REPO_PATH = re.compile(r"\b(?:pipeline|trainer|index|captioner|bench|tests|configs|docs)/[\w./-]*\w"
+                       r"\.(?:py|sh|yaml|png|txt|md|json)\b")
 NOT_OURS = {"docs/Report-v1.3.0.md", "docs/report_03.md",   # files of Open-Sora(-Plan), cited in configs/filters.yaml
             "bench/out/shots_head.py"}                       # written by the command that names it
 
