@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import yaml
 
+from index.catalog import fields_for_schema
+from index.where import compile_where
 from pipeline.cli import COMMANDS, build_parser
-from pipeline.library.schema import markdown_reference
+from pipeline.library.schema import CLIP_COLUMNS, VIEW_COLUMNS, markdown_reference, schema_of
 from trainer.train import JOB_CONFIGS
 from trainer.typedconfig import from_dict, to_dict
 
@@ -72,3 +75,24 @@ def test_train_builtin_defaults_differ_from_the_yaml_only_where_the_readme_says(
     builtin = to_dict(from_dict(JOB_CONFIGS[kind], {}))
     shipped = yaml.safe_load((ROOT / "configs" / f"{kind}.yaml").read_text())
     assert _differences(shipped, builtin) == documented, "update the README's Configuration section"
+
+
+def _help_texts() -> dict[str, str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    return {f"recap {name} --help": p.format_help() for name, p in sub.items()}
+
+
+def test_where_examples_in_the_docs_fit_a_library() -> None:
+    """Every --where the README, docs/ and the --help texts show parses and names fields a library has."""
+    schema = pa.unify_schemas([schema_of(CLIP_COLUMNS), schema_of(VIEW_COLUMNS), pa.schema(
+        [("source", pa.string()), ("caption", pa.string()), ("caption_version", pa.string())])])
+    fields = fields_for_schema(schema)
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    texts.update(_help_texts())
+    examples = [(where, text) for where, text in texts.items()
+                for text in re.findall(r"(?:--where|e\.g\.) '([^']*)'", text)
+                + re.findall(r"`(\w+ (?:==|!=|<=|>=|<|>|in|is) [^`]*)`", text) if "..." not in text]
+    assert len(examples) >= 8
+    for where, text in examples:
+        compile_where(text, fields)          # raises WhereError naming the token
