@@ -57,7 +57,8 @@ def test_files_the_docs_name_exist() -> None:
         texts += [p for p in (ROOT / package).rglob("*") if p.suffix in (".py", ".sh")]
     missing = sorted({f"{path.relative_to(ROOT)}: {name}" for path in texts
                       for name in REPO_PATH.findall(path.read_text(errors="replace"))
-                      if name not in NOT_OURS and not (ROOT / name).exists()})
+                      if name not in NOT_OURS and not re.search(r"/[A-Z_]+\.\w+$", name)   # a placeholder
+                      and not (ROOT / name).exists()})
     assert not missing, "files named that do not exist:\n" + "\n".join(missing)
 
 

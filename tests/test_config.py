@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.ingest.config import IngestConfig, load_ingest_config
@@ -144,5 +146,5 @@ def test_a_missing_configs_file_names_recaps_own_copy(tmp_path, monkeypatch) -> 
     shipped = str(e.value).split(" at ")[1].split(":")[0]
     assert load_ingest_config(shipped).clips.mode == "remux"
     with pytest.raises(ConfigError) as e:
-        load_ingest_config("configs/mine.yaml")
+        load_ingest_config(Path("configs") / "mine.yaml")
     assert "installs" not in str(e.value)
