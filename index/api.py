@@ -226,8 +226,8 @@ class ClipIndex(Searching):
             return (f"captions.version {version!r} is not a caption version of {self.root} (it has: "
                     f"{', '.join(known) or 'none'}; `recap caption {lib} --list` shows them)")
         return (f"{self.root} has no captions yet, so there is nothing to embed: caption the clips first "
-                f"(`recap caption {lib}`), or embed their pictures with a visual embedder ({visual}); "
-                f"then run `recap index {lib}`")
+                f"(`recap caption {lib} --model HF_ID_OR_FOLDER`, or `--backend signals` offline), or embed "
+                f"their pictures with a visual embedder ({visual}); then run `recap index {lib}`")
 
     # ---- Parquet -> rows -----------------------------------------------------------------------
     def want_hashes(self, clips: pa.Table, name: str) -> np.ndarray:

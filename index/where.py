@@ -19,7 +19,7 @@ Grammar (keywords are lower case):
                | FIELD "is" ["not"] "null"
     literal   := NUMBER | "string" | 'string' | true | false
     string    := any text but control characters; inside it \" \' and \\ stand for " ' and \
-                 (e.g. ocr_text == "it's" or ocr_text == 'say \'hi\'', uri == "/data/vidéos/été.mp4")
+                 (e.g. ocr_text == "it's" or ocr_text == 'say \'hi\'', source == "/data/vidéos/été.mp4")
     NUMBER    := an integer within +-2^53, or a finite decimal (1.5, 1e-3, -2e20): what Arrow, DuckDB
                  and Milvus all hold exactly; anything else is refused with a caret, never overflowed
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.ingest.config import IngestConfig, load_ingest_config
@@ -134,3 +136,15 @@ def test_values_are_checked_at_load_and_name_their_section(loader: str, override
     load = {"caption": load_caption_config, "filters": load_filter_config, "export": load_export_config}[loader]
     with pytest.raises(ConfigError, match=message):
         load(None, [override])
+
+
+def test_a_missing_configs_file_names_recaps_own_copy(tmp_path, monkeypatch) -> None:
+    """The README's `--config configs/dit.yaml`, run outside the repository, says where that file is."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="not found: configs/ingest.yaml") as e:
+        load_ingest_config("configs/ingest.yaml")
+    shipped = str(e.value).split(" at ")[1].split(":")[0]
+    assert load_ingest_config(shipped).clips.mode == "remux"
+    with pytest.raises(ConfigError) as e:
+        load_ingest_config(Path("configs") / "mine.yaml")
+    assert "installs" not in str(e.value)

@@ -142,7 +142,8 @@ def test_nothing_to_index_says_what_to_do_and_writes_nothing(tmp_path, capsys):
     before = _digest(root)
     assert run_cli(index_cli, [root, *OFF]) == 2
     err = capsys.readouterr().err
-    assert "no captions yet" in err and f"recap caption {root}" in err and "embedders.visual.enabled=true" in err
+    assert "no captions yet" in err and f"recap caption {root} --model" in err and "--backend signals" in err
+    assert "embedders.visual.enabled=true" in err
     assert _digest(root) == before and not (root / "milvus.db").exists()
     for extra in ([], ["--set", "milvus.exact_max_clips=0"]):
         assert run_cli(search_cli, [root, "a dog", *OFF, *extra]) == 2

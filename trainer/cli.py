@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vae or dit: train that model; cache: encode the shards once for the DiT; "
                              "export-weights: plain safetensors weights of a run's checkpoint")
     parser.add_argument("run_dir", nargs="?", metavar="RUN", help="export-weights: the run directory")
-    parser.add_argument("--config", help="YAML config (default: configs/<kind>.yaml; cache: configs/dit.yaml)")
+    parser.add_argument("--config", help="YAML config (default: configs/<kind>.yaml; cache: configs/dit.yaml); "
+                                          "a file given replaces that one: keys it leaves out take the "
+                                          "built-in defaults")
     parser.add_argument("--data",
                         help="exported shards (a directory, a glob, an fsspec URL or a comma list) or a latent cache")
     parser.add_argument("--out", help="run directory (checkpoints, logs), or the cache's folder; "

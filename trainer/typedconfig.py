@@ -39,7 +39,7 @@ def load_config(cls: type[T], path: str | Path | Traversable | None = None, over
     if path is not None:
         path = Path(path) if isinstance(path, str) else path
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}{_shipped_copy(path)}")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -51,6 +51,14 @@ def load_config(cls: type[T], path: str | Path | Traversable | None = None, over
         key, value = parse_override(item)
         data = deep_merge(data, nest(key, value))
     return from_dict(cls, data)
+
+
+def _shipped_copy(path: Path | Traversable) -> str:
+    """Where recap's own copy of a missing `configs/NAME.yaml` is (the README's `--config
+    configs/dit.yaml` run outside the repository), or ""."""
+    if isinstance(path, Path) and path.parent.name == "configs" and default_config(path.name).is_file():
+        return f" (recap installs its own {path.name} at {default_config(path.name)}: pass that path, or a copy)"
+    return ""
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

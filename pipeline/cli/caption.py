@@ -22,7 +22,7 @@ Backends:
 Importing captions a corpus came with: --from FILE.jsonl, one {"uri", "start_s", "end_s",
 "caption"} per line (range optional; relative uris from FILE's folder). Each clip takes the caption
 whose range covers most of it (at least half); the file is its own version (see
-pipeline/caption_import.py).
+pipeline/caption/importer.py).
 
 Exit status: 0 every selected clip has a caption of this version (ok or flagged), 3 some clips
 could not be captioned (error rows; a rerun retries them), 2 usage or config error, missing model

@@ -50,7 +50,7 @@ class DecodeConfig:
 
 @dataclass
 class ShotsConfig:
-    """Shot detection (pipeline/shots.py). Scores: ContentDetector's HSV score (0-255) and the
+    """Shot detection (pipeline/ingest/shots.py). Scores: ContentDetector's HSV score (0-255) and the
     structure distance S = 1 - correlation of 32x18 luma thumbnails (0 same picture, ~1 new one)."""
 
     cut_threshold: float = 27.0      # a hard cut needs ContentDetector's score (its default) ...

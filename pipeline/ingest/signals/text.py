@@ -152,7 +152,7 @@ def block_means(grey: np.ndarray, block: int) -> np.ndarray:
 
 
 # A lag-1 structure distance above this is a picture break (a cut; motion stays far below, see
-# pipeline/shots.py: cuts measure 0.7-1.2 on the benchmark and sample videos).
+# pipeline/ingest/shots.py: cuts measure 0.7-1.2 on the benchmark and sample videos).
 BREAK_STRUCTURE = 0.3
 
 
