@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from captioner.captioner import version_id
-from pipeline.ingest.sources import manifest_entry
+from pipeline.ingest.sources import json_lines, manifest_entry
 from pipeline.library import Library
 from pipeline.library.layout import storable
 
@@ -58,18 +58,8 @@ def _seconds(value: Any, where: str, key: str) -> float | None:
 def read_caption_lines(path: str | Path) -> list[dict[str, Any]]:
     """The lines of a caption file, uris resolved like ingest resolves manifest entries."""
     path = Path(path)
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 JSON lines ({e.reason} at byte {e.start})") from None
     out = []
-    for number, line in enumerate(content.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON ({e.msg})") from None
+    for number, record in json_lines(path):
         text = record.get("caption", record.get("text")) if isinstance(record, dict) else None
         if not isinstance(record, dict) or not isinstance(record.get("uri"), str) or not record["uri"] \
                 or not isinstance(text, str):

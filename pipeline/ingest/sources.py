@@ -23,8 +23,10 @@ import socket
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import ParseResult, unquote, urlparse
 
 from pipeline.ingest.config import SourcesConfig
@@ -206,18 +208,13 @@ def read_manifest(path: Path) -> list[Source]:
                 uris = [row["uri"] for row in reader]
         elif suffix == ".jsonl":
             uris = []
-            # JSON Lines ends lines with \n only: splitlines() would also cut at a U+2028 in a name,
-            # and json's own error says "line 1" of the one line it was given, not which line
-            for number, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{path}: line {number} is not JSON ({exc.msg}, column {exc.colno})") from None
-                if not isinstance(row, dict) or "uri" not in row:
-                    raise SourceError(f"{path}: line {number} has no 'uri' field")
-                uris.append(row["uri"])
+            try:
+                for number, row in json_lines(path):
+                    if not isinstance(row, dict) or "uri" not in row:
+                        raise SourceError(f"{path}: line {number} has no 'uri' field")
+                    uris.append(row["uri"])
+            except ValueError as exc:
+                raise SourceError(str(exc)) from None
         else:
             # lazy: pyarrow is for Parquet manifests only; the ingest child reads none
             import pyarrow.parquet as pq
@@ -238,6 +235,25 @@ def read_manifest(path: Path) -> list[Source]:
         raise SourceError(f"{path}: manifest lists no uris")
     _check_relative_paths(path, uris)
     return [manifest_entry(path.parent, u) for u in uris]
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each line of a JSON Lines file that is not blank (UTF-8, a byte-order
+    mark allowed). Lines end at \n only: splitlines() would also cut at a U+2028 inside a name.
+    ValueError names the line that is not JSON (json's own message says "line 1" of the one line
+    it was given), or says the file is not UTF-8."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 JSON lines ({e.reason} at byte {e.start})") from None
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {number} is not JSON ({e.msg}, column {e.colno})") from None
+        yield number, value
 
 
 def _check_relative_paths(manifest: Path, uris: list[str], sample: int = 100) -> None:
