@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -398,3 +399,48 @@ def test_samples_render_several_at_once_and_are_written_in_order(monkeypatch):
     assert [mp4 for _, mp4, e in out if e is None] == [f"mp4 {i}".encode() for i in range(12) if i != 5]
     assert isinstance(out[5][2], ValueError) and out[5][1] is None
     assert state["most"] >= 2 and state["most"] <= 3
+
+
+def test_a_clip_file_resampled_at_ingest_gives_the_frames_of_their_times(tmp_path):
+    """clips.mode=encode with clips.encode_fps writes the clip at another rate than the source's:
+    its windows index the file's frames, so a 25-fps clip in a 50-fps file is not sampled at half
+    speed (it was: source-rate indices into the file's frames) nor short of frames at a lower rate."""
+    from pipeline.export.buckets import load_buckets
+    from pipeline.export.config import load_export_config
+    from pipeline.export.plan import plan_export
+    from pipeline.export.render import render_frames
+    from pipeline.export.selection import select
+
+    lib = Library(tmp_path / "lib", write=True)
+    src = write_video(tmp_path / "src.mp4", n_frames=75, fps=FPS, size=SIZE, gop=25, bframes=0)
+    video_id = "7" * 32
+    media = tmp_path / "lib" / "media"
+    media.mkdir(exist_ok=True)
+    for rate, name in ((2 * FPS, "fast.mp4"), (12.5, "slow.mp4")):   # every source frame held at `rate`
+        with av.open(str(media / name), "w") as out:
+            s = out.add_stream("libx264", rate=Fraction(rate))
+            s.width, s.height, s.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+            s.options = {"preset": "ultrafast", "crf": "12"}
+            for k in range(round(75 / FPS * rate)):
+                img = frame_image(int(k * FPS / rate + 1e-6), *SIZE)
+                for packet in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+            for packet in s.encode():
+                out.mux(packet)
+    clips = [_clip(video_id, i, 0, 75, clip_mode="encode", path=f"media/{name}", file_start_frame=0,
+                   file_n_frames=round(75 / FPS * rate)) for i, (name, rate) in enumerate((("fast.mp4", 50), ("slow.mp4", 12.5)))]
+    lib.commit({"videos": [{"video_id": video_id, "uri": str(src), "width": SIZE[0], "height": SIZE[1],
+                            "ingested_at": utcnow()}], "clips": clips})
+    lib.close()
+    buckets = load_buckets(None, ["frames=[9]", "resolutions={tiny: 9216}", 'aspect_ratios=["16:9"]'])
+    plan = plan_export(tmp_path / "lib", select(tmp_path / "lib"), buckets, load_export_config())
+    samples = {s.meta.key: s for shard in plan.shards for s in shard.samples}
+    assert sorted(samples) == sorted(c["clip_id"] for c in clips)
+    for clip in clips:
+        s = samples[clip["clip_id"]]
+        got = [_frame_index(f, range(75), s.meta.lineage["aspect_crop"]) for f in render_frames(s.spec)]
+        steps = np.diff(got)
+        assert steps.min() >= 2 and steps.max() <= 4 and abs(np.mean(steps) - FPS / 8) < 0.3, (clip["path"], got)
+        assert abs((got[0] + got[-1]) / 2 - 37) <= 2, got                  # the centred window
+        # the file's rate is known from its frame count over the clip's time: source frames +-1
+        assert np.abs(np.subtract(s.meta.lineage["sample_frames"], [got[0], got[-1]])).max() <= 1

@@ -83,6 +83,18 @@ def _picture(row: dict[str, Any], video: dict[str, Any]) -> tuple[tuple[float, f
     return box, *((ph, pw) if turned else (pw, ph))
 
 
+def _frame_grid(row: dict[str, Any]) -> tuple[int, float]:
+    """Frames and frame rate the clip is rendered from: its file's when ingest resampled it
+    (`clips.encode_fps`: the file holds `file_n_frames` at a fixed rate over [start_s, end_s)), else
+    the source's. Bucket windows index these frames."""
+    n, fps = int(row["n_frames"]), float(row["fps"])
+    stored = row.get("file_n_frames")
+    duration = float(row["end_s"]) - float(row["start_s"])
+    if row.get("path") and row.get("clip_mode") == "encode" and stored and stored != n and duration > 0:
+        return int(stored), stored / duration
+    return n, fps
+
+
 def _video_facts(root: Path) -> dict[str, dict[str, Any]]:
     """video_id -> coded width/height and rotation, from the committed `videos/` table (a read-only
     open: it never touches a running ingest's files)."""
@@ -100,7 +112,7 @@ def plan_export(root: str | Path, sel: Selection, buckets: BucketConfig, cfg: Ex
     assigned: list[tuple[dict[str, Any], Assignment, tuple[float, float, float, float]]] = []
     for row in rows:
         box, pw, ph = _picture(row, videos.get(row["video_id"], {}))
-        a = assign(pw, ph, int(row["n_frames"]), float(row["fps"]), buckets)
+        a = assign(pw, ph, *_frame_grid(row), buckets)
         if isinstance(a, str):
             skipped[a] = skipped.get(a, 0) + 1
         else:
@@ -147,8 +159,13 @@ def _planned(root: Path, row: dict[str, Any], a: Assignment, box: tuple[float, f
         path, by_time, skip = str(library_file(root, row["path"])), False, int(row.get("file_start_frame") or 0)
     else:
         path, by_time, skip = str(row.get("source") or ""), True, 0
-    spec = RenderSpec(path=path, by_time=by_time, skip=skip, n_frames=int(row["n_frames"]),
-                      start_s=float(row["start_s"]), end_s=float(row["end_s"]), src_fps=float(row["fps"]),
+    n_frames, src_fps = _frame_grid(row)
+    # source frame shown by each rendered frame (a resampled file holds the latest one at its time;
+    # its rate, from the frame count it was rounded to, makes this +-1 frame there)
+    shown = [i if src_fps == row["fps"] else min(int(row["n_frames"]) - 1, int(i * float(row["fps"]) / src_fps + 1e-6))
+             for i in (a.frame_indices[0], a.frame_indices[-1])]
+    spec = RenderSpec(path=path, by_time=by_time, skip=skip, n_frames=n_frames,
+                      start_s=float(row["start_s"]), end_s=float(row["end_s"]), src_fps=src_fps,
                       bars=box, aspect=a.crop, frame_indices=a.frame_indices, width=a.bucket.width,
                       height=a.bucket.height, fps=buckets.fps, crf=cfg.crf)
     versions = sel.captions.get(clip_id, {})
@@ -159,7 +176,7 @@ def _planned(root: Path, row: dict[str, Any], a: Assignment, box: tuple[float, f
         "library": str(root), "clip_mode": row.get("clip_mode"), "clip_path": row.get("path"),
         "frame_start": row["start_frame"], "frame_end": row["end_frame"],
         "start_s": row["start_s"], "end_s": row["end_s"],
-        "sample_frames": [row["start_frame"] + i for i in (a.frame_indices[0], a.frame_indices[-1])],
+        "sample_frames": [row["start_frame"] + i for i in shown],
         "bar_crop": [round(v, 4) for v in box], "aspect_crop": [round(v, 4) for v in a.crop],
         "resolution": a.resolution, "aspect": a.aspect, "caption_version": version or None,
     }
