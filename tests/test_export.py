@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.export.buckets import BucketConfig, assign, window
-from pipeline.export.plan import split_videos
+from pipeline.export.plan import _picture, split_videos
 from pipeline.library import Library
 from pipeline.library.layout import utcnow
 from pipeline.library.selections import list_selections, read_selection, write_selection
@@ -444,3 +444,15 @@ def test_a_clip_file_resampled_at_ingest_gives_the_frames_of_their_times(tmp_pat
         assert abs((got[0] + got[-1]) / 2 - 37) <= 2, got                  # the centred window
         # the file's rate is known from its frame count over the clip's time: source frames +-1
         assert np.abs(np.subtract(s.meta.lineage["sample_frames"], [got[0], got[-1]])).max() <= 1
+
+
+def test_a_bar_crop_of_a_clip_whose_stream_switched_size_is_in_its_own_pixels() -> None:
+    """A stream that switches picture size (320x240, then 640x480) gives a clip of the second size
+    a crop in 640x480 pixels: it was read as fractions of the video's first (coded) size, so a
+    letterbox crop of rows 60..420 became 0.25..1.0 of the frame instead of 0.125..0.875."""
+    video = {"width": 320, "height": 240, "display_width": 320, "display_height": 240, "rotation": 0}
+    row = {"width": 640, "height": 480, "crop_x": 0, "crop_y": 60, "crop_w": 640, "crop_h": 360}
+    box, pw, ph = _picture(row, video)
+    assert box == pytest.approx((0.0, 0.125, 1.0, 0.875)) and (pw, ph) == pytest.approx((640, 360))
+    same = {**row, "width": 320, "height": 240, "crop_y": 30, "crop_w": 320, "crop_h": 180}
+    assert _picture(same, video)[0] == pytest.approx((0.0, 0.125, 1.0, 0.875))   # the video's own size: as before

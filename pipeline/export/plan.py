@@ -74,6 +74,12 @@ def _picture(row: dict[str, Any], video: dict[str, Any]) -> tuple[tuple[float, f
     # display size before rotation
     wu, hu = (row["height"], row["width"]) if turned else (row["width"], row["height"])
     cw, ch = video.get("width"), video.get("height")
+    if cw and ch and video.get("display_width") and video.get("display_height"):
+        # the crop is in the clip's own coded pixels: a stream that switches picture size (the
+        # clip's display size is not the video's) scales the video's coded size by as much
+        dwu, dhu = ((video["display_height"], video["display_width"]) if turned
+                    else (video["display_width"], video["display_height"]))
+        cw, ch = cw * wu / dwu, ch * hu / dhu
     box = (0.0, 0.0, 1.0, 1.0)
     if all(row.get(k) is not None for k in ("crop_x", "crop_y", "crop_w", "crop_h")) and cw and ch:
         x, y, w, h = row["crop_x"], row["crop_y"], row["crop_w"], row["crop_h"]
@@ -96,9 +102,10 @@ def _frame_grid(row: dict[str, Any]) -> tuple[int, float]:
 
 
 def _video_facts(root: Path) -> dict[str, dict[str, Any]]:
-    """video_id -> coded width/height and rotation, from the committed `videos/` table (a read-only
-    open: it never touches a running ingest's files)."""
-    rows = Library(root).read("videos", ["video_id", "width", "height", "rotation"]).to_pylist()
+    """video_id -> coded and display width/height and rotation, from the committed `videos/` table
+    (a read-only open: it never touches a running ingest's files)."""
+    rows = Library(root).read("videos", ["video_id", "width", "height", "display_width", "display_height",
+                                         "rotation"]).to_pylist()
     return {r["video_id"]: r for r in rows}
 
 
