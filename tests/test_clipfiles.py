@@ -165,6 +165,14 @@ def test_encode_resizes_and_resamples(bframes_mp4: Path, tmp_path: Path):
         assert psnr(frames[k], small) > 30, k
 
 
+def test_encode_width_never_enlarges_a_smaller_source(bframes_mp4: Path, tmp_path: Path):
+    """encode_width=640 on a 160x96 source wrote 640x384 clip files: four times the pixels of
+    nothing, and an export then bucketed them as if the source had them."""
+    (r,) = write_clips(bframes_mp4, [(0, 20, tmp_path / "big")], frame_times(bframes_mp4),
+                       dataclasses.replace(ENCODE, encode_width=640))
+    assert (r.width, r.height) == (160, 96) == (ffprobe_streams(r.path)[0]["width"], ffprobe_streams(r.path)[0]["height"])
+
+
 # --- real files ------------------------------------------------------------------------------
 
 

@@ -456,3 +456,16 @@ def test_a_bar_crop_of_a_clip_whose_stream_switched_size_is_in_its_own_pixels() 
     assert box == pytest.approx((0.0, 0.125, 1.0, 0.875)) and (pw, ph) == pytest.approx((640, 360))
     same = {**row, "width": 320, "height": 240, "crop_y": 30, "crop_w": 320, "crop_h": 180}
     assert _picture(same, video)[0] == pytest.approx((0.0, 0.125, 1.0, 0.875))   # the video's own size: as before
+
+
+def test_a_clip_file_ingest_shrank_is_bucketed_by_its_own_pixels() -> None:
+    """clips.encode_width=320 on a 640x360 source wrote 320x180 clip files, and export chose the
+    bucket from the source's 640x360 (the row's size): every sample a 2x upscale, against the
+    card's "without upscaling". The file's size now caps the picture."""
+    video = {"width": 640, "height": 360, "display_width": 640, "display_height": 360, "rotation": 0}
+    row = {"width": 640, "height": 360, "clip_mode": "encode", "file_width": 320, "file_height": 180}
+    assert _picture(row, video)[1:] == pytest.approx((320, 180))
+    assert _picture({**row, "file_width": 640}, video)[1:] == pytest.approx((640, 360))       # not resized
+    assert _picture({**row, "clip_mode": "remux", "file_width": 320}, video)[1:] == pytest.approx((640, 360))
+    turned = {**video, "rotation": 90, "display_width": 360, "display_height": 640}          # a phone video
+    assert _picture({**row, "width": 360, "height": 640}, turned)[1:] == pytest.approx((180, 320))

@@ -86,6 +86,11 @@ def _picture(row: dict[str, Any], video: dict[str, Any]) -> tuple[tuple[float, f
         if w > 0 and h > 0:
             box = (max(0.0, x / cw), max(0.0, y / ch), min(1.0, (x + w) / cw), min(1.0, (y + h) / ch))
     pw, ph = (box[2] - box[0]) * wu, (box[3] - box[1]) * hu
+    fw = row.get("file_width")
+    if row.get("clip_mode") == "encode" and fw and cw and fw < cw - 1:
+        # ingest shrank the file (clips.encode_width, to square pixels at the display aspect): the
+        # picture has only the file's pixels, and a bucket chosen from the source's would upscale
+        pw, ph = pw * fw / wu, ph * fw / wu
     return box, *((ph, pw) if turned else (pw, ph))
 
 

@@ -486,8 +486,8 @@ class _Encoder:
         self.plan = plan
         src_w, src_h = vstream.codec_context.width, vstream.codec_context.height
         sar = Fraction(vstream.sample_aspect_ratio or 1) or Fraction(1)
-        if cfg.encode_width:
-            self.width = _even(cfg.encode_width)
+        if cfg.encode_width:            # at most that wide: a smaller source is not enlarged
+            self.width = _even(min(cfg.encode_width, src_w * sar))
             self.height = _even(self.width * src_h / (src_w * sar))
             sar = Fraction(1)                  # resized to square pixels at the display aspect
         else:

@@ -96,7 +96,7 @@ class ClipsConfig:
     max_seconds: float = 10.0        # longer shots are split into chunks of at most this
     margin_frames: int = 2           # frames trimmed at each shot boundary
     mode: Literal["reference", "remux", "encode"] = "remux"
-    encode_width: int | None = None  # encode mode: target width (height keeps aspect, even)
+    encode_width: int | None = None  # encode mode: at most this width (height keeps aspect, even; never enlarged)
     encode_fps: float | None = None  # encode mode: target frame rate (None keeps the source rate)
     encode_crf: int = 20             # libx264 quality: 0 (lossless) ... 51 (worst)
     encode_preset: str = "veryfast"  # libx264 speed/size trade-off (X264_PRESETS: ultrafast ... veryslow)

@@ -170,6 +170,8 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
             "file_start_frame": f.file_start_frame if f else None,
             "file_n_frames": f.n_frames if f else None,
             "file_bytes": f.bytes if f else None,
+            "file_width": f.width if f else None,
+            "file_height": f.height if f else None,
             **clip_signals(signal_analyzers, c.start_frame, c.end_frame),
         })
     shot_rows = [{

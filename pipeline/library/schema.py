@@ -146,6 +146,8 @@ CLIP_COLUMNS = [
     Column("file_start_frame", pa.int32(), "Frames to skip at the start of the file to reach start_frame (remux starts at a keyframe); 0 for encode.", True),
     Column("file_n_frames", pa.int64(), "Frames stored in the clip file.", True),
     Column("file_bytes", pa.int64(), "Size of the clip file.", True),
+    Column("file_width", pa.int32(), "Coded width of the clip file's picture (encode mode with `clips.encode_width`: resized, square pixels).", True),
+    Column("file_height", pa.int32(), "Coded height of the clip file's picture.", True),
     *(Column(name, type_, doc, True) for name, type_, doc in SIGNAL_COLUMNS),
     COMMIT,
 ]
