@@ -272,8 +272,8 @@ def test_a_library_without_captions_or_index_says_what_to_run(tmp_path):
         page = client.get("/api/clips").json()
         assert page["total"] == len(CLIPS) and page["items"][0].get("caption") is None     # browsing works
         r = client.get("/api/search", params={"q": "dog"})
-        assert r.status_code == 400 and ["recap", "caption", str(root)] in [
-            shlex.split(c) for c in r.json()["detail"].split("`")[1::2]]
+        said = [shlex.split(c) for c in r.json()["detail"].split("`")[1::2]]
+        assert r.status_code == 400 and ["recap", "caption", str(root), "--model", "HF_ID_OR_FOLDER"] in said, said
         write_captions(root, {clip_id(i): c[0] for i, c in enumerate(CLIPS)})
         s = client.get("/api/status").json()
         assert [words for n in s["notices"] for words in commands(n["run"]) if "index" in words] == [
