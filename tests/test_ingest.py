@@ -474,6 +474,7 @@ def test_a_library_without_clips_exits_3_with_its_error_rows_and_runs(tmp_path: 
         proc = recap("ingest", str(tmp_path / "bad"), "--out", str(tmp_path / "bad_lib"), *local, check=False)
         assert proc.returncode == 3, proc.stderr
         assert "the library has no clips" in proc.stdout and "Traceback" not in proc.stderr
+        assert f"`recap info {tmp_path / 'bad_lib'} --errors`" in proc.stdout       # pasteable: not `LIB`
         lib = Library(tmp_path / "bad_lib")
         assert lib.read("errors").num_rows == len(BAD_KINDS)          # one row per source, not per run
         assert len(lib.meta["runs"]) == run

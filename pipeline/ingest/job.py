@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 import threading
 import time
@@ -60,6 +61,7 @@ class IngestSummary:
     errors_by_type: dict[str, int] = field(default_factory=dict)
     library_clips: int = 0        # clips in the library after the run (0: nothing to work on: exit 3)
     after: list[str] = field(default_factory=list)   # what the stages after ingest said (filter view, captions)
+    library: str = "LIB"          # its folder, as given: what the commands the summary suggests name
 
     def lines(self) -> list[str]:
         speed = self.video_seconds / self.wall_seconds if self.wall_seconds else 0.0
@@ -75,7 +77,8 @@ class IngestSummary:
             out.append("failures: " + ", ".join(f"{k}={v}" for k, v in sorted(self.errors_by_type.items())))
         if not self.library_clips:
             out.append("the library has no clips: every source failed, or every video was shorter than "
-                       "clips.min_seconds after clips.margin_frames (see `recap info LIB --errors` and the videos' n_clips)")
+                       "clips.min_seconds after clips.margin_frames (see "
+                       f"`recap info {shlex.quote(self.library)} --errors` and the videos' n_clips)")
         return out + self.after
 
     def count(self, result: SourceResult) -> None:
@@ -177,7 +180,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
         if lib is None:
             lib = Library(lib_root, write=True)
             todo = _todo(lib, [s.uri for s in items], cfg)
-        summary = IngestSummary(sources=len(items), skipped=len(items) - len(todo))
+        summary = IngestSummary(sources=len(items), skipped=len(items) - len(todo), library=str(lib_root))
         if todo and no_ocr:   # said once the checks passed, so a refused job still says one line
             print("warning: text signals off: rapidocr-onnxruntime is not installed (it has no wheels for Python "
                   "3.13+), so text_area and ocr_text stay null; set signals.text.enabled=false to silence this",
