@@ -1,0 +1,201 @@
+"""The openai backend against a real HTTP server that misbehaves on purpose: each test scripts what
+the server answers (an odd body, an error status); the client and the captioner see real sockets."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from captioner.captioner import Captioner
+from captioner.config import GenerationConfig, OpenAIConfig
+from captioner.model import ClipRequest
+from captioner.openai_backend import OpenAIBackend
+from tests.captioner_lib import fast_config
+
+CAPTION = "A red ball rolls slowly across a wooden floor toward a bright window."
+
+
+def completion(content: Any, finish: str = "stop") -> dict[str, Any]:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 14}}
+
+
+class Scripted:
+    """A chat-completions server whose answer to the n-th POST is `answer(n, handler)`: a
+    (status, body) or (status, body, headers), or None when the function wrote the response itself."""
+
+    def __init__(self, answer: Callable[[int, BaseHTTPRequestHandler], tuple | None]):
+        self.posts = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def send(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.send(200, {"data": [{"id": "m"}]})
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    n = outer.posts
+                    outer.posts += 1
+                out = answer(n, self)
+                if out is not None:
+                    self.send(*out)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> Scripted:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def clip(i: int) -> ClipRequest:
+    return ClipRequest(f"c{i}", np.full((2, 32, 32, 3), i * 20, np.uint8), "Describe this clip.")
+
+
+def captioner(url: str, *extra: str) -> Captioner:
+    cfg = fast_config("m", "model.backend=openai", f"openai.base_url={url}", *extra)
+    return Captioner(cfg, OpenAIBackend("m", cfg.openai))
+
+
+@pytest.mark.parametrize("body, said", [
+    ({"choices": []}, "no choices"),
+    ({"error": {"message": "model overloaded", "code": 500}}, "model overloaded"),   # an error with status 200
+    ([1, 2], "not a chat completion"),
+    (completion({"text": CAPTION}), "not text"),
+])
+def test_an_answer_that_is_not_a_completion_is_an_error_row_saying_what_came(body, said):
+    with Scripted(lambda n, h: (200, body)) as server:
+        rows = captioner(server.url).caption([clip(0), clip(1)])
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert all("RequestError" in r["reason"] and said in r["reason"] for r in rows), rows[0]["reason"]
+
+
+def test_content_given_as_text_parts_is_the_caption():
+    """Some servers answer `content` as a list of parts: that was a traceback that ended the job."""
+    parts = [{"type": "text", "text": CAPTION[:20]}, {"type": "text", "text": CAPTION[20:]}]
+    with Scripted(lambda n, h: (200, completion(parts))) as server:
+        out = OpenAIBackend("m", OpenAIConfig(base_url=server.url)).generate([clip(0)], GenerationConfig())
+        rows = captioner(server.url).caption([clip(0)])
+    assert out[0].text == CAPTION and out[0].n_output_tokens == 14
+    assert rows[0]["status"] == "ok" and rows[0]["text"] == CAPTION
+
+
+def test_a_failing_request_is_not_sent_again_nor_are_the_others():
+    """One clip the server rejects (HTTP 400) costs only that clip: the batch's other requests are
+    not sent a second time, one by one (each request stands alone)."""
+    def answer(n, h):
+        return (400, {"error": {"message": "bad image"}}) if n == 0 else (200, completion(CAPTION))
+    with Scripted(answer) as server:
+        rows = captioner(server.url, "openai.concurrency=4", "checks.max_retries=0").caption(
+            [clip(i) for i in range(4)])
+        posts = server.posts
+    assert sorted(r["status"] for r in rows) == ["error", "ok", "ok", "ok"]
+    assert "HTTP 400" in next(r["reason"] for r in rows if r["status"] == "error")
+    assert posts == 4
+
+
+def test_ctrl_c_keeps_the_finished_captions_and_stops_at_once(tmp_path):
+    """Ctrl-C while a request hangs: the process ends promptly (not when the request times out)
+    and the captions already answered are in the library (they were thrown away with the part
+    that had not reached `commit_every`)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.library.captions import CaptionStore
+    from tests.captioner_lib import make_library
+
+    lib, _ = make_library(tmp_path)
+    release = threading.Event()
+
+    def answer(n, h):
+        if n >= 2:
+            release.wait(60)        # the third clip's answer never comes (until the test ends)
+            return None
+        return 200, completion(CAPTION)
+
+    with Scripted(answer) as server:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        cmd = [sys.executable, "-m", "pipeline.cli", "caption", str(lib), "--backend", "openai", "--model", "m",
+               "--base-url", server.url, "--local", "--no-progress", "--set", "openai.concurrency=1",
+               "--set", "frames.num_frames=2", "--set", "frames.max_pixels=12544"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while server.posts < 3 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert server.posts == 3, proc.communicate()
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(30)
+            waited = time.monotonic() - t0
+        finally:
+            release.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert rc == 130 and waited < 10, (rc, waited)
+    rows = CaptionStore(lib).read(latest=False).to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["text"] == CAPTION for r in rows)
+
+
+def test_busy_answers_and_dropped_connections_are_sent_again():
+    """429 (with Retry-After), 503 (without) and a connection the server drops are sent again
+    after a wait; a 401 is not (it will not change); past openai.max_retries the clip is an
+    error row saying how often it was sent. These were error rows at the first busy answer."""
+    import socket
+    import struct
+    import time
+
+    def answer(n, h):
+        if n == 0:
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"}
+        if n == 1:
+            return 503, {"error": {"message": "loading"}}
+        if n == 2:     # reset: the connection closed with nothing answered
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            return None
+        return 200, completion(CAPTION)
+
+    cfg = OpenAIConfig(concurrency=1, retry_wait_s=0.01)
+    with Scripted(answer) as server:
+        t0 = time.monotonic()
+        out = OpenAIBackend("m", OpenAIConfig(**{**vars(cfg), "base_url": server.url})).generate([clip(0)],
+                                                                                               GenerationConfig())
+        waited = time.monotonic() - t0
+        assert out[0].text == CAPTION and server.posts == 4 and waited >= 1.0     # Retry-After: 1 was kept
+    with Scripted(lambda n, h: (401, {"error": {"message": "bad key"}})) as server:
+        rows = captioner(server.url, "openai.retry_wait_s=0.01").caption([clip(0)])
+        assert server.posts == 1 and "HTTP 401" in rows[0]["reason"]
+    with Scripted(lambda n, h: (503, {"error": {"message": "loading"}})) as server:
+        rows = captioner(server.url, "openai.retry_wait_s=0.01", "openai.max_retries=2").caption([clip(0)])
+        assert server.posts == 3 and rows[0]["status"] == "error" and "(sent 3 times)" in rows[0]["reason"]
