@@ -123,14 +123,19 @@ def near_duplicates(phash: pa.ChunkedArray | pa.Array, video_id: pa.ChunkedArray
     owner = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
     n_hashes = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
 
-    allowed = None
+    codes = None
     if not cfg.within_video:
         codes = pc.dictionary_encode(video_id).combine_chunks().indices.to_numpy() \
             if isinstance(video_id, pa.ChunkedArray) else pc.dictionary_encode(video_id).indices.to_numpy()
+    # clips with the same hashes (black or blank shots, a channel's intro, a slate) are one class:
+    # only its first member is searched, so k such clips cost k, not k^2 candidate pairs
+    rep = same_hashes(hashes, owner, n, codes)
+    searched = (rep == np.arange(n))[owner]
+    hashes, owner = hashes[searched], owner[searched]
+    allowed = None
+    if codes is not None:
         allowed = lambda i, j: codes[owner[i]] != codes[owner[j]]  # noqa: E731
     i, j = similar_hash_pairs(hashes, owner, cfg.hamming, cfg.bands, allowed)
-    if i.size == 0:
-        return dup_of
 
     # matched frames per clip pair, counted on each side
     a, b = owner[i], owner[j]
@@ -141,16 +146,43 @@ def near_duplicates(phash: pa.ChunkedArray | pa.Array, video_id: pa.ChunkedArray
     ca, cb = keys_a // n, keys_a % n
     need = np.minimum(cfg.min_matching_frames, np.minimum(n_hashes[ca], n_hashes[cb]))
     dup = (count_a >= need) & (count_b >= need)
+    ca, cb = ca[dup], cb[dup]
+
+    # a class's other members: duplicates of its first (every frame matches at distance 0), and
+    # across videos only (`within_video: false`, a class is one video's) when the first has any
+    members = np.flatnonzero((rep != np.arange(n)) & (n_hashes > 0))
+    if codes is not None:
+        members = members[np.isin(rep[members], np.concatenate([ca, cb]))]
+    ca, cb = np.concatenate([ca, rep[members]]), np.concatenate([cb, members])
+    if ca.size == 0:
+        return dup_of
 
     parent = np.arange(n)
-    for x, y in zip(ca[dup].tolist(), cb[dup].tolist()):
+    for x, y in zip(ca.tolist(), cb.tolist()):
         rx, ry = _find(parent, x), _find(parent, y)
         if rx != ry:
             parent[max(rx, ry)] = min(rx, ry)
-    members = np.unique(np.concatenate([ca[dup], cb[dup]]))
-    roots = np.array([_find(parent, int(m)) for m in members], np.int64)
-    for root in np.unique(roots):
-        group = members[roots == root]
-        best = group[np.argmin(rank[group])]
-        dup_of[group[group != best]] = best
+    grouped = np.unique(np.concatenate([ca, cb]))
+    roots = np.array([_find(parent, int(m)) for m in grouped], np.int64)
+    order = np.lexsort((rank[grouped], roots))            # by group, the best ranked first
+    grouped, roots = grouped[order], roots[order]
+    first = np.r_[True, roots[1:] != roots[:-1]]
+    best = grouped[first][np.cumsum(first) - 1]
+    dup_of[grouped[~first]] = best[~first]
     return dup_of
+
+
+def same_hashes(hashes: np.ndarray, owner: np.ndarray, n: int, codes: np.ndarray | None) -> np.ndarray:
+    """For each of `n` clips, the first clip with the same multiset of hashes (and, when `codes`
+    is given, the same video): itself when it is the first. `owner` is sorted (list order)."""
+    order = np.lexsort((hashes, owner))
+    flat = hashes[order]
+    bounds = np.searchsorted(owner, np.arange(n + 1))
+    rep = np.arange(n)
+    first: dict[bytes, int] = {}
+    for c in range(n):
+        key = flat[bounds[c]:bounds[c + 1]].tobytes()
+        if codes is not None:
+            key += int(codes[c]).to_bytes(8, "little")
+        rep[c] = first.setdefault(key, c)
+    return rep
