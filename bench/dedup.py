@@ -6,6 +6,11 @@ counts candidate pairs, from 1k to 100k clips (more with --sizes). --blank P giv
 clips the same hashes (black or blank shots, a repeated intro: every pair of them is a candidate).
 
   .venv/bin/python bench/dedup.py [--sizes 1000 10000 100000] [--hamming 6] [--bands 4] [--blank 10]
+
+--cluster instead makes every clip a near copy of one (each hash one random bit off): all pairs are
+near duplicates, so the work is quadratic whatever the search; this times what it costs.
+
+  .venv/bin/python bench/dedup.py --cluster --sizes 1000 2000 4000
 """
 
 from __future__ import annotations
@@ -48,7 +53,18 @@ def main() -> None:
     p.add_argument("--hamming", type=int, default=6)
     p.add_argument("--bands", type=int, default=4)
     p.add_argument("--blank", type=float, default=0.0, metavar="P", help="percent of clips with the same (zero) hashes")
+    p.add_argument("--cluster", action="store_true", help="every clip a near copy of one (see above)")
     args = p.parse_args()
+    if args.cluster:
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, np.iinfo(np.uint64).max, 3, dtype=np.uint64, endpoint=True)
+        for n in args.sizes:
+            h = base[None, :] ^ (np.uint64(1) << rng.integers(0, 64, (n, 3)).astype(np.uint64))
+            phash = pa.array(h.tolist(), pa.list_(pa.uint64()))
+            t0 = time.perf_counter()
+            dup = near_duplicates(phash, pa.array([f"v{k}" for k in range(n)]), np.arange(n), DedupConfig())
+            print(f"{n:>8} clips in one cluster: {time.perf_counter() - t0:.2f} s, {int((dup >= 0).sum())} duplicates")
+        return
     cfg = DedupConfig(hamming=args.hamming, bands=args.bands)
     filters = load_filter_config(overrides=[f"dedup.hamming={args.hamming}", f"dedup.bands={args.bands}"])
     print(f"hamming <= {cfg.hamming}, {cfg.bands} bands (probe radius {cfg.hamming // cfg.bands}), 3 hashes/clip")

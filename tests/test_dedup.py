@@ -164,3 +164,10 @@ def test_many_clips_with_the_same_hashes_are_one_group():
     rank = np.arange(n)[::-1].copy()
     dup = near_duplicates(lists([[0, 0, 0]] * n), pa.array([f"v{k}" for k in range(n)]), rank, DedupConfig())
     assert dup[-1] == -1 and (dup[:-1] == n - 1).all()
+
+
+def test_components_follow_long_chains_to_the_lowest_node():
+    from pipeline.filters.near_duplicates import components
+
+    a, b = np.array([9, 8, 7, 6, 5, 1, 11]), np.array([8, 7, 6, 5, 4, 2, 12])   # 4-...-9, 1-2, 11-12
+    assert components(13, a, b).tolist() == [0, 1, 1, 3, 4, 4, 4, 4, 4, 4, 10, 11, 11]
