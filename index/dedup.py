@@ -74,11 +74,16 @@ def semantic_duplicates(lib: ClipIndex, embedder: str | None = None, threshold: 
     passed = (pc.fill_null(clips.column("passed"), True).to_numpy(zero_copy_only=False)
               if "passed" in clips.column_names else np.ones(clips.num_rows, bool))
     rank = dict(zip(clips.column("clip_id").to_pylist(), keep_best_rank(clips, passed.astype(bool)).tolist()))
+    # the weakest link of each group, in one pass over the links (both ends of one are in its group)
+    group_of = {c: g for g, m in enumerate(groups) for c in m}
+    low: dict[int, float] = {}
+    for (a, _), sim in weakest.items():
+        g = group_of[a]
+        low[g] = min(low.get(g, sim), sim)
     out = []
-    for m in groups:
+    for g, m in enumerate(groups):
         m.sort(key=lambda c: rank.get(c, len(rank)))
-        sims = [s for (a, b), s in weakest.items() if a in m and b in m]
-        out.append(DuplicateGroup(keep=m[0], duplicates=m[1:], min_similarity=min(sims)))
+        out.append(DuplicateGroup(keep=m[0], duplicates=m[1:], min_similarity=low[g]))
     return sorted(out, key=lambda g: g.keep)
 
 

@@ -106,3 +106,68 @@ def test_reencoded_resized_copy_is_found_and_unrelated_clip_is_not(tmp_path):
     rank = np.array([1, 0, 2])  # pretend the copy ranks best: the original then points at it
     dup = near_duplicates(lists([ha, hb, hc]), pa.array(["va", "vb", "vc"]), rank, DedupConfig())
     assert dup.tolist() == [1, -1, -1]
+
+
+def brute_force_groups(rows: list[list[int]], videos: list[str], rank: np.ndarray, cfg: DedupConfig) -> np.ndarray:
+    """near_duplicates' rules clip pair by clip pair (the reference for the tests below)."""
+    n = len(rows)
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for a in range(n):
+        for b in range(a + 1, n):
+            if not rows[a] or not rows[b] or (not cfg.within_video and videos[a] == videos[b]):
+                continue
+            near = [[hamming(x, y) <= cfg.hamming for y in rows[b]] for x in rows[a]]
+            need = min(cfg.min_matching_frames, len(rows[a]), len(rows[b]))
+            if sum(map(any, near)) >= need and sum(map(any, zip(*near))) >= need:
+                parent[max(find(a), find(b))] = min(find(a), find(b))
+    dup_of = np.full(n, -1)
+    groups: dict[int, list[int]] = {}
+    for c in range(n):
+        groups.setdefault(find(c), []).append(c)
+    for group in groups.values():
+        if len(group) > 1:
+            best = group[int(np.argmin(rank[group]))]
+            dup_of[[c for c in group if c != best]] = best
+    return dup_of
+
+
+@pytest.mark.parametrize("within_video", [True, False])
+def test_clips_with_the_same_hashes_group_as_brute_force_does(within_video):
+    """Clips with the same hashes (black shots, a repeated intro) are searched once per class; the
+    groups are those of comparing every pair, in either within_video mode."""
+    rng = np.random.default_rng(3)
+    base = [int(x) for x in rng.integers(0, np.iinfo(np.uint64).max, 6, dtype=np.uint64, endpoint=True)]
+    near = base[0] ^ 0b101                                   # 2 bits from base[0]
+    shapes = [[0, 0, 0], [0, 0], [0], [], [base[0], base[1]], [base[1], base[0]], [near, base[1]],
+              [base[0], base[0], base[1]], [base[2], base[3], base[4]], [base[4], base[3], base[2]],
+              [base[5]], [base[5], base[5]], [near]]
+    rows = [list(shapes[k]) for k in rng.integers(0, len(shapes), 60)]
+    videos = [f"v{k}" for k in rng.integers(0, 8, 60)]
+    rank = rng.permutation(60)
+    rank[:10] = 5                                            # ties: the first clip wins, as before
+    cfg = DedupConfig(within_video=within_video)
+    got = near_duplicates(lists(rows), pa.array(videos), rank, cfg)
+    assert (got >= 0).sum() > 20
+    assert got.tolist() == brute_force_groups(rows, videos, rank, cfg).tolist()
+
+
+def test_many_clips_with_the_same_hashes_are_one_group():
+    """20,000 black clips (the same 3 hashes each): every candidate pair was 1.8e9 frame pairs
+    (a 14 GB array, MemoryError); now one class, all duplicates of the best ranked."""
+    n = 20_000
+    rank = np.arange(n)[::-1].copy()
+    dup = near_duplicates(lists([[0, 0, 0]] * n), pa.array([f"v{k}" for k in range(n)]), rank, DedupConfig())
+    assert dup[-1] == -1 and (dup[:-1] == n - 1).all()
+
+
+def test_components_follow_long_chains_to_the_lowest_node():
+    from pipeline.filters.near_duplicates import components
+
+    a, b = np.array([9, 8, 7, 6, 5, 1, 11]), np.array([8, 7, 6, 5, 4, 2, 12])   # 4-...-9, 1-2, 11-12
+    assert components(13, a, b).tolist() == [0, 1, 1, 3, 4, 4, 4, 4, 4, 4, 10, 11, 11]

@@ -185,6 +185,16 @@ def test_schema_rejects_bad_metadata():
     assert Bucket.parse("320x192x33") == Bucket(320, 192, 33)
 
 
+def test_sample_json_is_the_fields_as_asdict_gives_them():
+    """to_json writes the fields without asdict's deep copy (export plans 80k of them): the same bytes."""
+    import dataclasses
+
+    meta = SampleMeta(key="c1", caption="a cat", bucket="16x16x1", fps=8.0, clip_id="c1",
+                      captions={"v2": "b", "v1": "a"}, caption_version="v1", signals={"motion": 1.5, "ocr": "x"},
+                      lineage={"bar_crop": [0.0, 0.1], "aspect_crop": (0.0, 0.0, 1.0, 1.0), "nested": {"k": [1, None]}})
+    assert meta.to_json() == json.dumps(dataclasses.asdict(meta), ensure_ascii=False, sort_keys=True).encode()
+
+
 def _batches(loader: BucketLoader, n: int) -> list[tuple[tuple[str, ...], np.ndarray]]:
     return [(tuple(m.key for m in b.metas), b.video.copy()) for _, b in zip(range(n), loader)]
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from pipeline.export.selection import Selection
 from pipeline.library import Library
 from pipeline.library.schema import SIGNAL_COLUMNS
 from pipeline.library.tables import library_file
-from trainer.shards import SampleMeta, shard_name
+from trainer.shards import SampleMeta, fields_of, shard_name
 
 
 @dataclass
@@ -147,7 +147,7 @@ def plan_export(root: str | Path, sel: Selection, buckets: BucketConfig, cfg: Ex
     for shard in shards:
         digest.update(shard.name.encode())
         for s in shard.samples:
-            digest.update(json.dumps(asdict(s.spec), sort_keys=True).encode() + s.meta.to_json())
+            digest.update(json.dumps(fields_of(s.spec), sort_keys=True).encode() + s.meta.to_json())
     return Plan(shards, skipped, digest.hexdigest()[:16])
 
 
