@@ -3,22 +3,18 @@ exposes): same prompts and outputs as the in-process backend, throughput from th
 
 Each clip is one request: its frames as JPEG data URLs (`image_url` parts, in order) followed by
 the prompt text. Requests of a batch run concurrently (`openai.concurrency`) so the server can
-batch them; each stands alone, so one that fails costs only its own clip. They run on daemon
-threads: Ctrl-C stops the job at once instead of waiting for the answers in flight. Standard
-library HTTP only.
+batch them. Standard library HTTP only.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client as http_client
 import json
 import os
-import random
-import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -30,19 +26,6 @@ from captioner.model import ClipRequest, Generation
 
 class RequestError(RuntimeError):
     """The server answered with an error or not at all."""
-
-
-RETRY_STATUS = (408, 429, 500, 502, 503, 504)   # busy, rate-limited or restarting: worth sending again
-MAX_RETRY_AFTER_S = 120.0
-
-
-def retry_after(header: str | None, default: float) -> float:
-    """Seconds to wait from a Retry-After header (seconds; an HTTP date is not parsed), at most
-    MAX_RETRY_AFTER_S; `default` without one."""
-    try:
-        return min(max(0.0, float(header)), MAX_RETRY_AFTER_S) if header else default
-    except ValueError:
-        return default
 
 
 def jpeg_data_url(frame: np.ndarray, quality: int = 90) -> str:
@@ -65,27 +48,6 @@ def chat_body(model: str, req: ClipRequest, gen: GenerationConfig, jpeg_quality:
     return body
 
 
-def read_answer(answer: Any) -> tuple[str, str | None, dict[str, Any]]:
-    """(text, finish_reason, usage) of a chat-completions answer; RequestError for anything else
-    (a 200 carrying an error object, no choices, content that is not text), so a server that
-    answers garbage costs that clip an error row with what it said, not the job a traceback."""
-    if not isinstance(answer, dict):
-        raise RequestError(f"not a chat completion: {json.dumps(answer)[:300]}")
-    choices = answer.get("choices")
-    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
-        said = answer.get("error") or answer
-        raise RequestError(f"no choices in the answer: {json.dumps(said)[:300]}")
-    message = choices[0].get("message") or {}
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, list):   # content parts ({"type": "text", "text": ...}), as some servers answer
-        content = "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
-    if content is not None and not isinstance(content, str):
-        raise RequestError(f"the answer's content is not text: {json.dumps(content)[:300]}")
-    usage = answer.get("usage")
-    usage = {k: v if isinstance(v, int) else None for k, v in usage.items()} if isinstance(usage, dict) else {}
-    return content or "", choices[0].get("finish_reason"), usage
-
-
 class OpenAIBackend:
     """Client of one chat-completions server; `generate` captions a batch of clips."""
 
@@ -98,6 +60,7 @@ class OpenAIBackend:
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.revision = None
+        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -117,66 +80,21 @@ class OpenAIBackend:
 
     def _one(self, req: ClipRequest, gen: GenerationConfig) -> Generation:
         body = json.dumps(chat_body(self.model_id, req, gen, self.cfg.jpeg_quality)).encode()
+        http = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         t0 = time.perf_counter()
-        for attempt in range(self.cfg.max_retries + 1):
-            wait = self.cfg.retry_wait_s * 2 ** attempt * (0.5 + random.random())  # jitter: no synchronized storm
-            http = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
-            try:
-                with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as r:
-                    answer = json.loads(r.read())
-                break
-            except urllib.error.HTTPError as e:
-                detail = e.read().decode(errors="replace")[:300]
-                error = RequestError(f"{self.url}: HTTP {e.code}: {detail}")
-                if e.code not in RETRY_STATUS:
-                    raise error from e
-                wait = retry_after(e.headers.get("Retry-After"), wait)
-            except (ConnectionError, http_client.RemoteDisconnected, http_client.IncompleteRead) as e:
-                error = RequestError(f"{self.url}: {e}")       # the server went away mid-request
-            except urllib.error.URLError as e:
-                if not isinstance(e.reason, ConnectionError):  # refused or reset: sent again; a bad host is not
-                    raise RequestError(f"{self.url}: {e}") from e
-                error = RequestError(f"{self.url}: {e}")
-            except (OSError, ValueError) as e:                 # timed out (not sent again), not JSON
-                raise RequestError(f"{self.url}: {e}") from e
-            if attempt == self.cfg.max_retries:
-                raise RequestError(f"{error} (sent {attempt + 1} times)")
-            time.sleep(wait)
-        text, finish, usage = read_answer(answer)
-        return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                          hit_token_limit=finish == "length", latency_s=time.perf_counter() - t0)
-
-    def outcomes(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation | Exception]:
-        """Each request's generation, or the exception it ended in; `openai.concurrency` at once."""
-        out: list[Generation | Exception | None] = [None] * len(requests)
-        todo = iter(range(len(requests)))
-        lock = threading.Lock()
-
-        def work() -> None:
-            while True:
-                with lock:
-                    i = next(todo, None)
-                if i is None:
-                    return
-                try:
-                    out[i] = self._one(requests[i], gen)
-                except Exception as e:  # this clip's failure, not the batch's
-                    out[i] = e
-
-        # daemon threads, joined here (interruptibly): an executor's workers would hold the
-        # process after Ctrl-C until every request in flight answered or timed out
-        threads = [threading.Thread(target=work, daemon=True, name="openai-request")
-                   for _ in range(min(max(1, self.cfg.concurrency), len(requests)))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return out  # type: ignore[return-value]
+        try:
+            with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as r:
+                answer = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")[:300]
+            raise RequestError(f"{self.url}: HTTP {e.code}: {detail}") from e
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            raise RequestError(f"{self.url}: {e}") from e
+        choice = answer["choices"][0]
+        usage = answer.get("usage") or {}
+        return Generation(choice["message"].get("content") or "", usage.get("prompt_tokens"),
+                          usage.get("completion_tokens"), hit_token_limit=choice.get("finish_reason") == "length",
+                          latency_s=time.perf_counter() - t0)
 
     def generate(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation]:
-        """Generations of all `requests`; raises the first failure (after all have finished)."""
-        outs = self.outcomes(requests, gen)
-        failed = next((o for o in outs if isinstance(o, Exception)), None)
-        if failed is not None:
-            raise failed
-        return outs  # type: ignore[return-value]
+        return list(self.pool.map(lambda r: self._one(r, gen), requests))
