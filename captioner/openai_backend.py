@@ -48,6 +48,27 @@ def chat_body(model: str, req: ClipRequest, gen: GenerationConfig, jpeg_quality:
     return body
 
 
+def read_answer(answer: Any) -> tuple[str, str | None, dict[str, Any]]:
+    """(text, finish_reason, usage) of a chat-completions answer; RequestError for anything else
+    (a 200 carrying an error object, no choices, content that is not text), so a server that
+    answers garbage costs that clip an error row with what it said, not the job a traceback."""
+    if not isinstance(answer, dict):
+        raise RequestError(f"not a chat completion: {json.dumps(answer)[:300]}")
+    choices = answer.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        said = answer.get("error") or answer
+        raise RequestError(f"no choices in the answer: {json.dumps(said)[:300]}")
+    message = choices[0].get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):   # content parts ({"type": "text", "text": ...}), as some servers answer
+        content = "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if content is not None and not isinstance(content, str):
+        raise RequestError(f"the answer's content is not text: {json.dumps(content)[:300]}")
+    usage = answer.get("usage")
+    usage = {k: v if isinstance(v, int) else None for k, v in usage.items()} if isinstance(usage, dict) else {}
+    return content or "", choices[0].get("finish_reason"), usage
+
+
 class OpenAIBackend:
     """Client of one chat-completions server; `generate` captions a batch of clips."""
 
@@ -90,11 +111,9 @@ class OpenAIBackend:
             raise RequestError(f"{self.url}: HTTP {e.code}: {detail}") from e
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise RequestError(f"{self.url}: {e}") from e
-        choice = answer["choices"][0]
-        usage = answer.get("usage") or {}
-        return Generation(choice["message"].get("content") or "", usage.get("prompt_tokens"),
-                          usage.get("completion_tokens"), hit_token_limit=choice.get("finish_reason") == "length",
-                          latency_s=time.perf_counter() - t0)
+        text, finish, usage = read_answer(answer)
+        return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                          hit_token_limit=finish == "length", latency_s=time.perf_counter() - t0)
 
     def generate(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation]:
         return list(self.pool.map(lambda r: self._one(r, gen), requests))

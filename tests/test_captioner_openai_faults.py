@@ -1,0 +1,105 @@
+"""The openai backend against a real HTTP server that misbehaves on purpose: each test scripts what
+the server answers (an odd body, an error status); the client and the captioner see real sockets."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from captioner.captioner import Captioner
+from captioner.config import GenerationConfig, OpenAIConfig
+from captioner.model import ClipRequest
+from captioner.openai_backend import OpenAIBackend
+from tests.captioner_lib import fast_config
+
+CAPTION = "A red ball rolls slowly across a wooden floor toward a bright window."
+
+
+def completion(content: Any, finish: str = "stop") -> dict[str, Any]:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 14}}
+
+
+class Scripted:
+    """A chat-completions server whose answer to the n-th POST is `answer(n, handler)`: a
+    (status, body) pair, or None when the function wrote the response itself."""
+
+    def __init__(self, answer: Callable[[int, BaseHTTPRequestHandler], tuple[int, Any] | None]):
+        self.posts = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def send(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.send(200, {"data": [{"id": "m"}]})
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    n = outer.posts
+                    outer.posts += 1
+                out = answer(n, self)
+                if out is not None:
+                    self.send(*out)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> Scripted:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def clip(i: int) -> ClipRequest:
+    return ClipRequest(f"c{i}", np.full((2, 32, 32, 3), i * 20, np.uint8), "Describe this clip.")
+
+
+def captioner(url: str, *extra: str) -> Captioner:
+    cfg = fast_config("m", "model.backend=openai", f"openai.base_url={url}", *extra)
+    return Captioner(cfg, OpenAIBackend("m", cfg.openai))
+
+
+@pytest.mark.parametrize("body, said", [
+    ({"choices": []}, "no choices"),
+    ({"error": {"message": "model overloaded", "code": 500}}, "model overloaded"),   # an error with status 200
+    ([1, 2], "not a chat completion"),
+    (completion({"text": CAPTION}), "not text"),
+])
+def test_an_answer_that_is_not_a_completion_is_an_error_row_saying_what_came(body, said):
+    with Scripted(lambda n, h: (200, body)) as server:
+        rows = captioner(server.url).caption([clip(0), clip(1)])
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert all("RequestError" in r["reason"] and said in r["reason"] for r in rows), rows[0]["reason"]
+
+
+def test_content_given_as_text_parts_is_the_caption():
+    """Some servers answer `content` as a list of parts: that was a traceback that ended the job."""
+    parts = [{"type": "text", "text": CAPTION[:20]}, {"type": "text", "text": CAPTION[20:]}]
+    with Scripted(lambda n, h: (200, completion(parts))) as server:
+        out = OpenAIBackend("m", OpenAIConfig(base_url=server.url)).generate([clip(0)], GenerationConfig())
+        rows = captioner(server.url).caption([clip(0)])
+    assert out[0].text == CAPTION and out[0].n_output_tokens == 14
+    assert rows[0]["status"] == "ok" and rows[0]["text"] == CAPTION
