@@ -46,6 +46,7 @@ from pipeline.library.embeddings import (
     vectors_of,
     write_embeddings,
 )
+from pipeline.library.layout import MILVUS_LITE
 from trainer.progress import progress_bar
 
 # columns of the clip table never written to Milvus (bookkeeping); every other scalar column is a
@@ -157,7 +158,7 @@ class ClipIndex(Searching):
     def lite_path(self) -> Path | None:
         """The Milvus Lite folder, or None for a Milvus server."""
         m = self.cfg.milvus
-        return Path(m.uri or self.root / "milvus.db") if m.is_lite() else None
+        return Path(m.uri or self.root / MILVUS_LITE) if m.is_lite() else None
 
     # ---- embeddings -----------------------------------------------------------------------------
     def payloads(self, clips: pa.Table, name: str) -> dict[str, str]:

@@ -29,6 +29,7 @@ import pyarrow as pa
 from index import lite
 from index.config import INDEX_PARAM_KEYS, SEARCH_PARAM_KEYS, MilvusConfig
 from index.ledger import TOKEN_PROPERTY
+from pipeline.library.layout import MILVUS_LITE
 
 PK = "clip_id"
 ROW_HASH = "row_hash"
@@ -93,7 +94,7 @@ class MilvusStore:
         self.lock_wait_s = cfg.lock_wait_s if lock_wait_s is None else lock_wait_s
         self.lib_root = Path(lib_root)
         self.is_lite = cfg.is_lite()
-        self.uri = cfg.uri or str(self.lib_root / "milvus.db")
+        self.uri = cfg.uri or str(self.lib_root / MILVUS_LITE)
         self.collection = cfg.collection or ("clips" if self.is_lite else
                                              "recap_" + hashlib.sha1(str(self.lib_root.resolve()).encode()).hexdigest()[:12])
         self.index_type = cfg.lite_index if self.is_lite else cfg.server_index

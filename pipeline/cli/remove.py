@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from pipeline.cli.display import one_line
 from pipeline.ingest.sources import StagingCache
 from pipeline.library import Library, LibraryError
-from pipeline.library.layout import storable, utcnow
+from pipeline.library.layout import MILVUS_LITE, storable, utcnow
 from pipeline.library.views import read_view
 
 
@@ -171,7 +171,7 @@ def _refresh_derived(lib_root: Path, args: argparse.Namespace) -> list[str]:
             said.append(f"filter view: {sum(view.column('passed').to_pylist())} of {view.num_rows} clips pass")
         except FileNotFoundError:      # no clips left: the view (already emptied) stays empty
             said.append("filter view: no clips left")
-    if args.milvus_uri or (lib_root / "milvus.db").exists():
+    if args.milvus_uri or (lib_root / MILVUS_LITE).exists():
         said.append(_sync_index(lib_root, args))
     return said
 
@@ -188,9 +188,9 @@ def _sync_index(lib_root: Path, args: argparse.Namespace) -> str:
         if args.milvus_uri:
             return f"index: no clips left; drop the collection on {args.milvus_uri} (it holds the removed clips)"
         try:
-            return f"index: no clips left; {lite.remove(lib_root / 'milvus.db')}"
+            return f"index: no clips left; {lite.remove(lib_root / MILVUS_LITE)}"
         except (lite.Busy, OSError) as e:
-            return f"index: no clips left, but {lib_root / 'milvus.db'} was not removed ({e}): remove it"
+            return f"index: no clips left, but {lib_root / MILVUS_LITE} was not removed ({e}): remove it"
     try:
         with ClipIndex(lib_root, load_index_config(None, []), milvus_uri=args.milvus_uri, token=args.token) as index:
             rec = index.repair(log=lambda _: None)

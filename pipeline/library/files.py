@@ -185,11 +185,10 @@ def read_parts(paths: list[Path], schema: pa.Schema, columns: list[str] | None =
 
 def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
                        metadata: dict[bytes, bytes] | None = None,
-                       keep: Callable[[pa.Table], pa.Array] | None = None, extra: pa.Table | None = None) -> int:
+                       keep: Callable[[pa.Table], pa.Array] | None = None, extra: pa.Table | None = None) -> None:
     """The rows of `paths` (read as `read_parts` reads them, in order), only those where `keep`
     (a part's table -> boolean mask) is true, then the rows of `extra`, written to `path`
-    atomically, `COMPACT_ROWS` rows per row group: memory holds one group, not the table.
-    Returns the number of rows written."""
+    atomically, `COMPACT_ROWS` rows per row group: memory holds one group, not the table."""
     out, tables = _part_tables(paths, schema)
     out = out.with_metadata(metadata) if metadata else out
     if keep is not None:
@@ -197,13 +196,11 @@ def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
     if extra is not None:
         tables = itertools.chain(tables, [extra.select(out.names).cast(out)])
     tmp = temp_path(path)
-    written = 0
     with _writing(path, tmp):
         with pq.ParquetWriter(tmp, out, compression="zstd") as writer:
             pending: list[pa.Table] = []
             rows = 0
             for t in tables:
-                written += t.num_rows
                 pending.append(t)
                 rows += t.num_rows
                 if rows >= COMPACT_ROWS:
@@ -212,7 +209,6 @@ def write_parts_as_one(paths: list[Path], schema: pa.Schema, path: Path,
             if pending:
                 writer.write_table(pa.concat_tables(pending), row_group_size=max(rows, 1))
         _sync_into_place(tmp, path)
-    return written
 
 
 def drop_rows_outside(parts: list[Path], column: str, allowed: pa.Array) -> int:

@@ -12,6 +12,7 @@ RECORD = "library.json"          # a library's record: schema version, runs
 COMMITS = "_commits"
 MEDIA = "media"
 TMP_SUFFIX = ".tmp"              # a file being written; recovery removes what a crash left
+MILVUS_LITE = "milvus.db"        # the Milvus Lite store of a library that names no server
 UI_DIR = ".ui"                   # what `recap serve` makes and keeps (thumbnails/<clip_id>.jpg, the report)
 REPORT_DIR = "report"            # `recap report`'s default folder (index.html, thumbs/<clip_id>.jpg)
 

@@ -371,7 +371,7 @@ class Library:
         selection rows that name no clip, which readers ignore and the next removal deletes."""
         self._require_writer()
         live, _, newest = self._read_markers(self._marker_names())
-        keys = {t: self.read(t, _key_columns(t)) for t in TABLES}
+        keys = {t: self.read(t, _key_columns(t)) for t in ("videos", "sources")}
         video_ids, uris = self.removal_of(video_ids, uris, keys)
         id_set, uri_set = pa.array(sorted(video_ids), pa.string()), pa.array(sorted(uris), pa.string())
 
@@ -383,8 +383,16 @@ class Library:
                     mask = pc.or_(mask, pc.is_in(t.column(col), value_set=uri_set))
             return pc.fill_null(mask, False)
 
-        counts = {t: int(pc.sum(gone(k).cast(pa.int64())).as_py() or 0) for t, k in keys.items()}
-        affected = {b for t in TABLES for b in self._batches_holding(t, live, gone)}
+        # the rows that go, per live part of each table: the batches to replace, and the counts
+        counts: dict[str, int] = dict.fromkeys(TABLES, 0)
+        affected: set[str] = set()
+        for table in TABLES:
+            for part in self._table_parts(table, live):
+                n = int(pc.sum(gone(read_parts([part], table_schema(table), _key_columns(table)))
+                               .cast(pa.int64())).as_py() or 0)
+                if n:
+                    counts[table] += n
+                    affected.add(part.stem.removeprefix("part-"))
         if affected or uris:
             batch_id = new_batch_id()
             marks = rows_to_table("sources", [{"uri": u, "video_id": v, "outcome": "removed", "at": utcnow(),
@@ -416,14 +424,6 @@ class Library:
             if (more_ids, more_uris) == (video_ids, uris):
                 return video_ids, uris
             video_ids, uris = more_ids, more_uris
-
-    def _batches_holding(self, table: str, live: set[str], gone) -> set[str]:
-        """Live batches with a part of `table` holding a row `gone` picks."""
-        found = set()
-        for part in self._table_parts(table, live):
-            if pc.any(gone(read_parts([part], table_schema(table), _key_columns(table)))).as_py():
-                found.add(part.stem.removeprefix("part-"))
-        return found
 
     @staticmethod
     def _video_of(uris: list[str], keys: dict[str, pa.Table]) -> list[tuple[str, str | None]]:
