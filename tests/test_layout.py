@@ -5,7 +5,9 @@
   imports none of the others; `pipeline/library/` holds no Ray, no models and nothing else of recap;
 - a module's imports sit at its top: an import inside a function says why (`# lazy: ...`);
 - only `pipeline/library/` names the files of a library (tables, markers, views);
-- the ingest child (one per worker, replaced after every crash or timeout) loads no table code.
+- the ingest child (one per worker, replaced after every crash or timeout) loads no table code;
+- the repository stays light: no tracked file over LARGEST_FILE bytes (videos, models and their
+  weights are made by the tests or fetched by the user, never committed).
 """
 
 from __future__ import annotations
@@ -116,6 +118,19 @@ def test_the_ingest_child_loads_no_table_code() -> None:
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+LARGEST_FILE = 1 << 20
+
+
+def test_no_large_file_is_tracked() -> None:
+    """A stray 4.7 MB ONNX weight blob (`p2o.Add.211`, left by an experiment) was committed once."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.decode(errors='replace').strip()}")
+    large = [f"{name} ({(ROOT / name).stat().st_size:,} bytes)" for name in listed.stdout.decode().split("\0")
+             if name and (ROOT / name).is_file() and (ROOT / name).stat().st_size > LARGEST_FILE]
+    assert not large, "keep the repository light; these tracked files are large:\n" + "\n".join(large)
 
 
 def test_the_checks_catch_what_they_forbid(tmp_path: Path) -> None:
