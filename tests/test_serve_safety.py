@@ -5,6 +5,7 @@ raw requests to a real server (an HTTP client would tidy the paths before sendin
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -17,6 +18,8 @@ from fastapi.testclient import TestClient
 
 from pipeline.library import Library
 from pipeline.serve import create_app
+from pipeline.serve.api import MAX_SELECTION
+from pipeline.serve.app import MAX_BODY
 from tests.index_fixtures import clip_id
 from tests.test_serve_api import REFERENCE, REMUX, build_library, caption_only_config, serving
 
@@ -188,3 +191,43 @@ def test_a_copied_library_with_symlinks_in_its_ui_folder_serves_nothing_outside(
         r = client.get(f"/api/clips/{clip_id(0)}/thumb")
         assert r.status_code == 200 and SECRET not in r.text and r.content[:2] == b"\xff\xd8"
     assert not (root / ".ui" / "thumbs" / f"{clip_id(0)}.jpg").is_symlink()
+
+
+def raw_post(base: str, path: str, head: str, body: bytes = b"") -> tuple[int, dict]:
+    """POST with headers and body bytes exactly as given; the status and the JSON answer."""
+    u = urlparse(base)
+    with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{head}\r\n".encode())
+        try:
+            s.sendall(body)
+        except OSError:       # the server answered and closed without reading the rest
+            pass
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head_bytes, _, answer = data.partition(b"\r\n\r\n")
+    return int(head_bytes.split()[1]), json.loads(answer)
+
+
+def test_a_request_body_over_the_limit_is_refused_unread(library):
+    """A POST could send a body of any size and the server read it all into memory: one declaring
+    more than the limit is refused before its body is sent (the server waits for none of it), a
+    chunked one once it passes the limit; bodies up to the limit still work."""
+    with serving(library) as base:
+        status, said = raw_post(base, "/api/selections", f"Content-Length: {100 * MAX_BODY}\r\n")
+        assert status == 413 and "too large" in said["detail"] and str(MAX_BODY) in said["detail"]
+    with serving(library, max_body=1000) as base:
+        chunk = b'{"name": "big", "clip_ids": [' + b'"0123456789", ' * 60
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(2)) + b"0\r\n\r\n"
+        status, said = raw_post(base, "/api/selections", "Transfer-Encoding: chunked\r\n", chunked)
+        assert status == 413 and "1000 bytes" in said["detail"]
+        small = json.dumps({"name": "small", "clip_ids": [clip_id(0)]}).encode()
+        for head, body in ((f"Content-Length: {len(small)}\r\n", small),
+                           ("Transfer-Encoding: chunked\r\n", b"%x\r\n%s\r\n0\r\n\r\n" % (len(small), small))):
+            status, said = raw_post(base, "/api/selections", head, body)
+            assert status == 200 and said["count"] == 1, said
+
+
+def test_the_body_limit_holds_the_largest_selection_a_save_takes():
+    ids = [f"{i:020x}" for i in range(MAX_SELECTION)]       # clip ids are 20 hex digits
+    assert len(json.dumps({"name": "all", "clip_ids": ids, "append": True})) < MAX_BODY

@@ -20,7 +20,7 @@ from index.embedders import EmbedderError
 from index.store import StoreError
 from index.where import WhereError
 from pipeline.library import CannotWrite, DamagedFile, LibraryError
-from pipeline.serve.api import router
+from pipeline.serve.api import MAX_SELECTION, router
 from pipeline.serve.catalog import BadRequest, Catalog, NotFound
 from pipeline.serve.media import ReportBuilder, ui_dir
 
@@ -110,10 +110,68 @@ class SameOrigin:
         await self.app(scope, receive, send)
 
 
+# Bytes one request body may hold. The largest body the API takes is a selection save of
+# MAX_SELECTION clip ids (20 hex digits each: ~24 bytes of JSON apiece, ~24 MB in all); anything
+# larger is refused before it is read, so no client can make the server hold an unbounded body.
+MAX_BODY = 32 * 2**20
+
+
+class BodyLimit:
+    """Refuse a request body over `limit` bytes with 413 and a JSON `detail`: a declared
+    Content-Length over it before a byte of the body is read; a chunked body (no length) as soon
+    as what arrived passes it (it is read first, so the app sees it whole or not at all)."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(f"{int(declared)} bytes", scope, receive, send)
+            return
+        if b"transfer-encoding" in headers:
+            replay = await self._read_chunked(receive)
+            if replay is None:
+                await self._refuse(f"over {self.limit} bytes", scope, receive, send)
+                return
+            receive = replay
+        await self.app(scope, receive, send)
+
+    async def _read_chunked(self, receive):
+        """A `receive` that replays the whole body, or None once it passes the limit."""
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                return None
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+        return replay
+
+    async def _refuse(self, size: str, scope, receive, send) -> None:
+        # Connection: close, as the unread body must not be taken for the next request
+        refused = JSONResponse({"detail": f"request body too large: {size}, this server takes at most {self.limit} "
+                                          f"bytes (at most {MAX_SELECTION} clip ids per selection save; save a "
+                                          "larger selection in parts with `append`)"},
+                               status_code=413, headers={"Connection": "close"})
+        await refused(scope, receive, send)
+
+
 def create_app(lib_root: str | Path, config: IndexConfig, milvus_uri: str | None = None, token: str | None = None,
-               allowed_hosts: list[str] | None = None, bind: str = "") -> FastAPI:
+               allowed_hosts: list[str] | None = None, bind: str = "", max_body: int = MAX_BODY) -> FastAPI:
     """The app for one library (LibraryError when the folder is not one). `allowed_hosts` limits the
-    Host header (a loopback server refuses names it does not answer to: DNS rebinding)."""
+    Host header (a loopback server refuses names it does not answer to: DNS rebinding); `max_body`
+    the bytes of a request body (413 past it)."""
     cat = Catalog(lib_root, config, milvus_uri=milvus_uri, token=token)
     folder = ui_dir(Path(lib_root))
     (folder / "report").mkdir(parents=True, exist_ok=True)
@@ -147,5 +205,6 @@ def create_app(lib_root: str | Path, config: IndexConfig, milvus_uri: str | None
 
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])
     app.add_middleware(SameOrigin)
+    app.add_middleware(BodyLimit, limit=max_body)
     app.add_middleware(Headers)
     return app
