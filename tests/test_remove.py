@@ -321,3 +321,23 @@ def test_removing_every_clip_removes_the_lite_index_too(tmp_path) -> None:
     lib.close()
     said = _sync_index(lib.root, argparse.Namespace(milvus_uri=None, token=None))
     assert "no clips left" in said and not store.exists(), said
+
+
+def test_no_filter_run_beside_a_removal(tmp_path) -> None:
+    """A filter run took no lock: one that read the clips before a removal wrote its view after it,
+    naming removed clips (its source batch unchanged, so not even shown stale). A filter run is
+    refused while a removal runs, and a removal while a filter run does; filter runs may overlap."""
+    lib = _library(tmp_path)
+    lib.close()
+    root = lib.root
+    view = (root / VIEW_PATH).read_bytes()
+    with Library(root).lock("filter", by="remove"):      # what a removal holds
+        refused = recap("filter", str(root), check=False)
+        assert refused.returncode == 2 and "is running `recap remove`" in refused.stderr, refused.stderr
+    assert (root / VIEW_PATH).read_bytes() == view                             # not rewritten
+    with Library(root).lock("filter", shared=True):      # what a filter run holds
+        assert recap("filter", str(root)).returncode == 0      # another filter run
+        refused = recap("remove", str(root), "/raw/v0.mp4", "--yes", check=False)
+    assert refused.returncode == 2 and "is running `recap filter`" in refused.stderr, refused.stderr
+    assert Library(root).handled_sources()["/raw/v0.mp4"] == "ingested"        # nothing removed
+    assert recap("remove", str(root), "/raw/v0.mp4", "--yes").returncode == 0

@@ -4,7 +4,8 @@ Reads the signal columns of LIB/clips/, applies the thresholds of configs/filter
 --config and --set overrides) and near-duplicate search, and atomically rewrites
 LIB/views/filters.parquet: one row per clip with `passed`, `reject_reasons` (e.g.
 ['motion.min', 'duplicate']) and `duplicate_of`. Takes seconds for 100k clips; change a threshold
-and run it again. `recap report LIB` shows the result.
+and run it again. `recap report LIB` shows the result. Refused while `recap remove` runs (it
+would judge clips being removed).
 
 Examples:
   recap filter lib

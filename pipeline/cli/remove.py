@@ -76,8 +76,9 @@ def _remove(lib: Library, args: argparse.Namespace) -> int:
         print("nothing removed: add --yes to remove them")
         return 0
     # the writer lock keeps ingest out; these a caption or index run, which would caption or embed
-    # removed clips (and sync them back into Milvus) after the cleanup
-    with lib.lock("caption", by="remove"), lib.lock("index", by="remove"):
+    # removed clips (and sync them back into Milvus) after the cleanup, and a filter run, which
+    # would write a view of the clips before the removal
+    with lib.lock("caption", by="remove"), lib.lock("index", by="remove"), lib.lock("filter", by="remove"):
         counts = lib.remove(videos, uris)
         lib.record_run({"at": utcnow().isoformat(), "command": shlex.join(["recap", *sys.argv[1:]]),
                         "sources": len(uris), "videos": len(videos), "clips": n_clips}, key="removals")

@@ -93,12 +93,16 @@ def run_filters(lib_root: str | Path, cfg: FilterConfig) -> tuple[pa.Table, list
     """Evaluate and write the view; returns it and the rules skipped for lack of a column."""
     declared = set(table_schema("clips").names)
     lib = Library(lib_root)
-    newest = lib.newest_batch()        # before reading: a batch committed meanwhile leaves the view stale
-    clips = lib.clips([c for c in needed_columns(cfg) if c in declared])
-    missing = [f"{name} ({rule.column})" for name, rule in cfg.filters.items()
-               if rule.enabled and rule.column not in declared]
-    view = evaluate(clips, cfg)
-    write_view(lib_root, view, to_dict(cfg), newest)
+    # `recap remove` holds this lock: a view judged from the clips before a removal and written
+    # after it would name removed clips (and its source batch would not show it stale). Filter
+    # runs may overlap (shared): each writes the whole view.
+    with lib.lock("filter", shared=True):
+        newest = lib.newest_batch()        # before reading: a batch committed meanwhile leaves the view stale
+        clips = lib.clips([c for c in needed_columns(cfg) if c in declared])
+        missing = [f"{name} ({rule.column})" for name, rule in cfg.filters.items()
+                   if rule.enabled and rule.column not in declared]
+        view = evaluate(clips, cfg)
+        write_view(lib_root, view, to_dict(cfg), newest)
     return view, missing
 
 
