@@ -23,7 +23,7 @@ from captioner.checks import check_caption
 from captioner.config import CaptionConfig
 from captioner.frames import FrameReader, clip_source, sample_indices, sampled_fps
 from captioner.model import ClipRequest, Generation, MissingModelError, TransformersBackend
-from captioner.openai_backend import OpenAIBackend
+from captioner.openai_backend import AuthError, OpenAIBackend
 from captioner.prompts import PromptTemplate, load_prompt, signal_facts
 
 
@@ -127,6 +127,8 @@ class Captioner:
             try:
                 out.extend(self.backend.generate(chunk, gen))
                 continue
+            except AuthError:       # a refused key fails every clip: the job ends here
+                raise
             except Exception as e:  # one bad batch must not end the job
                 if len(chunk) == 1:
                     out.append(f"generate: {type(e).__name__}: {e}")
@@ -134,6 +136,8 @@ class Captioner:
             for req in chunk:
                 try:
                     out.extend(self.backend.generate([req], gen))
+                except AuthError:
+                    raise
                 except Exception as e:
                     out.append(f"generate: {type(e).__name__}: {e}")
         return out

@@ -28,6 +28,14 @@ class RequestError(RuntimeError):
     """The server answered with an error or not at all."""
 
 
+class AuthError(RequestError):
+    """The server refused the API key (HTTP 401/403): every further request would fail the same
+    way, so the job stops here instead of writing an error row per remaining clip."""
+
+
+AUTH_REFUSED = (401, 403)
+
+
 def jpeg_data_url(frame: np.ndarray, quality: int = 90) -> str:
     ok, buf = cv2.imencode(".jpg", frame[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -96,6 +104,10 @@ class OpenAIBackend:
         try:
             with urllib.request.urlopen(req, timeout=min(30.0, self.cfg.timeout_s)) as r:
                 return [m["id"] for m in json.loads(r.read()).get("data", [])]
+        except urllib.error.HTTPError as e:
+            if e.code in AUTH_REFUSED:
+                raise self.auth_error(e.code, e.read().decode(errors="replace")[:300]) from e
+            raise RequestError(f"no OpenAI-compatible server at {self.cfg.base_url}: {e}") from e
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise RequestError(f"no OpenAI-compatible server at {self.cfg.base_url}: {e}") from e
 
@@ -108,12 +120,22 @@ class OpenAIBackend:
                 answer = json.loads(r.read())
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300]
+            if e.code in AUTH_REFUSED:
+                raise self.auth_error(e.code, detail) from e
             raise RequestError(f"{self.url}: HTTP {e.code}: {detail}") from e
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise RequestError(f"{self.url}: {e}") from e
         text, finish, usage = read_answer(answer)
         return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
                           hit_token_limit=finish == "length", latency_s=time.perf_counter() - t0)
+
+    def auth_error(self, code: int, detail: str) -> AuthError:
+        """What to do about a refused key: which server, which setting holds the key."""
+        env = self.cfg.api_key_env
+        given = f"${env} is set" if os.environ.get(env) else f"${env} is not set"
+        return AuthError(f"the server at {self.cfg.base_url} refused the API key (HTTP {code}: {detail}); "
+                         f"{given}: set it to a key this server accepts, or name another variable with "
+                         "--set openai.api_key_env=NAME")
 
     def generate(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation]:
         return list(self.pool.map(lambda r: self._one(r, gen), requests))

@@ -14,8 +14,10 @@ import pytest
 from captioner.captioner import Captioner
 from captioner.config import GenerationConfig, OpenAIConfig
 from captioner.model import ClipRequest
-from captioner.openai_backend import OpenAIBackend
-from tests.captioner_lib import fast_config
+from captioner.openai_backend import AuthError, OpenAIBackend
+from pipeline.library.captions import CaptionStore
+from tests.captioner_lib import fast_config, make_library
+from tests.test_captioner_versions import FAST, caption
 
 CAPTION = "A red ball rolls slowly across a wooden floor toward a bright window."
 
@@ -103,3 +105,43 @@ def test_content_given_as_text_parts_is_the_caption():
         rows = captioner(server.url).caption([clip(0)])
     assert out[0].text == CAPTION and out[0].n_output_tokens == 14
     assert rows[0]["status"] == "ok" and rows[0]["text"] == CAPTION
+
+
+def first_ok_then_refused(n: int, h: BaseHTTPRequestHandler) -> tuple[int, Any]:
+    return (200, completion(CAPTION)) if n == 0 else (401, {"error": {"message": "Invalid API key"}})
+
+
+def test_a_refused_key_stops_the_job_at_the_first_refusal():
+    """A 401/403 was an error row per clip and the job went on through every remaining clip (each
+    refused too): it now stops at the first one, naming the server and the key's setting."""
+    with Scripted(first_ok_then_refused) as server:
+        with pytest.raises(AuthError) as e:
+            captioner(server.url, "openai.concurrency=1").caption([clip(i) for i in range(5)])
+        assert server.posts == 2
+    said = str(e.value)
+    assert server.url in said and "OPENAI_API_KEY" in said and "openai.api_key_env" in said and "401" in said
+    with Scripted(lambda n, h: (403, {"error": "forbidden"})) as server:
+        with pytest.raises(AuthError, match="HTTP 403"):
+            OpenAIBackend("m", OpenAIConfig(base_url=server.url)).generate([clip(0)], GenerationConfig())
+
+
+def test_a_refused_key_mid_run_keeps_the_captions_made(tmp_path, capsys):
+    lib, clips = make_library(tmp_path)
+    with Scripted(first_ok_then_refused) as server:
+        code = caption(lib, "--backend", "openai", "--model", "m", "--base-url", server.url, "--local",
+                       "--set", "openai.concurrency=1", *FAST)
+        assert server.posts == 2 and len(clips) == 3              # the third clip was not sent
+    err = capsys.readouterr().err
+    assert code == 2 and server.url in err and "OPENAI_API_KEY" in err and "are kept" in err, err
+    rows = CaptionStore(lib).read().to_pylist()
+    assert [(r["status"], r["text"]) for r in rows] == [("ok", CAPTION)]
+
+
+def test_a_key_refused_at_the_start_says_so_and_writes_nothing(tmp_path, capsys):
+    lib, _ = make_library(tmp_path)
+    with Scripted(lambda n, h: (401, {"error": "no key"})) as server:
+        server.server.RequestHandlerClass.do_GET = lambda h: h.send(401, {"error": "no key"})
+        code = caption(lib, "--backend", "openai", "--model", "m", "--base-url", server.url, *FAST)
+    err = capsys.readouterr().err
+    assert code == 2 and "refused the API key" in err and "no OpenAI-compatible server" not in err, err
+    assert not CaptionStore(lib).parts()

@@ -127,16 +127,19 @@ def _run_caption(lib: Library, cfg: CaptionJobConfig, where: str | None, all_cli
 
 def _commit(store: CaptionStore, rows: Iterable[dict[str, Any]], every: int,
             summary: CaptionSummary) -> Iterator[dict[str, Any]]:
-    """Append rows to the store in parts of `every`, yielding each row once it is counted."""
+    """Append rows to the store in parts of `every`, yielding each row once it is counted. A job
+    that ends early (a refused API key) keeps the rows it made: they are appended on the way out."""
     pending: list[dict[str, Any]] = []
-    for row in rows:
-        summary.add(row)
-        pending.append(row)
-        if len(pending) >= every:
-            store.append(pending)
-            pending = []
-        yield row
-    store.append(pending)
+    try:
+        for row in rows:
+            summary.add(row)
+            pending.append(row)
+            if len(pending) >= every:
+                part, pending = pending, []
+                store.append(part)
+            yield row
+    finally:
+        store.append(pending)
 
 
 def preflight(cfg: CaptionJobConfig) -> None:

@@ -43,7 +43,7 @@ import argparse
 import sys
 
 from captioner.model import MissingModelError
-from captioner.openai_backend import RequestError
+from captioner.openai_backend import AuthError, RequestError
 from pipeline.caption.config import load_caption_config
 from pipeline.caption.importer import import_captions
 from pipeline.caption.job import run_caption
@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_caption(args.library, cfg, where=args.where, all_clips=args.all_clips, limit=args.limit,
                               progress=not args.no_progress)
+    except AuthError as e:      # at the start or part-way: what was captioned before it is kept
+        return fail(f"{e}\ncaptions made before it are kept; rerun once the key is fixed (they are skipped).")
     except (MissingModelError, RequestError) as e:
         return fail(f"{e}\nnothing was written.")
     except (ValueError, FileNotFoundError, LibraryError) as e:
