@@ -51,8 +51,8 @@ class MilvusConfig:
     collection: str = ""
     lite_index: str = "FLAT"
     server_index: str = "HNSW"
-    index_params: dict[str, Any] = field(default_factory=dict)
-    search_params: dict[str, Any] = field(default_factory=dict)
+    index_params: dict[str, Any] = field(default_factory=lambda: {"M": 16, "efConstruction": 200, "nlist": 1024})
+    search_params: dict[str, Any] = field(default_factory=lambda: {"ef": 128, "nprobe": 32})
     timeout_s: float = 10.0
     batch_rows: int = 2000
     lock_wait_s: float = 10.0          # Lite: how long to wait for another process holding the store
@@ -69,9 +69,17 @@ class SemanticDedupConfig:
     neighbours: int = 10
 
 
+def default_embedders() -> dict[str, EmbedderConfig]:
+    """The embedders of configs/index.yaml: captions with the bundled MiniLM; CLIP over frames,
+    off until given weights (none ship offline)."""
+    return {"caption": EmbedderConfig(kind="text", model="bundled", batch_size=64),
+            "visual": EmbedderConfig(kind="clip", model="openai/clip-vit-base-patch32", enabled=False, frames=4,
+                                     batch_size=16)}
+
+
 @dataclass
 class IndexConfig:
-    embedders: dict[str, EmbedderConfig] = field(default_factory=dict)
+    embedders: dict[str, EmbedderConfig] = field(default_factory=default_embedders)
     captions: CaptionSource = field(default_factory=CaptionSource)
     milvus: MilvusConfig = field(default_factory=MilvusConfig)
     rrf_k: int = 60

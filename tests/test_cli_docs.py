@@ -11,7 +11,13 @@ import yaml
 
 from index.catalog import fields_for_schema
 from index.where import compile_where
+from pipeline.caption.config import CaptionJobConfig
 from pipeline.cli import COMMANDS, build_parser
+from pipeline.embed import IndexJobConfig
+from pipeline.export.buckets import BucketConfig
+from pipeline.export.config import ExportConfig
+from pipeline.filters.config import FilterConfig
+from pipeline.ingest.config import IngestConfig
 from pipeline.library.schema import CLIP_COLUMNS, VIEW_COLUMNS, markdown_reference, schema_of
 from trainer.train import JOB_CONFIGS
 from trainer.typedconfig import from_dict, to_dict
@@ -62,10 +68,28 @@ def test_files_the_docs_name_exist() -> None:
     assert not missing, "files named that do not exist:\n" + "\n".join(missing)
 
 
-def _differences(ours: object, theirs: object, path: str = "") -> set[str]:
-    if isinstance(ours, dict) and isinstance(theirs, dict):
-        return {d for k in ours.keys() & theirs.keys() for d in _differences(ours[k], theirs[k], f"{path}{k}.")}
-    return set() if ours == theirs else {path.rstrip(".")}
+def _differences(shipped: object, builtin: object, path: str = "") -> set[str]:
+    """Keys whose value differs, and entries of a mapping the YAML has and the built-in lacks (a
+    default rule or embedder the Python API would not have); keys the YAML leaves out are fine."""
+    if isinstance(shipped, dict) and isinstance(builtin, dict):
+        return {d for k in shipped for d in (_differences(shipped[k], builtin[k], f"{path}{k}.") if k in builtin
+                                             else {f"{path}{k}"})}
+    return set() if shipped == builtin else {path.rstrip(".")}
+
+
+# the job configs whose dataclasses a Python caller (or a partial file) gets, and their YAML
+BUILTIN_VS_YAML = {"ingest": IngestConfig, "filters": FilterConfig, "captioner": CaptionJobConfig,
+                   "index": IndexJobConfig, "export": ExportConfig, "buckets": BucketConfig}
+
+
+@pytest.mark.parametrize("kind", sorted(BUILTIN_VS_YAML))
+def test_job_config_defaults_are_the_yaml(kind: str) -> None:
+    """The CLI starts from configs/<kind>.yaml, the Python API (IngestConfig() ...) and a bucket
+    file from the dataclass defaults: they were different jobs (ingest and export on Ray instead of
+    `auto`, no filter rules, no embedders, no Milvus index parameters)."""
+    builtin = to_dict(from_dict(BUILTIN_VS_YAML[kind], {}))
+    shipped = yaml.safe_load((ROOT / "configs" / f"{kind}.yaml").read_text())
+    assert _differences(shipped, builtin) == set(), f"configs/{kind}.yaml and its dataclass defaults differ"
 
 
 @pytest.mark.parametrize("kind, documented", [("dit", {"vae.kind", "vae.path", "model.pooled_text"}),

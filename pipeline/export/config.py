@@ -18,7 +18,8 @@ class ExportConfig:
     max_samples_per_shard: int = 10000
     bytes_per_pixel: float = 0.05
     crf: int = 18
-    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    # auto, as configs/export.yaml: local on one machine, Ray with a ray_address
+    execution: ExecutionConfig = field(default_factory=lambda: ExecutionConfig(executor="auto"))
 
     def __post_init__(self) -> None:
         if not 0 <= self.val_fraction < 1:

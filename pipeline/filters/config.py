@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer.typedconfig import ConfigError, from_dict, load_with_defaults
+import yaml
+
+from trainer.typedconfig import ConfigError, default_config, from_dict, load_with_defaults
 
 
 @dataclass
@@ -36,9 +38,16 @@ class DedupConfig:
             raise ConfigError("dedup: 0 <= hamming < 32, min_matching_frames >= 1, 1 <= bands <= 16")
 
 
+def shipped_rules() -> dict[str, FilterRule]:
+    """The rules of configs/filters.yaml, the one place the default thresholds (and where each comes
+    from) are written: FilterConfig() judges as `recap filter` does."""
+    rules = (yaml.safe_load(default_config("filters.yaml").read_text()) or {}).get("filters") or {}
+    return {name: from_dict(FilterRule, rule, f"filters.{name}") for name, rule in rules.items()}
+
+
 @dataclass
 class FilterConfig:
-    filters: dict[str, FilterRule] = field(default_factory=dict)
+    filters: dict[str, FilterRule] = field(default_factory=shipped_rules)
     dedup: DedupConfig = field(default_factory=DedupConfig)
 
 

@@ -162,7 +162,8 @@ class IngestConfig:
     clips: ClipsConfig = field(default_factory=ClipsConfig)
     signals: SignalsConfig = field(default_factory=SignalsConfig)
     sources: SourcesConfig = field(default_factory=SourcesConfig)
-    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    # auto, as configs/ingest.yaml: local on one machine, Ray with a ray_address
+    execution: ExecutionConfig = field(default_factory=lambda: ExecutionConfig(executor="auto"))
     after: AfterIngestConfig = field(default_factory=AfterIngestConfig)
 
 
