@@ -119,7 +119,13 @@ class Captioner:
 
     def _generate(self, requests: list[ClipRequest], gen) -> list[Generation | str]:
         """The backend's generations in batches of cfg.batch_size. A batch that fails (out of
-        memory, a server error) is retried clip by clip; what still fails becomes an error reason."""
+        memory, a server error) is retried clip by clip; what still fails becomes an error reason.
+        A backend whose requests stand alone (a server: `outcomes`) gives each clip its own
+        outcome, so a failing clip costs no other clip a second request."""
+        outcomes = getattr(self.backend, "outcomes", None)
+        if outcomes is not None:
+            return [o if isinstance(o, Generation) else f"generate: {type(o).__name__}: {o}"
+                    for o in outcomes(requests, gen)]
         out: list[Generation | str] = []
         size = self.cfg.batch_size
         for start in range(0, len(requests), size):

@@ -3,7 +3,9 @@ exposes): same prompts and outputs as the in-process backend, throughput from th
 
 Each clip is one request: its frames as JPEG data URLs (`image_url` parts, in order) followed by
 the prompt text. Requests of a batch run concurrently (`openai.concurrency`) so the server can
-batch them. Standard library HTTP only.
+batch them; each stands alone, so one that fails costs only its own clip. They run on daemon
+threads: Ctrl-C stops the job at once instead of waiting for the answers in flight. Standard
+library HTTP only.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -81,7 +83,6 @@ class OpenAIBackend:
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.revision = None
-        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -115,5 +116,37 @@ class OpenAIBackend:
         return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
                           hit_token_limit=finish == "length", latency_s=time.perf_counter() - t0)
 
+    def outcomes(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation | Exception]:
+        """Each request's generation, or the exception it ended in; `openai.concurrency` at once."""
+        out: list[Generation | Exception | None] = [None] * len(requests)
+        todo = iter(range(len(requests)))
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                try:
+                    out[i] = self._one(requests[i], gen)
+                except Exception as e:  # this clip's failure, not the batch's
+                    out[i] = e
+
+        # daemon threads, joined here (interruptibly): an executor's workers would hold the
+        # process after Ctrl-C until every request in flight answered or timed out
+        threads = [threading.Thread(target=work, daemon=True, name="openai-request")
+                   for _ in range(min(max(1, self.cfg.concurrency), len(requests)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out  # type: ignore[return-value]
+
     def generate(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation]:
-        return list(self.pool.map(lambda r: self._one(r, gen), requests))
+        """Generations of all `requests`; raises the first failure (after all have finished)."""
+        outs = self.outcomes(requests, gen)
+        failed = next((o for o in outs if isinstance(o, Exception)), None)
+        if failed is not None:
+            raise failed
+        return outs  # type: ignore[return-value]

@@ -103,3 +103,65 @@ def test_content_given_as_text_parts_is_the_caption():
         rows = captioner(server.url).caption([clip(0)])
     assert out[0].text == CAPTION and out[0].n_output_tokens == 14
     assert rows[0]["status"] == "ok" and rows[0]["text"] == CAPTION
+
+
+def test_a_failing_request_is_not_sent_again_nor_are_the_others():
+    """One clip the server rejects (HTTP 400) costs only that clip: the batch's other requests are
+    not sent a second time, one by one (each request stands alone)."""
+    def answer(n, h):
+        return (400, {"error": {"message": "bad image"}}) if n == 0 else (200, completion(CAPTION))
+    with Scripted(answer) as server:
+        rows = captioner(server.url, "openai.concurrency=4", "checks.max_retries=0").caption(
+            [clip(i) for i in range(4)])
+        posts = server.posts
+    assert sorted(r["status"] for r in rows) == ["error", "ok", "ok", "ok"]
+    assert "HTTP 400" in next(r["reason"] for r in rows if r["status"] == "error")
+    assert posts == 4
+
+
+def test_ctrl_c_keeps_the_finished_captions_and_stops_at_once(tmp_path):
+    """Ctrl-C while a request hangs: the process ends promptly (not when the request times out)
+    and the captions already answered are in the library (they were thrown away with the part
+    that had not reached `commit_every`)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.library.captions import CaptionStore
+    from tests.captioner_lib import make_library
+
+    lib, _ = make_library(tmp_path)
+    release = threading.Event()
+
+    def answer(n, h):
+        if n >= 2:
+            release.wait(60)        # the third clip's answer never comes (until the test ends)
+            return None
+        return 200, completion(CAPTION)
+
+    with Scripted(answer) as server:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        cmd = [sys.executable, "-m", "pipeline.cli", "caption", str(lib), "--backend", "openai", "--model", "m",
+               "--base-url", server.url, "--local", "--no-progress", "--set", "openai.concurrency=1",
+               "--set", "frames.num_frames=2", "--set", "frames.max_pixels=12544"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 120
+            while server.posts < 3 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert server.posts == 3, proc.communicate()
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(30)
+            waited = time.monotonic() - t0
+        finally:
+            release.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert rc == 130 and waited < 10, (rc, waited)
+    rows = CaptionStore(lib).read(latest=False).to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["text"] == CAPTION for r in rows)
