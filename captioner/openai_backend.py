@@ -11,8 +11,10 @@ library HTTP only.
 from __future__ import annotations
 
 import base64
+import http.client as http_client
 import json
 import os
+import random
 import threading
 import time
 import urllib.error
@@ -28,6 +30,19 @@ from captioner.model import ClipRequest, Generation
 
 class RequestError(RuntimeError):
     """The server answered with an error or not at all."""
+
+
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)   # busy, rate-limited or restarting: worth sending again
+MAX_RETRY_AFTER_S = 120.0
+
+
+def retry_after(header: str | None, default: float) -> float:
+    """Seconds to wait from a Retry-After header (seconds; an HTTP date is not parsed), at most
+    MAX_RETRY_AFTER_S; `default` without one."""
+    try:
+        return min(max(0.0, float(header)), MAX_RETRY_AFTER_S) if header else default
+    except ValueError:
+        return default
 
 
 def jpeg_data_url(frame: np.ndarray, quality: int = 90) -> str:
@@ -102,16 +117,31 @@ class OpenAIBackend:
 
     def _one(self, req: ClipRequest, gen: GenerationConfig) -> Generation:
         body = json.dumps(chat_body(self.model_id, req, gen, self.cfg.jpeg_quality)).encode()
-        http = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         t0 = time.perf_counter()
-        try:
-            with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as r:
-                answer = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:300]
-            raise RequestError(f"{self.url}: HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise RequestError(f"{self.url}: {e}") from e
+        for attempt in range(self.cfg.max_retries + 1):
+            wait = self.cfg.retry_wait_s * 2 ** attempt * (0.5 + random.random())  # jitter: no synchronized storm
+            http = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+            try:
+                with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as r:
+                    answer = json.loads(r.read())
+                break
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode(errors="replace")[:300]
+                error = RequestError(f"{self.url}: HTTP {e.code}: {detail}")
+                if e.code not in RETRY_STATUS:
+                    raise error from e
+                wait = retry_after(e.headers.get("Retry-After"), wait)
+            except (ConnectionError, http_client.RemoteDisconnected, http_client.IncompleteRead) as e:
+                error = RequestError(f"{self.url}: {e}")       # the server went away mid-request
+            except urllib.error.URLError as e:
+                if not isinstance(e.reason, ConnectionError):  # refused or reset: sent again; a bad host is not
+                    raise RequestError(f"{self.url}: {e}") from e
+                error = RequestError(f"{self.url}: {e}")
+            except (OSError, ValueError) as e:                 # timed out (not sent again), not JSON
+                raise RequestError(f"{self.url}: {e}") from e
+            if attempt == self.cfg.max_retries:
+                raise RequestError(f"{error} (sent {attempt + 1} times)")
+            time.sleep(wait)
         text, finish, usage = read_answer(answer)
         return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
                           hit_token_limit=finish == "length", latency_s=time.perf_counter() - t0)

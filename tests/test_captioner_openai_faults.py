@@ -27,9 +27,9 @@ def completion(content: Any, finish: str = "stop") -> dict[str, Any]:
 
 class Scripted:
     """A chat-completions server whose answer to the n-th POST is `answer(n, handler)`: a
-    (status, body) pair, or None when the function wrote the response itself."""
+    (status, body) or (status, body, headers), or None when the function wrote the response itself."""
 
-    def __init__(self, answer: Callable[[int, BaseHTTPRequestHandler], tuple[int, Any] | None]):
+    def __init__(self, answer: Callable[[int, BaseHTTPRequestHandler], tuple | None]):
         self.posts = 0
         lock = threading.Lock()
         outer = self
@@ -165,3 +165,37 @@ def test_ctrl_c_keeps_the_finished_captions_and_stops_at_once(tmp_path):
     assert rc == 130 and waited < 10, (rc, waited)
     rows = CaptionStore(lib).read(latest=False).to_pylist()
     assert len(rows) == 2 and all(r["status"] == "ok" and r["text"] == CAPTION for r in rows)
+
+
+def test_busy_answers_and_dropped_connections_are_sent_again():
+    """429 (with Retry-After), 503 (without) and a connection the server drops are sent again
+    after a wait; a 401 is not (it will not change); past openai.max_retries the clip is an
+    error row saying how often it was sent. These were error rows at the first busy answer."""
+    import socket
+    import struct
+    import time
+
+    def answer(n, h):
+        if n == 0:
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"}
+        if n == 1:
+            return 503, {"error": {"message": "loading"}}
+        if n == 2:     # reset: the connection closed with nothing answered
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            return None
+        return 200, completion(CAPTION)
+
+    cfg = OpenAIConfig(concurrency=1, retry_wait_s=0.01)
+    with Scripted(answer) as server:
+        t0 = time.monotonic()
+        out = OpenAIBackend("m", OpenAIConfig(**{**vars(cfg), "base_url": server.url})).generate([clip(0)],
+                                                                                               GenerationConfig())
+        waited = time.monotonic() - t0
+        assert out[0].text == CAPTION and server.posts == 4 and waited >= 1.0     # Retry-After: 1 was kept
+    with Scripted(lambda n, h: (401, {"error": {"message": "bad key"}})) as server:
+        rows = captioner(server.url, "openai.retry_wait_s=0.01").caption([clip(0)])
+        assert server.posts == 1 and "HTTP 401" in rows[0]["reason"]
+    with Scripted(lambda n, h: (503, {"error": {"message": "loading"}})) as server:
+        rows = captioner(server.url, "openai.retry_wait_s=0.01", "openai.max_retries=2").caption([clip(0)])
+        assert server.posts == 3 and rows[0]["status"] == "error" and "(sent 3 times)" in rows[0]["reason"]
