@@ -119,7 +119,16 @@ class Captioner:
 
     def _generate(self, requests: list[ClipRequest], gen) -> list[Generation | str]:
         """The backend's generations in batches of cfg.batch_size. A batch that fails (out of
-        memory, a server error) is retried clip by clip; what still fails becomes an error reason."""
+        memory, a server error) is retried clip by clip; what still fails becomes an error reason.
+        A backend whose requests stand alone (a server: `outcomes`) gives each clip its own
+        outcome, so a failing clip costs no other clip a second request."""
+        outcomes = getattr(self.backend, "outcomes", None)
+        if outcomes is not None:
+            done = outcomes(requests, gen)
+            refused = next((o for o in done if isinstance(o, AuthError)), None)
+            if refused is not None:     # a refused key fails every clip: the job ends here
+                raise refused
+            return [o if isinstance(o, Generation) else f"generate: {type(o).__name__}: {o}" for o in done]
         out: list[Generation | str] = []
         size = self.cfg.batch_size
         for start in range(0, len(requests), size):
@@ -127,8 +136,6 @@ class Captioner:
             try:
                 out.extend(self.backend.generate(chunk, gen))
                 continue
-            except AuthError:       # a refused key fails every clip: the job ends here
-                raise
             except Exception as e:  # one bad batch must not end the job
                 if len(chunk) == 1:
                     out.append(f"generate: {type(e).__name__}: {e}")
@@ -136,8 +143,6 @@ class Captioner:
             for req in chunk:
                 try:
                     out.extend(self.backend.generate([req], gen))
-                except AuthError:
-                    raise
                 except Exception as e:
                     out.append(f"generate: {type(e).__name__}: {e}")
         return out

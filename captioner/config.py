@@ -86,10 +86,14 @@ class OpenAIConfig:
     timeout_s: float = 300.0
     concurrency: int = 16
     jpeg_quality: int = 90
+    max_retries: int = 3               # a request answered 429 / 5xx or cut off is sent again this many times
+    retry_wait_s: float = 2.0          # first wait (doubling, jittered); a Retry-After header overrides it
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.concurrency < 1 or not 1 <= self.jpeg_quality <= 100:
-            raise ConfigError("openai: timeout_s > 0, concurrency >= 1, 1 <= jpeg_quality <= 100")
+        if (self.timeout_s <= 0 or self.concurrency < 1 or not 1 <= self.jpeg_quality <= 100 or self.max_retries < 0
+                or self.retry_wait_s < 0):
+            raise ConfigError("openai: timeout_s > 0, concurrency >= 1, 1 <= jpeg_quality <= 100, max_retries >= 0, "
+                              "retry_wait_s >= 0")
 
 
 @dataclass

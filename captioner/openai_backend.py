@@ -3,18 +3,22 @@ exposes): same prompts and outputs as the in-process backend, throughput from th
 
 Each clip is one request: its frames as JPEG data URLs (`image_url` parts, in order) followed by
 the prompt text. Requests of a batch run concurrently (`openai.concurrency`) so the server can
-batch them. Standard library HTTP only.
+batch them; each stands alone, so one that fails costs only its own clip. They run on daemon
+threads: Ctrl-C stops the job at once instead of waiting for the answers in flight. Standard
+library HTTP only.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client as http_client
 import json
 import os
+import random
+import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -33,7 +37,18 @@ class AuthError(RequestError):
     way, so the job stops here instead of writing an error row per remaining clip."""
 
 
-AUTH_REFUSED = (401, 403)
+AUTH_REFUSED = (401, 403)                        # a refused key: every later request fails the same way
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)   # busy, rate-limited or restarting: worth sending again
+MAX_RETRY_AFTER_S = 120.0
+
+
+def retry_after(header: str | None, default: float) -> float:
+    """Seconds to wait from a Retry-After header (seconds; an HTTP date is not parsed), at most
+    MAX_RETRY_AFTER_S; `default` without one."""
+    try:
+        return min(max(0.0, float(header)), MAX_RETRY_AFTER_S) if header else default
+    except ValueError:
+        return default
 
 
 def jpeg_data_url(frame: np.ndarray, quality: int = 90) -> str:
@@ -89,7 +104,6 @@ class OpenAIBackend:
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.revision = None
-        self.pool = ThreadPoolExecutor(max_workers=max(1, cfg.concurrency))
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -113,18 +127,33 @@ class OpenAIBackend:
 
     def _one(self, req: ClipRequest, gen: GenerationConfig) -> Generation:
         body = json.dumps(chat_body(self.model_id, req, gen, self.cfg.jpeg_quality)).encode()
-        http = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
         t0 = time.perf_counter()
-        try:
-            with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as r:
-                answer = json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:300]
-            if e.code in AUTH_REFUSED:
-                raise self.auth_error(e.code, detail) from e
-            raise RequestError(f"{self.url}: HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise RequestError(f"{self.url}: {e}") from e
+        for attempt in range(self.cfg.max_retries + 1):
+            wait = self.cfg.retry_wait_s * 2 ** attempt * (0.5 + random.random())  # jitter: no synchronized storm
+            http = urllib.request.Request(self.url, data=body, headers=self._headers(), method="POST")
+            try:
+                with urllib.request.urlopen(http, timeout=self.cfg.timeout_s) as r:
+                    answer = json.loads(r.read())
+                break
+            except urllib.error.HTTPError as e:
+                detail = e.read().decode(errors="replace")[:300]
+                if e.code in AUTH_REFUSED:
+                    raise self.auth_error(e.code, detail) from e
+                error = RequestError(f"{self.url}: HTTP {e.code}: {detail}")
+                if e.code not in RETRY_STATUS:
+                    raise error from e
+                wait = retry_after(e.headers.get("Retry-After"), wait)
+            except (ConnectionError, http_client.RemoteDisconnected, http_client.IncompleteRead) as e:
+                error = RequestError(f"{self.url}: {e}")       # the server went away mid-request
+            except urllib.error.URLError as e:
+                if not isinstance(e.reason, ConnectionError):  # refused or reset: sent again; a bad host is not
+                    raise RequestError(f"{self.url}: {e}") from e
+                error = RequestError(f"{self.url}: {e}")
+            except (OSError, ValueError) as e:                 # timed out (not sent again), not JSON
+                raise RequestError(f"{self.url}: {e}") from e
+            if attempt == self.cfg.max_retries:
+                raise RequestError(f"{error} (sent {attempt + 1} times)")
+            time.sleep(wait)
         text, finish, usage = read_answer(answer)
         return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"),
                           hit_token_limit=finish == "length", latency_s=time.perf_counter() - t0)
@@ -137,5 +166,42 @@ class OpenAIBackend:
                          f"{given}: set it to a key this server accepts, or name another variable with "
                          "--set openai.api_key_env=NAME")
 
+    def outcomes(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation | Exception | None]:
+        """Each request's generation, or the exception it ended in; `openai.concurrency` at once.
+        After a refused key (AuthError) no further request is sent: those left are None."""
+        out: list[Generation | Exception | None] = [None] * len(requests)
+        todo = iter(range(len(requests)))
+        lock = threading.Lock()
+        refused = threading.Event()
+
+        def work() -> None:
+            while not refused.is_set():
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                try:
+                    out[i] = self._one(requests[i], gen)
+                except AuthError as e:  # every later request would be refused too
+                    out[i] = e
+                    refused.set()
+                except Exception as e:  # this clip's failure, not the batch's
+                    out[i] = e
+
+        # daemon threads, joined here (interruptibly): an executor's workers would hold the
+        # process after Ctrl-C until every request in flight answered or timed out
+        threads = [threading.Thread(target=work, daemon=True, name="openai-request")
+                   for _ in range(min(max(1, self.cfg.concurrency), len(requests)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
     def generate(self, requests: list[ClipRequest], gen: GenerationConfig) -> list[Generation]:
-        return list(self.pool.map(lambda r: self._one(r, gen), requests))
+        """Generations of all `requests`; raises the first failure (after all have finished)."""
+        outs = self.outcomes(requests, gen)
+        failed = next((o for o in outs if isinstance(o, Exception)), None)
+        if failed is not None:
+            raise failed
+        return outs  # type: ignore[return-value]

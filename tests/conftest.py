@@ -12,6 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SHOTS = ROOT.parent / "shared" / "data" / "shots"
 RECAP = [sys.executable, "-m", "pipeline.cli"]
+# `recap` as a shell in a terminal starts it, for tests that press Ctrl-C (send SIGINT): SIGINT
+# unblocked and raising KeyboardInterrupt. A child inherits an ignored SIGINT (a test process that
+# a script started in the background, `pytest ... &`, holds it ignored) and Python then installs no
+# handler: the child would never see the Ctrl-C. Set in the child, not by preexec_fn (unsafe with
+# the test's server threads running).
+RECAP_FROM_A_TERMINAL = [sys.executable, "-c", "import runpy, signal; "
+                         "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                         "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                         "runpy.run_module('pipeline.cli', run_name='__main__', alter_sys=True)"]
 
 
 @pytest.fixture(autouse=True)

@@ -29,9 +29,9 @@ def completion(content: Any, finish: str = "stop") -> dict[str, Any]:
 
 class Scripted:
     """A chat-completions server whose answer to the n-th POST is `answer(n, handler)`: a
-    (status, body) pair, or None when the function wrote the response itself."""
+    (status, body) or (status, body, headers), or None when the function wrote the response itself."""
 
-    def __init__(self, answer: Callable[[int, BaseHTTPRequestHandler], tuple[int, Any] | None]):
+    def __init__(self, answer: Callable[[int, BaseHTTPRequestHandler], tuple | None]):
         self.posts = 0
         lock = threading.Lock()
         outer = self
@@ -145,3 +145,114 @@ def test_a_key_refused_at_the_start_says_so_and_writes_nothing(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 2 and "refused the API key" in err and "no OpenAI-compatible server" not in err, err
     assert not CaptionStore(lib).parts()
+
+
+def test_a_failing_request_is_not_sent_again_nor_are_the_others():
+    """One clip the server rejects (HTTP 400) costs only that clip: the batch's other requests are
+    not sent a second time, one by one (each request stands alone)."""
+    def answer(n, h):
+        return (400, {"error": {"message": "bad image"}}) if n == 0 else (200, completion(CAPTION))
+    with Scripted(answer) as server:
+        rows = captioner(server.url, "openai.concurrency=4", "checks.max_retries=0").caption(
+            [clip(i) for i in range(4)])
+        posts = server.posts
+    assert sorted(r["status"] for r in rows) == ["error", "ok", "ok", "ok"]
+    assert "HTTP 400" in next(r["reason"] for r in rows if r["status"] == "error")
+    assert posts == 4
+
+
+def test_ctrl_c_keeps_the_finished_captions_and_stops_at_once(tmp_path):
+    """Ctrl-C while a request hangs: the process ends promptly (not when the request times out)
+    and the captions already answered are in the library (they were thrown away with the part
+    that had not reached `commit_every`). The job is started as a terminal starts it, also from a
+    test process that holds SIGINT ignored (as `pytest ... &` from a script does): such a child
+    inherited the ignored SIGINT, never saw the Ctrl-C and waited for the request (a CI hang)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.library.captions import CaptionStore
+    from tests.captioner_lib import make_library
+    from tests.conftest import RECAP_FROM_A_TERMINAL
+
+    lib, _ = make_library(tmp_path)
+    release = threading.Event()
+
+    def answer(n, h):
+        if n >= 2:
+            release.wait(600)       # the third clip's answer never comes (until the job has ended)
+            return None
+        return 200, completion(CAPTION)
+
+    with Scripted(answer) as server:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        cmd = [*RECAP_FROM_A_TERMINAL, "caption", str(lib), "--backend", "openai", "--model", "m",
+               "--base-url", server.url, "--local", "--no-progress", "--set", "openai.concurrency=1",
+               "--set", "frames.num_frames=2", "--set", "frames.max_pixels=12544"]
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)   # the child inherits it ignored, every run
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            signal.signal(signal.SIGINT, before)
+        try:
+            deadline = time.monotonic() + 120
+            while server.posts < 3 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            if server.posts != 3:
+                proc.kill()
+                pytest.fail(f"{server.posts} requests, not 3, before the job ended or 120 s passed; it said: "
+                            f"{proc.communicate()[1]}")
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            # read while waiting: a child blocked on a full pipe would look like one that hangs.
+            # The hung request is answered only after this: a child that waited for it never ends here
+            try:
+                _, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                pytest.fail(f"the job did not end within 60 s of Ctrl-C; it said: {proc.communicate()[1]}")
+        finally:
+            release.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130 and "interrupted" in err, err
+    rows = CaptionStore(lib).read(latest=False).to_pylist()
+    assert len(rows) == 2 and all(r["status"] == "ok" and r["text"] == CAPTION for r in rows)
+
+
+def test_busy_answers_and_dropped_connections_are_sent_again():
+    """429 (with Retry-After), 503 (without) and a connection the server drops are sent again
+    after a wait; a 401 is not (it will not change); past openai.max_retries the clip is an
+    error row saying how often it was sent. These were error rows at the first busy answer."""
+    import socket
+    import struct
+    import time
+
+    def answer(n, h):
+        if n == 0:
+            return 429, {"error": {"message": "rate limited"}}, {"Retry-After": "1"}
+        if n == 1:
+            return 503, {"error": {"message": "loading"}}
+        if n == 2:     # reset: the connection closed with nothing answered
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            return None
+        return 200, completion(CAPTION)
+
+    cfg = OpenAIConfig(concurrency=1, retry_wait_s=0.01)
+    with Scripted(answer) as server:
+        t0 = time.monotonic()
+        out = OpenAIBackend("m", OpenAIConfig(**{**vars(cfg), "base_url": server.url})).generate([clip(0)],
+                                                                                               GenerationConfig())
+        waited = time.monotonic() - t0
+        assert out[0].text == CAPTION and server.posts == 4 and waited >= 1.0     # Retry-After: 1 was kept
+    with Scripted(lambda n, h: (401, {"error": {"message": "bad key"}})) as server:
+        with pytest.raises(AuthError, match="HTTP 401"):
+            captioner(server.url, "openai.retry_wait_s=0.01").caption([clip(0)])
+        assert server.posts == 1
+    with Scripted(lambda n, h: (503, {"error": {"message": "loading"}})) as server:
+        rows = captioner(server.url, "openai.retry_wait_s=0.01", "openai.max_retries=2").caption([clip(0)])
+        assert server.posts == 3 and rows[0]["status"] == "error" and "(sent 3 times)" in rows[0]["reason"]

@@ -12,6 +12,7 @@ message and nothing written. Clips that already have a final caption of this ver
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -111,9 +112,12 @@ def _run_caption(lib: Library, cfg: CaptionJobConfig, where: str | None, all_cli
             preflight(cfg)
         stages = caption_stages(cfg, lib_root, backend)
         bar = progress_bar(total=len(todo), unit="clip", disable=not progress or signals)
-        for _ in _commit(store, run_stages(stages, todo, execution), cfg.execution.commit_every, summary):
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{summary.output_tokens / max(time.perf_counter() - t0, 1e-6):.1f}")
+        # closed on the way out of an interrupted run too: what finished is committed then, not at exit
+        with contextlib.closing(_commit(store, run_stages(stages, todo, execution), cfg.execution.commit_every,
+                                        summary)) as committed:
+            for _ in committed:
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{summary.output_tokens / max(time.perf_counter() - t0, 1e-6):.1f}")
         bar.close()
         store.compact()     # many parts of a few hundred captions: one, so every reader opens one file
     if store.default() is None and any(v["version"] == summary.version and v["counts"].get("ok")
@@ -127,16 +131,19 @@ def _run_caption(lib: Library, cfg: CaptionJobConfig, where: str | None, all_cli
 
 def _commit(store: CaptionStore, rows: Iterable[dict[str, Any]], every: int,
             summary: CaptionSummary) -> Iterator[dict[str, Any]]:
-    """Append rows to the store in parts of `every`, yielding each row once it is counted. A job
-    that ends early (a refused API key) keeps the rows it made: they are appended on the way out."""
+    """Append rows to the store in parts of `every`, yielding each row once it is counted. Rows
+    already captioned are appended also when the job stops early (Ctrl-C, a refused API key, a
+    crash in a stage): up to `every` finished captions are not thrown away. A part is let go only
+    once written, so an interrupt during its write leaves it to the final append (the store keeps
+    one row per clip and version, so a part written twice reads once)."""
     pending: list[dict[str, Any]] = []
     try:
         for row in rows:
             summary.add(row)
             pending.append(row)
             if len(pending) >= every:
-                part, pending = pending, []
-                store.append(part)
+                store.append(pending)
+                pending = []
             yield row
     finally:
         store.append(pending)
