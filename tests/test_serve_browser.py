@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import RECAP, ROOT, recap
+from tests.conftest import RECAP_FROM_A_TERMINAL, ROOT, recap
 from tests.index_fixtures import CLIPS, clip_id
 from tests.test_serve_api import build_library, index_library
 
@@ -47,8 +47,8 @@ def until(page, expression: str, timeout: int = 30_000) -> None:
 @contextlib.contextmanager
 def recap_serve(lib: Path, *args: str) -> Iterator[tuple[str, list[str]]]:
     """`recap serve LIB --port 0 ...` in a subprocess: (its URL, the lines it printed first); stopped
-    with Ctrl-C on exit."""
-    proc = subprocess.Popen([*RECAP, "serve", str(lib), "--port", "0", *args], stdout=subprocess.PIPE,
+    with Ctrl-C on exit (started as a terminal starts it: a test run may hold SIGINT ignored)."""
+    proc = subprocess.Popen([*RECAP_FROM_A_TERMINAL, "serve", str(lib), "--port", "0", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
