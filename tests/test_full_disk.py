@@ -1,0 +1,62 @@
+"""A disk that fills mid-job: every command that writes stops in one line naming the file it could
+not write (no traceback, no 'damaged'), leaves what it had committed readable, and a rerun with
+space finishes the job.
+
+A full disk is simulated portably (no mount needed): the command runs in a child process whose
+RLIMIT_FSIZE is lowered, so a write that would make a file larger than the limit fails with
+EFBIG ('File too large') as a write to a full disk fails with ENOSPC; SIGXFSZ is ignored there,
+so the write fails instead of killing the process."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import RECAP, ROOT
+
+
+def _limited(max_file_bytes: int):
+    def preexec() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.RLIM_INFINITY))
+    return preexec
+
+
+def recap_on_full_disk(max_file_bytes: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real `recap` CLI in a child that cannot write a file past `max_file_bytes`."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RECAP_NO_PROGRESS="1")
+    return subprocess.run([*RECAP, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+                          preexec_fn=_limited(max_file_bytes))
+
+
+def python_on_full_disk(max_file_bytes: int, code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`code` run by a child Python that cannot write a file past `max_file_bytes`."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          preexec_fn=_limited(max_file_bytes))
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, command: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"recap {command}: error: cannot write "), proc.stderr
+    return last
+
+
+def test_a_lock_note_that_cannot_be_written_is_no_traceback(tmp_path: Path) -> None:
+    """Every writing command takes a lock and writes its pid into the lock file; on a full disk
+    that write failed with a bare OSError traceback before the job's own clear message (and it
+    stopped `recap remove`, the command that frees space). Now the job runs on to the file it
+    cannot write and names it."""
+    from tests.test_filters import write_library
+
+    lib = write_library(tmp_path / "lib", n=40)
+    out = recap_on_full_disk(0, "filter", str(lib))
+    last = _one_line_error(out, "filter")
+    assert last.startswith(f"recap filter: error: cannot write {lib / 'views' / 'filters.parquet'}: File too large")
+    assert not (lib / "views" / "filters.parquet").exists()
+    assert not [p for p in (lib / "views").iterdir() if p.name.endswith(".tmp")]
