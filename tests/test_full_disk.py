@@ -10,6 +10,7 @@ so the write fails instead of killing the process."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import RECAP, ROOT
+from tests.test_export import BUCKETS, _samples, export, library  # noqa: F401 - `library` is a fixture
 
 
 def _limited(max_file_bytes: int):
@@ -60,3 +62,27 @@ def test_a_lock_note_that_cannot_be_written_is_no_traceback(tmp_path: Path) -> N
     assert last.startswith(f"recap filter: error: cannot write {lib / 'views' / 'filters.parquet'}: File too large")
     assert not (lib / "views" / "filters.parquet").exists()
     assert not [p for p in (lib / "views").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_export_on_a_full_disk_names_the_shard_and_a_rerun_finishes(library, tmp_path: Path) -> None:  # noqa: F811
+    """A shard that did not fit died with tarfile's OSError traceback; now it is one line naming
+    the shard, no half shard is left, and the rerun with space writes exactly the selection."""
+    lib, truth = library
+    out = tmp_path / "out"
+    buckets = tmp_path / "buckets.yaml"
+    buckets.write_text(BUCKETS)
+    args = [str(lib), "--out", str(out), "--buckets", str(buckets), "--val-fraction", "0.3",
+            "--set", "max_samples_per_shard=1", "--set", "execution.executor=local"]
+    # room for the job's small files (job.json, done records), not for a shard of one sample
+    last = _one_line_error(recap_on_full_disk(6000, "export", *args), "export")
+    assert re.match(rf"recap export: error: cannot write {out}/(train|val)-\d{{6}}\.tar: File too large$", last), last
+    assert not list(out.glob("*.tar")) and not list(out.glob(".*tmp*"))
+    export(*args)
+    keys = [s["__key__"] for s in _samples(out)]
+    assert len(keys) == len(set(keys)) and set(keys) == truth["selected"]
+    # the card's pictures too: named, and no half-written picture left in card/
+    for picture in (out / "card").iterdir():
+        picture.unlink()
+    last = _one_line_error(recap_on_full_disk(8000, "export", *args), "export")   # the manifest fits
+    assert re.match(rf"recap export: error: cannot write {out}/card/\w+\.png: File too large$", last), last
+    assert not list((out / "card").iterdir())
