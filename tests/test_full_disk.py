@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import RECAP, ROOT
+from tests.conftest import RECAP, ROOT, recap
 from tests.test_export import BUCKETS, _samples, export, library  # noqa: F401 - `library` is a fixture
 
 
@@ -86,3 +86,34 @@ def test_export_on_a_full_disk_names_the_shard_and_a_rerun_finishes(library, tmp
     last = _one_line_error(recap_on_full_disk(8000, "export", *args), "export")   # the manifest fits
     assert re.match(rf"recap export: error: cannot write {out}/card/\w+\.png: File too large$", last), last
     assert not list((out / "card").iterdir())
+
+
+def test_ingest_stops_when_the_disk_fills_with_clip_files_and_the_rerun_finishes(sample_corpus: Path,
+                                                                                    tmp_path: Path) -> None:
+    """A disk that filled while clip files were written failed that source with PyAV's OSError,
+    naming a hidden temp file and PyAV's error.py as where, left its clip files written so far,
+    and the job went on decoding every remaining source only to fail each the same way. Now the
+    first such source stops the job in one line naming the clip file; it is `failed` (retried),
+    not bad input; its files are gone; and the rerun gives the library a run with room gives."""
+    from pipeline.library import Library
+
+    args = [str(sample_corpus), "--no-progress", "--set", "signals.text.enabled=false"]
+    lib = tmp_path / "lib"
+    # room for the tables (a clips part of a few videos: ~15 KB), not for a remuxed clip (>= 30 KB)
+    out = recap_on_full_disk(24_000, "ingest", *args, "--out", str(lib))
+    last = _one_line_error(out, "ingest")
+    assert re.match(rf"recap ingest: error: cannot write {lib}/media/\w\w/\w+/\w+\.(mp4|webm|mkv): File too large: "
+                    "the job stopped; ", last), last
+    with Library(lib) as failed:
+        assert set(failed.handled_sources().values()) == {"failed"}
+        errors = failed.read("errors").to_pylist()
+        assert [e["error_type"] for e in errors] == ["no_space"] and errors[0]["message"] in last
+    assert not [p for p in (lib / "media").rglob("*") if p.is_file()]     # no clip file without its row
+
+    recap("ingest", *args, "--out", str(lib))
+    recap("ingest", *args, "--out", str(tmp_path / "ref"))
+    with Library(lib) as again, Library(tmp_path / "ref") as ref:
+        assert set(again.handled_sources().values()) == {"ingested"}
+        columns = ["clip_id", "path", "file_bytes", "start_frame", "end_frame"]
+        assert sorted(again.clips(columns).to_pylist(), key=str) == sorted(ref.clips(columns).to_pylist(), key=str)
+        assert all((lib / p).is_file() for p in again.clips(["path"]).column("path").to_pylist())
