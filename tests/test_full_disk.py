@@ -117,3 +117,21 @@ def test_ingest_stops_when_the_disk_fills_with_clip_files_and_the_rerun_finishes
         columns = ["clip_id", "path", "file_bytes", "start_frame", "end_frame"]
         assert sorted(again.clips(columns).to_pylist(), key=str) == sorted(ref.clips(columns).to_pylist(), key=str)
         assert all((lib / p).is_file() for p in again.clips(["path"]).column("path").to_pylist())
+
+
+def test_index_on_a_full_disk_keeps_the_milvus_lite_store_and_a_rerun_syncs_it(tmp_path: Path) -> None:
+    """Milvus Lite failing to write for want of room was taken for a damaged store: `recap index`
+    removed the whole store to rebuild it (on the disk that had no room), then said 'damaged ...
+    --repair'. Now it says the disk is full, keeps the store, and the rerun with room syncs it."""
+    from tests.index_fixtures import make_library
+
+    root = make_library(tmp_path / "lib")
+    args = ["index", str(root), "--set", "embedders.visual.enabled=false"]
+    # room for the embeddings part (~24 KB), not for Milvus Lite's data file (~38 KB)
+    last = _one_line_error(recap_on_full_disk(30_000, *args), "index")
+    assert last.startswith(f"recap index: error: cannot write the Milvus Lite store {root / 'milvus.db'}: "
+                           "File too large (it failed to "), last
+    assert "damaged" not in last and (root / "milvus.db").is_dir()
+    recap(*args)
+    assert recap(*args, "--check").returncode == 0
+
