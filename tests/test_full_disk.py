@@ -135,3 +135,15 @@ def test_index_on_a_full_disk_keeps_the_milvus_lite_store_and_a_rerun_syncs_it(t
     recap(*args)
     assert recap(*args, "--check").returncode == 0
 
+
+def test_index_whose_scratch_vectors_do_not_fit_says_where(tmp_path: Path) -> None:
+    """The vectors an incremental sync streams into a scratch file in the library met a full disk
+    with a bare OSError traceback; now it is one line naming the library folder."""
+    from tests.index_fixtures import make_library
+
+    root = make_library(tmp_path / "lib")
+    args = ["index", str(root), "--set", "embedders.visual.enabled=false"]
+    recap(*args)
+    last = _one_line_error(recap_on_full_disk(4096, *args), "index")     # 11 vectors of 384 floats: 17 KB
+    assert last == f"recap index: error: cannot write {root}: File too large", last
+    assert recap(*args, "--check").returncode == 0
