@@ -147,3 +147,38 @@ def test_index_whose_scratch_vectors_do_not_fit_says_where(tmp_path: Path) -> No
     last = _one_line_error(recap_on_full_disk(4096, *args), "index")     # 11 vectors of 384 floats: 17 KB
     assert last == f"recap index: error: cannot write {root}: File too large", last
     assert recap(*args, "--check").returncode == 0
+
+
+SAVE_ON_A_FULL_DISK = """
+import sys
+import torch
+from trainer.checkpoint import save_checkpoint
+
+run, big = sys.argv[1], torch.zeros(50_000)      # 200 KB: past the limit
+small = {"model": {"w": torch.zeros(10)}}
+save_checkpoint(run, 5, small, {}, {"step": 5}, keep_last=3)
+for step, weights, state in ((10, {"model": {"w": big}}, {"step": 10}), (15, small, {"step": 15, "m": big})):
+    try:
+        save_checkpoint(run, step, weights, {}, state, keep_last=3)
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+
+
+def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_half_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint that met a full disk died with safetensors' SafetensorError, or with torch's
+    'enforce fail ... unexpected pos' (which says nothing of the disk), and left its hidden
+    .tmp_step_N folder holding the room; now it is one line naming the checkpoint, the disk's
+    reason and the checkpoint --resume continues from, and the half checkpoint is gone."""
+    from trainer.checkpoint import list_checkpoints
+
+    run = tmp_path / "run"
+    proc = python_on_full_disk(100_000, SAVE_ON_A_FULL_DISK.replace("sys.argv[1]", repr(str(run))))
+    assert proc.returncode == 0, proc.stderr
+    weights_error, state_error = proc.stdout.strip().splitlines()
+    for line, step in ((weights_error, 10), (state_error, 15)):     # safetensors' file, then torch's
+        assert line.startswith(f"CheckpointWriteError cannot write checkpoint {run}/checkpoints/step_{step:08d}: File too large; "
+                               f"the run stopped at step {step}. "), line
+        assert line.endswith("rerun with --resume: it continues from step_00000005"), line
+    assert [p.name for p in list_checkpoints(run)] == ["step_00000005"]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000005"]
