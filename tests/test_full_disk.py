@@ -182,3 +182,34 @@ def test_a_checkpoint_that_does_not_fit_is_one_line_and_leaves_no_half_checkpoin
         assert line.endswith("rerun with --resume: it continues from step_00000005"), line
     assert [p.name for p in list_checkpoints(run)] == ["step_00000005"]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000005"]
+
+
+STAGE_ON_A_FULL_DISK = """
+import json, sys
+import fsspec
+from pipeline.ingest.config import load_ingest_config
+from pipeline.ingest.worker import ingest_source
+
+lib = sys.argv[1]
+with fsspec.open("memory://recap-full-disk/v.mp4", "wb") as f:
+    f.write(bytes(200_000))                      # past the limit: its staged copy does not fit
+r = ingest_source("memory://recap-full-disk/v.mp4", load_ingest_config(), lib)
+print(json.dumps({"outcome": r.outcome, "errors": r.rows["errors"]}, default=str))
+"""
+
+
+def test_a_remote_source_whose_staged_copy_does_not_fit_is_retried_not_bad_input(tmp_path: Path) -> None:
+    """A download into the staging cache that met a full disk became `fetch_failed`, recorded as
+    bad input (`error`), so a rerun with room skipped the source for good. Now it is `failed`
+    (retried) with kind no_space, naming the staged file, and the ingest job stops there."""
+    import json
+
+    lib = tmp_path / "lib"
+    proc = python_on_full_disk(50_000, STAGE_ON_A_FULL_DISK.replace("sys.argv[1]", repr(str(lib))))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["outcome"] == "failed", result
+    [error] = result["errors"]
+    assert error["error_type"] == "no_space" and error["stage"] == "fetch", error
+    assert re.match(rf"cannot write {lib}/\.cache/\w+\.mp4: File too large$", error["message"]), error
+    assert not [p for p in (lib / ".cache").iterdir() if p.is_file()]

@@ -11,7 +11,12 @@ from typing import Any
 
 from pipeline.library.layout import utcnow
 
-NO_SPACE = "no_space"      # errors.error_type of a source whose clip files the library's disk could not hold
+NO_SPACE = "no_space"      # errors.error_type of a source whose files (staged copy, clips) the disk could not hold
+
+
+class NoSpace(Exception):
+    """The disk is full (or over a quota, or a file size limit): not the source's fault, and every
+    source after it would fail the same way, so the job stops (pipeline.ingest.job)."""
 
 
 @dataclass

@@ -24,17 +24,12 @@ from pipeline.ingest.decode import DecodeError, decode_pass
 from pipeline.ingest.plan import clip_id, frame_end_times, plan_clips
 from pipeline.ingest.probe import ProbeError, display_size, probe
 from pipeline.ingest.progress import DecodeProgress, clip_share
-from pipeline.ingest.result import NO_SPACE, SourceResult, error_result
+from pipeline.ingest.result import NO_SPACE, NoSpace, SourceResult, error_result
 from pipeline.ingest.result import source_row as _source_row
 from pipeline.ingest.shots import ShotDetector, detect_shots, split_at
 from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
 from pipeline.ingest.sources import SourceError, StagingCache, content_hash, local_file_problem
 from pipeline.library.layout import NO_SPACE_ERRNOS, media_dir, utcnow
-
-
-class NoSpace(Exception):
-    """The library's disk is full (or over a quota, or a file size limit): not the source's fault,
-    and every source after it would fail the same way, so the job stops (pipeline.ingest.job)."""
 
 
 class SourceFailure(Exception):
