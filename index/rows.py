@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from index.store import PK, VARCHAR_MAX, RowBatch, ScalarSpec
 from pipeline.library.embeddings import iter_embeddings
+from pipeline.library.files import CannotWrite
 
 READ_ROWS = 4096      # embedding rows decoded at a time while the scratch file is filled
 
@@ -63,8 +64,10 @@ class ScratchVectors:
         self.present = np.zeros(n, bool)
         try:
             self.file = tempfile.TemporaryFile(dir=folder)
+            self.folder = Path(folder or tempfile.gettempdir())
         except OSError:               # a read-only library (`--check` of a mounted one): the system's
             self.file = tempfile.TemporaryFile()
+            self.folder = Path(tempfile.gettempdir())
         self.fd = self.file.fileno()
 
     def put(self, rows: np.ndarray, vectors: np.ndarray, current: np.ndarray) -> None:
@@ -76,8 +79,14 @@ class ScratchVectors:
             return
         # runs of consecutive rows are one write each (a part written in clip order is one run)
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
-            os.pwrite(self.fd, vectors[lo:hi].tobytes(), int(rows[lo]) * self.row_bytes)
+        try:
+            for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+                data, at = memoryview(vectors[lo:hi].tobytes()), int(rows[lo]) * self.row_bytes
+                while data:     # a write the disk only had room for part of is short: the rest raises
+                    n = os.pwrite(self.fd, data, at)
+                    data, at = data[n:], at + n
+        except OSError as e:      # a full disk: the scratch file has no name, so its folder is said
+            raise CannotWrite(self.folder, e) from None
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of `rows` (ascending) as a (len(rows), dim) array (zeros where absent)."""

@@ -16,6 +16,7 @@ loaded: `load_latest_valid` says which file is bad and falls back to the newest 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})     # a full disk, a quota, a size limit
 
 
 def fsync_dir(path: Path) -> None:
@@ -50,13 +52,27 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str,
     tmp = root / f".tmp_step_{step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    for stem, tensors in weights.items():
-        tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-        save_file(tensors, str(tmp / f"{stem}.safetensors"), metadata=metadata)
-    torch.save(state, tmp / "state.pt")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        for stem, tensors in weights.items():
+            tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+            save_file(tensors, str(tmp / f"{stem}.safetensors"), metadata=metadata)
+        # through a Python file: a failed write's OSError (its errno) is kept as the context of
+        # torch's own error ('unexpected pos ...'), which says nothing of the disk
+        with open(tmp / "state.pt", "wb") as f:
+            torch.save(state, f)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)     # half a checkpoint holds the room the next one needs
+        code = _no_space(e)
+        if not code:
+            raise
+        last = latest_checkpoint(run_dir)
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final}: {os.strerror(code)}; the run stopped at step {step}. Free space "
+            "(or keep fewer: train.keep_last), then rerun with --resume: it continues from "
+            + (f"{last.name}" if last else "the start (no checkpoint was written yet)")) from None
     if final.exists():                     # re-saving the same step (e.g. after a resume)
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -92,6 +108,26 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
 def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
     return torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=True)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written for want of room (a full disk, a quota, a file size limit)."""
+
+
+def _no_space(e: BaseException) -> int:
+    """The errno when `e` is a write that failed for want of room (else 0): an OSError in its
+    chain, or safetensors' message ('... No space left on device (os error 28)')."""
+    seen: BaseException | None = e
+    visited: set[int] = set()
+    while seen is not None and id(seen) not in visited:     # a chain may loop back on itself
+        visited.add(id(seen))
+        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
+            return seen.errno
+        for code in map(int, re.findall(r"os error (\d+)", str(seen))):
+            if code in _NO_SPACE:
+                return code
+        seen = seen.__cause__ or seen.__context__
+    return 0
 
 
 class CheckpointError(ValueError):
@@ -177,5 +213,5 @@ def set_aside(checkpoint_dir: Path) -> Path:
     return target
 
 
-__all__ = ["save_checkpoint", "prune", "fsync_dir", "Weights", "list_checkpoints", "latest_checkpoint", "load_weights", "load_state",
+__all__ = ["save_checkpoint", "CheckpointWriteError", "prune", "fsync_dir", "Weights", "list_checkpoints", "latest_checkpoint", "load_weights", "load_state",
            "CheckpointError", "load_checkpoint", "load_latest_valid", "checkpoint_metadata", "set_aside"]

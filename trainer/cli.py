@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.cache import CacheError, CacheSettings, build_cache
-from trainer.checkpoint import CheckpointError
+from trainer.checkpoint import CheckpointError, CheckpointWriteError
 from trainer.launch import check_out, default_nproc, exec_torchrun, run_ray, run_ray_cache, torchrun_command
 from trainer.parallel import ParallelError
 from trainer.progress import add_no_progress_option, hidden_bars
@@ -37,8 +37,8 @@ from trainer.vae import AutoencoderSource
 
 # what a user can fix: one line and exit 2, no traceback (FileNotFoundError: a VAE, model or
 # shard path that is not there; ShardError and MissingModelError are kinds of it)
-USER_ERRORS = (ConfigError, TrainSetupError, NoBatchError, CacheError, CheckpointError, ParallelError,
-               FileNotFoundError)
+USER_ERRORS = (ConfigError, TrainSetupError, NoBatchError, CacheError, CheckpointError, CheckpointWriteError,
+               ParallelError, FileNotFoundError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

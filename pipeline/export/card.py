@@ -14,7 +14,7 @@ import pyarrow as pa
 import yaml
 
 from pipeline.export.buckets import bucket_table
-from pipeline.library.files import atomic_write_bytes, atomic_write_table
+from pipeline.library.files import CannotWrite, atomic_write_bytes, atomic_write_table
 from pipeline.plots import histogram_bins
 from trainer.shards import Bucket
 
@@ -83,9 +83,14 @@ def _histograms(out: Path, manifest: pa.Table) -> list[tuple[str, str]]:
         ax.spines[["top", "right"]].set_visible(False)
         fig.tight_layout()
         tmp = folder / f".{name}.tmp.png"
-        fig.savefig(tmp)
-        plt.close(fig)
-        tmp.replace(folder / name)
+        try:
+            fig.savefig(tmp)
+            tmp.replace(folder / name)
+        except OSError as e:     # a full disk: named in one line, no half picture left behind
+            tmp.unlink(missing_ok=True)
+            raise CannotWrite(folder / name, e) from None
+        finally:
+            plt.close(fig)
         drawn.append((title, f"card/{name}"))
     return drawn
 

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from pipeline.export.plan import ShardPlan
 from pipeline.export.render import render_mp4
-from pipeline.library.files import atomic_write_bytes
+from pipeline.library.files import CannotWrite, atomic_write_bytes
 from pipeline.stages.base import Resources, Row, Stage
 from trainer.shards import write_shard
 
@@ -62,7 +62,10 @@ def write_planned_shard(out: str, shard: ShardPlan, threads: int = 1) -> dict[st
             yield s.meta, mp4
 
     path = Path(out) / shard.name
-    count = write_shard(path, samples())
+    try:
+        count = write_shard(path, samples())
+    except OSError as e:     # a full disk, a mount gone read-only: named in one line, the shard redone by a rerun
+        raise CannotWrite(path, e) from None
     if count == 0:
         path.unlink(missing_ok=True)
     record = {"shard": shard.name, "split": shard.split, "samples": written, "errors": errors,

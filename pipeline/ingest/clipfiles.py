@@ -40,7 +40,7 @@ import numpy as np
 from pipeline.ingest.config import ClipsConfig
 from pipeline.ingest.decode import PresentationTimes
 from pipeline.ingest.probe import main_video_stream
-from pipeline.library.layout import TMP_SUFFIX
+from pipeline.library.layout import NO_SPACE_ERRNOS, TMP_SUFFIX
 
 MP4_VIDEO = {"h264", "hevc", "av1", "mpeg4"}
 MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}
@@ -113,10 +113,23 @@ def write_clips(src: str | os.PathLike, clips: Sequence[ClipRange | tuple[int, i
                     results[plan.clip.out_stem] = plan.result
                 if on_written is not None:
                     on_written(len(results), len(plans))
+        except OSError as e:
+            if e.errno not in NO_SPACE_ERRNOS:
+                raise
+            # a full disk names the temp file being written: say the clip file it was to become
+            raise OSError(e.errno, e.strerror, _final_name(plans, e.filename)) from None
         finally:
             for plan in plans:
                 plan.discard()
     return [results[c.out_stem] for c in clips]
+
+
+def _final_name(plans: list[_Plan], filename: object) -> str | None:
+    """The clip file a writer's temp file `filename` was to become (else `filename` as given)."""
+    for plan in plans:
+        if plan.writer is not None and str(plan.writer.tmp) == str(filename):
+            return str(plan.writer.final)
+    return None if filename is None else str(filename)
 
 
 # --------------------------------------------------------------------------------------------

@@ -260,6 +260,13 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
             seen.add(result.uri)
             add(result)
             pending_videos += 1
+            if result.no_space is not None:
+                # every source after it would be decoded only to fail the same way: keep what is
+                # done (this source `failed`, so retried) and stop in one line
+                lib.commit(pending)
+                raise LibraryError(f"{result.no_space}: the job stopped; the sources finished before are "
+                                   "committed: free space (or move the library), then rerun the same command "
+                                   "(the rest is redone)")
             if (pending_videos >= cfg.execution.commit_every
                     or time.monotonic() - last_commit >= cfg.execution.commit_every_seconds):
                 lib.commit(pending)

@@ -11,6 +11,13 @@ from typing import Any
 
 from pipeline.library.layout import utcnow
 
+NO_SPACE = "no_space"      # errors.error_type of a source whose files (staged copy, clips) the disk could not hold
+
+
+class NoSpace(Exception):
+    """The disk is full (or over a quota, or a file size limit): not the source's fault, and every
+    source after it would fail the same way, so the job stops (pipeline.ingest.job)."""
+
 
 @dataclass
 class SourceResult:
@@ -23,6 +30,11 @@ class SourceResult:
     @property
     def n_clips(self) -> int:
         return len(self.rows.get("clips", []))
+
+    @property
+    def no_space(self) -> str | None:
+        """The error message when the library's disk could not hold this source's clip files."""
+        return next((e["message"] for e in self.rows.get("errors", []) if e["error_type"] == NO_SPACE), None)
 
 
 def source_row(uri: str, video_id: str | None, outcome: str) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from typing import Any
 from urllib.parse import ParseResult, unquote, urlparse
 
 from pipeline.ingest.config import SourcesConfig
-from pipeline.library.layout import is_library
+from pipeline.ingest.result import NoSpace
+from pipeline.library.layout import NO_SPACE_ERRNOS, is_library
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -448,6 +449,9 @@ class StagingCache:
         except SourceError:
             raise
         except Exception as exc:  # fsspec backends raise many types; translate at this boundary
+            if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+                # the staging disk is full: not the source's fault (bad input would not be retried)
+                raise NoSpace(f"cannot write {path}: {exc.strerror}") from None
             kind, reason = _fetch_failure(exc)
             raise SourceError(f"{uri}: cannot download: {reason}", kind) from exc
         finally:

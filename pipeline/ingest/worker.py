@@ -24,12 +24,12 @@ from pipeline.ingest.decode import DecodeError, decode_pass
 from pipeline.ingest.plan import clip_id, frame_end_times, plan_clips
 from pipeline.ingest.probe import ProbeError, display_size, probe
 from pipeline.ingest.progress import DecodeProgress, clip_share
-from pipeline.ingest.result import SourceResult, error_result
+from pipeline.ingest.result import NO_SPACE, NoSpace, SourceResult, error_result
 from pipeline.ingest.result import source_row as _source_row
 from pipeline.ingest.shots import ShotDetector, detect_shots, split_at
 from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
 from pipeline.ingest.sources import SourceError, StagingCache, content_hash, local_file_problem
-from pipeline.library.layout import media_dir, utcnow
+from pipeline.library.layout import NO_SPACE_ERRNOS, media_dir, utcnow
 
 
 class SourceFailure(Exception):
@@ -87,6 +87,8 @@ def ingest_source(uri: str, cfg: IngestConfig, lib_root: str | Path,
             return _ingest_file(uri, path, video_id, cfg, lib_root, enter, on_progress)
     except SourceFailure as e:
         return error_result(uri, video_id, e.stage, e.kind, _named(e.message, path, uri))
+    except NoSpace as e:     # retried on rerun, once there is room
+        return error_result(uri, video_id, stage, NO_SPACE, str(e), outcome="failed")
     except Exception as e:  # noqa: BLE001 - an unexpected failure is recorded and retried on rerun
         tb = traceback.extract_tb(e.__traceback__)[-1]
         where = f" ({Path(tb.filename).name}:{tb.lineno})" if tb else ""
@@ -146,8 +148,17 @@ def _ingest_file(uri: str, path: Path, video_id: str, cfg: IngestConfig, lib_roo
             out_dir.mkdir(parents=True, exist_ok=True)
             written = None if on_progress is None else \
                 lambda done, total: on_progress(clip_share(clips_cfg.mode, done, total))
-            files = write_clips(path, [(c.start_frame, c.end_frame, out_dir / cid) for c, cid in zip(planned, ids)],
-                                pts, clips_cfg, on_written=written)
+            try:
+                files = write_clips(path, [(c.start_frame, c.end_frame, out_dir / cid) for c, cid in zip(planned, ids)],
+                                    pts, clips_cfg, on_written=written)
+            except OSError as e:
+                if e.errno not in NO_SPACE_ERRNOS:
+                    raise
+                # its clip files written so far would hold space no row names; the rerun writes them again
+                for done in out_dir.iterdir():
+                    if done.stem in ids:
+                        done.unlink(missing_ok=True)
+                raise NoSpace(f"cannot write {e.filename or out_dir}: {e.strerror}") from None
     finally:
         signals_error = signals.close() if signals else None
     if signals_error is not None:

@@ -156,7 +156,7 @@ ERROR_COLUMNS = [
     Column("source", pa.string(), "Source uri that failed."),
     Column("video_id", pa.string(), "Content hash when it could be computed.", True),
     Column("stage", pa.string(), "Where it failed: `stage` (fetch), `probe`, `decode`, `detect`, `clips`, ..."),
-    Column("error_type", pa.string(), "Machine-readable kind, e.g. `empty_file`, `truncated`, `not_a_video`, `no_video_stream`, `unsupported_codec`, `permission_denied`, `not_found`, `unreachable`, `too_large` (picture over `decode.max_pixels`, download over the cache), `unsafe_input` (FIFO, device, playlist), `timeout` (over `sources.timeout_s` / `cpu_timeout_s`), `worker_crashed`."),
+    Column("error_type", pa.string(), "Machine-readable kind, e.g. `empty_file`, `truncated`, `not_a_video`, `no_video_stream`, `unsupported_codec`, `permission_denied`, `not_found`, `unreachable`, `too_large` (picture over `decode.max_pixels`, download over the cache), `unsafe_input` (FIFO, device, playlist), `timeout` (over `sources.timeout_s` / `cpu_timeout_s`), `worker_crashed`, `no_space` (the disk filled while its staged copy or clip files were written: `failed`, so retried; the job stops there)."),
     Column("message", pa.string(), "What went wrong, for a person."),
     Column("at", pa.timestamp("ms", tz="UTC"), "When it happened."),
     COMMIT,

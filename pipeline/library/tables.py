@@ -102,8 +102,11 @@ def take_lock(path: Path, what: str, shared: bool = False) -> int:
         os.close(fd)
         raise LibraryError(f"another recap process (pid {pid or '?'}) is {doing or what}; wait for it to finish, "
                            "or stop it and rerun") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()} {what}".encode())
+    # the note only names the holder to a process refused: on a full disk the lock holds without
+    # it, and the job goes on to say which file it cannot write (or frees space: `recap remove`)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {what}".encode())
     return fd
 
 
