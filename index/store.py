@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shlex
 import time
 from collections.abc import Callable, Iterable
@@ -31,7 +30,8 @@ import pyarrow as pa
 from index import lite
 from index.config import INDEX_PARAM_KEYS, SEARCH_PARAM_KEYS, MilvusConfig
 from index.ledger import TOKEN_PROPERTY
-from pipeline.library.layout import MILVUS_LITE, NO_SPACE_ERRNOS
+from pipeline.library.layout import MILVUS_LITE
+from trainer.diskfull import no_space_errno
 
 PK = "clip_id"
 ROW_HASH = "row_hash"
@@ -162,7 +162,7 @@ class MilvusStore:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
-            if self.is_lite and (code := _no_space(e)):
+            if self.is_lite and (code := no_space_errno(e)):
                 # not damage: removing the store to rebuild it would need the room that is missing
                 raise StoreFull(f"cannot write the Milvus Lite store {self.uri}: {os.strerror(code)} (it failed to "
                                 f"{what}; the store is kept). Free space (or move the library), then rerun `recap "
@@ -436,23 +436,6 @@ def _varint(n: int) -> bytes:
 
 def _and(a: str, b: str) -> str:
     return f"{a} and ({b})" if b else a
-
-
-def _no_space(e: BaseException) -> int:
-    """The errno when `e` is a write that failed for want of room (else 0). Milvus Lite's errors
-    reach here as text ('[Errno 28] No space left on device'), so the errno is read from it too."""
-    seen: BaseException | None = e
-    visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:     # a chain may loop back on itself
-        visited.add(id(seen))
-        if isinstance(seen, OSError) and seen.errno in NO_SPACE_ERRNOS:
-            return seen.errno
-        codes = re.findall(r"errno (\d+)", str(getattr(seen, "message", None) or seen), re.IGNORECASE)
-        for code in map(int, codes):
-            if code in NO_SPACE_ERRNOS:
-                return code
-        seen = seen.__cause__ or seen.__context__
-    return 0
 
 
 def _reason(e: Exception) -> str:

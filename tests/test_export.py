@@ -260,13 +260,19 @@ def test_no_source_video_in_both_splits_and_the_trainer_reads_them(library, expo
     assert "fits no bucket: `too_short` | 1" in card and f"{len(manifest)} samples" in card
 
 
-def test_killed_export_resumes_without_duplicates(library, tmp_path):
-    lib, truth = library
+def one_sample_shards(lib: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """(out, `recap export` arguments): the library into `out`, one sample per shard, without Ray:
+    many shards, for a job stopped part-way."""
     out = tmp_path / "out"
     buckets = tmp_path / "buckets.yaml"
     buckets.write_text(BUCKETS)
-    args = [str(lib), "--out", str(out), "--buckets", str(buckets), "--val-fraction", "0.3",
-            "--set", "max_samples_per_shard=1", "--set", "execution.executor=local"]
+    return out, [str(lib), "--out", str(out), "--buckets", str(buckets), "--val-fraction", "0.3",
+                 "--set", "max_samples_per_shard=1", "--set", "execution.executor=local"]
+
+
+def test_killed_export_resumes_without_duplicates(library, tmp_path):
+    lib, truth = library
+    out, args = one_sample_shards(lib, tmp_path)
     proc = subprocess.Popen([*EXPORT, *args, "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     done = out / ".export" / "done"

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import RECAP, ROOT, recap
-from tests.test_export import BUCKETS, _samples, export, library  # noqa: F401 - `library` is a fixture
+from tests.test_export import _samples, export, library, one_sample_shards  # noqa: F401 - `library` is a fixture
 
 
 def _limited(max_file_bytes: int):
@@ -68,11 +68,7 @@ def test_export_on_a_full_disk_names_the_shard_and_a_rerun_finishes(library, tmp
     """A shard that did not fit died with tarfile's OSError traceback; now it is one line naming
     the shard, no half shard is left, and the rerun with space writes exactly the selection."""
     lib, truth = library
-    out = tmp_path / "out"
-    buckets = tmp_path / "buckets.yaml"
-    buckets.write_text(BUCKETS)
-    args = [str(lib), "--out", str(out), "--buckets", str(buckets), "--val-fraction", "0.3",
-            "--set", "max_samples_per_shard=1", "--set", "execution.executor=local"]
+    out, args = one_sample_shards(lib, tmp_path)
     # room for the job's small files (job.json, done records), not for a shard of one sample
     last = _one_line_error(recap_on_full_disk(6000, "export", *args), "export")
     assert re.match(rf"recap export: error: cannot write {out}/(train|val)-\d{{6}}\.tar: File too large$", last), last

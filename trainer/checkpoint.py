@@ -16,7 +16,6 @@ loaded: `load_latest_valid` says which file is bad and falls back to the newest 
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -28,8 +27,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from trainer.diskfull import no_space_errno
+
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})     # a full disk, a quota, a size limit
 
 
 def fsync_dir(path: Path) -> None:
@@ -65,7 +65,7 @@ def save_checkpoint(run_dir: str | Path, step: int, weights: dict[str, dict[str,
                 os.fsync(fh.fileno())
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)     # half a checkpoint holds the room the next one needs
-        code = _no_space(e)
+        code = no_space_errno(e)
         if not code:
             raise
         last = latest_checkpoint(run_dir)
@@ -112,22 +112,6 @@ def load_state(checkpoint_dir: str | Path) -> dict[str, Any]:
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written for want of room (a full disk, a quota, a file size limit)."""
-
-
-def _no_space(e: BaseException) -> int:
-    """The errno when `e` is a write that failed for want of room (else 0): an OSError in its
-    chain, or safetensors' message ('... No space left on device (os error 28)')."""
-    seen: BaseException | None = e
-    visited: set[int] = set()
-    while seen is not None and id(seen) not in visited:     # a chain may loop back on itself
-        visited.add(id(seen))
-        if isinstance(seen, OSError) and seen.errno in _NO_SPACE:
-            return seen.errno
-        for code in map(int, re.findall(r"os error (\d+)", str(seen))):
-            if code in _NO_SPACE:
-                return code
-        seen = seen.__cause__ or seen.__context__
-    return 0
 
 
 class CheckpointError(ValueError):
