@@ -41,6 +41,7 @@ ROW = "row"            # the one column of the Arrow blocks: a pickled row
 MAX_BLOCKS = 1000      # input blocks when the first stage's batches are many
 START_ATTEMPTS = 2     # a local Ray that did not come up is started once more, waiting twice as long
 GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"   # Ray's own wait for its GCS (30 s by default)
+CLUSTER_LOST_EXIT = 2  # exit status of a job whose Ray cluster went away mid-run (what must change is the cluster)
 
 
 class RayStartError(ConfigError):
@@ -311,8 +312,37 @@ def _run_ray(stages: list[Stage], items: list[Row], execution: ExecutionConfig, 
              tolerate_lost_batches: bool) -> Iterator[Row]:
     ds = ray_dataset(stages, items, execution, one_block_per_batch=one_block_per_batch,
                      tolerate_lost_batches=tolerate_lost_batches)
-    for row in ds.iter_rows():
-        yield pickle.loads(row[ROW])
+    stop = threading.Event()
+    threading.Thread(target=_watch_cluster, args=(execution.ray_address, stop), name="ray-watch", daemon=True).start()
+    try:
+        for row in ds.iter_rows():
+            yield pickle.loads(row[ROW])
+    finally:
+        stop.set()
+
+
+def _watch_cluster(address: str, stop: threading.Event, every_s: float = 1.0, misses: int = 3) -> None:
+    """End the job in one line when the cluster's GCS stops taking connections (`ray stop`, the head
+    node lost). Ray itself leaves the driver blocked, not interruptible, printing an error a second
+    for a minute, then kills it with no word from recap; a job on a cluster that is gone cannot go
+    on, so this ends the process as a kill -9 would: what was committed is kept for the rerun."""
+    import ray  # lazy: see init_ray
+
+    gcs = ray.get_runtime_context().gcs_address
+    host, _, port = gcs.rpartition(":")
+    missed = 0
+    while not stop.wait(every_s):
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=every_s).close()
+            missed = 0
+        except OSError as e:
+            missed += 1      # a few in a row: one refused or slow connection is not a lost cluster
+            if missed >= misses and not stop.is_set() and ray.is_initialized():   # not this process's own shutdown
+                where = f"at {address!r}" if address else "this job started"
+                print(f"recap: error: the Ray cluster {where} went away mid-run (its GCS at {gcs} takes no "
+                      f"connection: {e.strerror or type(e).__name__}); the batches committed so far are kept: "
+                      "rerun the same command on a live cluster to go on", file=sys.stderr, flush=True)
+                os._exit(CLUSTER_LOST_EXIT)
 
 
 def ray_dataset(stages: list[Stage], items: list[Row], execution: ExecutionConfig, *,
