@@ -147,6 +147,11 @@ def init_ray(address: str = "") -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
+    # a batch lost under `tolerate_lost_batches` is the job's to report (ingest records its video as
+    # `failed`, worker_crashed): Ray Data's screen-long traceback for it reads as if the job crashed
+    lost = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    if not any(isinstance(f, _ToleratedLossFilter) for f in lost.filters):
+        lost.addFilter(_ToleratedLossFilter())
     # what Ray logs while a start fails is a screen of errors from its daemons: the one line of
     # RayStartError says it instead
     kwargs: dict[str, Any] = {"logging_level": logging.CRITICAL, "log_to_driver": True}
@@ -176,6 +181,13 @@ def init_ray(address: str = "") -> None:
     raise RayStartError(f"Ray did not start on this machine (tried {START_ATTEMPTS} times): {_first_line(error)}; "
                         "is the machine overloaded or short of memory or /tmp space? Every process it started "
                         "was stopped") from None
+
+
+class _ToleratedLossFilter(logging.Filter):
+    """Drops Ray Data's record of a task error it ignores (max_errored_blocks); keeps the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Ignoring this exception with remaining max_errored_blocks" not in record.getMessage()
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
