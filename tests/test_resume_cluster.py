@@ -91,6 +91,11 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: dict, tmp_
         subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp}", *common], check=True,
                        capture_output=True, timeout=120, env=env)
         lib = tmp_path / "lib"
+        # another token: refused up front in recap's words (Ray alone retries, then blames the address)
+        wrong = recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
+                      f"127.0.0.1:{port}", env=dict(auth, RAY_AUTH_TOKEN=secrets.token_hex(32)), check=False)
+        assert wrong.returncode == 2 and "refused this driver's authentication token" in wrong.stderr, wrong.stderr
+        assert not lib.exists()
         recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
               f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_task=1", env=auth)
         assert set(_clip_ids(lib)) == reference_clips["ids"]

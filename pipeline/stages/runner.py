@@ -141,6 +141,11 @@ def init_ray(address: str = "") -> None:
 
     if ray.is_initialized():
         return
+    if address and _refuses_our_token(address):
+        # ray.init would retry for 20 s to minutes, a warning a second, then blame the address
+        raise RayStartError(f"cannot join the Ray cluster at {address!r}: it refused this driver's authentication "
+                            "token; give recap the same RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                            "~/.ray/auth_token) as `ray start` on the cluster's nodes")
     # notices that are not about this job: token auth being on (Ray's default), Ray Data's progress
     # bars being off (recap draws its own), its per-operator execution plans
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
@@ -181,6 +186,26 @@ def init_ray(address: str = "") -> None:
     raise RayStartError(f"Ray did not start on this machine (tried {START_ATTEMPTS} times): {_first_line(error)}; "
                         "is the machine overloaded or short of memory or /tmp space? Every process it started "
                         "was stopped") from None
+
+
+def _refuses_our_token(address: str) -> bool:
+    """Whether the GCS at a `host:port` address rejects this process's Ray auth token (a token
+    cluster joined without RAY_AUTH_TOKEN, or with another one). One request, well under a second;
+    anything else that goes wrong is left to ray.init to report."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "://" in address:
+        return False
+    import ray  # lazy: see init_ray
+
+    try:
+        from ray._raylet import GcsClient  # lazy: see init_ray
+
+        GcsClient(address=address).internal_kv_get(b"recap-auth-check", None, timeout=10)
+    except ray.exceptions.AuthenticationError:
+        return True
+    except Exception:  # noqa: BLE001 - not an auth refusal: ray.init reports it in its own words
+        return False
+    return False
 
 
 class _ToleratedLossFilter(logging.Filter):
