@@ -158,3 +158,30 @@ def test_cluster_stopped_mid_run_ends_the_job_in_one_line(sample_corpus: Path, r
         finally:
             _stop_cluster(temp, port)
     assert set(_clip_ids(lib)) == reference_clips["ids"]
+
+
+def test_library_the_ray_nodes_cannot_see_is_refused_up_front(sample_corpus: Path, tmp_path: Path) -> None:
+    """A cluster whose node has another disk at the library's path (here: a tmpfs mounted over it in
+    the node's own mount namespace): refused before anything is written, naming the node (the
+    workers failed every source on a claims file, with the library created)."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    if subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs none {hidden}"],
+                      capture_output=True).returncode:
+        pytest.skip("needs `unshare -m` and mount (root or user namespaces) to give a node a disk of its own")
+    port = 6000 + (os.getpid() + 250) % 1000
+    temp = tempfile.mkdtemp(prefix="rt-")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    try:
+        subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs none {hidden} && exec {BIN / 'ray'} start --head --port={port} "
+                        f"--include-dashboard=false --temp-dir={temp} --num-cpus=1 --disable-usage-stats"],
+                       check=True, capture_output=True, timeout=120, env=env)
+        lib = hidden / "lib"
+        proc = recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
+                     f"127.0.0.1:{port}", env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}, check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "do not see this folder" in proc.stderr and "every node" in proc.stderr, proc.stderr
+        assert list(hidden.iterdir()) == [], "the refused job left files behind"
+    finally:
+        _stop_cluster(temp, port)

@@ -21,12 +21,14 @@ import os
 import pickle
 import queue
 import re
+import secrets
 import socket
 import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -286,6 +288,39 @@ def check_resources(stages: list[Stage], execution: ExecutionConfig) -> None:
                 unit = " bytes" if kind == "memory" else f" {kind}s"
                 raise ConfigError(f"{key}: the '{stage.name}' stage asks for {need:g}{unit} per {per}, but "
                                   f"{where} has {largest[kind]:g}: it could never be scheduled")
+
+
+def check_visible(folder: Path, execution: ExecutionConfig) -> None:
+    """ConfigError naming the Ray nodes that do not see `folder` (or, while it does not exist yet,
+    its nearest existing parent) as this process does: their workers would write clip files to a
+    disk of their own and fail on every source. A probe file, removed at once, tells them apart;
+    a folder this process cannot write to is left to the library's own check."""
+    if not execution.uses_ray:
+        return
+    import ray  # lazy: see init_ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # lazy: see init_ray
+
+    init_ray(execution.ray_address)
+    where = Path(folder).absolute()
+    while not where.is_dir() and where != where.parent:
+        where = where.parent
+    probe = where / f".recap-visible-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError:
+        return
+    try:
+        sees = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe))
+                for n in nodes]
+        blind = [n.get("NodeManagerAddress", n["NodeID"]) for n, seen in zip(nodes, ray.get(refs, timeout=120)) if not seen]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(f"{folder}: the Ray node(s) {', '.join(sorted(set(blind)))} do not see this folder ({where} "
+                          "there is not the one here): the library must be on storage every node of the cluster "
+                          "reaches under the same path")
 
 
 def cluster_cpus(execution: ExecutionConfig) -> float:
