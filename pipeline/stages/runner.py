@@ -393,7 +393,7 @@ def _run_ray(stages: list[Stage], items: list[Row], execution: ExecutionConfig, 
         stop.set()
 
 
-def _watch_cluster(address: str, stop: threading.Event, every_s: float = 1.0, misses: int = 3) -> None:
+def _watch_cluster(address: str, stop: threading.Event, every_s: float = 1.0, misses: int = 10) -> None:
     """End the job in one line when the cluster's GCS stops taking connections (`ray stop`, the head
     node lost). Ray itself leaves the driver blocked, not interruptible, printing an error a second
     for a minute, then kills it with no word from recap; a job on a cluster that is gone cannot go
@@ -408,7 +408,9 @@ def _watch_cluster(address: str, stop: threading.Event, every_s: float = 1.0, mi
             socket.create_connection((host.strip("[]"), int(port)), timeout=every_s).close()
             missed = 0
         except OSError as e:
-            missed += 1      # a few in a row: one refused or slow connection is not a lost cluster
+            # ~10 s in a row: a GCS that restarts (a fault-tolerant head) comes back within that,
+            # and Ray would keep the job waiting for 60 s
+            missed += 1
             if missed >= misses and not stop.is_set() and ray.is_initialized():   # not this process's own shutdown
                 where = f"at {address!r}" if address else "this job started"
                 print(f"recap: error: the Ray cluster {where} went away mid-run (its GCS at {gcs} takes no "
