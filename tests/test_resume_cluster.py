@@ -91,6 +91,11 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: dict, tmp_
         subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", f"--temp-dir={temp}", *common], check=True,
                        capture_output=True, timeout=120, env=env)
         lib = tmp_path / "lib"
+        # another token: refused up front in recap's words (Ray alone retries, then blames the address)
+        wrong = recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
+                      f"127.0.0.1:{port}", env=dict(auth, RAY_AUTH_TOKEN=secrets.token_hex(32)), check=False)
+        assert wrong.returncode == 2 and "refused this driver's authentication token" in wrong.stderr, wrong.stderr
+        assert not lib.exists()
         recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
               f"127.0.0.1:{port}", "--set", "clips.mode=reference", "--set", "execution.cpus_per_task=1", env=auth)
         assert set(_clip_ids(lib)) == reference_clips["ids"]
@@ -100,15 +105,16 @@ def test_two_node_local_cluster(sample_corpus: Path, reference_clips: dict, tmp_
         _stop_cluster(temp, port)
 
 
-def _stop_cluster(temp_dir: str, port: int) -> None:
+def _stop_cluster(temp_dir: str, port: int, spare: int | None = None) -> None:
     """Kill this test's Ray processes only (`ray stop` would kill every Ray on the machine): those
-    whose command line names its temp dir or port, and their children."""
+    whose command line names its temp dir or port, and their children; not `spare` (a driver
+    whose --ray-address names the port)."""
     import psutil
 
     marks = (temp_dir, f":{port}")
     mine = {}
     for p in psutil.process_iter(["cmdline"]):
-        if any(m in arg for arg in (p.info["cmdline"] or []) for m in marks):
+        if p.pid != spare and any(m in arg for arg in (p.info["cmdline"] or []) for m in marks):
             with contextlib.suppress(psutil.Error):
                 for q in [p, *p.children(recursive=True)]:
                     mine[q.pid] = q
@@ -117,3 +123,65 @@ def _stop_cluster(temp_dir: str, port: int) -> None:
         with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs(mine, timeout=30)
+
+
+def test_cluster_stopped_mid_run_ends_the_job_in_one_line(sample_corpus: Path, reference_clips: dict,
+                                                         tmp_path: Path) -> None:
+    """`ray stop` on the cluster mid-ingest: the job says so and ends (Ray alone left it blocked for a
+    minute, then killed it without a word from recap); a rerun on a new cluster completes."""
+    port = 6000 + (os.getpid() + 500) % 1000
+    ray = str(BIN / "ray")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    lib = tmp_path / "lib"
+    args = ["ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address", f"127.0.0.1:{port}",
+            "--set", "clips.mode=encode", "--set", "execution.commit_every=1", "--set", "execution.cpus_per_task=1"]
+    for attempt in ("stopped", "rerun"):
+        temp = tempfile.mkdtemp(prefix="rt-")  # Ray's socket paths must stay short
+        try:
+            subprocess.run([ray, "start", "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
+                            "--num-cpus=1", "--disable-usage-stats"], check=True, capture_output=True, timeout=120, env=env)
+            if attempt == "rerun":
+                recap(*args, env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")})
+                break
+            proc = subprocess.Popen([*RECAP, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and proc.poll() is None and not list((lib / "_commits").glob("*.json")):
+                time.sleep(0.05)
+            assert proc.poll() is None, "ingest finished before its cluster could be stopped"
+            _stop_cluster(temp, port, spare=proc.pid)
+            # Ray alone ends the driver after 60 s with its own fatal line: recap's comes first
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 2, err[-2000:]
+            assert "the Ray cluster at" in err and "went away mid-run" in err, err[-2000:]
+            assert "Failed to connect to GCS within 60 seconds" not in err
+        finally:
+            _stop_cluster(temp, port)
+    assert set(_clip_ids(lib)) == reference_clips["ids"]
+
+
+def test_library_the_ray_nodes_cannot_see_is_refused_up_front(sample_corpus: Path, tmp_path: Path) -> None:
+    """A cluster whose node has another disk at the library's path (here: a tmpfs mounted over it in
+    the node's own mount namespace): refused before anything is written, naming the node (the
+    workers failed every source on a claims file, with the library created)."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    if subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs none {hidden}"],
+                      capture_output=True).returncode:
+        pytest.skip("needs `unshare -m` and mount (root or user namespaces) to give a node a disk of its own")
+    port = 6000 + (os.getpid() + 250) % 1000
+    temp = tempfile.mkdtemp(prefix="rt-")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    try:
+        subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f"mount -t tmpfs none {hidden} && exec {BIN / 'ray'} start --head --port={port} "
+                        f"--include-dashboard=false --temp-dir={temp} --num-cpus=1 --disable-usage-stats"],
+                       check=True, capture_output=True, timeout=120, env=env)
+        lib = hidden / "lib"
+        proc = recap("ingest", str(sample_corpus), "--out", str(lib), "--no-progress", "--ray-address",
+                     f"127.0.0.1:{port}", env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}, check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "do not see this folder" in proc.stderr and "every node" in proc.stderr, proc.stderr
+        assert list(hidden.iterdir()) == [], "the refused job left files behind"
+    finally:
+        _stop_cluster(temp, port)

@@ -42,7 +42,7 @@ from pipeline.library import Library, LibraryError
 from pipeline.library.layout import storable, utcnow
 from pipeline.library.views import read_view
 from pipeline.stages.base import Resources
-from pipeline.stages.runner import check_resources, cluster_cpus, run_stages
+from pipeline.stages.runner import check_resources, check_visible, cluster_cpus, run_stages
 from trainer.progress import progress_bar
 from trainer.typedconfig import ConfigError, to_dict
 
@@ -177,6 +177,7 @@ def run_ingest(sources: list[str], lib_root: str | Path, cfg: IngestConfig, prog
             # (start or join Ray and) check the tasks fit a node: a failure leaves no library behind
             cpus, _ = plan_resources(cfg, len(todo), cluster_cpus(cfg.execution))
             check_resources([IngestStage(cfg, Path(lib_root), None, Resources(cpus=cpus))], cfg.execution)
+            check_visible(Path(lib_root), cfg.execution)
         if lib is None:
             lib = Library(lib_root, write=True)
             todo = _todo(lib, [s.uri for s in items], cfg)

@@ -21,12 +21,14 @@ import os
 import pickle
 import queue
 import re
+import secrets
 import socket
 import sys
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -41,6 +43,7 @@ ROW = "row"            # the one column of the Arrow blocks: a pickled row
 MAX_BLOCKS = 1000      # input blocks when the first stage's batches are many
 START_ATTEMPTS = 2     # a local Ray that did not come up is started once more, waiting twice as long
 GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"   # Ray's own wait for its GCS (30 s by default)
+CLUSTER_LOST_EXIT = 2  # exit status of a job whose Ray cluster went away mid-run (what must change is the cluster)
 
 
 class RayStartError(ConfigError):
@@ -140,12 +143,22 @@ def init_ray(address: str = "") -> None:
 
     if ray.is_initialized():
         return
+    if address and _refuses_our_token(address):
+        # ray.init would retry for 20 s to minutes, a warning a second, then blame the address
+        raise RayStartError(f"cannot join the Ray cluster at {address!r}: it refused this driver's authentication "
+                            "token; give recap the same RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                            "~/.ray/auth_token) as `ray start` on the cluster's nodes")
     # notices that are not about this job: token auth being on (Ray's default), Ray Data's progress
     # bars being off (recap draws its own), its per-operator execution plans
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
+    # a batch lost under `tolerate_lost_batches` is the job's to report (ingest records its video as
+    # `failed`, worker_crashed): Ray Data's screen-long traceback for it reads as if the job crashed
+    lost = logging.getLogger("ray.data._internal.execution.streaming_executor_state")
+    if not any(isinstance(f, _ToleratedLossFilter) for f in lost.filters):
+        lost.addFilter(_ToleratedLossFilter())
     # what Ray logs while a start fails is a screen of errors from its daemons: the one line of
     # RayStartError says it instead
     kwargs: dict[str, Any] = {"logging_level": logging.CRITICAL, "log_to_driver": True}
@@ -175,6 +188,33 @@ def init_ray(address: str = "") -> None:
     raise RayStartError(f"Ray did not start on this machine (tried {START_ATTEMPTS} times): {_first_line(error)}; "
                         "is the machine overloaded or short of memory or /tmp space? Every process it started "
                         "was stopped") from None
+
+
+def _refuses_our_token(address: str) -> bool:
+    """Whether the GCS at a `host:port` address rejects this process's Ray auth token (a token
+    cluster joined without RAY_AUTH_TOKEN, or with another one). One request, well under a second;
+    anything else that goes wrong is left to ray.init to report."""
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or "://" in address:
+        return False
+    import ray  # lazy: see init_ray
+
+    try:
+        from ray._raylet import GcsClient  # lazy: see init_ray
+
+        GcsClient(address=address).internal_kv_get(b"recap-auth-check", None, timeout=10)
+    except ray.exceptions.AuthenticationError:
+        return True
+    except Exception:  # noqa: BLE001 - not an auth refusal: ray.init reports it in its own words
+        return False
+    return False
+
+
+class _ToleratedLossFilter(logging.Filter):
+    """Drops Ray Data's record of a task error it ignores (max_errored_blocks); keeps the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Ignoring this exception with remaining max_errored_blocks" not in record.getMessage()
 
 
 def _unreachable(address: str, timeout_s: float = 5.0) -> str | None:
@@ -250,6 +290,39 @@ def check_resources(stages: list[Stage], execution: ExecutionConfig) -> None:
                                   f"{where} has {largest[kind]:g}: it could never be scheduled")
 
 
+def check_visible(folder: Path, execution: ExecutionConfig) -> None:
+    """ConfigError naming the Ray nodes that do not see `folder` (or, while it does not exist yet,
+    its nearest existing parent) as this process does: their workers would write clip files to a
+    disk of their own and fail on every source. A probe file, removed at once, tells them apart;
+    a folder this process cannot write to is left to the library's own check."""
+    if not execution.uses_ray:
+        return
+    import ray  # lazy: see init_ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # lazy: see init_ray
+
+    init_ray(execution.ray_address)
+    where = Path(folder).absolute()
+    while not where.is_dir() and where != where.parent:
+        where = where.parent
+    probe = where / f".recap-visible-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError:
+        return
+    try:
+        sees = ray.remote(num_cpus=0, max_retries=0)(os.path.exists)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(probe))
+                for n in nodes]
+        blind = [n.get("NodeManagerAddress", n["NodeID"]) for n, seen in zip(nodes, ray.get(refs, timeout=120)) if not seen]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise ConfigError(f"{folder}: the Ray node(s) {', '.join(sorted(set(blind)))} do not see this folder ({where} "
+                          "there is not the one here): the library must be on storage every node of the cluster "
+                          "reaches under the same path")
+
+
 def cluster_cpus(execution: ExecutionConfig) -> float:
     """CPUs the job can use: the Ray cluster's (started or joined here), or this machine's."""
     if not execution.uses_ray:
@@ -311,8 +384,39 @@ def _run_ray(stages: list[Stage], items: list[Row], execution: ExecutionConfig, 
              tolerate_lost_batches: bool) -> Iterator[Row]:
     ds = ray_dataset(stages, items, execution, one_block_per_batch=one_block_per_batch,
                      tolerate_lost_batches=tolerate_lost_batches)
-    for row in ds.iter_rows():
-        yield pickle.loads(row[ROW])
+    stop = threading.Event()
+    threading.Thread(target=_watch_cluster, args=(execution.ray_address, stop), name="ray-watch", daemon=True).start()
+    try:
+        for row in ds.iter_rows():
+            yield pickle.loads(row[ROW])
+    finally:
+        stop.set()
+
+
+def _watch_cluster(address: str, stop: threading.Event, every_s: float = 1.0, misses: int = 10) -> None:
+    """End the job in one line when the cluster's GCS stops taking connections (`ray stop`, the head
+    node lost). Ray itself leaves the driver blocked, not interruptible, printing an error a second
+    for a minute, then kills it with no word from recap; a job on a cluster that is gone cannot go
+    on, so this ends the process as a kill -9 would: what was committed is kept for the rerun."""
+    import ray  # lazy: see init_ray
+
+    gcs = ray.get_runtime_context().gcs_address
+    host, _, port = gcs.rpartition(":")
+    missed = 0
+    while not stop.wait(every_s):
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=every_s).close()
+            missed = 0
+        except OSError as e:
+            # ~10 s in a row: a GCS that restarts (a fault-tolerant head) comes back within that,
+            # and Ray would keep the job waiting for 60 s
+            missed += 1
+            if missed >= misses and not stop.is_set() and ray.is_initialized():   # not this process's own shutdown
+                where = f"at {address!r}" if address else "this job started"
+                print(f"recap: error: the Ray cluster {where} went away mid-run (its GCS at {gcs} takes no "
+                      f"connection: {e.strerror or type(e).__name__}); the batches committed so far are kept: "
+                      "rerun the same command on a live cluster to go on", file=sys.stderr, flush=True)
+                os._exit(CLUSTER_LOST_EXIT)
 
 
 def ray_dataset(stages: list[Stage], items: list[Row], execution: ExecutionConfig, *,
