@@ -10,8 +10,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.ingest.config import load_ingest_config
-from pipeline.ingest.job import SourcesBar
+from pipeline.ingest.job import IngestSummary, SourcesBar, count_lost
 from pipeline.ingest.progress import IN_FLIGHT, MAX_SHARE, REPORT_EVERY_FRAMES, clip_share
+from pipeline.ingest.result import SourceResult
 from pipeline.ingest.sandbox import SourceRunner
 from tests.avfiles import write_video
 
@@ -63,3 +64,23 @@ def test_the_bar_counts_the_sources_in_flight_by_their_share() -> None:
         IN_FLIGHT.finish("b.mp4")
         bar.close()
     assert out.getvalue().rstrip().endswith("clips=4]") and " 1/3 " in out.getvalue().splitlines()[-1]
+
+
+def test_sources_lost_with_their_ray_worker_are_counted_on_the_bar_before_it_closes() -> None:
+    """Ray lost two of three videos (their workers killed): the bar ended at 1/3 with failed=0 while
+    the summary said 2 failed, because they were counted only after it closed."""
+    out = io.StringIO()
+    summary = IngestSummary(sources=3)
+    bar = SourcesBar(tqdm(total=3, file=out, unit="video"), every_s=60)
+    try:
+        done = SourceResult("a.mp4", "ingested", "v-a", {"clips": [{"clip_id": "c1"}], "sources": []}, 2.0)
+        summary.count(done)
+        bar.finished(clips=summary.clips, failed=summary.failed)
+        lost = count_lost(["a.mp4", "b.mp4", "c.mp4"], {"a.mp4"}, summary, bar, time.perf_counter())
+    finally:
+        bar.close()
+    assert [r.uri for r in lost] == ["b.mp4", "c.mp4"]
+    assert all(r.outcome == "failed" and r.rows["sources"][0]["outcome"] == "failed" for r in lost)
+    assert summary.failed == 2 and summary.errors_by_type == {"worker_crashed": 2} and summary.ingested == 1
+    last = out.getvalue().replace("\r", "\n").rstrip().splitlines()[-1]
+    assert " 3/3 " in last and "failed=2" in last and "clips=1" in last, last

@@ -249,7 +249,6 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
     seen: set[str] = set()
 
     def add(result: SourceResult) -> None:
-        summary.count(result)
         for table, rows in result.rows.items():
             pending.setdefault(table, []).extend(rows)
 
@@ -259,6 +258,7 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
                               tolerate_lost_batches=True):
             result: SourceResult = row["result"]
             seen.add(result.uri)
+            summary.count(result)
             add(result)
             pending_videos += 1
             if result.no_space is not None:
@@ -273,19 +273,36 @@ def _ingest(lib: Library, todo: list[str], cfg: IngestConfig, summary: IngestSum
                 lib.commit(pending)
                 lib.compact()      # many small batches: a few parts per table, for every reader
                 pending, pending_videos, last_commit = {}, 0, time.monotonic()
-            elapsed = time.perf_counter() - t0
-            bar.finished(clips=summary.clips, failed=summary.failed,
-                         video_s_per_s=f"{summary.video_seconds / max(elapsed, 1e-6):.1f}")
+            bar.finished(**bar_postfix(summary, t0))
+        for result in count_lost(todo, seen, summary, bar, t0):
+            add(result)
     finally:
         bar.close()
-    # a source whose worker died (e.g. the decoder crashed the process) produced no result
-    for uri in todo:
-        if uri not in seen:
-            add(error_result(uri, None, "worker", "worker_crashed",
-                             "the worker process died while ingesting this source", outcome="failed"))
     lib.commit(pending)
     lib.compact()
     claims.close()
+
+
+def bar_postfix(summary: IngestSummary, t0: float) -> dict[str, Any]:
+    """What the ingest bar shows beside the count: the run's clips, failures and speed so far."""
+    elapsed = time.perf_counter() - t0
+    return {"clips": summary.clips, "failed": summary.failed,
+            "video_s_per_s": f"{summary.video_seconds / max(elapsed, 1e-6):.1f}"}
+
+
+def count_lost(todo: list[str], seen: set[str], summary: IngestSummary, bar: SourcesBar,
+               t0: float) -> list[SourceResult]:
+    """The sources of `todo` that produced no result (their Ray worker died: a batch lost under
+    `tolerate_lost_batches`), each `failed` with worker_crashed: counted in the summary and on the
+    bar, which is still open (it used to end short, failed=0, above a summary saying they failed);
+    returns their results, for the caller to commit."""
+    lost = [error_result(uri, None, "worker", "worker_crashed",
+                         "the worker process died while ingesting this source", outcome="failed")
+            for uri in todo if uri not in seen]
+    for result in lost:
+        summary.count(result)
+        bar.finished(**bar_postfix(summary, t0))
+    return lost
 
 
 class SourcesBar:
