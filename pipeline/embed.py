@@ -61,6 +61,9 @@ class ClipFramesStage(Stage):
         self.batch_size = batch_size
         self.reader: Any = None
 
+    def folders(self) -> tuple[str, ...]:
+        return (self.lib_root,)
+
     def setup(self) -> None:
         # not in every `recap search`, which imports this module for its config:
         # lazy: frame decoding (av, cv2, decord) loads only where a visual embedder reads frames

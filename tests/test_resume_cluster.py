@@ -160,10 +160,13 @@ def test_cluster_stopped_mid_run_ends_the_job_in_one_line(sample_corpus: Path, r
     assert set(_clip_ids(lib)) == reference_clips["ids"]
 
 
-def test_library_the_ray_nodes_cannot_see_is_refused_up_front(sample_corpus: Path, tmp_path: Path) -> None:
+def test_library_the_ray_nodes_cannot_see_is_refused_up_front(sample_corpus: Path, reference_clips: dict,
+                                                              tmp_path: Path) -> None:
     """A cluster whose node has another disk at the library's path (here: a tmpfs mounted over it in
     the node's own mount namespace): refused before anything is written, naming the node (the
-    workers failed every source on a claims file, with the library created)."""
+    workers failed every source on a claims file, with the library created). So is an export whose
+    --out the node does not see, and a caption job's stages (every job's stages name their folders:
+    those ran unchecked, the workers finding no clip or writing shards where nobody looks)."""
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     if subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", f"mount -t tmpfs none {hidden}"],
@@ -183,5 +186,27 @@ def test_library_the_ray_nodes_cannot_see_is_refused_up_front(sample_corpus: Pat
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "do not see this folder" in proc.stderr and "every node" in proc.stderr, proc.stderr
         assert list(hidden.iterdir()) == [], "the refused job left files behind"
+
+        auth = {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+        proc = recap("export", str(reference_clips["lib"]), "--out", str(hidden / "shards"), "--no-progress",
+                     "--ray-address", f"127.0.0.1:{port}", env=auth, check=False)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "do not see this folder" in proc.stderr and "the export folder (--out)" in proc.stderr, proc.stderr
+        assert list(hidden.iterdir()) == [], "the refused export left files behind"
+
+        # the caption job's frame stage, through the runner every Ray job starts with
+        code = ("import sys; from pathlib import Path\n"
+                "from captioner.config import CaptionConfig\n"
+                "from pipeline.caption.stages import FramePrepStage\n"
+                "from pipeline.stages.execution import ExecutionConfig\n"
+                "from pipeline.stages.runner import run_stages\n"
+                "from trainer.typedconfig import ConfigError\n"
+                f"stage = FramePrepStage(CaptionConfig(), {str(lib)!r})\n"
+                f"ex = ExecutionConfig(executor='ray', ray_address='127.0.0.1:{port}')\n"
+                "try:\n    list(run_stages([stage], [{'clip_id': 'c'}], ex))\n"
+                "except ConfigError as e:\n    print(e)\n    sys.exit(2)\n")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, **auth))
+        assert proc.returncode == 2 and "do not see this folder" in proc.stdout, proc.stdout + proc.stderr
     finally:
         _stop_cluster(temp, port)

@@ -46,6 +46,9 @@ class FramePrepStage(Stage):
         self.prompt = None
         self.reader = None
 
+    def folders(self) -> tuple[str, ...]:
+        return (str(self.lib_root),)
+
     def setup(self) -> None:
         self.prompt = load_prompt(self.cfg.prompt.id)
         self.reader = FrameReader()

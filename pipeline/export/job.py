@@ -32,7 +32,7 @@ from pipeline.export.selection import ExportError, Selection, select
 from pipeline.export.writer import STATE, WriteShardStage
 from pipeline.library.files import atomic_write_bytes, require_utf8_path
 from pipeline.library.tables import locked
-from pipeline.stages.runner import run_stages
+from pipeline.stages.runner import check_visible, run_stages
 from trainer.progress import progress_bar
 from trainer.typedconfig import to_dict
 
@@ -87,7 +87,7 @@ def _prepare_out(out: Path, fingerprint: str, job: dict[str, Any]) -> set[str]:
     return done
 
 
-def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: bool) -> None:
+def _run_shards(root: Path, out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: bool) -> None:
     if not todo:     # every shard written by an earlier run: no empty bar
         return
     bar = progress_bar(total=sum(len(s.samples) for s in todo), unit="sample", disable=not progress)
@@ -96,7 +96,7 @@ def _run_shards(out: Path, todo: list[ShardPlan], cfg: ExportConfig, progress: b
     # has this machine's CPUs for one shard after another
     ex = cfg.execution
     threads = max(1, round(ex.cpus_per_task)) if ex.uses_ray else ex.local_workers(cpus_per_task=1.0)
-    stage = WriteShardStage(out, ex.cpus_per_task, threads)
+    stage = WriteShardStage(out, ex.cpus_per_task, threads, library=root)
     for row in run_stages([stage], [{"shard": shard} for shard in todo], cfg.execution, one_block_per_batch=True):
         record = row["record"]
         failed += len(record["errors"])
@@ -127,6 +127,10 @@ def run_export(root: str | Path, out: str | Path, *, where: str | None = None, q
            "config": to_dict(cfg), "buckets": to_dict(buckets)}
     if not (out / STATE / "job.json").exists() and out.exists() and any(p.name != STATE for p in out.iterdir()):
         raise ExportError(f"{out} exists, is not empty and is not an export of this plan; choose another --out")
+    # on Ray the workers read the clips and write the shards: every node must see both folders, said
+    # before the first file of the export is written (the runner checks it again, at no cost)
+    for folder, what in ((root, "the library"), (out, "the export folder (--out)")):
+        check_visible(folder, cfg.execution, what)
     (out / STATE).mkdir(parents=True, exist_ok=True)
     with locked(out / STATE / "lock", f"exporting to {out}"):   # two exports to one folder: one refused
         return _export(root, out, sel, plan, job, buckets, cfg, progress, log, t0)
@@ -175,7 +179,7 @@ def _export(root: Path, out: Path, sel: Selection, plan: Plan, job: dict[str, An
     todo = [s for s in plan.shards if s.name not in done]
     if done:
         log(f"resuming: {len(plan.shards) - len(todo)} of {len(plan.shards)} shards already written")
-    _run_shards(out, todo, cfg, progress)
+    _run_shards(root, out, todo, cfg, progress)
     fresh = {s.name for s in todo}
     records = [json.loads((out / STATE / "done" / f"{s.name}.json").read_text()) for s in plan.shards]
     manifest = write_manifest(out, plan, records)

@@ -83,10 +83,14 @@ class WriteShardStage(Stage):
     reads = ("shard",)
     adds = ("record",)
 
-    def __init__(self, out: Path, cpus: float, threads: int = 1):
+    def __init__(self, out: Path, cpus: float, threads: int = 1, library: Path | None = None):
         self.out = str(out)
+        self.library = str(library) if library is not None else None    # where the clips are read
         self.resources = Resources(cpus=cpus)
         self.threads = threads      # samples of a shard rendered at once
+
+    def folders(self) -> tuple[str, ...]:
+        return (self.out,) if self.library is None else (self.library, self.out)
 
     def process(self, batch: list[Row]) -> list[Row]:
         return [{"record": write_planned_shard(self.out, row["shard"], self.threads)} for row in batch]

@@ -34,6 +34,9 @@ class IngestStage(Stage):
         self.claims = claims
         self.resources = resources
 
+    def folders(self) -> tuple[str, ...]:
+        return (self.lib_root,)
+
     def process(self, batch: list[Row]) -> list[Row]:
         out = []
         for row in batch:

@@ -44,6 +44,11 @@ class Stage(ABC):
     # processes or in code that releases the GIL, and process() shares no unguarded state
     concurrent: ClassVar[bool] = False
 
+    def folders(self) -> tuple[str, ...]:
+        """Folders this stage's workers read or write (a library, an export's --out): on Ray every
+        node must see them as the driver does, which the runner checks before the job starts."""
+        return ()
+
     def setup(self) -> None:
         """Load what is expensive (a model) once per worker, before its first batch."""
 

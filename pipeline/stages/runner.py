@@ -290,17 +290,27 @@ def check_resources(stages: list[Stage], execution: ExecutionConfig) -> None:
                                   f"{where} has {largest[kind]:g}: it could never be scheduled")
 
 
-def check_visible(folder: Path, execution: ExecutionConfig) -> None:
+_SEEN_BY_ALL: set[tuple[str, str]] = set()   # (folder, GCS address) found visible from every node
+
+
+def check_visible(folder: str | Path, execution: ExecutionConfig, what: str = "the library") -> None:
     """ConfigError naming the Ray nodes that do not see `folder` (or, while it does not exist yet,
-    its nearest existing parent) as this process does: their workers would write clip files to a
-    disk of their own and fail on every source. A probe file, removed at once, tells them apart;
-    a folder this process cannot write to is left to the library's own check."""
+    its nearest existing parent) as this process does: their workers would read and write files on
+    a disk of their own (ingest failed every source, caption and index found no clip, export wrote
+    its shards where nobody looks). A probe file, removed at once, tells them apart; a folder this
+    process cannot write to is left unchecked (to the job's own checks). Every job on Ray runs it
+    for the folders its stages name (`Stage.folders`, in `ray_dataset`); a job that writes before
+    its stages start (ingest creates the library, export its --out) calls it first itself. A folder
+    found visible is not probed again on the same cluster."""
     if not execution.uses_ray:
         return
     import ray  # lazy: see init_ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # lazy: see init_ray
 
     init_ray(execution.ray_address)
+    seen = (str(Path(folder).absolute()), ray.get_runtime_context().gcs_address)
+    if seen in _SEEN_BY_ALL:
+        return
     where = Path(folder).absolute()
     while not where.is_dir() and where != where.parent:
         where = where.parent
@@ -319,8 +329,9 @@ def check_visible(folder: Path, execution: ExecutionConfig) -> None:
         probe.unlink(missing_ok=True)
     if blind:
         raise ConfigError(f"{folder}: the Ray node(s) {', '.join(sorted(set(blind)))} do not see this folder ({where} "
-                          "there is not the one here): the library must be on storage every node of the cluster "
+                          f"there is not the one here): {what} must be on storage every node of the cluster "
                           "reaches under the same path")
+    _SEEN_BY_ALL.add(seen)
 
 
 def cluster_cpus(execution: ExecutionConfig) -> float:
@@ -426,6 +437,8 @@ def ray_dataset(stages: list[Stage], items: list[Row], execution: ExecutionConfi
 
     init_ray(execution.ray_address)
     check_resources(stages, execution)
+    for folder in dict.fromkeys(f for stage in stages for f in stage.folders()):
+        check_visible(folder, execution)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = False
