@@ -1,6 +1,7 @@
 """Whether an error is a write that failed for want of room: a full disk, a quota, a file past a
 size limit. Such a failure is not damage nor bad input, and a rerun with room succeeds. Here because
-trainer/ imports nothing of the rest of recap, which may import it (index/: the Milvus Lite store)."""
+trainer/ imports nothing of the rest of recap, which may import it (index/: the Milvus Lite store;
+pipeline/ingest: clip files and staged downloads)."""
 
 from __future__ import annotations
 

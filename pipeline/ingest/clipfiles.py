@@ -40,7 +40,8 @@ import numpy as np
 from pipeline.ingest.config import ClipsConfig
 from pipeline.ingest.decode import PresentationTimes
 from pipeline.ingest.probe import main_video_stream
-from pipeline.library.layout import NO_SPACE_ERRNOS, TMP_SUFFIX
+from pipeline.library.layout import TMP_SUFFIX
+from trainer.diskfull import NO_SPACE_ERRNOS
 
 MP4_VIDEO = {"h264", "hevc", "av1", "mpeg4"}
 MP4_AUDIO = {"aac", "mp3", "opus", "ac3", "eac3", "alac", "flac"}

@@ -31,7 +31,8 @@ from urllib.parse import ParseResult, unquote, urlparse
 
 from pipeline.ingest.config import SourcesConfig
 from pipeline.ingest.result import NoSpace
-from pipeline.library.layout import NO_SPACE_ERRNOS, is_library
+from pipeline.library.layout import is_library
+from trainer.diskfull import NO_SPACE_ERRNOS
 
 MANIFEST_SUFFIXES = (".txt", ".csv", ".jsonl", ".parquet")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")

@@ -29,7 +29,8 @@ from pipeline.ingest.result import source_row as _source_row
 from pipeline.ingest.shots import ShotDetector, detect_shots, split_at
 from pipeline.ingest.signals.analyzers import clip_signals, make_analyzers
 from pipeline.ingest.sources import SourceError, StagingCache, content_hash, local_file_problem
-from pipeline.library.layout import NO_SPACE_ERRNOS, media_dir, utcnow
+from pipeline.library.layout import media_dir, utcnow
+from trainer.diskfull import NO_SPACE_ERRNOS
 
 
 class SourceFailure(Exception):

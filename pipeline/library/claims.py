@@ -2,9 +2,9 @@
 
 Content already in the library (or taken out of it with `recap remove`) is known before the run
 starts; within the run, the worker that hashes a video first claims it by creating
-`LIB/.claims/<run>/<video_id>` exclusively: a hard link of a file already holding its uri, which fails when the name exists (atomic on local and
-network file systems alike, and every worker of a cluster sees the library). The uri lets a
-retried task of the same source find its own claim. The
+`LIB/.claims/<run>/<video_id>` exclusively: a hard link of a file already holding its uri, which
+fails when the name exists (atomic on local and network file systems alike, and every worker of a
+cluster sees the library). The uri lets a retried task of the same source find its own claim. The
 run removes its folder when it ends; a crashed run's folder is removed by the next writer.
 """
 

@@ -4,7 +4,6 @@ files but no tables (the ingest child, `pipeline/ingest/sandbox.py`) needs, with
 
 from __future__ import annotations
 
-import errno
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,9 +12,6 @@ RECORD = "library.json"          # a library's record: schema version, runs
 COMMITS = "_commits"
 MEDIA = "media"
 TMP_SUFFIX = ".tmp"              # a file being written; recovery removes what a crash left
-# a write that failed for want of room, not for what was written: a full disk, a quota, a file
-# past the file system's (or the process's) size limit
-NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 MILVUS_LITE = "milvus.db"        # the Milvus Lite store of a library that names no server
 UI_DIR = ".ui"                   # what `recap serve` makes and keeps (thumbnails/<clip_id>.jpg, the report)
 REPORT_DIR = "report"            # `recap report`'s default folder (index.html, thumbs/<clip_id>.jpg)
